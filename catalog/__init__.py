@@ -1,0 +1,1 @@
+"""atelier catalog: artists, prompt templates, selections and the work-unit plan."""

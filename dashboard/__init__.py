@@ -1,0 +1,1 @@
+"""atelier dashboard: a read-only Streamlit app over the DuckDB store (never imports torch)."""

@@ -1,0 +1,1 @@
+"""atelier evaluator: checkpoints, generation, embedding, FAISS, metrics and the DuckDB store."""
