@@ -93,3 +93,12 @@ def shard(units: list[WorkUnit], rank: int, world_size: int) -> list[WorkUnit]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}) but is {rank}")
     return units[rank::world_size]
+
+
+# The artist id of units made from the `null` template (no artist in the prompt): one
+# per (checkpoint, seed, settings), the baseline for the `recognized` verdict.
+BASELINE_ARTIST_ID = "_baseline"
+
+# Multi-valued catalog fields (aliases, movements, mediums, tags, sources) are stored
+# as one string joined with this separator, in styles.csv and in the `artists` table.
+LIST_SEPARATOR = "; "
