@@ -1,0 +1,101 @@
+"""The store's contract: migrations safe to rerun, upserts without duplicates, lock waits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import duckdb
+import pandas as pd
+import pytest
+
+from evaluator import store
+
+
+@pytest.fixture
+def memory_con():
+    con = duckdb.connect(":memory:")
+    store.migrate(con)
+    yield con
+    con.close()
+
+
+def test_migrate_creates_every_contract_table(memory_con):
+    tables = {row[0] for row in memory_con.execute("SHOW TABLES").fetchall()}
+    for name in ["images", "image_scores", "artist_scores", "artist_neighbors", "comparisons",
+                 "artists", "checkpoints", "templates", "runs", "schema_migrations"]:
+        assert name in tables
+    assert store.schema_version(memory_con) == store.SCHEMA_VERSION
+
+
+def test_migrate_twice_applies_nothing_the_second_time(memory_con):
+    assert store.migrate(memory_con) == []
+    count = memory_con.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+    assert count == len(store.MIGRATIONS)
+
+
+def test_upsert_replaces_by_key_and_never_duplicates(memory_con):
+    first = pd.DataFrame({"image_id": [1, 2], "model": ["m", "m"], "metric": ["x", "x"], "value": [0.1, 0.2]})
+    second = pd.DataFrame({"image_id": [2, 3], "model": ["m", "m"], "metric": ["x", "x"], "value": [0.5, 0.3]})
+    with store.transaction(memory_con):
+        store.upsert_df(memory_con, "image_scores", first, key=["image_id", "model", "metric"])
+    with store.transaction(memory_con):
+        store.upsert_df(memory_con, "image_scores", second, key=["image_id", "model", "metric"])
+    rows = memory_con.execute("SELECT image_id, value FROM image_scores ORDER BY image_id").fetchall()
+    assert rows == [(1, 0.1), (2, 0.5), (3, 0.3)]
+
+
+def test_transaction_rolls_back_on_error(memory_con):
+    frame = pd.DataFrame({"name": ["style"], "text": ["a painting in the style of {name}"]})
+    with pytest.raises(RuntimeError), store.transaction(memory_con):
+        store.upsert_df(memory_con, "templates", frame, key=["name"])
+        raise RuntimeError("boom")
+    assert memory_con.execute("SELECT count(*) FROM templates").fetchone()[0] == 0
+
+
+def test_read_only_open_of_missing_store_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="atelier.duckdb"):
+        store.connect(tmp_path / "atelier.duckdb", read_only=True)
+
+
+def _hold_writer(path, seconds: float) -> subprocess.Popen:
+    code = textwrap.dedent(
+        f"""
+        import sys, time, duckdb
+        con = duckdb.connect({str(path)!r})
+        con.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+        print("locked", flush=True)
+        time.sleep({seconds})
+        con.close()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_reader_waits_for_a_writer_to_release(tmp_path):
+    path = tmp_path / "atelier.duckdb"
+    with store.open_store(path):
+        pass
+    proc = _hold_writer(path, 1.0)
+    start = time.monotonic()
+    with store.open_store(path, read_only=True, timeout=20) as con:
+        assert con.execute("SELECT count(*) FROM images").fetchone()[0] == 0
+    assert time.monotonic() - start > 0.3  # it did wait for the other process
+    proc.wait(timeout=20)
+
+
+def test_lock_held_past_timeout_gives_a_clear_error(tmp_path):
+    path = tmp_path / "atelier.duckdb"
+    with store.open_store(path):
+        pass
+    proc = _hold_writer(path, 5.0)
+    try:
+        with pytest.raises(store.StoreLockedError, match="locked by another process"):
+            store.connect(path, read_only=True, timeout=0.5)
+    finally:
+        proc.kill()
+        proc.wait()
