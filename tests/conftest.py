@@ -1,0 +1,37 @@
+"""Shared fixtures: where the real data lives, and a small store made by the real pipeline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared sits beside the clone (locally and in CI); tests read real data from it.
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Deterministic thread count: bit-identity tests compare runs of the same process
+# layout, and 2 cores are all this machine has.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real test data not found at {SHARED_DATA}; clone atelier beside ../shared")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pipeline_workdir(tmp_path_factory) -> Path:
+    """A workdir filled by the real pipeline (demo path) on tiny random-weight models.
+
+    8 artists x (style, portrait) x 2 seeds x 3 checkpoints, plus the null baseline:
+    small enough for CI, large enough that every table has rows.
+    """
+    from evaluator.demo import DemoConfig, run_demo
+
+    workdir = tmp_path_factory.mktemp("pipeline")
+    run_demo(workdir, DemoConfig(n_artists=8, seeds=(0, 1), bootstrap=100), echo=lambda *a, **k: None)
+    return workdir
