@@ -30,8 +30,13 @@ def pipeline_workdir(tmp_path_factory) -> Path:
     8 artists x (style, portrait) x 2 seeds x 3 checkpoints, plus the null baseline:
     small enough for CI, large enough that every table has rows.
     """
-    from evaluator.demo import DemoConfig, run_demo
+    from click.testing import CliRunner
+
+    from evaluator.cli import main
 
     workdir = tmp_path_factory.mktemp("pipeline")
-    run_demo(workdir, DemoConfig(n_artists=8, seeds=(0, 1), bootstrap=100), echo=lambda *a, **k: None)
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(workdir), "--artists", "8", "--seeds", "2"])
+    if result.exit_code != 0:
+        raise RuntimeError(f"demo failed:\n{result.output}") from result.exception
+    (workdir / "demo-output.txt").write_text(result.output)
     return workdir
