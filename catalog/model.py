@@ -1,0 +1,229 @@
+"""Catalog rows: the ``Artist`` record, loading ``styles.csv`` and writing it back.
+
+``styles.csv`` is UTF-8, comma separated, one header line, one row per artist, sorted by
+``artist_id``. Multi-valued fields (aliases, movements, mediums, tags, sources) are one
+cell joined with ``catalog.units.LIST_SEPARATOR``. Blank cells mean "unknown".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from catalog.atomic import atomic_write_text
+from catalog.units import LIST_SEPARATOR
+
+# Column order of styles.csv and of the `artists` table in evaluator/store.py.
+COLUMNS: tuple[str, ...] = (
+    "artist_id",
+    "name",
+    "aliases",
+    "born",
+    "died",
+    "living",
+    "nationality",
+    "movements",
+    "mediums",
+    "tags",
+    "recognized_sdxl",
+    "recognized_sd1",
+    "sources",
+    "notes",
+)
+# Only these must be present: a hand-made catalog of ids and names is a valid catalog.
+REQUIRED_COLUMNS: tuple[str, ...] = ("artist_id", "name")
+LIST_COLUMNS: tuple[str, ...] = ("aliases", "movements", "mediums", "tags", "sources")
+RECOGNITION_VALUES: tuple[str, ...] = ("yes", "no", "unsure")
+RECOGNITION_COLUMNS: tuple[str, ...] = ("recognized_sdxl", "recognized_sd1")
+# Lower-case ASCII words joined by single hyphens; an optional "-<year>" or "-<n>" suffix
+# disambiguates two people with the same name.
+ARTIST_ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+ENV_CATALOG = "ATELIER_CATALOG"
+
+
+class CatalogError(ValueError):
+    """A catalog file that cannot be used; the message lists every problem found."""
+
+
+@dataclass(frozen=True, slots=True)
+class Artist:
+    """One catalog row. List fields are tuples so that an Artist is hashable."""
+
+    artist_id: str
+    name: str
+    aliases: tuple[str, ...] = ()
+    born: int | None = None
+    died: int | None = None
+    living: bool | None = None
+    nationality: str = ""
+    movements: tuple[str, ...] = ()
+    mediums: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    recognized_sdxl: str = ""
+    recognized_sd1: str = ""
+    sources: tuple[str, ...] = ()
+    notes: str = ""
+    # Columns a user added by hand: kept so a load/write round trip loses nothing.
+    extra: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def to_row(self) -> dict[str, str]:
+        """The CSV cells of this artist (strings, blanks for unknown)."""
+        row = {
+            "artist_id": self.artist_id,
+            "name": self.name,
+            "aliases": join_list(self.aliases),
+            "born": "" if self.born is None else str(self.born),
+            "died": "" if self.died is None else str(self.died),
+            "living": "" if self.living is None else ("true" if self.living else "false"),
+            "nationality": self.nationality,
+            "movements": join_list(self.movements),
+            "mediums": join_list(self.mediums),
+            "tags": join_list(self.tags),
+            "recognized_sdxl": self.recognized_sdxl,
+            "recognized_sd1": self.recognized_sd1,
+            "sources": join_list(self.sources),
+            "notes": self.notes,
+        }
+        row.update(dict(self.extra))
+        return row
+
+    @property
+    def primary_movement(self) -> str:
+        """The first listed movement (the builder lists the best-attested first)."""
+        return self.movements[0] if self.movements else ""
+
+
+def split_list(cell: str) -> tuple[str, ...]:
+    """Split a multi-valued cell; tolerant of ';' without the space (hand edits)."""
+    if not cell or not cell.strip():
+        return ()
+    return tuple(part.strip() for part in cell.split(LIST_SEPARATOR.strip()) if part.strip())
+
+
+def join_list(values: Iterable[str]) -> str:
+    return LIST_SEPARATOR.join(values)
+
+
+def parse_living(cell: str) -> bool | None:
+    value = cell.strip().lower()
+    if value in ("", "unknown"):
+        return None
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise ValueError(f"living must be true, false or blank but is {cell!r}")
+
+
+def artist_from_row(row: dict[str, str]) -> Artist:
+    """Build an Artist from validated CSV cells (see catalog.validate for the checks)."""
+
+    def cell(name: str) -> str:
+        return (row.get(name) or "").strip()
+
+    def year(name: str) -> int | None:
+        value = cell(name)
+        return int(value) if value else None
+
+    extra = tuple((k, v) for k, v in row.items() if k not in COLUMNS and k is not None)
+    return Artist(
+        artist_id=cell("artist_id"),
+        name=unicodedata.normalize("NFC", cell("name")),
+        aliases=split_list(cell("aliases")),
+        born=year("born"),
+        died=year("died"),
+        living=parse_living(cell("living")),
+        nationality=cell("nationality"),
+        movements=split_list(cell("movements")),
+        mediums=split_list(cell("mediums")),
+        tags=split_list(cell("tags")),
+        recognized_sdxl=cell("recognized_sdxl").lower(),
+        recognized_sd1=cell("recognized_sd1").lower(),
+        sources=split_list(cell("sources")),
+        notes=cell("notes"),
+        extra=extra,
+    )
+
+
+def default_catalog_path() -> Path:
+    """``$ATELIER_CATALOG`` if set, else the ``styles.csv`` committed at the repo root."""
+    env = os.environ.get(ENV_CATALOG)
+    if env:
+        return Path(env)
+    import catalog
+
+    return Path(catalog.__file__).resolve().parent.parent / "styles.csv"
+
+
+def load_catalog(path: str | os.PathLike[str] | None = None) -> list[Artist]:
+    """Load and validate a catalog; raise ``CatalogError`` listing every error found.
+
+    Warnings (a BOM, extra columns, ...) do not stop loading; see ``catalog.validate``.
+    """
+    from catalog.validate import validate_catalog
+
+    report = validate_catalog(default_catalog_path() if path is None else path)
+    if report.errors:
+        raise CatalogError(report.format(only_errors=True))
+    return [artist_from_row(row) for _, row in report.rows]
+
+
+def catalog_to_csv(artists: Sequence[Artist]) -> str:
+    """The CSV text of a catalog, rows sorted by artist_id, '\\n' line ends (byte-stable)."""
+    extra_names: list[str] = []
+    for artist in artists:
+        for key, _ in artist.extra:
+            if key not in extra_names:
+                extra_names.append(key)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=[*COLUMNS, *extra_names], lineterminator="\n", extrasaction="raise"
+    )
+    writer.writeheader()
+    for artist in sorted(artists, key=lambda a: a.artist_id):
+        writer.writerow(artist.to_row())
+    return buffer.getvalue()
+
+
+def write_catalog(artists: Sequence[Artist], path: str | os.PathLike[str]) -> None:
+    """Write ``styles.csv`` atomically (a killed process leaves the old file whole)."""
+    ids = [a.artist_id for a in artists]
+    if len(ids) != len(set(ids)):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        raise CatalogError(f"duplicate artist_id(s): {', '.join(dupes[:10])}")
+    atomic_write_text(path, catalog_to_csv(artists))
+
+
+def catalog_frame(artists: Sequence[Artist]):
+    """A pandas DataFrame with exactly the columns of the store's ``artists`` table.
+
+    born/died are nullable Int64, living nullable boolean, blank strings become None
+    (SQL NULL), list fields stay joined with LIST_SEPARATOR.
+    """
+    import pandas as pd
+
+    records = []
+    for artist in artists:
+        row = artist.to_row()
+        record: dict[str, object] = {}
+        for column in COLUMNS:
+            record[column] = row[column] if row[column] != "" else None
+        record["born"] = artist.born
+        record["died"] = artist.died
+        record["living"] = artist.living
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    frame["born"] = frame["born"].astype("Int64")
+    frame["died"] = frame["died"].astype("Int64")
+    frame["living"] = frame["living"].astype("boolean")
+    for column in COLUMNS:
+        if column not in ("born", "died", "living"):
+            frame[column] = frame[column].astype(object)
+    return frame
