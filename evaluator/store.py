@@ -164,6 +164,36 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS images_ckpt_artist ON images (checkpoint, artist_id)",
         ],
     ),
+    (
+        2,
+        "evaluator: seed counts, embedding errors, score state, reference prototypes",
+        [
+            # n counts images; the CI is a bootstrap over seeds, so say how many there were
+            "ALTER TABLE artist_scores ADD COLUMN IF NOT EXISTS n_seeds INTEGER",
+            "ALTER TABLE checkpoint_scores ADD COLUMN IF NOT EXISTS n_seeds INTEGER",
+            "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS higher_is_better BOOLEAN",
+            """CREATE TABLE IF NOT EXISTS embedding_errors (
+                image_id BIGINT NOT NULL,
+                model VARCHAR NOT NULL,
+                error VARCHAR,
+                run_id VARCHAR,
+                PRIMARY KEY (image_id, model)
+            )""",
+            """CREATE TABLE IF NOT EXISTS score_state (
+                model VARCHAR PRIMARY KEY,
+                fingerprint VARCHAR,
+                run_id VARCHAR,
+                updated_at TIMESTAMP
+            )""",
+            """CREATE TABLE IF NOT EXISTS reference_prototypes (
+                artist_id VARCHAR NOT NULL,
+                model VARCHAR NOT NULL,
+                n INTEGER,
+                embedding FLOAT[],
+                PRIMARY KEY (artist_id, model)
+            )""",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
