@@ -1,7 +1,77 @@
-"""Commands of this area (see evaluator/cli.py). Only click is imported at module level."""
+"""`atelier dashboard` and `atelier report` (see evaluator/cli.py). Only click at module level."""
 
 from __future__ import annotations
 
-import click  # noqa: F401
+from pathlib import Path
 
-COMMANDS: list = []
+import click
+
+APP = Path(__file__).resolve().parent / "app.py"
+
+
+def streamlit_command(workdir: Path, port: int, host: str, headless: bool = True) -> list[str]:
+    """The `streamlit run` command line that serves the dashboard for ``workdir``."""
+    import sys
+
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.port", str(port),
+        "--server.address", host,
+        "--server.headless", "true" if headless else "false",
+        "--browser.gatherUsageStats", "false",
+        "--", "--workdir", str(workdir),
+    ]
+
+
+@click.command("dashboard")
+@click.option("--workdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The workdir whose store (DIR/atelier.duckdb) the dashboard reads.")
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 127.0.0.1 keeps the dashboard local, 0.0.0.0 shares it.")
+@click.option("--open-browser/--no-open-browser", default=False, show_default=True)
+def dashboard_command(workdir: Path, port: int, host: str, open_browser: bool) -> None:
+    """Serve the Streamlit dashboard (read-only) for a workdir."""
+    import os
+    import subprocess
+
+    root = workdir.expanduser().resolve()
+    store = root / "atelier.duckdb"
+    if not store.is_file():
+        raise click.ClickException(
+            f"no store at {store}; run `atelier demo --workdir {root}` or `atelier score --workdir {root}` first"
+        )
+    env = dict(os.environ, ATELIER_WORKDIR=str(root))
+    click.echo(f"atelier dashboard: http://{host}:{port}  (workdir {root}; Ctrl+C stops)")
+    try:
+        code = subprocess.call(streamlit_command(root, port, host, headless=not open_browser), env=env)
+    except KeyboardInterrupt:
+        code = 0
+    if code:
+        raise click.ClickException(f"streamlit exited with status {code}")
+
+
+@click.command("report")
+@click.option("--workdir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML file to write; a Markdown twin is written beside it (same name, .md).")
+@click.option("--gallery-artists", default=8, show_default=True, type=click.IntRange(0, 200),
+              help="Artists in the thumbnail strip.")
+@click.option("--top", default=25, show_default=True, type=click.IntRange(1, 10_000),
+              help="Gained and lost artists listed per fine-tune.")
+def report_command(workdir: Path, out: Path, gallery_artists: int, top: int) -> None:
+    """Write a self-contained HTML (and Markdown) report: leaderboard, gains, losses, plots."""
+    import logging
+
+    # Outside `streamlit run` the query cache falls back to memory and says so; not news here.
+    logging.getLogger("streamlit").setLevel(logging.ERROR)
+    from dashboard.report import ReportConfig, write_report
+
+    try:
+        html_path, md_path = write_report(workdir, out, ReportConfig(gallery_artists=gallery_artists, top=top))
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {html_path}\nwrote {md_path}")
+
+
+COMMANDS: list = [dashboard_command, report_command]

@@ -1,0 +1,78 @@
+"""The atelier dashboard (Streamlit): `atelier dashboard --workdir DIR`, or
+`streamlit run dashboard/app.py -- --workdir DIR`, or with ``ATELIER_WORKDIR`` set.
+
+Pages: Leaderboard, Compare, Gallery, Artist, Similarity, SQL, Runs (sidebar, and
+``?page=Gallery`` in the URL). Every query lives in ``dashboard/queries.py`` and runs
+on a read-only connection opened and closed per query. This module never imports
+torch: text and image searches load the evaluator lazily, only when asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import queries as q
+from dashboard import views
+
+PAGES = {
+    "Leaderboard": views.page_leaderboard,
+    "Compare": views.page_compare,
+    "Gallery": views.page_gallery,
+    "Artist": views.page_artist,
+    "Similarity": views.page_similarity,
+    "SQL": views.page_sql,
+    "Runs": views.page_runs,
+}
+
+
+def workdir_from_args(argv: list[str], environ: dict) -> str | None:
+    """``--workdir`` after ``--`` in the streamlit arguments wins over ATELIER_WORKDIR."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--workdir")
+    known, _ = parser.parse_known_args(argv)
+    return known.workdir or environ.get("ATELIER_WORKDIR") or None
+
+
+def main() -> None:
+    st.set_page_config(page_title="atelier", page_icon="🎨", layout="wide")
+    workdir = workdir_from_args(sys.argv[1:], dict(os.environ))
+    st.sidebar.title("atelier")
+    if not workdir:
+        st.error("No workdir: start with `atelier dashboard --workdir DIR` or set ATELIER_WORKDIR.")
+        return
+    root = Path(workdir).expanduser().resolve()
+    if not (root / "atelier.duckdb").is_file():
+        st.error(
+            f"No store at {root / 'atelier.duckdb'}. Run `atelier demo --workdir {root}` or the "
+            "pipeline (`atelier generate`, `atelier score`) first."
+        )
+        return
+    store = q.Store(root)
+
+    names = list(PAGES)
+    if "page" not in st.session_state:
+        wanted = st.query_params.get("page", names[0])
+        st.session_state["page"] = wanted if wanted in PAGES else names[0]
+    page = st.sidebar.radio("Page", names, key="page")
+    st.query_params["page"] = page
+
+    notices = st.empty()
+    try:
+        model = views.sidebar_model(store)
+        PAGES[page](store, model)
+    except q.StoreBusyError as exc:
+        st.warning(str(exc))
+    except FileNotFoundError as exc:
+        st.error(str(exc))
+    stale = q.take_notices()
+    if stale:
+        notices.warning(" ".join(stale))
+    st.sidebar.caption(f"workdir: `{root}`")
+
+
+main()

@@ -1,0 +1,790 @@
+"""Every SQL statement of the dashboard, and the read-only connections that run them.
+
+DuckDB lets no process open a file while another holds it for writing, so the
+dashboard never keeps a connection: each query opens the store read-only, runs, and
+closes at once, waiting briefly (``store.connect`` retries) when a scoring run holds
+the lock. Results are cached by ``st.cache_data`` with the store file's (mtime, size)
+in the key: a committed write changes the stamp, so the cache drops by itself. If the
+lock outlasts the wait, the last result of the same query is returned and a notice is
+queued for the page (``take_notices``), instead of an exception.
+
+All connections of this process use one DuckDB configuration (``READ_CONFIG``):
+external access off (no file outside the store can be read, not even by the SQL page),
+extension autoloading off, configuration locked. DuckDB refuses two connections to one
+file with different configurations, so no query here uses another.
+
+This module never imports torch; pandas, duckdb and streamlit only.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from evaluator.store import StoreLockedError, connect
+from evaluator.workdir import STORE_NAME, Workdir
+
+READ_CONFIG: dict[str, object] = {
+    # The SQL page must not read /etc/passwd or the user's home: no file access at all
+    # beyond the store file itself (opened before the setting applies).
+    "enable_external_access": False,
+    # No network or disk fetches of extensions on a query's behalf.
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    # A query cannot `SET enable_external_access = true` behind our back.
+    "lock_configuration": True,
+}
+
+# How long a page waits for a writer to release the store before showing cached results.
+# 3 s covers a scoring run's transaction commit; longer would freeze the page.
+DEFAULT_LOCK_TIMEOUT = float(os.environ.get("ATELIER_DASHBOARD_LOCK_TIMEOUT", "3.0"))
+# Limits of the SQL page: 10,000 rows is more than a person reads and keeps the page
+# light; 10 s stops a runaway cross join long before it eats the machine.
+SQL_ROW_LIMIT = 10_000
+SQL_TIME_LIMIT = 10.0
+SQL_MAX_CHARS = 20_000
+
+_LAST_RESULTS: collections.OrderedDict[tuple, pd.DataFrame] = collections.OrderedDict()
+_LAST_LOCK = threading.Lock()
+_LAST_MAX = 512
+_NOTICES = threading.local()
+
+
+class StoreBusyError(RuntimeError):
+    """The store stayed locked by a writer and no earlier result of this query exists."""
+
+
+class UnsafeQueryError(ValueError):
+    """A query the SQL page refuses to run (a write, several statements, a file read...)."""
+
+
+def take_notices() -> list[str]:
+    """Notices queued by queries of this thread since the last call (stale results)."""
+    notices = list(getattr(_NOTICES, "items", []))
+    _NOTICES.items = []
+    return notices
+
+
+def _notice(message: str) -> None:
+    items = getattr(_NOTICES, "items", None)
+    if items is None:
+        items = _NOTICES.items = []
+    if message not in items:
+        items.append(message)
+
+
+def _is_transient(exc: Exception) -> bool:
+    text = str(exc)
+    return "different configuration" in text
+
+
+def _read_frame(path: str, sql: str, params: tuple, lock_timeout: float) -> pd.DataFrame:
+    """Open read-only, run one statement, close. Retries a same-process config clash."""
+    deadline = time.monotonic() + lock_timeout
+    while True:
+        try:
+            con = connect(path, read_only=True, timeout=lock_timeout, config=READ_CONFIG)
+        except Exception as exc:  # noqa: BLE001 - only the transient kind is retried
+            if _is_transient(exc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise
+        try:
+            return con.execute(sql, list(params)).df()
+        finally:
+            con.close()
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _cached_frame(path: str, stamp: tuple, sql: str, params: tuple, lock_timeout: float) -> pd.DataFrame:
+    return _read_frame(path, sql, params, lock_timeout)
+
+
+@dataclass(frozen=True)
+class Store:
+    """The store of one workdir, read-only. ``use_cache=False`` for the bench."""
+
+    workdir: Path
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    use_cache: bool = True
+
+    @classmethod
+    def at(cls, workdir: str | Path, **kwargs) -> Store:
+        return cls(Workdir.at(workdir, create=False).root, **kwargs)
+
+    @property
+    def path(self) -> Path:
+        return self.workdir / STORE_NAME
+
+    @property
+    def wd(self) -> Workdir:
+        return Workdir(self.workdir)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def stamp(self) -> tuple:
+        """(mtime, size) of the store and of its WAL: any committed write changes it."""
+        parts: list = []
+        for candidate in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                stat = candidate.stat()
+                parts += [stat.st_mtime_ns, stat.st_size]
+            except FileNotFoundError:
+                parts += [0, 0]
+        return tuple(parts)
+
+    def df(self, sql: str, params: tuple | list = ()) -> pd.DataFrame:
+        """Run one read-only query; on a lasting lock, the last result with a notice."""
+        params = tuple(tuple(p) if isinstance(p, list) else p for p in params)
+        key = (str(self.path), sql, params)
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"store {self.path} does not exist; run `atelier score` or `atelier demo --workdir "
+                f"{self.workdir}` first"
+            )
+        try:
+            if self.use_cache:
+                frame = _cached_frame(str(self.path), self.stamp(), sql, params, self.lock_timeout)
+            else:
+                frame = _read_frame(str(self.path), sql, params, self.lock_timeout)
+        except StoreLockedError as exc:
+            with _LAST_LOCK:
+                last = _LAST_RESULTS.get(key)
+            if last is None:
+                raise StoreBusyError(
+                    f"the store {self.path} is being written by another process; "
+                    "this page will show it once the write is committed (rerun in a moment)"
+                ) from exc
+            _notice(
+                "The store is being written by another process: showing the last committed "
+                "results; rerun in a moment for fresh ones."
+            )
+            return last.copy()
+        with _LAST_LOCK:
+            _LAST_RESULTS[key] = frame
+            _LAST_RESULTS.move_to_end(key)
+            while len(_LAST_RESULTS) > _LAST_MAX:
+                _LAST_RESULTS.popitem(last=False)
+        return frame
+
+    def scalar(self, sql: str, params: tuple | list = ()):
+        frame = self.df(sql, params)
+        return None if frame.empty else frame.iat[0, 0]
+
+
+# ---------------------------------------------------------------- filters
+
+@dataclass(frozen=True)
+class ArtistFilter:
+    """Catalog filters shared by Compare and Gallery; empty fields filter nothing."""
+
+    tag: str = ""
+    movement: str = ""
+    medium: str = ""
+    recognized_column: str = "recognized_sdxl"  # or recognized_sd1
+    recognized: str = ""  # yes | no | unsure | "" (any)
+    name: str = ""
+
+    def where(self, alias: str = "ar") -> tuple[str, list]:
+        clauses, params = ["TRUE"], []
+        for column, value in (("tags", self.tag), ("movements", self.movement), ("mediums", self.medium)):
+            if value:
+                clauses.append(f"list_contains(string_split(coalesce({alias}.{column}, ''), '; '), ?)")
+                params.append(value)
+        if self.recognized:
+            if self.recognized_column not in ("recognized_sdxl", "recognized_sd1"):
+                raise ValueError(f"recognized_column must be recognized_sdxl or recognized_sd1 but is {self.recognized_column!r}")
+            clauses.append(f"coalesce({alias}.{self.recognized_column}, '') = ?")
+            params.append("" if self.recognized == "blank" else self.recognized)
+        if self.name.strip():
+            needle = self.name.strip().lower()
+            clauses.append(
+                f"(contains(lower({alias}.name), ?) OR contains({alias}.artist_id, ?) "
+                f"OR contains(lower(coalesce({alias}.aliases, '')), ?))"
+            )
+            params += [needle, needle, needle]
+        return " AND ".join(clauses), params
+
+
+def filter_options(store: Store) -> dict[str, list[str]]:
+    """Distinct tags, movements and mediums of the catalog (split on "; ")."""
+    frame = store.df(
+        """SELECT 'tag' AS kind, v FROM (SELECT DISTINCT unnest(string_split(tags, '; ')) AS v FROM artists)
+           UNION ALL SELECT 'movement', v FROM (SELECT DISTINCT unnest(string_split(movements, '; ')) AS v FROM artists)
+           UNION ALL SELECT 'medium', v FROM (SELECT DISTINCT unnest(string_split(mediums, '; ')) AS v FROM artists)"""
+    )
+    frame = frame[frame["v"].fillna("").str.len() > 0]
+    return {kind: sorted(frame.loc[frame["kind"] == kind, "v"].tolist()) for kind in ("tag", "movement", "medium")}
+
+
+# ---------------------------------------------------------------- overview
+
+def overview(store: Store) -> dict[str, int]:
+    frame = store.df(
+        """SELECT (SELECT count(*) FROM images WHERE source <> 'reference') AS images,
+                  (SELECT count(*) FROM images WHERE error IS NOT NULL) AS errors,
+                  (SELECT count(*) FROM artists) AS artists,
+                  (SELECT count(*) FROM checkpoints) AS checkpoints,
+                  (SELECT count(*) FROM runs) AS runs"""
+    )
+    return {k: int(v) for k, v in frame.iloc[0].items()}
+
+
+def models(store: Store) -> list[str]:
+    """Embedding models that scored something, the most used first."""
+    frame = store.df(
+        "SELECT model, sum(n) AS n FROM checkpoint_scores GROUP BY model ORDER BY n DESC NULLS LAST, model"
+    )
+    if frame.empty:
+        frame = store.df("SELECT DISTINCT model FROM artist_scores ORDER BY model")
+    return frame["model"].tolist()
+
+
+def checkpoint_names(store: Store) -> list[str]:
+    """Checkpoints, bases first: the order of the gallery columns."""
+    frame = store.df(
+        """SELECT name FROM (SELECT name, base FROM checkpoints
+                             UNION SELECT DISTINCT checkpoint, NULL FROM artist_scores
+                             WHERE checkpoint NOT IN (SELECT name FROM checkpoints))
+           ORDER BY base IS NOT NULL, name"""
+    )
+    return frame["name"].tolist()
+
+
+# ---------------------------------------------------------------- leaderboard
+
+def leaderboard(store: Store, model: str) -> pd.DataFrame:
+    """checkpoint_scores of one model, long form (checkpoint, metric, value, n, ci)."""
+    return store.df(
+        """SELECT checkpoint, metric, value, ci_low, ci_high, n FROM checkpoint_scores
+           WHERE model = ? ORDER BY checkpoint, metric""",
+        (model,),
+    )
+
+
+def checkpoint_provenance(store: Store) -> pd.DataFrame:
+    """Checkpoints with their source, fingerprint and the runs that made their images."""
+    return store.df(
+        """WITH per_run AS (
+               SELECT checkpoint, run_id, count(*) AS images FROM images
+               WHERE checkpoint IS NOT NULL GROUP BY ALL),
+           latest AS (
+               SELECT p.checkpoint, r.run_id, r.started_at, r.git_rev, r.device, r.dtype AS run_dtype,
+                      r.versions, r.config,
+                      row_number() OVER (PARTITION BY p.checkpoint ORDER BY r.started_at DESC NULLS LAST) AS k
+               FROM per_run p JOIN runs r USING (run_id))
+           SELECT c.name AS checkpoint, c.kind, c.base, c.source, c.fingerprint, c.dtype, c.scheduler,
+                  c.adapters::VARCHAR AS adapters, l.run_id AS last_run, l.started_at, l.git_rev, l.device,
+                  l.versions::VARCHAR AS versions, l.config::VARCHAR AS settings, c.notes
+           FROM checkpoints c LEFT JOIN latest l ON l.checkpoint = c.name AND l.k = 1
+           ORDER BY c.base IS NOT NULL, c.name"""
+    )
+
+
+def score_runs(store: Store) -> pd.DataFrame:
+    return store.df(
+        """SELECT run_id, started_at, status, git_rev, device, versions::VARCHAR AS versions,
+                  config::VARCHAR AS settings FROM runs WHERE kind = 'score'
+           ORDER BY started_at DESC NULLS LAST LIMIT 20"""
+    )
+
+
+def metric_histogram(store: Store, model: str, metric: str, bins: int = 30) -> pd.DataFrame:
+    """Per-checkpoint histogram of one metric over artists, binned in SQL (no raw rows)."""
+    frame = store.df(
+        """WITH s AS (SELECT checkpoint, value FROM artist_scores
+                      WHERE model = ? AND metric = ? AND value IS NOT NULL AND isfinite(value)),
+                r AS (SELECT min(value) AS lo, max(value) AS hi FROM s)
+           SELECT checkpoint,
+                  least(CAST(floor((value - lo) / CASE WHEN hi > lo THEN hi - lo ELSE 1 END * ?) AS INTEGER), ? - 1) AS bin,
+                  count(*) AS artists, any_value(lo) AS lo, any_value(hi) AS hi
+           FROM s, r GROUP BY ALL ORDER BY checkpoint, bin""",
+        (model, metric, bins, bins),
+    )
+    return _bin_edges(frame, bins)
+
+
+def _bin_edges(frame: pd.DataFrame, bins: int) -> pd.DataFrame:
+    if frame.empty:
+        return frame.assign(start=[], end=[])
+    lo, hi = float(frame["lo"].iloc[0]), float(frame["hi"].iloc[0])
+    width = (hi - lo) / bins if hi > lo else 1.0 / bins
+    frame = frame.copy()
+    frame["start"] = lo + frame["bin"] * width
+    frame["end"] = frame["start"] + width
+    return frame.drop(columns=["lo", "hi"])
+
+
+# ---------------------------------------------------------------- compare
+
+def comparison_pairs(store: Store) -> pd.DataFrame:
+    """(base, finetune, model, metric) combinations present in `comparisons`."""
+    return store.df(
+        "SELECT DISTINCT base, finetune, model, metric FROM comparisons ORDER BY base, finetune, model, metric"
+    )
+
+
+def _compare_where(base: str, finetune: str, model: str, metric: str, filt: ArtistFilter) -> tuple[str, list]:
+    where, params = filt.where("ar")
+    return (
+        f"c.base = ? AND c.finetune = ? AND c.model = ? AND c.metric = ? AND {where}",
+        [base, finetune, model, metric, *params],
+    )
+
+
+def comparison_summary(store: Store, base: str, finetune: str, model: str, metric: str,
+                       filt: ArtistFilter = ArtistFilter()) -> dict[str, float]:
+    where, params = _compare_where(base, finetune, model, metric, filt)
+    frame = store.df(
+        f"""SELECT count(*) FILTER (WHERE verdict = 'gained') AS gained,
+                   count(*) FILTER (WHERE verdict = 'lost') AS lost,
+                   count(*) FILTER (WHERE verdict = 'kept') AS kept,
+                   count(*) AS artists, avg(delta) AS mean_delta
+            FROM comparisons c JOIN artists ar USING (artist_id) WHERE {where}""",
+        params,
+    )
+    row = frame.iloc[0]
+    summary = {k: int(row[k]) for k in ("gained", "lost", "kept", "artists")}
+    mean = row["mean_delta"]
+    summary["mean_delta"] = float(mean) if pd.notna(mean) else float("nan")
+    return summary
+
+
+def comparison_table(store: Store, base: str, finetune: str, model: str, metric: str,
+                     filt: ArtistFilter = ArtistFilter(), verdict: str = "", order: str = "delta",
+                     descending: bool = True, limit: int = 100, offset: int = 0) -> pd.DataFrame:
+    """Per-artist deltas, one page. ``order`` is a column name from a fixed list."""
+    columns = {"delta", "base_value", "finetune_value", "name", "ci_low", "ci_high"}
+    if order not in columns:
+        raise ValueError(f"order must be one of {sorted(columns)} but is {order!r}")
+    where, params = _compare_where(base, finetune, model, metric, filt)
+    if verdict:
+        where += " AND c.verdict = ?"
+        params.append(verdict)
+    direction = "DESC" if descending else "ASC"
+    return store.df(
+        f"""SELECT ar.name, c.artist_id, c.base_value, c.finetune_value, c.delta, c.ci_low, c.ci_high,
+                   c.n, c.verdict, ar.movements, ar.mediums, ar.tags, ar.recognized_sdxl, ar.recognized_sd1
+            FROM comparisons c JOIN artists ar USING (artist_id)
+            WHERE {where} ORDER BY {order} {direction} NULLS LAST, c.artist_id LIMIT ? OFFSET ?""",
+        [*params, int(limit), int(offset)],
+    )
+
+
+def comparison_points(store: Store, base: str, finetune: str, model: str, metric: str,
+                      filt: ArtistFilter = ArtistFilter(), limit: int = 10_000) -> pd.DataFrame:
+    """Points of the base-vs-fine-tune scatter (all artists up to ``limit``, gains and losses first)."""
+    where, params = _compare_where(base, finetune, model, metric, filt)
+    return store.df(
+        f"""SELECT ar.name, c.base_value, c.finetune_value, c.delta, c.verdict
+            FROM comparisons c JOIN artists ar USING (artist_id) WHERE {where}
+            ORDER BY c.verdict = 'kept', abs(c.delta) DESC LIMIT ?""",
+        [*params, int(limit)],
+    )
+
+
+def delta_histogram(store: Store, base: str, finetune: str, model: str, metric: str,
+                    filt: ArtistFilter = ArtistFilter(), bins: int = 40) -> pd.DataFrame:
+    where, params = _compare_where(base, finetune, model, metric, filt)
+    frame = store.df(
+        f"""WITH s AS (SELECT c.delta, c.verdict FROM comparisons c JOIN artists ar USING (artist_id)
+                       WHERE {where} AND c.delta IS NOT NULL AND isfinite(c.delta)),
+                 r AS (SELECT min(delta) AS lo, max(delta) AS hi FROM s)
+            SELECT least(CAST(floor((delta - lo) / CASE WHEN hi > lo THEN hi - lo ELSE 1 END * ?) AS INTEGER), ? - 1) AS bin,
+                   verdict, count(*) AS artists, any_value(lo) AS lo, any_value(hi) AS hi
+            FROM s, r GROUP BY ALL ORDER BY bin, verdict""",
+        [*params, bins, bins],
+    )
+    return _bin_edges(frame, bins)
+
+
+# ---------------------------------------------------------------- gallery
+
+def gallery_artists(store: Store, filt: ArtistFilter, limit: int, offset: int) -> tuple[pd.DataFrame, int]:
+    """One page of catalog artists that have generated images, and the total count."""
+    where, params = filt.where("ar")
+    frame = store.df(
+        f"""WITH shown AS (SELECT ar.artist_id, ar.name FROM artists ar
+                           WHERE {where} AND ar.artist_id IN (SELECT DISTINCT artist_id FROM artist_scores))
+            SELECT artist_id, name, (SELECT count(*) FROM shown) AS total
+            FROM shown ORDER BY name, artist_id LIMIT ? OFFSET ?""",
+        [*params, int(limit), int(offset)],
+    )
+    total = int(frame["total"].iloc[0]) if not frame.empty else 0
+    if frame.empty and offset > 0:
+        total = int(store.scalar(
+            f"""SELECT count(*) FROM artists ar WHERE {where}
+                AND ar.artist_id IN (SELECT DISTINCT artist_id FROM artist_scores)""", params) or 0)
+    return frame.drop(columns=["total"]), total
+
+
+def templates_and_seeds(store: Store) -> tuple[list[str], list[int]]:
+    """Subject templates (not the no-artist baseline) and seeds present among the images."""
+    templates = store.df(
+        """SELECT name FROM templates WHERE name <> 'null'
+           AND name IN (SELECT DISTINCT template FROM images WHERE source = 'generated') ORDER BY name"""
+    )["name"].tolist()
+    seeds = store.df(
+        "SELECT DISTINCT seed FROM images WHERE source = 'generated' AND seed >= 0 ORDER BY seed LIMIT 1000"
+    )["seed"].astype(int).tolist()
+    return templates, seeds
+
+
+def gallery_images(store: Store, artist_ids: list[str], template: str, seed: int,
+                   checkpoints: list[str] | None = None) -> pd.DataFrame:
+    """The images of a page: artists x checkpoints for one template and seed."""
+    if not artist_ids:
+        return pd.DataFrame(columns=["image_id", "artist_id", "checkpoint", "thumb_path", "path", "error"])
+    sql = """SELECT image_id, artist_id, checkpoint, thumb_path, path, error FROM images
+             WHERE artist_id IN (SELECT unnest(?)) AND template = ? AND seed = ? AND source = 'generated'"""
+    params: list = [list(artist_ids), template, int(seed)]
+    if checkpoints:
+        sql += " AND checkpoint IN (SELECT unnest(?))"
+        params.append(list(checkpoints))
+    return store.df(sql + " ORDER BY artist_id, checkpoint", params)
+
+
+def image_detail(store: Store, image_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One image's row (with the artist's name) and its per-image scores."""
+    row = store.df(
+        """SELECT i.*, ar.name AS artist_name FROM images i LEFT JOIN artists ar USING (artist_id)
+           WHERE i.image_id = ?""",
+        (int(image_id),),
+    )
+    scores = store.df(
+        "SELECT model, metric, value FROM image_scores WHERE image_id = ? ORDER BY model, metric",
+        (int(image_id),),
+    )
+    return row, scores
+
+
+# ---------------------------------------------------------------- artist
+
+def artist_search(store: Store, text: str, limit: int = 200) -> pd.DataFrame:
+    """Artists whose name, id or alias contains ``text`` (all artists, paged, when empty)."""
+    where, params = ArtistFilter(name=text).where("ar")
+    return store.df(
+        f"""SELECT ar.artist_id, ar.name FROM artists ar WHERE {where}
+            ORDER BY NOT starts_with(lower(ar.name), ?), ar.name LIMIT ?""",
+        [*params, text.strip().lower(), int(limit)],
+    )
+
+
+def artist_info(store: Store, artist_id: str) -> pd.DataFrame:
+    return store.df("SELECT * FROM artists WHERE artist_id = ?", (artist_id,))
+
+
+def artist_image_count(store: Store, artist_id: str) -> int:
+    return int(store.scalar(
+        "SELECT count(*) FROM images WHERE artist_id = ? AND source <> 'reference'", (artist_id,)) or 0)
+
+
+def artist_images(store: Store, artist_id: str, limit: int = 24, offset: int = 0) -> pd.DataFrame:
+    return store.df(
+        """SELECT image_id, checkpoint, template, seed, thumb_path, path, error FROM images
+           WHERE artist_id = ? AND source <> 'reference'
+           ORDER BY template, seed, checkpoint LIMIT ? OFFSET ?""",
+        (artist_id, int(limit), int(offset)),
+    )
+
+
+def artist_scores_of(store: Store, artist_id: str, model: str) -> pd.DataFrame:
+    return store.df(
+        """SELECT checkpoint, metric, value, ci_low, ci_high, n FROM artist_scores
+           WHERE artist_id = ? AND model = ? ORDER BY metric, checkpoint""",
+        (artist_id, model),
+    )
+
+
+def artist_neighbors_of(store: Store, artist_id: str, model: str) -> pd.DataFrame:
+    return store.df(
+        """SELECT n.checkpoint, n.rank, n.neighbor_id, ar.name AS neighbor, n.similarity
+           FROM artist_neighbors n LEFT JOIN artists ar ON ar.artist_id = n.neighbor_id
+           WHERE n.artist_id = ? AND n.model = ? ORDER BY n.checkpoint, n.rank""",
+        (artist_id, model),
+    )
+
+
+def artist_comparisons_of(store: Store, artist_id: str, model: str) -> pd.DataFrame:
+    return store.df(
+        """SELECT base, finetune, metric, base_value, finetune_value, delta, ci_low, ci_high, verdict
+           FROM comparisons WHERE artist_id = ? AND model = ? ORDER BY finetune, metric""",
+        (artist_id, model),
+    )
+
+
+def artist_references(store: Store, artist_id: str) -> pd.DataFrame:
+    return store.df(
+        """SELECT i.image_id, i.path, i.thumb_path, i.prompt, i.width, i.height FROM reference_images r
+           JOIN images i USING (image_id) WHERE r.artist_id = ? ORDER BY i.image_id""",
+        (artist_id,),
+    )
+
+
+# ---------------------------------------------------------------- similarity
+
+def neighbor_checkpoints(store: Store, model: str) -> list[str]:
+    frame = store.df(
+        "SELECT DISTINCT checkpoint FROM artist_scores WHERE model = ? ORDER BY checkpoint", (model,))
+    return frame["checkpoint"].tolist()
+
+
+def top_similar_pairs(store: Store, checkpoint: str, model: str, filt: ArtistFilter = ArtistFilter(),
+                      limit: int = 100) -> pd.DataFrame:
+    """The most alike artist pairs of a checkpoint (each unordered pair once)."""
+    where, params = filt.where("ar")
+    return store.df(
+        f"""SELECT ar.name AS artist, nb.name AS neighbor, max(n.similarity) AS similarity,
+                   least(n.artist_id, n.neighbor_id) AS a, greatest(n.artist_id, n.neighbor_id) AS b
+            FROM artist_neighbors n JOIN artists ar ON ar.artist_id = n.artist_id
+            LEFT JOIN artists nb ON nb.artist_id = n.neighbor_id
+            WHERE n.checkpoint = ? AND n.model = ? AND {where}
+            GROUP BY ALL ORDER BY similarity DESC, a, b LIMIT ?""",
+        [checkpoint, model, *params, int(limit)],
+    ).drop(columns=["a", "b"])
+
+
+def similarity_matrix(store: Store, checkpoint: str, model: str, artist_ids: list[str]) -> pd.DataFrame:
+    """Known similarities among a set of artists (pairs absent from the top-k stay empty)."""
+    return store.df(
+        """SELECT a.name AS artist, b.name AS neighbor, n.similarity
+           FROM artist_neighbors n JOIN artists a ON a.artist_id = n.artist_id
+           JOIN artists b ON b.artist_id = n.neighbor_id
+           WHERE n.checkpoint = ? AND n.model = ? AND n.artist_id IN (SELECT unnest(?))
+             AND n.neighbor_id IN (SELECT unnest(?))""",
+        (checkpoint, model, list(artist_ids), list(artist_ids)),
+    )
+
+
+def images_by_ids(store: Store, image_ids: list[int]) -> pd.DataFrame:
+    if not image_ids:
+        return pd.DataFrame(columns=["image_id", "checkpoint", "artist_id", "name", "template", "seed",
+                                     "thumb_path", "path"])
+    return store.df(
+        """SELECT i.image_id, i.checkpoint, i.artist_id, ar.name, i.template, i.seed, i.thumb_path, i.path
+           FROM images i LEFT JOIN artists ar USING (artist_id) WHERE i.image_id IN (SELECT unnest(?))""",
+        (list(int(i) for i in image_ids),),
+    )
+
+
+def artist_names(store: Store, artist_ids: list[str]) -> pd.DataFrame:
+    return store.df(
+        "SELECT artist_id, name FROM artists WHERE artist_id IN (SELECT unnest(?))", (list(artist_ids),))
+
+
+# ---------------------------------------------------------------- runs
+
+def runs(store: Store) -> pd.DataFrame:
+    return store.df(
+        """SELECT run_id, kind, status, started_at, finished_at,
+                  date_diff('second', started_at, finished_at) AS seconds,
+                  n_done, n_skipped, n_failed, host, device, dtype, git_rev, message,
+                  config::VARCHAR AS config, versions::VARCHAR AS versions, timings::VARCHAR AS timings
+           FROM runs ORDER BY started_at DESC NULLS LAST, run_id LIMIT 500"""
+    )
+
+
+def run_progress(store: Store) -> pd.DataFrame:
+    """Images made, failed and scored per generation run and checkpoint."""
+    return store.df(
+        """WITH scored AS (SELECT DISTINCT image_id FROM image_scores)
+           SELECT i.run_id, i.checkpoint, count(*) AS images,
+                  count(*) FILTER (WHERE i.error IS NOT NULL) AS failed,
+                  count(s.image_id) AS scored,
+                  min(i.created_at) AS first, max(i.created_at) AS last
+           FROM images i LEFT JOIN scored s USING (image_id)
+           GROUP BY ALL ORDER BY i.run_id, i.checkpoint"""
+    )
+
+
+def error_images(store: Store, limit: int = 100, offset: int = 0) -> tuple[pd.DataFrame, int]:
+    frame = store.df(
+        """SELECT image_id, run_id, checkpoint, artist_id, template, seed, error, created_at,
+                  count(*) OVER () AS total
+           FROM images WHERE error IS NOT NULL
+           ORDER BY created_at DESC NULLS LAST, image_id LIMIT ? OFFSET ?""",
+        (int(limit), int(offset)),
+    )
+    total = int(frame["total"].iloc[0]) if not frame.empty else 0
+    return frame.drop(columns=["total"]), total
+
+
+# ---------------------------------------------------------------- SQL page
+
+EXAMPLE_QUERIES: dict[str, str] = {
+    "Leaderboard (one metric)": (
+        "SELECT checkpoint, model, value, ci_low, ci_high\nFROM checkpoint_scores\n"
+        "WHERE metric = 'artist_similarity'\nORDER BY value DESC"
+    ),
+    "Artists lost by each fine-tune": (
+        "SELECT finetune, metric, count(*) AS lost\nFROM comparisons\nWHERE verdict = 'lost'\n"
+        "GROUP BY ALL ORDER BY lost DESC"
+    ),
+    "Biggest losses (artist_similarity)": (
+        "SELECT c.finetune, a.name, c.base_value, c.finetune_value, c.delta, c.ci_low, c.ci_high\n"
+        "FROM comparisons c JOIN artists a USING (artist_id)\n"
+        "WHERE c.metric = 'artist_similarity' AND c.verdict = 'lost'\nORDER BY c.delta LIMIT 50"
+    ),
+    "Most alike artist pairs (base)": (
+        "SELECT n.artist_id, n.neighbor_id, n.similarity\nFROM artist_neighbors n\n"
+        "WHERE n.checkpoint = 'base' AND n.rank = 1\nORDER BY n.similarity DESC LIMIT 50"
+    ),
+    "Recognition by movement": (
+        "SELECT m.movement, s.checkpoint, avg(s.value) AS recognized, count(*) AS artists\n"
+        "FROM artist_scores s\nJOIN (SELECT artist_id, unnest(string_split(movements, '; ')) AS movement FROM artists) m\n"
+        "  USING (artist_id)\nWHERE s.metric = 'recognized'\nGROUP BY ALL ORDER BY movement, checkpoint"
+    ),
+    "Failed images": (
+        "SELECT run_id, checkpoint, artist_id, template, seed, error\nFROM images\n"
+        "WHERE error IS NOT NULL\nORDER BY created_at DESC LIMIT 100"
+    ),
+    "Tables and columns": "DESCRIBE images",
+}
+
+
+@dataclass
+class UserQueryResult:
+    frame: pd.DataFrame
+    truncated: bool
+    seconds: float
+    row_limit: int
+
+
+def check_user_sql(sql: str) -> str:
+    """The one statement of ``sql`` if the SQL page may run it, else UnsafeQueryError.
+
+    Allowed: one SELECT (incl. WITH, FROM-first, VALUES, DESCRIBE, SHOW, SUMMARIZE, which
+    DuckDB parses as SELECT) or an EXPLAIN of one. Everything else (CREATE, COPY, ATTACH,
+    SET, PRAGMA, CALL, INSTALL/LOAD, EXPORT, transactions) is refused by name; file reads
+    inside a SELECT are refused by the connection (external access disabled).
+    """
+    import duckdb
+
+    text = (sql or "").strip()
+    if not text:
+        raise UnsafeQueryError("the query is empty")
+    if len(text) > SQL_MAX_CHARS:
+        raise UnsafeQueryError(f"the query is {len(text)} characters long; the limit is {SQL_MAX_CHARS}")
+    parser = duckdb.connect(":memory:", config=READ_CONFIG)
+    try:
+        try:
+            statements = parser.extract_statements(text)
+        except duckdb.Error as exc:
+            raise UnsafeQueryError(f"the query does not parse: {exc}") from exc
+        if len(statements) != 1:
+            raise UnsafeQueryError(f"one statement at a time, please (got {len(statements)})")
+        statement = statements[0]
+        kind = statement.type.name
+        if kind == "EXPLAIN":
+            inner = statement.query.strip()
+            words = inner.split(None, 2)
+            rest = inner
+            for _ in range(2):  # EXPLAIN [ANALYZE] <query>
+                if words and words[0].upper() in ("EXPLAIN", "ANALYZE", "ANALYSE"):
+                    rest = rest.split(None, 1)[1] if len(rest.split(None, 1)) > 1 else ""
+                    words = rest.split(None, 2)
+            inner_statements = parser.extract_statements(rest) if rest else []
+            if len(inner_statements) != 1 or inner_statements[0].type.name != "SELECT":
+                raise UnsafeQueryError("EXPLAIN is allowed only for a SELECT query")
+        elif kind != "SELECT":
+            raise UnsafeQueryError(
+                f"only read-only queries (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) may run here; "
+                f"this is a {kind} statement"
+            )
+        return statement.query
+    finally:
+        parser.close()
+
+
+def run_user_sql(store: Store, sql: str, row_limit: int = SQL_ROW_LIMIT,
+                 time_limit: float = SQL_TIME_LIMIT) -> UserQueryResult:
+    """Run a user's query read-only with a row limit and a time limit (never cached).
+
+    The time limit interrupts the connection from a timer thread; the row limit stops
+    reading Arrow batches once ``row_limit`` rows are in, so a huge result is never built.
+    """
+    import duckdb
+
+    if row_limit < 1:
+        raise ValueError(f"row_limit must be >= 1 but is {row_limit}")
+    if time_limit <= 0:
+        raise ValueError(f"time_limit must be > 0 but is {time_limit}")
+    query = check_user_sql(sql)
+    if not store.path.is_file():
+        raise FileNotFoundError(f"store {store.path} does not exist")
+    con = connect(store.path, read_only=True, timeout=store.lock_timeout, config=READ_CONFIG)
+    timer = threading.Timer(time_limit, con.interrupt)
+    started = time.perf_counter()
+    timer.start()
+    try:
+        try:
+            relation = con.sql(query)
+            if relation is None:
+                raise UnsafeQueryError("the statement returned no result")
+            reader = relation.to_arrow_reader(2048)
+            batches, rows = [], 0
+            for batch in reader:
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows > row_limit:
+                    break
+        except duckdb.InterruptException as exc:
+            raise TimeoutError(f"the query ran longer than the {time_limit:g} s limit and was stopped") from exc
+        except duckdb.PermissionException as exc:
+            raise UnsafeQueryError(f"the SQL page cannot read files outside the store: {exc}") from exc
+        import pyarrow as pa
+
+        table = pa.Table.from_batches(batches, schema=reader.schema) if batches else reader.schema.empty_table()
+        truncated = table.num_rows > row_limit
+        frame = table.slice(0, row_limit).to_pandas()
+    finally:
+        timer.cancel()
+        con.close()
+    return UserQueryResult(frame, truncated, time.perf_counter() - started, row_limit)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells a spreadsheet would run as formulas get a leading apostrophe (CSV injection)."""
+    out = frame.copy()
+    for column in out.columns:
+        series = out[column]
+        if series.dtype == object or pd.api.types.is_string_dtype(series):
+            out[column] = series.map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+            )
+    return out
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    return neutralize_formulas(frame).to_csv(index=False).encode("utf-8")
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- files
+
+def image_file(workdir: str | Path, relpath: str | None) -> Path | None:
+    """An image file of the workdir by its stored relative path, or None (missing, escaping)."""
+    if not relpath or not isinstance(relpath, str):
+        return None
+    try:
+        path = Workdir(Path(workdir).resolve()).resolve_inside(relpath)
+    except ValueError:
+        return None
+    return path if path.is_file() else None

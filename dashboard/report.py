@@ -1,0 +1,309 @@
+"""`atelier report`: a self-contained HTML summary (and a Markdown twin) of a workdir.
+
+Attachable to a model card or an e-mail: inline CSS, plots as inline SVG drawn here
+(no plotting library, no JavaScript), thumbnails as base64 data URIs, no link to any
+external host. Contents: the leaderboard with confidence intervals, provenance, and for
+each fine-tune the artists gained and lost (by the CI verdict), a delta histogram and a
+base-vs-fine-tune scatter, then a gallery strip (same template and seed per artist
+across checkpoints).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from dashboard import queries as q
+
+VERDICT_COLOR = {"gained": "#2e7d32", "kept": "#9e9e9e", "lost": "#c62828"}
+PREFERRED_METRICS = ("artist_similarity", "top1", "mrr", "clip_score")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    # Eight artists x up to seven checkpoints of 192 px JPEGs keeps the file under ~1 MB.
+    gallery_artists: int = 8
+    # 25 names per list: what a reader scans; the full table is one SQL query away.
+    top: int = 25
+    # Scatter points: every artist up to this many (gains and losses first).
+    scatter_points: int = 3000
+
+
+# ------------------------------------------------------------------ SVG
+
+def _esc(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def svg_bars(labels: list[str], values: list[float], lows: list[float], highs: list[float], title: str,
+             width: int = 560) -> str:
+    """Horizontal bars with CI whiskers."""
+    row, left, pad = 24, 140, 20
+    height = pad * 2 + row * len(labels) + 20
+    finite = [v for v in [*values, *lows, *highs] if v is not None and math.isfinite(v)]
+    lo = min(0.0, min(finite, default=0.0))
+    hi = max(finite, default=1.0) or 1.0
+    scale = (width - left - pad) / (hi - lo if hi > lo else 1.0)
+    x = lambda v: left + (v - lo) * scale  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">',
+             f'<text x="{left}" y="14" font-size="12" font-weight="bold">{_esc(title)}</text>']
+    for i, (label, value, low, high) in enumerate(zip(labels, values, lows, highs, strict=True)):
+        y = pad + i * row + 4
+        parts.append(f'<text x="{left - 6}" y="{y + 13}" font-size="11" text-anchor="end">{_esc(label)}</text>')
+        if value is not None and math.isfinite(value):
+            parts.append(f'<rect x="{x(min(0, value)):.1f}" y="{y}" width="{abs(x(value) - x(0)):.1f}" height="{row - 8}" fill="#5c6bc0"/>')
+            parts.append(f'<text x="{x(max(value, 0)) + 4:.1f}" y="{y + 12}" font-size="10">{value:.4g}</text>')
+        if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+            mid = y + (row - 8) / 2
+            parts.append(f'<line x1="{x(low):.1f}" x2="{x(high):.1f}" y1="{mid:.1f}" y2="{mid:.1f}" stroke="black"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_histogram(frame: pd.DataFrame, title: str, width: int = 560, height: int = 220) -> str:
+    """Stacked histogram from (start, end, verdict, artists) bins."""
+    pad_l, pad_b, pad_t = 40, 30, 22
+    if frame.empty:
+        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="40"><text x="4" y="20">{_esc(title)}: no data</text></svg>'
+    totals = frame.groupby("start")["artists"].sum()
+    top = float(totals.max()) or 1.0
+    lo, hi = float(frame["start"].min()), float(frame["end"].max())
+    sx = (width - pad_l - 10) / (hi - lo if hi > lo else 1.0)
+    sy = (height - pad_b - pad_t) / top
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">',
+             f'<text x="{pad_l}" y="14" font-size="12" font-weight="bold">{_esc(title)}</text>']
+    stacked: dict[float, float] = {}
+    for r in frame.sort_values(["start", "verdict"]).itertuples(index=False):
+        base = stacked.get(r.start, 0.0)
+        h = r.artists * sy
+        y = height - pad_b - base - h
+        color = VERDICT_COLOR.get(getattr(r, "verdict", ""), "#5c6bc0")
+        parts.append(f'<rect x="{pad_l + (r.start - lo) * sx:.1f}" y="{y:.1f}" width="{max((r.end - r.start) * sx - 1, 1):.1f}" '
+                     f'height="{h:.1f}" fill="{color}"><title>{r.start:.4g}..{r.end:.4g}: {r.artists}</title></rect>')
+        stacked[r.start] = base + h
+    if lo < 0 < hi:
+        zx = pad_l + (0 - lo) * sx
+        parts.append(f'<line x1="{zx:.1f}" x2="{zx:.1f}" y1="{pad_t}" y2="{height - pad_b}" stroke="black" stroke-dasharray="3,3"/>')
+    parts.append(f'<text x="{pad_l}" y="{height - 8}" font-size="10">{lo:.3g}</text>')
+    parts.append(f'<text x="{width - 10}" y="{height - 8}" font-size="10" text-anchor="end">{hi:.3g}</text>')
+    parts.append(f'<text x="4" y="{pad_t + 8}" font-size="10">{int(top)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_scatter(frame: pd.DataFrame, xlabel: str, ylabel: str, title: str, size: int = 300) -> str:
+    pad = 36
+    if frame.empty:
+        return ""
+    lo = float(min(frame.base_value.min(), frame.finetune_value.min()))
+    hi = float(max(frame.base_value.max(), frame.finetune_value.max()))
+    s = (size - 2 * pad) / (hi - lo if hi > lo else 1.0)
+    px = lambda v: pad + (v - lo) * s  # noqa: E731
+    py = lambda v: size - pad - (v - lo) * s  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" role="img" aria-label="{_esc(title)}">',
+             f'<text x="{pad}" y="14" font-size="12" font-weight="bold">{_esc(title)}</text>',
+             f'<line x1="{px(lo):.1f}" y1="{py(lo):.1f}" x2="{px(hi):.1f}" y2="{py(hi):.1f}" stroke="black" stroke-dasharray="3,3"/>']
+    for r in frame.itertuples(index=False):
+        parts.append(f'<circle cx="{px(r.base_value):.1f}" cy="{py(r.finetune_value):.1f}" r="2" '
+                     f'fill="{VERDICT_COLOR.get(r.verdict, "#5c6bc0")}" fill-opacity="0.6"/>')
+    parts.append(f'<text x="{size / 2}" y="{size - 6}" font-size="10" text-anchor="middle">{_esc(xlabel)}</text>')
+    parts.append(f'<text x="10" y="{size / 2}" font-size="10" transform="rotate(-90 10 {size / 2})" text-anchor="middle">{_esc(ylabel)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _svg_data_uri(svg: str) -> str:
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+
+
+def _image_data_uri(path: Path) -> str:
+    mime = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}.get(
+        path.suffix.lower(), "application/octet-stream")
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+# ------------------------------------------------------------------ tables
+
+def _html_table(frame: pd.DataFrame, css_class: str = "") -> str:
+    head = "".join(f"<th>{_esc(c)}</th>" for c in frame.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_esc(_cell(v))}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False)
+    )
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_none_\n"
+    esc = lambda v: _cell(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def leaderboard_table(long: pd.DataFrame) -> pd.DataFrame:
+    """checkpoint x metric, each cell "value [low, high]"."""
+    if long.empty:
+        return pd.DataFrame()
+    cells = long.assign(cell=[
+        f"{_cell(v)} [{_cell(lo)}, {_cell(hi)}]" if pd.notna(lo) and pd.notna(hi) else _cell(v)
+        for v, lo, hi in zip(long.value, long.ci_low, long.ci_high, strict=True)
+    ])
+    return cells.pivot(index="checkpoint", columns="metric", values="cell").reset_index().rename_axis(columns=None)
+
+
+# ------------------------------------------------------------------ report
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222;max-width:1200px}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}
+th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#f3f3f3}.muted{color:#777;font-size:.85rem}
+.lists{display:flex;gap:2rem;flex-wrap:wrap}.plots{display:flex;gap:1rem;flex-wrap:wrap;align-items:flex-start}
+.gained{color:#2e7d32}.lost{color:#c62828}
+.strip td{text-align:center;font-size:.75rem}.strip img{width:128px;height:auto;display:block}
+"""
+
+
+def write_report(workdir: str | Path, out: str | Path, config: ReportConfig | None = None) -> tuple[Path, Path]:
+    """Write ``out`` (HTML) and ``out`` with suffix ``.md``; return both paths.
+
+    Reads the store read-only (waiting briefly for a writer); writes atomically.
+    """
+    from catalog.atomic import atomic_write_text
+
+    config = config or ReportConfig()
+    store = q.Store.at(workdir, use_cache=False, lock_timeout=30.0)
+    if not store.exists():
+        raise FileNotFoundError(f"no store at {store.path}; run `atelier demo` or `atelier score` first")
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--out must name an .html file but is {out}")
+    md_path = out.with_suffix(".md")
+    html_parts: list[str] = []
+    md_parts: list[str] = []
+    stats = q.overview(store)
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    summary = (f"{stats['checkpoints']} checkpoints · {stats['artists']:,} artists · {stats['images']:,} images "
+               f"({stats['errors']:,} failed) · {stats['runs']} runs")
+    html_parts.append(f"<h1>atelier report</h1><p class='muted'>{_esc(store.workdir)} · {now}</p><p>{_esc(summary)}</p>")
+    md_parts.append(f"# atelier report\n\n`{store.workdir}` · {now}\n\n{summary}\n")
+
+    models = q.models(store)
+    for model in models:
+        long = q.leaderboard(store, model)
+        html_parts.append(f"<h2>Leaderboard · <code>{_esc(model)}</code></h2>")
+        md_parts.append(f"\n## Leaderboard · `{model}`\n")
+        table = leaderboard_table(long)
+        html_parts.append(_html_table(table, "leaderboard"))
+        md_parts.append(_md_table(table))
+        html_parts.append("<p class='muted'>mean over artists [95% interval]</p>")
+        metric = next((m for m in PREFERRED_METRICS if m in set(long.metric)), None) or (long.metric.iloc[0] if len(long) else None)
+        if metric:
+            rows = long[long.metric == metric]
+            svg = svg_bars(rows.checkpoint.tolist(), rows.value.tolist(), rows.ci_low.tolist(), rows.ci_high.tolist(),
+                           f"{metric} by checkpoint")
+            html_parts.append(f"<div class='plots'>{svg}</div>")
+            md_parts.append(f"\n![{metric} by checkpoint]({_svg_data_uri(svg)})\n")
+
+        pairs = q.comparison_pairs(store)
+        pairs = pairs[pairs.model == model]
+        for (base, finetune), group in pairs.groupby(["base", "finetune"], sort=True):
+            metrics = set(group.metric)
+            cmp_metric = next((m for m in PREFERRED_METRICS if m in metrics), sorted(metrics)[0])
+            s = q.comparison_summary(store, base, finetune, model, cmp_metric)
+            title = f"{finetune} vs {base}"
+            line = (f"{cmp_metric}: {s['gained']:,} gained · {s['lost']:,} lost · {s['kept']:,} kept "
+                    f"of {s['artists']:,} artists (mean Δ {_cell(s['mean_delta'])})")
+            html_parts.append(f"<h2>{_esc(title)}</h2><p>{_esc(line)}</p>")
+            md_parts.append(f"\n## {title}\n\n{line}\n")
+            for other in sorted(metrics - {cmp_metric}):
+                o = q.comparison_summary(store, base, finetune, model, other)
+                html_parts.append(f"<p class='muted'>{_esc(other)}: {o['gained']:,} gained · {o['lost']:,} lost · {o['kept']:,} kept</p>")
+                md_parts.append(f"- {other}: {o['gained']:,} gained · {o['lost']:,} lost · {o['kept']:,} kept\n")
+            hist = q.delta_histogram(store, base, finetune, model, cmp_metric)
+            points = q.comparison_points(store, base, finetune, model, cmp_metric, limit=config.scatter_points)
+            h_svg = svg_histogram(hist, f"Δ {cmp_metric} ({finetune} − {base})")
+            s_svg = svg_scatter(points, base, finetune, f"{cmp_metric}: {base} vs {finetune}")
+            html_parts.append(f"<div class='plots'>{h_svg}{s_svg}</div>")
+            md_parts.append(f"\n![delta histogram]({_svg_data_uri(h_svg)})\n")
+            if s_svg:
+                md_parts.append(f"![scatter]({_svg_data_uri(s_svg)})\n")
+            cols = ["name", "base_value", "finetune_value", "delta", "ci_low", "ci_high"]
+            gained = q.comparison_table(store, base, finetune, model, cmp_metric, verdict="gained", order="delta",
+                                        descending=True, limit=config.top)[cols]
+            lost = q.comparison_table(store, base, finetune, model, cmp_metric, verdict="lost", order="delta",
+                                      descending=False, limit=config.top)[cols]
+            html_parts.append(
+                "<div class='lists'>"
+                f"<div><h3 class='gained'>Gained ({s['gained']:,})</h3>{_html_table(gained, 'gained-list')}</div>"
+                f"<div><h3 class='lost'>Lost ({s['lost']:,})</h3>{_html_table(lost, 'lost-list')}</div></div>")
+            md_parts.append(f"\n### Gained ({s['gained']:,})\n\n{_md_table(gained)}\n### Lost ({s['lost']:,})\n\n{_md_table(lost)}")
+
+    prov = q.checkpoint_provenance(store)
+    if not prov.empty:
+        cols = [c for c in ["checkpoint", "kind", "base", "source", "fingerprint", "dtype", "scheduler", "last_run", "git_rev", "device"] if c in prov]
+        html_parts.append("<h2>Provenance</h2>" + _html_table(prov[cols], "provenance"))
+        md_parts.append("\n## Provenance\n\n" + _md_table(prov[cols]))
+
+    strip_html, strip_md = _gallery_strip(store, config.gallery_artists)
+    if strip_html:
+        html_parts.append("<h2>Gallery</h2>" + strip_html)
+        md_parts.append("\n## Gallery\n\n" + strip_md)
+
+    document = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>atelier report</title>"
+                f"<style>{CSS}</style></head><body>{''.join(html_parts)}</body></html>\n")
+    atomic_write_text(out, document)
+    atomic_write_text(md_path, "".join(md_parts))
+    for path in (out, md_path):  # a report is for sharing: not the 0600 of a temp file
+        path.chmod(0o644)
+    return out, md_path
+
+
+def _gallery_strip(store: q.Store, n_artists: int) -> tuple[str, str]:
+    """Thumbnails: a few artists x every checkpoint, first template, first seed."""
+    if n_artists <= 0:
+        return "", ""
+    templates, seeds = q.templates_and_seeds(store)
+    if not templates or not seeds:
+        return "", ""
+    template, seed = templates[0], seeds[0]
+    checkpoints = q.checkpoint_names(store)
+    artists, _ = q.gallery_artists(store, q.ArtistFilter(), n_artists, 0)
+    images = q.gallery_images(store, artists.artist_id.tolist(), template, seed, checkpoints)
+    cells = {(r.artist_id, r.checkpoint): r.thumb_path for r in images.itertuples(index=False)}
+    head = "<tr><th>artist</th>" + "".join(f"<th>{_esc(c)}</th>" for c in checkpoints) + "</tr>"
+    md = ["| artist | " + " | ".join(checkpoints) + " |", "|---|" + "---|" * len(checkpoints)]
+    rows = []
+    for artist in artists.itertuples(index=False):
+        tds, mds = [], []
+        for checkpoint in checkpoints:
+            path = q.image_file(store.workdir, cells.get((artist.artist_id, checkpoint)))
+            if path is None:
+                tds.append("<td>—</td>")
+                mds.append("—")
+                continue
+            uri = _image_data_uri(path)
+            alt = f"{artist.name} · {checkpoint}"
+            tds.append(f"<td><img src='{uri}' alt='{_esc(alt)}'></td>")
+            mds.append(f"![{alt}]({uri})")
+        rows.append(f"<tr><td>{_esc(artist.name)}</td>{''.join(tds)}</tr>")
+        md.append(f"| {artist.name} | " + " | ".join(mds) + " |")
+    caption = f"<p class='muted'>template <code>{_esc(template)}</code>, seed {seed}</p>"
+    return (caption + f"<table class='strip'>{head}{''.join(rows)}</table>",
+            f"template `{template}`, seed {seed}\n\n" + "\n".join(md) + "\n")

@@ -1,0 +1,554 @@
+"""The pages of the dashboard. Each takes the read-only ``Store`` and the chosen model.
+
+Only ``dashboard.queries`` touches the database; this module lays out widgets, tables
+and altair charts. Searches by text or image import the evaluator lazily (torch,
+open_clip, faiss) inside ``st.cache_resource``, never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard import queries as q
+
+# Metrics where a smaller value is better (a rank, a distance, a leak); the rest: higher.
+LOWER_IS_BETTER = {"artist_rank", "fd_clip", "content_leak"}
+VERDICT_COLORS = alt.Scale(domain=["gained", "kept", "lost"], range=["#2e7d32", "#9e9e9e", "#c62828"])
+ANY = "(any)"
+
+
+def sidebar_model(store: q.Store) -> str:
+    """The embedding model whose scores the pages show (a choice only when several exist)."""
+    models = q.models(store)
+    if not models:
+        st.sidebar.info("No scores yet: run `atelier score`.")
+        return ""
+    if len(models) == 1:
+        st.sidebar.caption(f"model: `{models[0]}`")
+        return models[0]
+    return st.sidebar.selectbox("Embedding model", models, key="model")
+
+
+def artist_filter_widgets(store: q.Store, key: str) -> q.ArtistFilter:
+    """Tag / movement / medium / recognition / name filters, in an expander."""
+    options = q.filter_options(store)
+    with st.expander("Filter artists", expanded=False):
+        c1, c2, c3 = st.columns(3)
+        tag = c1.selectbox("Tag", [ANY, *options["tag"]], key=f"{key}-tag")
+        movement = c2.selectbox("Movement", [ANY, *options["movement"]], key=f"{key}-movement")
+        medium = c3.selectbox("Medium", [ANY, *options["medium"]], key=f"{key}-medium")
+        c4, c5, c6 = st.columns(3)
+        column = c4.selectbox("Recognition label", ["recognized_sdxl", "recognized_sd1"], key=f"{key}-reccol")
+        recognized = c5.selectbox("Recognized", [ANY, "yes", "no", "unsure", "blank"], key=f"{key}-rec")
+        name = c6.text_input("Name contains", key=f"{key}-name")
+    return q.ArtistFilter(
+        tag="" if tag == ANY else tag,
+        movement="" if movement == ANY else movement,
+        medium="" if medium == ANY else medium,
+        recognized_column=column,
+        recognized="" if recognized == ANY else recognized,
+        name=name or "",
+    )
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"{value:.4g}"
+
+
+def _show_image(container, workdir: Path, relpath: str | None, caption: str | None = None,
+                width: int | str = "content") -> bool:
+    path = q.image_file(workdir, relpath)
+    if path is None:
+        container.caption(f"{caption or ''} (no image)")
+        return False
+    container.image(str(path), caption=caption, width=width)
+    return True
+
+
+# ------------------------------------------------------------------ Leaderboard
+
+def page_leaderboard(store: q.Store, model: str) -> None:
+    st.header("Leaderboard")
+    stats = q.overview(store)
+    cols = st.columns(5)
+    for col, (label, key) in zip(cols, [("Checkpoints", "checkpoints"), ("Artists", "artists"),
+                                        ("Images", "images"), ("Failed images", "errors"), ("Runs", "runs")], strict=True):
+        col.metric(label, f"{stats[key]:,}")
+    if not model:
+        return
+    long = q.leaderboard(store, model)
+    if long.empty:
+        st.info(f"No checkpoint scores for model {model!r} yet.")
+        return
+    metrics = sorted(long["metric"].unique())
+    c1, c2 = st.columns([2, 1])
+    sort_metric = c1.selectbox("Sort by", metrics, index=metrics.index("artist_similarity")
+                               if "artist_similarity" in metrics else 0, key="lb-sort")
+    best_first = c2.toggle("Best first", value=True, key="lb-best")
+    values = long.pivot(index="checkpoint", columns="metric", values="value")
+    table = pd.DataFrame(index=values.index)
+    for metric in metrics:
+        table[metric] = values[metric]
+        lo = long[long.metric == metric].set_index("checkpoint")
+        table[f"{metric} CI"] = [
+            f"[{_fmt(lo.at[c, 'ci_low'])}, {_fmt(lo.at[c, 'ci_high'])}]" if c in lo.index and pd.notna(lo.at[c, "ci_low"]) else ""
+            for c in table.index
+        ]
+    ascending = (sort_metric in LOWER_IS_BETTER) == best_first
+    table = table.sort_values(sort_metric, ascending=ascending).reset_index()
+    st.dataframe(table, hide_index=True, key="lb-table")
+    st.caption("Values are means over artists; CI = 95% interval. "
+               f"Lower is better for: {', '.join(sorted(LOWER_IS_BETTER & set(metrics))) or 'none'}.")
+
+    chosen = long[long.metric == sort_metric]
+    bars = alt.Chart(chosen).mark_bar().encode(
+        x=alt.X("value:Q", title=sort_metric), y=alt.Y("checkpoint:N", sort="-x"), tooltip=["checkpoint", "value", "ci_low", "ci_high", "n"])
+    rules = alt.Chart(chosen).mark_rule(color="black").encode(x="ci_low:Q", x2="ci_high:Q", y="checkpoint:N")
+    st.altair_chart(bars + rules, width="stretch")
+
+    st.subheader(f"Distribution of {sort_metric} over artists")
+    hist = q.metric_histogram(store, model, sort_metric)
+    if not hist.empty:
+        chart = alt.Chart(hist).mark_bar(opacity=0.6).encode(
+            x=alt.X("start:Q", bin="binned", title=sort_metric), x2="end:Q",
+            y=alt.Y("artists:Q", stack=None), color="checkpoint:N", tooltip=["checkpoint", "start", "end", "artists"])
+        st.altair_chart(chart, width="stretch")
+
+    st.subheader("Provenance")
+    st.dataframe(q.checkpoint_provenance(store), hide_index=True, key="lb-prov")
+    score_runs = q.score_runs(store)
+    if not score_runs.empty:
+        st.caption("Scoring runs")
+        st.dataframe(score_runs, hide_index=True, key="lb-score-runs")
+
+
+# ------------------------------------------------------------------ Compare
+
+def page_compare(store: q.Store, model: str) -> None:
+    st.header("Compare a fine-tune with its base")
+    pairs = q.comparison_pairs(store)
+    pairs = pairs[pairs.model == model] if model else pairs
+    if pairs.empty:
+        st.info("No comparisons yet: `atelier score` compares each fine-tune with its base.")
+        return
+    combos = sorted({(b, f) for b, f in zip(pairs.base, pairs.finetune, strict=True)})
+    c1, c2 = st.columns(2)
+    base, finetune = c1.selectbox("Base → fine-tune", combos, format_func=lambda p: f"{p[0]} → {p[1]}", key="cmp-pair")
+    metrics = sorted(pairs[(pairs.base == base) & (pairs.finetune == finetune)].metric.unique())
+    metric = c2.selectbox("Metric", metrics, index=metrics.index("artist_similarity")
+                          if "artist_similarity" in metrics else 0, key="cmp-metric")
+    filt = artist_filter_widgets(store, "cmp")
+
+    summary = q.comparison_summary(store, base, finetune, model, metric, filt)
+    cols = st.columns(5)
+    cols[0].metric("Artists", f"{summary['artists']:,}")
+    cols[1].metric("Gained", f"{summary['gained']:,}")
+    cols[2].metric("Lost", f"{summary['lost']:,}")
+    cols[3].metric("Kept", f"{summary['kept']:,}")
+    cols[4].metric("Mean Δ", _fmt(summary["mean_delta"]))
+    st.caption("Gained / lost: the 95% bootstrap interval of the per-artist delta lies wholly above / below zero.")
+    if summary["artists"] == 0:
+        st.info("No artist matches the filters.")
+        return
+
+    left, right = st.columns(2)
+    points = q.comparison_points(store, base, finetune, model, metric, filt)
+    lo = float(min(points.base_value.min(), points.finetune_value.min()))
+    hi = float(max(points.base_value.max(), points.finetune_value.max()))
+    scatter = alt.Chart(points).mark_circle(size=18, opacity=0.6).encode(
+        x=alt.X("base_value:Q", title=f"{base}", scale=alt.Scale(domain=[lo, hi])),
+        y=alt.Y("finetune_value:Q", title=f"{finetune}", scale=alt.Scale(domain=[lo, hi])),
+        color=alt.Color("verdict:N", scale=VERDICT_COLORS), tooltip=["name", "base_value", "finetune_value", "delta", "verdict"])
+    diagonal = alt.Chart(pd.DataFrame({"x": [lo, hi], "y": [lo, hi]})).mark_line(color="black", strokeDash=[4, 4]).encode(x="x:Q", y="y:Q")
+    left.subheader(f"{metric}: base vs fine-tune")
+    left.altair_chart(scatter + diagonal, width="stretch")
+    hist = q.delta_histogram(store, base, finetune, model, metric, filt)
+    right.subheader("Distribution of Δ")
+    right.altair_chart(alt.Chart(hist).mark_bar().encode(
+        x=alt.X("start:Q", bin="binned", title=f"Δ {metric}"), x2="end:Q", y=alt.Y("artists:Q"),
+        color=alt.Color("verdict:N", scale=VERDICT_COLORS), tooltip=["start", "end", "verdict", "artists"]), width="stretch")
+
+    g, lcol = st.columns(2)
+    gained = q.comparison_table(store, base, finetune, model, metric, filt, verdict="gained", order="delta", descending=True, limit=50)
+    lost = q.comparison_table(store, base, finetune, model, metric, filt, verdict="lost", order="delta", descending=False, limit=50)
+    g.subheader(f"Gained ({summary['gained']:,})")
+    g.dataframe(gained[["name", "base_value", "finetune_value", "delta", "ci_low", "ci_high"]], hide_index=True, key="cmp-gained")
+    lcol.subheader(f"Lost ({summary['lost']:,})")
+    lcol.dataframe(lost[["name", "base_value", "finetune_value", "delta", "ci_low", "ci_high"]], hide_index=True, key="cmp-lost")
+
+    st.subheader("All artists")
+    c1, c2, c3, c4 = st.columns(4)
+    order = c1.selectbox("Order by", ["delta", "base_value", "finetune_value", "name"], key="cmp-order")
+    descending = c2.toggle("Descending", value=True, key="cmp-desc")
+    page_size = c3.selectbox("Rows per page", [50, 100, 250], key="cmp-size")
+    pages = max(1, math.ceil(summary["artists"] / page_size))
+    page = c4.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="cmp-page")
+    table = q.comparison_table(store, base, finetune, model, metric, filt, order=order, descending=descending,
+                               limit=page_size, offset=(int(page) - 1) * page_size)
+    st.dataframe(table, hide_index=True, key="cmp-table")
+
+
+# ------------------------------------------------------------------ Gallery
+
+def _image_parameters(row: pd.Series) -> pd.DataFrame:
+    fields = ["checkpoint", "artist_name", "artist_id", "template", "prompt", "negative_prompt", "seed",
+              "width", "height", "steps", "guidance", "scheduler", "run_id", "unit_id", "image_id", "sha256",
+              "seconds", "created_at", "error", "path"]
+    return pd.DataFrame({"field": fields, "value": [str(row.get(f, "")) for f in fields]})
+
+
+def show_image_detail(store: q.Store, image_id: int, key: str) -> None:
+    row, scores = q.image_detail(store, image_id)
+    if row.empty:
+        st.warning(f"image {image_id} is not in the store")
+        return
+    record = row.iloc[0]
+    with st.container(border=True):
+        left, right = st.columns([1, 1])
+        shown = _show_image(left, store.workdir, record["path"], f"{record['artist_name'] or record['artist_id']} · {record['checkpoint']}")
+        if shown:
+            png_text = _png_parameters(q.image_file(store.workdir, record["path"]))
+            if png_text:
+                left.code(png_text, language=None)
+        right.markdown("**Generation parameters**")
+        right.dataframe(_image_parameters(record), hide_index=True, key=f"{key}-params")
+        if not scores.empty:
+            right.markdown("**Scores**")
+            right.dataframe(scores, hide_index=True, key=f"{key}-scores")
+        if right.button("Close", key=f"{key}-close"):
+            st.session_state.pop(key, None)
+            st.rerun()
+
+
+def _png_parameters(path: Path | None) -> str:
+    """The A1111-style `parameters` text chunk of a PNG, if any."""
+    if path is None or path.suffix.lower() != ".png":
+        return ""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return str(image.info.get("parameters", ""))
+    except OSError:
+        return ""
+
+
+def page_gallery(store: q.Store, model: str) -> None:
+    st.header("Gallery")
+    templates, seeds = q.templates_and_seeds(store)
+    checkpoints = q.checkpoint_names(store)
+    if not templates or not seeds:
+        st.info("No generated images yet: run `atelier generate`.")
+        return
+    c1, c2, c3, c4 = st.columns([1, 1, 3, 1])
+    template = c1.selectbox("Template", templates, key="gal-template")
+    seed = c2.selectbox("Seed", seeds, key="gal-seed")
+    chosen = c3.multiselect("Checkpoints", checkpoints, default=checkpoints, key="gal-ckpts") or checkpoints
+    page_size = c4.selectbox("Artists per page", [6, 12, 24], index=1, key="gal-size")
+    filt = artist_filter_widgets(store, "gal")
+
+    if st.session_state.get("gal-image") is not None:
+        show_image_detail(store, st.session_state["gal-image"], "gal-image")
+
+    first = q.gallery_artists(store, filt, 1, 0)[1]
+    pages = max(1, math.ceil(first / page_size))
+    page = st.number_input(f"Page (of {pages}; {first:,} artists)", min_value=1, max_value=pages, value=1, key="gal-page")
+    artists, total = q.gallery_artists(store, filt, page_size, (int(page) - 1) * page_size)
+    if artists.empty:
+        st.info("No artist matches the filters.")
+        return
+    images = q.gallery_images(store, artists.artist_id.tolist(), template, seed, chosen)
+    by_cell = {(r.artist_id, r.checkpoint): r for r in images.itertuples(index=False)}
+    shown = 0
+    header = st.columns([1] + [1] * len(chosen))
+    header[0].markdown("**artist**")
+    for col, name in zip(header[1:], chosen, strict=True):
+        col.markdown(f"**{name}**")
+    for artist in artists.itertuples(index=False):
+        cols = st.columns([1] + [1] * len(chosen))
+        cols[0].markdown(f"{artist.name}  \n`{artist.artist_id}`")
+        for col, checkpoint in zip(cols[1:], chosen, strict=True):
+            cell = by_cell.get((artist.artist_id, checkpoint))
+            if cell is None:
+                col.caption("—")
+                continue
+            if cell.error is not None and not isinstance(cell.error, float):
+                col.caption(f"failed: {cell.error[:60]}")
+                continue
+            if _show_image(col, store.workdir, cell.thumb_path):
+                shown += 1
+            if col.button("View", key=f"gal-view-{cell.image_id}"):
+                st.session_state["gal-image"] = int(cell.image_id)
+                st.rerun()
+    st.caption(f"{shown} thumbnails · template `{template}` · seed {seed} · page {page} of {pages}")
+
+
+# ------------------------------------------------------------------ Artist
+
+def page_artist(store: q.Store, model: str) -> None:
+    st.header("Artist")
+    text = st.text_input("Find an artist", key="art-search", value=st.query_params.get("artist", ""))
+    matches = q.artist_search(store, text or "", limit=200)
+    if matches.empty:
+        st.info("No artist matches.")
+        return
+    labels = {r.artist_id: f"{r.name} ({r.artist_id})" for r in matches.itertuples(index=False)}
+    artist_id = st.selectbox("Artist", list(labels), format_func=labels.get, key="art-id")
+    info = q.artist_info(store, artist_id)
+    if info.empty:
+        return
+    a = info.iloc[0]
+    years = f"{a['born'] or '?'}–{'' if a['living'] else (a['died'] or '?')}" if pd.notna(a["born"]) else ""
+    st.subheader(f"{a['name']} {years}")
+    st.markdown(
+        f"**Movements:** {a['movements'] or '—'} · **Mediums:** {a['mediums'] or '—'} · **Tags:** {a['tags'] or '—'}  \n"
+        f"**Nationality:** {a['nationality'] or '—'} · **Recognized (SDXL / SD1 labels):** "
+        f"{a['recognized_sdxl'] or '—'} / {a['recognized_sd1'] or '—'} · **Sources:** {a['sources'] or '—'}"
+    )
+
+    if model:
+        scores = q.artist_scores_of(store, artist_id, model)
+        st.subheader("Scores per checkpoint")
+        if scores.empty:
+            st.caption("not scored")
+        else:
+            table = scores.pivot(index="metric", columns="checkpoint", values="value")
+            st.dataframe(table, key="art-scores")
+        comparisons = q.artist_comparisons_of(store, artist_id, model)
+        if not comparisons.empty:
+            st.caption("Against the base")
+            st.dataframe(comparisons, hide_index=True, key="art-cmp")
+        neighbors = q.artist_neighbors_of(store, artist_id, model)
+        st.subheader("Nearest artists per checkpoint")
+        if neighbors.empty:
+            st.caption("no neighbours computed")
+        else:
+            neighbors["label"] = neighbors["neighbor"].fillna(neighbors["neighbor_id"]) + " (" + neighbors["similarity"].map(_fmt) + ")"
+            st.dataframe(neighbors.pivot(index="rank", columns="checkpoint", values="label"), key="art-nb")
+
+    refs = q.artist_references(store, artist_id)
+    st.subheader(f"Reference works ({len(refs)})")
+    if refs.empty:
+        st.caption("none supplied (`atelier references`)")
+    else:
+        cols = st.columns(6)
+        for i, ref in enumerate(refs.itertuples(index=False)):
+            _show_image(cols[i % 6], store.workdir, ref.thumb_path or ref.path, "reference")
+
+    count = q.artist_image_count(store, artist_id)
+    per_page = 24
+    pages = max(1, math.ceil(count / per_page))
+    st.subheader(f"Images ({count:,})")
+    if st.session_state.get("art-image") is not None:
+        show_image_detail(store, st.session_state["art-image"], "art-image")
+    page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="art-page")
+    images = q.artist_images(store, artist_id, per_page, (int(page) - 1) * per_page)
+    cols = st.columns(6)
+    for i, image in enumerate(images.itertuples(index=False)):
+        col = cols[i % 6]
+        if isinstance(image.error, str):
+            col.caption(f"{image.checkpoint} · failed: {image.error[:60]}")
+            continue
+        _show_image(col, store.workdir, image.thumb_path, f"{image.checkpoint} · {image.template} · seed {image.seed}")
+        if col.button("View", key=f"art-view-{image.image_id}"):
+            st.session_state["art-image"] = int(image.image_id)
+            st.rerun()
+
+
+# ------------------------------------------------------------------ Similarity
+
+@st.cache_resource(show_spinner="Loading the CLIP model…")
+def _clip_model(spec: str):
+    from evaluator.embed import load_clip  # torch/open_clip only on demand
+
+    return load_clip(spec)
+
+
+@st.cache_resource(show_spinner="Loading the FAISS index…", max_entries=4)
+def _faiss_index(workdir: str, model: str, stamp: float):
+    from evaluator.index import load_index
+    from evaluator.workdir import Workdir
+
+    return load_index(Workdir(Path(workdir)), model)[0]
+
+
+def similarity_search(store: q.Store, model: str, spec: str, text: str = "", image_bytes: bytes | None = None,
+                      k: int = 48):
+    """(image hits, artist hits) for a text or an image, by the evaluator's FAISS index."""
+    try:
+        from evaluator.embed import embed_image_files, embed_texts, text_cache_dir  # noqa: F401
+        from evaluator.index import search_by_vector  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"searching needs the evaluator's embed/index modules: {exc}") from exc
+    from evaluator.embed import embed_image_files, embed_texts, text_cache_dir
+    from evaluator.index import search_by_vector
+
+    index_path = store.wd.index(model)
+    if not index_path.is_file():
+        raise FileNotFoundError(f"no FAISS index for model {model!r} at {index_path}; run `atelier index` or `atelier score`")
+    clip = _clip_model(spec)
+    index = _faiss_index(str(store.workdir), model, index_path.stat().st_mtime)
+    if image_bytes is not None:
+        with tempfile.NamedTemporaryFile(suffix=".img") as handle:
+            handle.write(image_bytes)
+            handle.flush()
+            vec = embed_image_files(clip, [handle.name])
+    else:
+        vec = embed_texts(clip, [text], cache_dir=text_cache_dir(store.wd, clip.key))
+    sims, ids = search_by_vector(index, vec, k)
+    hits = pd.DataFrame({"image_id": ids[0], "similarity": sims[0]})
+    hits = hits[hits.image_id >= 0]
+    rows = q.images_by_ids(store, hits.image_id.tolist()).merge(hits, on="image_id").sort_values("similarity", ascending=False)
+    artists = (rows.groupby(["artist_id", "name"], dropna=False)["similarity"].agg(["max", "mean", "count"])
+               .reset_index().sort_values("max", ascending=False))
+    return rows, artists
+
+
+def _default_clip_spec(store: q.Store, model: str) -> str:
+    """The CLIP the scores were made with: the score run's config, else the model key."""
+    runs = q.score_runs(store)
+    for settings in runs.get("settings", []):
+        try:
+            config = json.loads(settings or "{}")
+        except (TypeError, ValueError):
+            continue
+        for key in ("model_spec", "model", "clip"):
+            if isinstance(config.get(key), str) and config[key]:
+                return config[key]
+    return model
+
+
+def page_similarity(store: q.Store, model: str) -> None:
+    st.header("Similarity")
+    if not model:
+        st.info("No scores yet.")
+        return
+    st.subheader("Nearest images and artists to a text or an image")
+    c1, c2 = st.columns(2)
+    text = c1.text_input("Text", key="sim-text", placeholder="a stormy sea in thick impasto")
+    upload = c2.file_uploader("…or an image", type=["png", "jpg", "jpeg", "webp"], key="sim-upload")
+    spec = st.text_input("CLIP model (name or folder) used to embed the query", value=_default_clip_spec(store, model), key="sim-spec")
+    if (text or upload is not None) and st.button("Search", key="sim-go"):
+        try:
+            rows, artists = similarity_search(store, model, spec, text=text, image_bytes=upload.getvalue() if upload else None)
+        except Exception as exc:  # noqa: BLE001 - a failed search is a message, not a crash
+            st.error(f"Search failed: {exc}")
+        else:
+            st.markdown("**Nearest artists** (by their images among the hits)")
+            st.dataframe(artists, hide_index=True, key="sim-artists")
+            cols = st.columns(6)
+            for i, hit in enumerate(rows.head(24).itertuples(index=False)):
+                _show_image(cols[i % 6], store.workdir, hit.thumb_path, f"{hit.name or hit.artist_id} · {hit.checkpoint} · {hit.similarity:.3f}")
+
+    st.subheader("Artists a checkpoint renders alike")
+    checkpoints = q.neighbor_checkpoints(store, model)
+    if not checkpoints:
+        st.caption("no neighbours computed")
+        return
+    checkpoint = st.selectbox("Checkpoint", checkpoints, key="sim-ckpt")
+    filt = artist_filter_widgets(store, "sim")
+    pairs = q.top_similar_pairs(store, checkpoint, model, filt, limit=200)
+    st.dataframe(pairs, hide_index=True, key="sim-pairs")
+
+    st.markdown("**Heatmap around one artist** (the artist and its nearest neighbours)")
+    text = st.text_input("Artist", key="sim-artist-search")
+    matches = q.artist_search(store, text or "", limit=100)
+    if matches.empty:
+        st.caption("no artist matches")
+        return
+    labels = dict(zip(matches.artist_id, matches.name, strict=True))
+    center = st.selectbox("Center artist", list(labels), format_func=labels.get, key="sim-center")
+    near = q.artist_neighbors_of(store, center, model)
+    near = near[near.checkpoint == checkpoint]
+    ids = [center, *near.neighbor_id.tolist()]
+    matrix = q.similarity_matrix(store, checkpoint, model, ids)
+    if matrix.empty:
+        st.caption("no similarities among these artists")
+        return
+    order = q.artist_names(store, ids).set_index("artist_id").reindex(ids)["name"].dropna().tolist()
+    heat = alt.Chart(matrix).mark_rect().encode(
+        x=alt.X("neighbor:N", sort=order), y=alt.Y("artist:N", sort=order),
+        color=alt.Color("similarity:Q", scale=alt.Scale(scheme="viridis")), tooltip=["artist", "neighbor", "similarity"])
+    st.altair_chart(heat, width="stretch")
+    st.dataframe(matrix.pivot_table(index="artist", columns="neighbor", values="similarity"), key="sim-matrix")
+
+
+# ------------------------------------------------------------------ SQL
+
+def page_sql(store: q.Store, model: str) -> None:
+    st.header("SQL")
+    st.caption("Read-only: one SELECT / WITH / DESCRIBE / SHOW / EXPLAIN statement; no file outside the store "
+               "can be read. Tables: artists, templates, checkpoints, runs, images, image_scores, artist_scores, "
+               "checkpoint_scores, artist_neighbors, comparisons, reference_images.")
+    example = st.selectbox("Example queries", list(q.EXAMPLE_QUERIES), key="sql-example")
+    if st.session_state.get("sql-last-example") != example:
+        st.session_state["sql-last-example"] = example
+        st.session_state["sql-text"] = q.EXAMPLE_QUERIES[example]
+    sql = st.text_area("Query", key="sql-text", height=160)
+    c1, c2 = st.columns(2)
+    row_limit = int(c1.number_input("Row limit", min_value=1, max_value=1_000_000, value=q.SQL_ROW_LIMIT, key="sql-rows"))
+    time_limit = float(c2.number_input("Time limit (s)", min_value=0.1, max_value=300.0, value=q.SQL_TIME_LIMIT, key="sql-time"))
+    if not st.button("Run", key="sql-run", type="primary"):
+        return
+    try:
+        result = q.run_user_sql(store, sql, row_limit=row_limit, time_limit=time_limit)
+    except q.UnsafeQueryError as exc:
+        st.error(f"Refused: {exc}")
+        return
+    except TimeoutError as exc:
+        st.error(str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - a SQL error is the user's to read
+        st.error(f"Query failed: {exc}")
+        return
+    note = f"{len(result.frame):,} rows in {result.seconds:.2f} s"
+    if result.truncated:
+        note += f" — truncated at the row limit of {result.row_limit:,}"
+    st.caption(note)
+    st.dataframe(result.frame, hide_index=True, key="sql-result")
+    c1, c2 = st.columns(2)
+    c1.download_button("Download CSV", q.csv_bytes(result.frame), file_name="atelier-query.csv", mime="text/csv", key="sql-csv")
+    c2.download_button("Download Parquet", q.parquet_bytes(result.frame), file_name="atelier-query.parquet",
+                       mime="application/octet-stream", key="sql-parquet")
+
+
+# ------------------------------------------------------------------ Runs
+
+def page_runs(store: q.Store, model: str) -> None:
+    st.header("Runs")
+    runs = q.runs(store)
+    if runs.empty:
+        st.info("No runs recorded yet.")
+    else:
+        cols = st.columns(4)
+        cols[0].metric("Runs", len(runs))
+        cols[1].metric("Generation runs", int((runs.kind == "generate").sum()))
+        cols[2].metric("Scoring runs", int((runs.kind == "score").sum()))
+        cols[3].metric("Not finished", int((runs.status.fillna("") != "done").sum()))
+        st.dataframe(runs, hide_index=True, key="runs-table")
+    st.subheader("Progress per run and checkpoint")
+    progress = q.run_progress(store)
+    st.dataframe(progress, hide_index=True, key="runs-progress")
+    if not progress.empty:
+        melted = progress.melt(id_vars=["run_id", "checkpoint"], value_vars=["scored", "failed"], var_name="state", value_name="n")
+        st.altair_chart(alt.Chart(melted).mark_bar().encode(
+            x="n:Q", y=alt.Y("run_id:N"), color="state:N", tooltip=["run_id", "checkpoint", "state", "n"]), width="stretch")
+    st.subheader("Images with errors")
+    first, total = q.error_images(store, 1, 0)
+    if total == 0:
+        st.success("No failed image.")
+        return
+    per_page = 100
+    pages = max(1, math.ceil(total / per_page))
+    page = st.number_input(f"Page (of {pages}; {total:,} failed images)", min_value=1, max_value=pages, value=1, key="runs-page")
+    errors, _ = q.error_images(store, per_page, (int(page) - 1) * per_page)
+    st.dataframe(errors, hide_index=True, key="runs-errors")
