@@ -66,6 +66,9 @@ _ARTIST_METRICS = ["clip_score", "artist_similarity", "artist_rank", "top1", "to
                    "recognized", "diversity"]
 _COMPARED_METRICS = ["artist_similarity", "top1", "clip_score", "mrr"]
 BASELINE_ARTIST_ID = "_baseline"
+# Explicit column lists: later migrations add columns, and positional inserts would break.
+IMAGE_COLUMNS = ("image_id, unit_id, source, checkpoint, artist_id, template, prompt, negative_prompt, seed, "
+                 "width, height, steps, guidance, scheduler, path, thumb_path, sha256, seconds, error, run_id, created_at")
 
 
 def _artist_rows(n_artists: int, rng) -> list[dict]:
@@ -252,7 +255,7 @@ def build_store(
             SELECT *, (('0x' || unit_id)::UBIGINT >> 1)::BIGINT AS image_id,
                    (hash(unit_id) % 100000) / 100000.0 < {error_rate} AS failed
             FROM ({common}) ORDER BY checkpoint, artist_id, template, seed""")
-        con.execute("""INSERT INTO images
+        con.execute(f"""INSERT INTO images ({IMAGE_COLUMNS})
             SELECT image_id, unit_id, 'generated', checkpoint, artist_id, template, prompt,
                    'blurry, lowres', seed, 64, 64, 4, 5.0, 'euler',
                    CASE WHEN failed THEN NULL ELSE 'images/' || checkpoint || '/' || artist_id || '/' || template
@@ -270,14 +273,14 @@ def build_store(
             SELECT a.artist_id, r.range AS k,
                    (('0x' || left(sha256('ref|' || a.artist_id || '|' || r.range), 16))::UBIGINT >> 1)::BIGINT AS image_id
             FROM a CROSS JOIN range(2) r WHERE a.idx < {n_refs}""")
-        con.execute("""INSERT INTO images
+        con.execute(f"""INSERT INTO images ({IMAGE_COLUMNS})
             SELECT image_id, left(sha256('ref|' || artist_id || '|' || k), 16), 'reference', NULL, artist_id,
                    'import', NULL, NULL, -1, 64, 64, 0, 0.0, '',
                    'imported/references/' || artist_id || '/ref-' || k || '.png',
                    'thumbs/references/' || artist_id || '/ref-' || k || '.jpg',
                    sha256(artist_id || k), 0.0, NULL, 'import-refs', TIMESTAMP '2026-11-19 12:00:00'
             FROM refs""")
-        con.execute("INSERT INTO reference_images SELECT artist_id, image_id FROM refs")
+        con.execute("INSERT INTO reference_images (artist_id, image_id) SELECT artist_id, image_id FROM refs")
         # Per-image scores from the latent skill plus seed noise.
         metric_values = {
             "clip_score": "greatest(0, 18 + 10 * skill + 4 * noise)",
@@ -289,20 +292,20 @@ def build_store(
         selects = " UNION ALL ".join(
             f"SELECT image_id, '{model}', '{m}', {expr} FROM noisy" for m, expr in metric_values.items()
         )
-        con.execute(f"""INSERT INTO image_scores
+        con.execute(f"""INSERT INTO image_scores (image_id, model, metric, value)
             WITH noisy AS (SELECT image_id, skill,
                     ((hash(image_id, 11) % 1000) + (hash(image_id, 12) % 1000) + (hash(image_id, 13) % 1000))
                     / 1000.0 - 1.5 AS noise
                 FROM u WHERE NOT failed AND artist_id <> '{BASELINE_ARTIST_ID}')
             {selects}""")
         # Artist scores: mean over seeds and templates, a normal-approximation interval.
-        con.execute("""INSERT INTO artist_scores
+        con.execute("""INSERT INTO artist_scores (checkpoint, artist_id, model, metric, value, n, ci_low, ci_high)
             SELECT i.checkpoint, i.artist_id, s.model, s.metric, avg(s.value), count(*)::INTEGER,
                    avg(s.value) - 1.96 * coalesce(stddev_samp(s.value), 0) / sqrt(count(*)),
                    avg(s.value) + 1.96 * coalesce(stddev_samp(s.value), 0) / sqrt(count(*))
             FROM image_scores s JOIN images i USING (image_id)
             WHERE i.source = 'generated' GROUP BY ALL""")
-        con.execute(f"""INSERT INTO artist_scores
+        con.execute(f"""INSERT INTO artist_scores (checkpoint, artist_id, model, metric, value, n, ci_low, ci_high)
             SELECT checkpoint, artist_id, model, 'mrr', avg(1.0 / value), count(*)::INTEGER,
                    avg(1.0 / value) - 1.96 * coalesce(stddev_samp(1.0 / value), 0) / sqrt(count(*)),
                    avg(1.0 / value) + 1.96 * coalesce(stddev_samp(1.0 / value), 0) / sqrt(count(*))
@@ -318,20 +321,21 @@ def build_store(
                    0.2 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0,
                    0.3 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0
             FROM skill s""")
-        con.execute("""INSERT INTO checkpoint_scores
+        con.execute("""INSERT INTO checkpoint_scores (checkpoint, model, metric, value, n, ci_low, ci_high)
             SELECT checkpoint, model, metric, avg(value), count(*)::INTEGER,
                    avg(value) - 1.96 * coalesce(stddev_samp(value), 0) / sqrt(count(*)),
                    avg(value) + 1.96 * coalesce(stddev_samp(value), 0) / sqrt(count(*))
             FROM artist_scores GROUP BY ALL""")
         # k distinct neighbours per artist, never itself: offsets 1 + ((r-1)*stride + c) mod (n-1).
         stride = 3 if 3 * (k - 1) < n_artists - 1 else 1
-        con.execute(f"""INSERT INTO artist_neighbors
+        con.execute(f"""INSERT INTO artist_neighbors (checkpoint, model, artist_id, rank, neighbor_id, similarity)
             SELECT s.checkpoint, '{model}', s.artist_id, r.range::INTEGER, nb.artist_id,
                    0.95 - 0.03 * r.range - 0.05 * (hash(s.idx, s.cidx, 9) % 1000) / 1000.0
             FROM skill s CROSS JOIN range(1, {k} + 1) r
             JOIN a nb ON nb.idx = (s.idx + 1 + ((r.range - 1) * {stride} + s.cidx) % ({n_artists} - 1)) % {n_artists}""")
         metrics_sql = ", ".join(f"'{m}'" for m in _COMPARED_METRICS)
-        con.execute(f"""INSERT INTO comparisons
+        con.execute(f"""INSERT INTO comparisons (base, finetune, artist_id, model, metric, base_value, finetune_value,
+                                     delta, ci_low, ci_high, n, verdict)
             SELECT b.checkpoint, f.checkpoint, b.artist_id, b.model, b.metric, b.value, f.value,
                    f.value - b.value,
                    f.value - b.value - 1.96 * sqrt(pow((b.ci_high - b.ci_low) / 3.92, 2) + pow((f.ci_high - f.ci_low) / 3.92, 2)),
@@ -343,6 +347,14 @@ def build_store(
             WHERE b.checkpoint = 'base' AND f.checkpoint <> 'base' AND b.metric IN ({metrics_sql})""")
         con.execute("""UPDATE comparisons SET verdict = CASE WHEN ci_low > 0 THEN 'gained'
                                                              WHEN ci_high < 0 THEN 'lost' ELSE 'kept' END""")
+        # Columns added by later migrations (evaluator migration 2), when present.
+        columns = {(r[0], r[1]) for r in con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns").fetchall()}
+        for table in ("artist_scores", "checkpoint_scores"):
+            if (table, "n_seeds") in columns:
+                con.execute(f"UPDATE {table} SET n_seeds = {n_seeds}")
+        if ("comparisons", "higher_is_better") in columns:
+            con.execute("UPDATE comparisons SET higher_is_better = metric <> 'artist_rank'")
         con.execute("""UPDATE runs SET n_done = x.done, n_failed = x.failed FROM (
             SELECT run_id, count(*) FILTER (WHERE error IS NULL) AS done,
                    count(*) FILTER (WHERE error IS NOT NULL) AS failed FROM images GROUP BY run_id) x

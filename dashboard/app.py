@@ -52,7 +52,7 @@ def main() -> None:
             "pipeline (`atelier generate`, `atelier score`) first."
         )
         return
-    store = q.Store(root)
+    store = q.Store(root, lock_timeout=q.lock_timeout_from_env())
 
     names = list(PAGES)
     if "page" not in st.session_state:

@@ -45,7 +45,21 @@ READ_CONFIG: dict[str, object] = {
 
 # How long a page waits for a writer to release the store before showing cached results.
 # 3 s covers a scoring run's transaction commit; longer would freeze the page.
-DEFAULT_LOCK_TIMEOUT = float(os.environ.get("ATELIER_DASHBOARD_LOCK_TIMEOUT", "3.0"))
+DEFAULT_LOCK_TIMEOUT = 3.0
+
+
+def lock_timeout_from_env(environ: dict | None = None) -> float:
+    """``ATELIER_DASHBOARD_LOCK_TIMEOUT`` (seconds) or the default; read on every page run."""
+    raw = (environ if environ is not None else os.environ).get("ATELIER_DASHBOARD_LOCK_TIMEOUT", "")
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"ATELIER_DASHBOARD_LOCK_TIMEOUT must be a number of seconds but is {raw!r}") from exc
+    if value < 0:
+        raise ValueError(f"ATELIER_DASHBOARD_LOCK_TIMEOUT must be >= 0 but is {value}")
+    return value
 # Limits of the SQL page: 10,000 rows is more than a person reads and keeps the page
 # light; 10 s stops a runaway cross join long before it eats the machine.
 SQL_ROW_LIMIT = 10_000
@@ -768,7 +782,10 @@ def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
-    return neutralize_formulas(frame).to_csv(index=False).encode("utf-8")
+    """CSV with formula cells neutralized; every text cell quoted (a lone CR stays in its cell)."""
+    import csv
+
+    return neutralize_formulas(frame).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC).encode("utf-8")
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:

@@ -533,7 +533,7 @@ def page_runs(store: q.Store, model: str) -> None:
         cols[0].metric("Runs", len(runs))
         cols[1].metric("Generation runs", int((runs.kind == "generate").sum()))
         cols[2].metric("Scoring runs", int((runs.kind == "score").sum()))
-        cols[3].metric("Not finished", int((runs.status.fillna("") != "done").sum()))
+        cols[3].metric("Not finished", int(runs.finished_at.isna().sum()))
         st.dataframe(runs, hide_index=True, key="runs-table")
     st.subheader("Progress per run and checkpoint")
     progress = q.run_progress(store)
