@@ -1,7 +1,242 @@
-"""Commands of this area (see evaluator/cli.py). Only click is imported at module level."""
+"""Commands of the catalog area: ``atelier catalog build|validate|list|search``,
+``atelier templates`` and ``atelier plan``.
+
+Only click is imported at module level (``atelier --help`` stays instant); the library
+modules are imported inside the commands.
+"""
 
 from __future__ import annotations
 
-import click  # noqa: F401
+import sys
+from pathlib import Path
 
-COMMANDS: list = []
+import click
+
+FORMATS = ("table", "csv", "json")
+
+
+def _selection_options(function):
+    """Filters shared by list, search and plan."""
+    options = [
+        click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False), default=None,
+                     help="Catalog CSV [default: $ATELIER_CATALOG or the repo's styles.csv]."),
+        click.option("--tag", default=None, help="Keep artists with this tag (exact, case-insensitive)."),
+        click.option("--movement", default=None, help="Keep artists of this movement, e.g. Impressionism."),
+        click.option("--medium", default=None, help="Keep artists with this medium, e.g. watercolor."),
+        click.option("--recognized", default=None,
+                     help="yes|no|unsure|blank for either model, or sdxl=yes / sd1=no for one."),
+        click.option("--living/--dead", "living", default=None, help="Keep living (or dead) artists only."),
+        click.option("--sample", type=click.IntRange(min=0), default=None,
+                     help="Keep N artists, stratified over movements."),
+        click.option("--seed", "sample_seed", type=int, default=0, show_default=True,
+                     help="Seed of --sample (same seed, same artists)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _load(catalog_path: str | None):
+    from catalog.model import CatalogError, default_catalog_path, load_catalog
+
+    path = Path(catalog_path) if catalog_path else default_catalog_path()
+    try:
+        return load_catalog(path)
+    except CatalogError as exc:
+        raise click.ClickException(f"invalid catalog {path}:\n{exc}") from None
+
+
+def _select(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text=None):
+    from catalog.select import select_artists
+
+    artists = _load(catalog_path)
+    try:
+        return select_artists(
+            artists, tag=tag, movement=movement, medium=medium, recognized=recognized,
+            living=living, text=text, sample=sample, seed=sample_seed,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _emit(artists, output_format: str) -> None:
+    if output_format == "json":
+        import json
+
+        rows = []
+        for artist in artists:
+            row = artist.to_row()
+            row.update(
+                aliases=list(artist.aliases), movements=list(artist.movements),
+                mediums=list(artist.mediums), tags=list(artist.tags),
+                sources=list(artist.sources), born=artist.born, died=artist.died,
+                living=artist.living,
+            )
+            rows.append(row)
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=1))
+    elif output_format == "csv":
+        from catalog.model import catalog_to_csv
+
+        click.echo(catalog_to_csv(artists), nl=False)
+    else:
+        header = ("artist_id", "name", "years", "movements", "sdxl", "sd1")
+        rows = []
+        for artist in artists:
+            years = ""
+            if artist.born or artist.died:
+                years = f"{artist.born or '?'}-{artist.died or ''}"
+            movements = ", ".join(artist.movements[:2])
+            rows.append((artist.artist_id, artist.name, years, movements[:40],
+                         artist.recognized_sdxl, artist.recognized_sd1))
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+        widths = [min(w, 48) for w in widths]
+        click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+        for row in rows:
+            click.echo("  ".join(c[:w].ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        click.echo(f"{len(rows)} artist(s)", err=True)
+
+
+@click.group("catalog")
+def catalog_group() -> None:
+    """The artist catalog (styles.csv): build, validate, list, search."""
+
+
+@catalog_group.command("build")
+@click.option("--sources", type=click.Path(file_okay=False), default=None,
+              help="Folder of source lists [default: ../shared/data/artist-sources beside the repo].")
+@click.option("--out", type=click.Path(dir_okay=False), default="styles.csv", show_default=True,
+              help="Catalog file to write (atomically).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the full report (drops, every heuristic merge) to this file.")
+def build_command(sources: str | None, out: str, report_path: str | None) -> None:
+    """Merge the public artist lists into one catalog; print what was dropped and merged."""
+    from catalog.build import SourceError, build_styles_csv, default_sources_dir
+
+    folder = Path(sources) if sources else default_sources_dir()
+    try:
+        report = build_styles_csv(folder, out, report_path)
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.summary())
+    click.echo(f"wrote {out}")
+
+
+@catalog_group.command("validate")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--quiet", is_flag=True, help="Print only the summary line.")
+def validate_command(path: str, quiet: bool) -> None:
+    """List every problem of a catalog file with its line and column.
+
+    Exits 1 when there are errors; warnings (a byte-order mark, extra columns, a formula
+    character in a note) are printed but do not fail.
+    """
+    from catalog.validate import validate_catalog
+
+    report = validate_catalog(path)
+    text = report.format()
+    if quiet:
+        text = text.splitlines()[-1]
+    click.echo(text)
+    if report.errors:
+        sys.exit(1)
+
+
+@catalog_group.command("list")
+@_selection_options
+@click.option("--text", default=None, help="Keep names, aliases or ids containing this text.")
+@click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True)
+def list_command(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text, output_format):
+    """List artists, filtered and optionally sampled."""
+    _emit(_select(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text), output_format)
+
+
+@catalog_group.command("search")
+@click.argument("text")
+@_selection_options
+@click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True)
+def search_command(text, catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, output_format):
+    """Find artists whose name, alias or id contains TEXT (accents and case ignored)."""
+    _emit(_select(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text), output_format)
+
+
+@click.command("templates")
+@click.option("--file", "templates_file", type=click.Path(dir_okay=False), default=None,
+              help="Your TOML file of templates, merged over the defaults.")
+@click.option("--only-file", is_flag=True, help="Use only the templates of --file.")
+def templates_command(templates_file: str | None, only_file: bool) -> None:
+    """List the prompt templates (name, baseline or not, text)."""
+    from catalog.templates import TemplateError, load_templates
+
+    try:
+        templates = load_templates(templates_file, merge=not only_file)
+    except TemplateError as exc:
+        raise click.ClickException(str(exc)) from None
+    width = max(len(n) for n in templates)
+    for name, template in templates.items():
+        kind = "baseline" if template.is_baseline else "artist"
+        click.echo(f"{name.ljust(width)}  {kind:8}  {template.text}")
+
+
+def _parse_csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.command("plan")
+@_selection_options
+@click.option("--text", default=None, help="Keep names, aliases or ids containing this text.")
+@click.option("--templates", "template_names", default="style,null", show_default=True,
+              help="Comma-separated template names.")
+@click.option("--templates-file", type=click.Path(dir_okay=False), default=None,
+              help="Your TOML file of templates, merged over the defaults.")
+@click.option("--seeds", default="0", show_default=True, help="Seeds: 0,1,2 or 0-3 or 0-3,10.")
+@click.option("--checkpoints", required=True, help="Comma-separated checkpoint names, e.g. base,ft.")
+@click.option("--width", type=int, default=512, show_default=True)
+@click.option("--height", type=int, default=512, show_default=True)
+@click.option("--steps", type=int, default=25, show_default=True)
+@click.option("--guidance", type=float, default=7.5, show_default=True)
+@click.option("--scheduler", default="default", show_default=True,
+              help="'default' keeps each checkpoint's own scheduler.")
+@click.option("--negative-prompt", default="", help="Negative prompt for every unit.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Plan file to write: .parquet or .jsonl.")
+@click.option("--rank", type=int, default=None, help="Write only this rank's share of the units.")
+@click.option("--world-size", type=int, default=None, help="Number of ranks sharing the plan.")
+def plan_command(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text,
+                 template_names, templates_file, seeds, checkpoints, width, height, steps, guidance,
+                 scheduler, negative_prompt, out, rank, world_size):
+    """Write the work units (one image each) for a selection, templates, seeds, checkpoints."""
+    from catalog.plan import PlanError, make_plan, parse_seeds, plan_summary, write_plan
+    from catalog.templates import TemplateError, load_templates
+    from catalog.units import shard
+
+    if (rank is None) != (world_size is None):
+        raise click.UsageError("--rank and --world-size go together")
+    artists = _select(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text)
+    try:
+        templates = load_templates(templates_file)
+        units = make_plan(
+            artists, templates, _parse_csv_list(template_names), parse_seeds(seeds),
+            _parse_csv_list(checkpoints), width=width, height=height, steps=steps,
+            guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
+        )
+        summary = plan_summary(units)
+        if world_size is not None:
+            try:
+                units = shard(units, rank, world_size)
+            except ValueError as exc:
+                raise PlanError(str(exc)) from None
+        write_plan(units, out)
+    except (PlanError, TemplateError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"plan: {summary['units']} unit(s) = {summary['checkpoints']} checkpoint(s) x "
+        f"{summary['templates']} template(s) x {summary['seeds']} seed(s) over "
+        f"{summary['artists']} artist(s) + {summary['baseline_units']} baseline unit(s)"
+    )
+    if world_size is not None:
+        click.echo(f"rank {rank} of {world_size}: {len(units)} unit(s)")
+    click.echo(f"wrote {out}")
+
+
+COMMANDS: list[click.Command] = [catalog_group, templates_command, plan_command]
+
