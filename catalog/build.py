@@ -842,8 +842,9 @@ def _merge_heuristics(records: list[Record], groups: Groups, report: BuildReport
             # surname only ("Monet", "Van Gogh"): the one artist with that surname
             for _, surname in single:
                 candidates = sorted(surname_index.get(surname, set()) - {root})
-                if len(candidates) == 1 and (sources <= SHORTHAND_SOURCES or same_death(root, candidates[0])):
-                    planned.append((root, candidates[0], "surname", surname))
+                chosen = _dominant(candidates, members, records)
+                if chosen is not None and (sources <= SHORTHAND_SOURCES or same_death(root, chosen)):
+                    planned.append((root, chosen, "surname", surname))
             continue
         for given, surname in multi:
             candidates = surname_index.get(surname, set()) - {root}
@@ -891,6 +892,24 @@ def _merge_heuristics(records: list[Record], groups: Groups, report: BuildReport
             continue
         seen.add(pair)
         groups.union(a, b, kind, why=why)
+
+
+def _dominant(candidates: list[int], members: dict[int, list[int]], records: list[Record]) -> int | None:
+    """The only candidate, or the one every list names when the others appear in one list.
+
+    A bare "Monet" is Claude Monet (named by four lists), not Blanche Hoschedé Monet
+    (named by one); with two well-known candidates the surname stays its own entry.
+    """
+    if not candidates:
+        return None
+    if len(candidates) == 1:
+        return candidates[0]
+    counts = {c: len({records[i].source for i in members[c]}) for c in candidates}
+    best = max(candidates, key=lambda c: (counts[c], -c))
+    others = [counts[c] for c in candidates if c != best]
+    if counts[best] >= 3 and max(others) == 1:
+        return best
+    return None
 
 
 def _token_fits(a: str, b: str) -> bool:
