@@ -1,0 +1,193 @@
+"""A real browser on the served dashboard: headless chromium opens the Gallery, images render.
+
+`streamlit run` serves the app on a free localhost port; chromium (Debian's
+/usr/bin/chromium) is driven over the DevTools protocol (a websocket, with the
+`websockets` package streamlit already depends on) because Streamlit renders on the
+client after a websocket handshake, which `--dump-dom` does not wait for. The test polls
+the live DOM until the thumbnails have loaded (``naturalWidth > 0``), then keeps the DOM
+and a screenshot under tests/artifacts/.
+
+Skipped only when chromium is absent and ATELIER_REQUIRE_BROWSER is unset.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts"
+
+
+def find_chromium() -> str | None:
+    for name in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name) if not name.startswith("/") else (name if os.access(name, os.X_OK) else None)
+        if found:
+            return found
+    return None
+
+
+CHROMIUM = find_chromium()
+if CHROMIUM is None and os.environ.get("ATELIER_REQUIRE_BROWSER"):
+    raise RuntimeError("ATELIER_REQUIRE_BROWSER is set but no chromium was found (apt-get install chromium)")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (set ATELIER_REQUIRE_BROWSER to fail instead)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+class DevTools:
+    """The few DevTools-protocol calls this test needs, over one page websocket."""
+
+    def __init__(self, ws_url: str) -> None:
+        from websockets.sync.client import connect
+
+        self._connection = connect(ws_url, max_size=64 * 1024 * 1024, open_timeout=20)
+        self.ws = self._connection.__enter__()
+        self.next_id = 0
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv(timeout=60))
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result.get("result", {}).get("value")
+
+    def close(self) -> None:
+        self._connection.__exit__(None, None, None)
+
+
+def start_chromium(user_dir: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=1600,1200", f"--user-data-dir={user_dir}",
+         "--remote-debugging-port=0", "--remote-allow-origins=*", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    port_file = user_dir / "DevToolsActivePort"
+    deadline = time.monotonic() + 30
+    while not (port_file.is_file() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("chromium did not open its DevTools port")
+        time.sleep(0.1)
+    port = int(port_file.read_text().split()[0])
+    wait_http(f"http://127.0.0.1:{port}/json/version", 20)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as response:
+        pages = [t for t in json.load(response) if t.get("type") == "page"]
+    return proc, pages[0]["webSocketDebuggerUrl"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location("atelier_bench_make_store", REPO / "bench" / "make_store.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    workdir = tmp_path_factory.mktemp("dash-browser")
+    module.build_store(workdir, n_artists=12, n_templates=1, n_seeds=2, n_checkpoints=3, with_images=True,
+                       error_rate=0.0)
+    port = free_port()
+    from dashboard.cli import streamlit_command
+
+    env = dict(os.environ, ATELIER_WORKDIR=str(workdir))
+    log = (tmp_path_factory.mktemp("logs") / "streamlit.log").open("w")
+    proc = subprocess.Popen(streamlit_command(workdir, port, "127.0.0.1"), env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=REPO)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health", 60)
+        yield workdir, f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_gallery_renders_thumbnails_in_a_real_browser(served, tmp_path):
+    workdir, base_url = served
+    expected = 12 * 3  # 12 artists x 3 checkpoints, one template, seed 0, no failures
+    browser, ws_url = start_chromium(tmp_path / "chromium-profile")
+    tools = None
+    try:
+        tools = DevTools(ws_url)
+        tools.call("Page.enable")
+        tools.call("Runtime.enable")
+        tools.call("Page.navigate", url=f"{base_url}/?page=Gallery")
+        loaded, deadline = 0, time.monotonic() + 90
+        probe = ("Array.from(document.querySelectorAll('[data-testid=\"stMain\"] img'))"
+                 ".filter(i => i.complete && i.naturalWidth > 0 && i.src.includes('/media/')).length")
+        while time.monotonic() < deadline:
+            loaded = tools.evaluate(probe) or 0
+            if loaded >= expected:
+                break
+            time.sleep(0.5)
+        time.sleep(0.5)  # let the last image paint before the screenshot
+        dom = tools.evaluate("document.documentElement.outerHTML") or ""
+        shot = tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "gallery.html").write_text(dom, encoding="utf-8")
+        png = base64.b64decode(shot["data"])
+        (ARTIFACTS / "gallery.png").write_bytes(png)
+        header = tools.evaluate("Array.from(document.querySelectorAll('[data-testid=stMain] h2')).map(h => h.innerText).join(' ')")
+        sizes = tools.evaluate(
+            "Array.from(document.querySelectorAll('[data-testid=\"stMain\"] img')).map(i => [i.naturalWidth, i.naturalHeight])")
+    finally:
+        if tools is not None:
+            tools.close()
+        browser.terminate()
+        try:
+            browser.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+    assert loaded == expected, f"{loaded} of {expected} thumbnails rendered; see {ARTIFACTS / 'gallery.png'}"
+    assert "Gallery" in (header or "")
+    assert dom.count("<img") >= expected and "/media/" in dom
+    assert all(w == 64 and h == 64 for w, h in sizes[:expected]), sizes[:5]  # the real 64 px thumbnails
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert "Traceback" not in dom and "StreamlitAPIException" not in dom
+
+
+if __name__ == "__main__":  # pragma: no cover - run by hand: python tests/test_dashboard_browser.py
+    sys.exit(pytest.main([__file__, "-v"]))
