@@ -126,7 +126,7 @@ def validate_text(data: bytes, path: str = "<catalog>", now_year: int | None = N
             if delimiter in header_line:
                 report.error(
                     1,
-                    0,
+                    header_line.index(delimiter) + 1,
                     f"wrong delimiter: the header is separated by {label}s ({delimiter!r}); "
                     "catalog files are comma-separated",
                 )
@@ -173,7 +173,9 @@ def validate_text(data: bytes, path: str = "<catalog>", now_year: int | None = N
         rows += 1
         if len(cells) != len(header):
             report.error(
-                line, 0, f"row has {len(cells)} fields but the header has {len(header)}"
+                line,
+                min(len(cells), len(header)) + 1,
+                f"row has {len(cells)} fields but the header has {len(header)}",
             )
         row = {name: (cells[i] if i < len(cells) else "") for i, name in enumerate(header)}
         bad = _check_row(row, line, position, report, ids_seen, year_now)
