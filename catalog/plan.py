@@ -73,22 +73,21 @@ class GenerationSettings:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"0,1"`` / ``"0-3"`` / ``"0-3,10"`` to a list of seeds (order kept, no repeats)."""
+    """``"0,1"`` / ``"0-3"`` / ``"0-3,10"`` to a list of seeds (order kept; make_plan refuses repeats)."""
     seeds: list[int] = []
     for part in (p.strip() for p in str(text).split(",")):
         if not part:
             continue
         match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-        try:
-            if match:
-                low, high = int(match.group(1)), int(match.group(2))
-                if high < low:
-                    raise PlanError(f"seed range {part!r} runs backwards")
-                seeds.extend(range(low, high + 1))
-            else:
-                seeds.append(int(part))
-        except ValueError:
-            raise PlanError(f"seeds must be integers or ranges like 0-3 but got {part!r}") from None
+        if match:
+            low, high = int(match.group(1)), int(match.group(2))
+            if high < low:
+                raise PlanError(f"seed range {part!r} runs backwards")
+            seeds.extend(range(low, high + 1))
+        elif re.fullmatch(r"\d+", part):
+            seeds.append(int(part))
+        else:
+            raise PlanError(f"seeds must be integers or ranges like 0-3 but got {part!r}")
     if not seeds:
         raise PlanError(f"no seeds in {text!r}")
     return seeds
