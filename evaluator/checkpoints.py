@@ -40,6 +40,12 @@ from typing import Any
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 KINDS = ("sd1", "sd2", "sdxl")
+# Spellings people use for the same architectures.
+KIND_ALIASES = {
+    "sd14": "sd1", "sd15": "sd1", "sd1.4": "sd1", "sd1.5": "sd1", "sd-1.5": "sd1", "sd1x": "sd1",
+    "sd20": "sd2", "sd21": "sd2", "sd2.0": "sd2", "sd2.1": "sd2", "sd2x": "sd2",
+    "xl": "sdxl", "sd-xl": "sdxl", "sdxl1.0": "sdxl",
+}
 DTYPES = {
     "float32": "float32", "fp32": "float32",
     "float16": "float16", "fp16": "float16", "half": "float16",
@@ -220,6 +226,7 @@ def _validate_table(file: Path, name: str, table: dict, raw: dict, allow_pickle:
     if source is not None:
         source, source_type = _resolve_source(file, name, source, allow_pickle)
     kind = text("kind")
+    kind = KIND_ALIASES.get(kind.lower(), kind) if kind is not None else None
     if kind is not None and kind not in KINDS:
         raise CheckpointError(f"{where('kind')}: {kind!r} is not a kind{_suggest(kind, KINDS)}")
     dtype = text("dtype")
@@ -415,6 +422,15 @@ def safetensors_keys(path: Path, where: str = "") -> list[str]:
         raise CheckpointError(f"{where or path}: {path} is not a readable .safetensors file ({exc})") from exc
 
 
+def _pickle_reason(exc: BaseException) -> str:
+    """The useful line of torch's weights_only refusal ("Unsupported global: ...")."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    for line in text.splitlines():
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return line.strip().removeprefix("WeightsUnpickler error: ").strip()
+    return text.splitlines()[0].strip() if text.strip() else type(exc).__name__
+
+
 def load_pickled_state_dict(path: Path, allow_pickle: bool, where: str = "") -> dict:
     """``torch.load(weights_only=True)`` behind the ``--allow-pickle`` gate, errors explained."""
     import pickle
@@ -428,8 +444,8 @@ def load_pickled_state_dict(path: Path, allow_pickle: bool, where: str = "") -> 
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{where}: {path} holds more than tensors (weights_only=True refused it: {str(exc).splitlines()[0]}); "
-            "it was not loaded. Re-save it as .safetensors from a trusted environment"
+            f"{where}: {path} holds more than tensors (torch.load(weights_only=True) refused it: "
+            f"{_pickle_reason(exc)}); it was not loaded. Re-save it as .safetensors from a trusted environment"
         ) from exc
     except Exception as exc:
         raise CheckpointError(f"{where}: {path} is not a readable torch file ({exc})") from exc
@@ -683,7 +699,7 @@ def _load_single_file(origin: CheckpointSpec, kind: str, dtype, allow_pickle: bo
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{where}: {path} holds more than tensors (torch.load(weights_only=True) refused it: "
-            f"{str(exc).splitlines()[0]}); re-save it as .safetensors from a trusted environment"
+            f"{_pickle_reason(exc)}); re-save it as .safetensors from a trusted environment"
         ) from exc
     except Exception as exc:
         raise CheckpointError(

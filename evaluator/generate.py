@@ -544,9 +544,37 @@ def _recover_record(wd: Workdir, unit: WorkUnit, run_id: str, config: GenerateCo
     return _record(unit, run_id, path=relpath.as_posix(), thumb_path=thumb_rel.as_posix(), sha256=hashlib.sha256(data).hexdigest())
 
 
+def _remove_stale_temporaries(units: list[WorkUnit], wd: Workdir) -> int:
+    """Delete the temporary files a killed process left beside *this rank's* images.
+
+    ``catalog.atomic`` writes ``.<name>.<random>.tmp`` then renames; SIGKILL leaves the
+    temporary. Only names of units this rank owns are touched, so ranks running at the
+    same time never delete each other's work in progress.
+    """
+    wanted: dict[Path, set[str]] = {}
+    for unit in units:
+        for root, suffix in ((wd.images, ".png"), (wd.thumbs, ".jpg")):
+            target = root / unit.relpath(suffix)
+            wanted.setdefault(target.parent, set()).add(target.name)
+    removed = 0
+    for folder, names in wanted.items():
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                target_name = entry.name[1:].rsplit(".", 2)[0]
+                if target_name in names:
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
 def plan_work(units: list[WorkUnit], wd: Workdir, retry_failed: bool) -> tuple[list[WorkUnit], list[WorkUnit], int]:
     """Split units into (to make, to recover from disk, number skipped)."""
     state = _manifest_state(wd)
+    _remove_stale_temporaries(units, wd)
     todo, recover, skipped = [], [], 0
     for unit in units:
         path = wd.images / unit.relpath()

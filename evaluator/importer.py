@@ -117,6 +117,20 @@ class ArtistIndex:
         return None
 
 
+    def lookup_in_prompt(self, prompt: str) -> str | None:
+        """The catalog artist a prompt names ("... in the style of X", "art by X, ...")."""
+        for match in STYLE_PHRASE.finditer(prompt):
+            words = match.group(1).strip().split()
+            for end in range(len(words), 0, -1):  # "Claude Monet soft light" -> ... "Claude Monet"
+                found = self.lookup(" ".join(words[:end]))
+                if found is not None:
+                    return found
+        return None
+
+
+STYLE_PHRASE = re.compile(r"(?:style of|artwork by|painting by|art by|painted by|\bby)\s+([^,.;:\n()]+)", re.IGNORECASE)
+
+
 def name_variants(name: str) -> list[str]:
     """``Alessandro (Shout) Gottardo`` -> itself, ``Alessandro Gottardo``, ``Shout``;
     ``Ilya/Ilja Repin`` -> ``Ilya Repin``, ``Ilja Repin``: how labels write aliases."""
@@ -338,6 +352,8 @@ def import_images(
                 artist_id = slugify(artist_name)
         elif unit_info.get("artist_id"):
             artist_id = str(unit_info["artist_id"])
+        elif index.lookup_in_prompt(info.get("prompt") or ""):
+            artist_id = index.lookup_in_prompt(info.get("prompt") or "")
         else:
             artist_id = "_unknown"
             if error is None:
