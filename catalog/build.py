@@ -7,17 +7,26 @@ Steps (each deterministic, so a rebuild from the same sources is byte-identical)
    and facts (years, tags, movements, mediums, recognition). Lines that are not artists
    are dropped with a reason (job titles such as "senior artist", the sheet's own "this
    artist doesn't exist", blank names).
-2. **Merge** records into artists, in passes, each logged:
-   ``same-name`` (equal keys), ``link`` (a name another line gives for the same artist:
+2. **Merge** records into artists, in passes, each counted in the report:
+   ``same-name`` (equal keys: case, accents, spacing, dots of initials, "N/A" first
+   names do not matter), ``link`` (a name another line gives for the same artist:
    "Hokusai (Katsushika Hokusai)", "AKA Moebius", a cheat-sheet prompt "style of Max
-   Ernst", "also tested 'Peter Konig'"), ``initials`` ("J. M. W. Turner" = "Joseph
-   Mallord William Turner"; "William Turner" with the same death year), ``surname``
-   ("Monet" when one artist of the catalog has that surname), ``spelling`` (one letter
-   apart in a given name of six letters or more: "Katsuchika"/"Katsushika").
+   Ernst", "also tested 'Peter Konig'"), then heuristics judged on one snapshot, each
+   requiring a single fitting candidate on both sides: ``initials`` ("J. M. W. Turner" =
+   "Joseph Mallord William Turner"; ``initials+year``: "William Turner" with the same
+   death year), ``surname`` (a bare "Monet" = the artist of that surname that most
+   lists name), ``middle-name`` ("Edwin Landseer" = "Edwin Henry Landseer"),
+   ``spelling`` (transliterations and one-letter slips in a given name: "Aleksey" /
+   "Alexei", "Katsuchika" / "Katsushika"), ``same-year`` (same surname and initial, same
+   death year: "Jan" / "Johannes Vermeer"), ``spacing`` and ``word-order``
+   ("Kawase Hasui" / "Hasui Kawase").
    A merge is refused when the two sides disagree on their years (died 1510 vs living),
    when a link's target is claimed by two different artists ("AKA Monsù Desiderio" is
-   given for two painters), or when it is listed in ``REJECTED_LINKS``. Generational
-   markers are part of the key, so "the Elder" and "the Younger" never merge.
+   given for two painters), when one list names both forms (a list naming "Gavin" and
+   "Gawen Hamilton" means two painters), or when the pair is in ``REJECTED_LINKS`` /
+   ``DISTINCT_PEOPLE`` (reviewed false positives). Generational markers are part of the
+   key, so "the Elder" and "the Younger" never merge. ``--report FILE`` lists every
+   heuristic merge for review.
 3. **Write** one row per artist, sorted by ``artist_id`` (a slug of the display name;
    people who share a slug get their birth or death year appended).
 """
@@ -370,11 +379,13 @@ def _parse_note_links(note: str) -> tuple[list[NameLink], bool]:
                 piece = invert_name(piece)
             if piece:
                 links.append(NameLink(piece, "aka", True))
-    for quoted in re.findall(r'^Also(?: just)? "([^"]+)"', text):
-        links.append(NameLink(quoted, "also", True))
-    match = re.match(r'^Also ([^"].+)$', text)
-    if match:
-        links.append(NameLink(match.group(1).strip(), "also", True))
+    quoted = re.match(r'^Also(?: just)? "([^"]+)"', text)
+    if quoted:
+        links.append(NameLink(quoted.group(1), "also", True))
+    else:
+        match = re.match(r'^Also ([^"].+)$', text)
+        if match:
+            links.append(NameLink(match.group(1).strip(), "also", True))
     match = re.match(r"^Mis+pelling of (.+)$", text, re.IGNORECASE)
     if match:
         links.append(NameLink(match.group(1).strip().rstrip("."), "misspelling", True))
@@ -825,11 +836,28 @@ def _merge_heuristics(records: list[Record], groups: Groups, report: BuildReport
         if len(a) != len(b) or a == b:
             return False
         diffs = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
-        return (
-            len(diffs) == 1
-            and min(len(diffs[0][0]), len(diffs[0][1])) >= 6
-            and edit_distance_at_most_one(*diffs[0])
-        )
+        if len(diffs) != 1:
+            return False
+        x, y = diffs[0]
+        if len(x) == len(y) and x[:-1] == y[:-1] and x[-1] in "aoei" and y[-1] in "aoei":
+            return False  # Francesco / Francesca: two people, not a spelling
+        fx, fy = _spelling_fold(x), _spelling_fold(y)
+        if fx == fy and len(fx) >= 4:
+            return True  # Aleksey / Alexei, Vadim / Vadym, Philipp / Phillip
+        return min(len(fx), len(fy)) >= 5 and edit_distance_at_most_one(fx, fy)
+
+    def same_year_rule(root: int):
+        """Same surname, same first initial, and the same known death year: "Jan Vermeer"
+        (died 1675) is "Johannes Vermeer" (died 1675)."""
+
+        def rule(a: list[str], b: list[str], _root: int = root) -> bool:
+            return bool(a) and bool(b) and a[0][0] == b[0][0] and a != b
+
+        def with_year(a: list[str], b: list[str]) -> bool:
+            return rule(a, b)
+
+        with_year.needs_year = True  # type: ignore[attr-defined]
+        return with_year
 
     planned: list[tuple[int, int, str, str]] = []
     for root in sorted(members):
@@ -864,11 +892,16 @@ def _merge_heuristics(records: list[Record], groups: Groups, report: BuildReport
                         for g, s in info[c]
                     ):
                         planned.append((root, c, "initials+year", surname))
-        for rule, kind in ((middle, "middle-name"), (spelling, "spelling")):
+        for rule, kind in ((middle, "middle-name"), (spelling, "spelling"), (same_year_rule(root), "same-year")):
             found = fits(root, rule)
-            if len(found) == 1 and fits(found[0], rule) == [root]:
-                if kind == "middle-name" and _same_single_source(records, members[root], members[found[0]]):
-                    continue
+            if getattr(rule, "needs_year", False):
+                found = [c for c in found if same_death(root, c)]
+                back = [c for c in fits(found[0], rule) if same_death(found[0], c)] if len(found) == 1 else []
+            else:
+                back = fits(found[0], rule) if len(found) == 1 else []
+            if len(found) == 1 and back == [root]:
+                if kind != "same-year" and _same_single_source(records, members[root], members[found[0]]):
+                    continue  # one list naming both forms means two people (Gavin / Gawen Hamilton)
                 planned.append((root, found[0], kind, ""))
     # the same letters spaced differently ("Kerem Beyit"/"KeremBeyit") or the same words in
     # another order (family name first: "Hasui Kawase"/"Kawase Hasui")
@@ -892,6 +925,12 @@ def _merge_heuristics(records: list[Record], groups: Groups, report: BuildReport
             continue
         seen.add(pair)
         groups.union(a, b, kind, why=why)
+
+
+def _spelling_fold(name: str) -> str:
+    """Fold transliteration variants of a given name: ks->x, ph->f, y->i, w->v, no doubles."""
+    folded = name.replace("ks", "x").replace("ph", "f").replace("y", "i").replace("w", "v")
+    return re.sub(r"(.)\1+", r"\1", folded)
 
 
 def _dominant(candidates: list[int], members: dict[int, list[int]], records: list[Record]) -> int | None:
