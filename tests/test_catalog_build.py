@@ -288,6 +288,44 @@ def test_committed_catalog_is_large_and_valid():
     assert "William Turner" in artists["j-m-w-turner"].aliases
     assert "william-turner-of-oxford" in artists
     assert "ron-arad" in artists and "giorgione" in artists
+    # bare surnames, transliterations, word order, same death year
+    assert "Monet" in artists["claude-monet"].aliases and "monet" not in artists
+    assert "Alexei Savrasov" in artists["aleksey-savrasov"].aliases
+    assert "Jan Vermeer" in artists["johannes-vermeer"].aliases
+    assert "Kawase Hasui" in artists["hasui-kawase"].aliases
+    # near-names that are two people
+    assert {"gavin-hamilton", "gawen-hamilton"} <= set(artists)
+    assert {"arthur-boyd", "arthur-merric-boyd"} <= set(artists)
+    assert {"alexander-calder", "alexander-milne-calder", "alexander-stirling-calder"} <= set(artists)
+    assert {"jeff-smith", "jeffrey-smith"} <= set(artists)
+    assert {"didier-barra", "francois-de-nome", "monsu-desiderio"} <= set(artists)
     names = [a.name for a in artists.values()]
     assert not any("N/A" in n or n != n.strip() or "  " in n for n in names)
     assert len({name_key(n) for n in names}) > 0.99 * len(names)
+
+
+def test_heuristic_merges_and_their_limits(tmp_path):
+    folder = write_sources(
+        tmp_path / "src",
+        sdxl=[
+            ("Landseer", "Edwin", "", "", "", "1873", ""),
+            ("Guardi", "Francesco", "", "", "", "", ""),
+            ("Savrasov", "Aleksey", "", "", "", "1897", ""),
+            ("Vermeer", "Johannes", "", "", "", "1675", ""),
+            ("Calder", "Alexander", "", "", "", "1976", ""),
+        ],
+        cheat=[("Vermeer, Jan", "1632", "1675", "Painting", "Jan Vermeer")],
+        excluded=[("Guardi", "Francesca", "404", "")],
+        clip=["Edwin Henry Landseer", "Alexei Savrasov", "Alexander Milne Calder", "Alexander Stirling Calder",
+              "Gavin Hamilton", "Gawen Hamilton", "Kawase Hasui", "Hasui Kawase"],
+    )
+    artists, report = build_catalog(folder)
+    ids = {a.artist_id: a for a in artists}
+    assert "Edwin Henry Landseer" in ids["edwin-landseer"].aliases  # middle name
+    assert "Alexei Savrasov" in ids["aleksey-savrasov"].aliases  # transliteration
+    assert "Jan Vermeer" in ids["johannes-vermeer"].aliases  # same surname, initial, death year
+    assert {"francesco-guardi", "francesca-guardi"} <= set(ids)  # a gendered ending is not a slip
+    assert {"gavin-hamilton", "gawen-hamilton"} <= set(ids)  # one list names both: two people
+    assert {"alexander-calder", "alexander-milne-calder", "alexander-stirling-calder"} <= set(ids)
+    assert len([i for i in ids if "kawase" in i]) == 1  # word order
+    assert report.merges["middle-name"] == 1 and report.merges["same-year"] == 1
