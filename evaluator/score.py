@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 ART_BY_FALLBACK = "artwork by {name}"
+OWN_RUN_KINDS = ("score", "index")
 CHECKPOINT_COLUMNS = ("name", "source", "kind", "base", "adapters", "fingerprint", "dtype", "scheduler", "notes")
 RUN_COLUMNS = (
     "run_id", "kind", "started_at", "finished_at", "status", "config", "versions", "git_rev", "device",
@@ -580,12 +581,16 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
     artists, artists_from = load_catalog_frame(cfg.catalog_path, images, state["artists"])
     templates = load_templates_safe(cfg.templates_path)
     ckpt_records = _records("load_checkpoint_records", wd)
-    run_records = _records("load_run_records", wd)
+    # score/index runs are written to the store by score itself (their JSON is provenance)
+    run_records = [r for r in _records("load_run_records", wd) if r.get("kind") not in OWN_RUN_KINDS]
     t0 = lap("read_inputs", t0)
 
     usable = images["error"].isna() & images["path"].notna()
     refs_rows = images[usable & (images["source"] == "reference") & images["artist_id"].notna()]
     scored_rows = images[usable & (images["source"] != "reference") & images["checkpoint"].notna()]
+
+    checkpoints_seen = sorted(scored_rows["checkpoint"].unique().tolist())
+    pairs = resolve_pairs(ckpt_records, cfg.base_pairs, checkpoints_seen)  # fail early on a typo
 
     # -- embed what is missing, update the index
     to_embed = pd.concat([scored_rows, refs_rows], ignore_index=True)[["image_id", "path"]]
@@ -666,8 +671,6 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
     )
     meta = scored_rows[["image_id", "checkpoint", "artist_id", "template", "seed"]].copy()
     meta["seed"] = meta["seed"].fillna(-1).astype("int64")
-    checkpoints_seen = sorted(scored_rows["checkpoint"].unique().tolist())
-    pairs = resolve_pairs(ckpt_records, cfg.base_pairs, checkpoints_seen)
     tables = compute_scores(inputs, new_mask, old_scores, meta, model, cfg, pairs) if len(scored_rows) else {}
     t0 = lap("metrics", t0)
 
