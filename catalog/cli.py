@@ -44,6 +44,8 @@ def _load(catalog_path: str | None):
         return load_catalog(path)
     except CatalogError as exc:
         raise click.ClickException(f"invalid catalog {path}:\n{exc}") from None
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _select(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text=None):

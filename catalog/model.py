@@ -165,11 +165,16 @@ def default_catalog_path() -> Path:
 def load_catalog(path: str | os.PathLike[str] | None = None) -> list[Artist]:
     """Load and validate a catalog; raise ``CatalogError`` listing every error found.
 
+    A missing file raises ``FileNotFoundError`` (callers fall back on other sources).
+
     Warnings (a BOM, extra columns, ...) do not stop loading; see ``catalog.validate``.
     """
     from catalog.validate import validate_catalog
 
-    report = validate_catalog(default_catalog_path() if path is None else path)
+    source = default_catalog_path() if path is None else Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"catalog {source} not found (set ${ENV_CATALOG} or pass a path)")
+    report = validate_catalog(source)
     if report.errors:
         raise CatalogError(report.format(only_errors=True))
     return [artist_from_row(row) for _, row in report.rows]

@@ -118,3 +118,12 @@ def test_plan_errors(tmp_path, extra, message):
     assert result.exit_code != 0
     assert message in result.output
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_missing_catalog_is_a_clear_error(tmp_path):
+    from catalog.model import load_catalog
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_catalog(tmp_path / "nope.csv")
+    result = run("catalog", "list", "--catalog", str(tmp_path / "nope.csv"))
+    assert result.exit_code == 1 and "nope.csv not found" in result.output
