@@ -403,7 +403,7 @@ def collect_first_names(sources_dir: Path) -> frozenset[str]:
             first = clean_text(row.get("first_name", ""))
             if not is_placeholder(first):
                 names.update(t.casefold() for t in re.findall(r"[^\W\d_]{2,}", first))
-    for entry in json.loads(_read_text(sources_dir / SOURCE_FILES["sd15-excluded"])):
+    for _, entry in _json_entries(sources_dir / SOURCE_FILES["sd15-excluded"]):
         names.update(t.casefold() for t in re.findall(r"[^\W\d_]{2,}", entry.get("FirstName", "")))
     for line in _read_text(sources_dir / SOURCE_FILES["clip-interrogator"]).splitlines():
         tokens = clean_text(line).split(" ")
@@ -499,13 +499,36 @@ def _prompt_name(prompt: str) -> str:
     return clean_text(text)
 
 
+def _json_entries(path: Path) -> list[tuple[int, dict]]:
+    """The objects of a JSON array file, each with the line its ``{`` is on."""
+    text = _read_text(path)
+    decoder = json.JSONDecoder()
+    index = text.find("[")
+    if index < 0:
+        raise SourceError(f"{path}:1: expected a JSON array of objects")
+    index += 1
+    entries: list[tuple[int, dict]] = []
+    while True:
+        while index < len(text) and text[index] in " \t\r\n,":
+            index += 1
+        if index >= len(text):
+            raise SourceError(f"{path}: the JSON array is not closed")
+        if text[index] == "]":
+            return entries
+        line = text.count("\n", 0, index) + 1
+        try:
+            value, index = decoder.raw_decode(text, index)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        if not isinstance(value, dict):
+            raise SourceError(f"{path}:{line}: expected an object, found {type(value).__name__}")
+        entries.append((line, value))
+
+
 def _read_cheatsheet(path: Path, first_names: frozenset[str], vocabulary: Vocabulary, report: BuildReport) -> list[Record]:
-    try:
-        entries = json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    entries = _json_entries(path)
     out: list[Record] = []
-    for number, entry in enumerate(entries, start=1):
+    for number, entry in entries:
         raw = clean_text(entry.get("Name", ""))
         record = _new_record("sd15-cheatsheet", number, raw, invert_name(raw), first_names, report)
         if record is None:
@@ -535,12 +558,9 @@ def _read_cheatsheet(path: Path, first_names: frozenset[str], vocabulary: Vocabu
 
 
 def _read_excluded(path: Path, first_names: frozenset[str], report: BuildReport) -> list[Record]:
-    try:
-        entries = json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    entries = _json_entries(path)
     out: list[Record] = []
-    for number, entry in enumerate(entries, start=1):
+    for number, entry in entries:
         first = clean_text(entry.get("FirstName", ""))
         last = clean_text(entry.get("Name", ""))
         form = " ".join(p for p in (first, last) if not is_placeholder(p))

@@ -329,3 +329,15 @@ def test_heuristic_merges_and_their_limits(tmp_path):
     assert {"alexander-calder", "alexander-milne-calder", "alexander-stirling-calder"} <= set(ids)
     assert len([i for i in ids if "kawase" in i]) == 1  # word order
     assert report.merges["middle-name"] == 1 and report.merges["same-year"] == 1
+
+
+def test_broken_source_is_named_with_its_line(tmp_path):
+    folder = write_sources(tmp_path / "src", clip=["A B"])
+    (folder / "sd15-cheatsheet-artists.json").write_text('[\n{"Name": "Monet, Claude"},\n{"Name": oops}\n]\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["catalog", "build", "--sources", str(folder), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 1
+    assert "sd15-cheatsheet-artists.json:3: not valid JSON" in result.output
+    (folder / "sd15-cheatsheet-artists.json").write_text('[\n{"Name": "Monet, Claude"},\n3\n]\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["catalog", "build", "--sources", str(folder), "--out", str(tmp_path / "o.csv")])
+    assert "sd15-cheatsheet-artists.json:3: expected an object" in result.output
+    assert not (tmp_path / "o.csv").exists()
