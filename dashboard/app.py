@@ -63,8 +63,9 @@ def main() -> None:
 
     notices = st.empty()
     try:
-        model = views.sidebar_model(store)
-        PAGES[page](store, model)
+        with store.session():  # one connection for this run, closed before the next
+            model = views.sidebar_model(store)
+            PAGES[page](store, model)
     except q.StoreBusyError as exc:
         st.warning(str(exc))
     except FileNotFoundError as exc:

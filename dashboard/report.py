@@ -195,6 +195,18 @@ def write_report(workdir: str | Path, out: str | Path, config: ReportConfig | No
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--out must name an .html file but is {out}")
     md_path = out.with_suffix(".md")
+    with store.session():
+        html_parts, md_parts = _report_parts(store, config)
+    document = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>atelier report</title>"
+                f"<style>{CSS}</style></head><body>{''.join(html_parts)}</body></html>\n")
+    atomic_write_text(out, document)
+    atomic_write_text(md_path, "".join(md_parts))
+    for path in (out, md_path):  # a report is for sharing: not the 0600 of a temp file
+        path.chmod(0o644)
+    return out, md_path
+
+
+def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list[str]]:
     html_parts: list[str] = []
     md_parts: list[str] = []
     stats = q.overview(store)
@@ -265,14 +277,7 @@ def write_report(workdir: str | Path, out: str | Path, config: ReportConfig | No
     if strip_html:
         html_parts.append("<h2>Gallery</h2>" + strip_html)
         md_parts.append("\n## Gallery\n\n" + strip_md)
-
-    document = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>atelier report</title>"
-                f"<style>{CSS}</style></head><body>{''.join(html_parts)}</body></html>\n")
-    atomic_write_text(out, document)
-    atomic_write_text(md_path, "".join(md_parts))
-    for path in (out, md_path):  # a report is for sharing: not the 0600 of a temp file
-        path.chmod(0o644)
-    return out, md_path
+    return html_parts, md_parts
 
 
 def _gallery_strip(store: q.Store, n_artists: int) -> tuple[str, str]:

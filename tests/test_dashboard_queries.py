@@ -295,3 +295,31 @@ def test_dashboard_modules_never_import_torch(workdir):
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "HEAVY []" in out.stdout, out.stdout
+
+
+def test_a_page_session_shares_one_connection_and_releases_it_at_the_end(workdir):
+    """Inside a session the store stays open (a writer is refused); after it, writers get in."""
+    from dashboard import queries as q
+
+    store = q.Store.at(workdir, use_cache=False)
+    try_write = textwrap.dedent("""
+        import sys, duckdb
+        try:
+            duckdb.connect(sys.argv[1]).close()
+            print("wrote")
+        except duckdb.IOException as exc:
+            print("blocked" if "lock" in str(exc).lower() else exc)
+    """)
+
+    def writer() -> str:
+        return subprocess.run([PYTHON, "-c", try_write, str(workdir / "atelier.duckdb")], capture_output=True,
+                              text=True, timeout=60).stdout.strip()
+
+    with store.session():
+        first = store.df("SELECT count(*) AS n FROM artists")
+        assert writer() == "blocked"
+        second = store.df("SELECT count(*) AS n FROM images")
+        assert first.n.iloc[0] == 30 and second.n.iloc[0] > 0
+    assert writer() == "wrote"
+    store.df("SELECT 1 AS one")  # outside a session: opened and closed at once
+    assert writer() == "wrote"
