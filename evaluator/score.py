@@ -623,8 +623,9 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
         "images": _sha(image_key.sort_values("image_id").astype(str).values.tolist()),
         "artists": _sha(artists.astype(str).values.tolist()),
         "templates": _sha(templates),
-        "checkpoints": _sha(ckpt_records),
-        "runs": _sha(run_records),
+        # only the columns written: a record's own timestamps (added_at) are not news
+        "checkpoints": _sha([{c: r.get(c) for c in CHECKPOINT_COLUMNS} for r in ckpt_records]),
+        "runs": _sha([{c: r.get(c) for c in RUN_COLUMNS} for r in run_records]),
         "config": _sha({k: v for k, v in asdict(cfg).items() if k not in ("progress", "lock_timeout", "store_timeout", "num_workers", "batch_size", "part_size")}),
         "embedding_errors": _sha(sorted(emb.errors.items())),
     }
