@@ -73,6 +73,9 @@ class GenerateConfig:
     png_compress_level: int = 4
     # One writer thread encodes PNGs and thumbnails while the model computes the next batch.
     writer_threads: int = 1
+    # CPU threads for torch (None: torch's default, one per core). On a shared or small
+    # machine 1 can be several times faster: idle-spinning OpenMP threads starve.
+    threads: int | None = None
     progress: bool = True
     # None: a fresh id per run (shared by all ranks of one launch; see run_id_for).
     run_id: str | None = None
@@ -92,6 +95,8 @@ class GenerateConfig:
             raise ValueError(f"attention must be 'sdpa' or 'default' but is {self.attention!r}")
         if not (self.device == "cpu" or self.device.startswith(("cuda", "mps", "xpu"))):
             raise ValueError(f"device must be cpu, cuda, cuda:N, mps or xpu but is {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 but is {self.threads}")
         if not 0 <= self.png_compress_level <= 9:
             raise ValueError(f"png_compress_level must be in [0, 9] but is {self.png_compress_level}")
 
@@ -638,6 +643,12 @@ def generate(
     run_dir = wd.manifests / run_id
     writer = _ManifestWriter(run_dir, env.rank)
     status, message = "ok", None
+    previous_threads = None
+    if config.threads is not None and todo:
+        import torch
+
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(config.threads)
     try:
         for unit in recover:
             writer.add(_recover_record(wd, unit, run_id, config))
@@ -650,6 +661,10 @@ def generate(
         status, message = "error", f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        if previous_threads is not None:
+            import torch
+
+            torch.set_num_threads(previous_threads)
         writer.flush()
         summary.seconds = time.perf_counter() - t_start
         made = timings.get("generate", 0.0)

@@ -40,9 +40,10 @@ def _fail(exc: Exception) -> None:
 @click.option("--allow-changed", is_flag=True, help="Add images under a checkpoint name whose weights changed.")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Make at most N new images (this rank).")
 @click.option("--run-id", default=None, help="Name the run (default: time-based; shared by the ranks of one launch).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: all cores).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
 def generate_cmd(plan_path, checkpoints_file, workdir, batch_size, device, dtype, compile_, retry_failed,
-                 allow_pickle, full_hash, allow_changed, limit, run_id, no_progress) -> None:
+                 allow_pickle, full_hash, allow_changed, limit, run_id, threads, no_progress) -> None:
     """Generate the images of a plan (resumable; run under torchrun/accelerate for N processes).
 
     \b
@@ -58,7 +59,7 @@ def generate_cmd(plan_path, checkpoints_file, workdir, batch_size, device, dtype
         config = GenerateConfig(
             batch_size=batch_size, device=device, dtype=dtype, compile=compile_, retry_failed=retry_failed,
             allow_pickle=allow_pickle, full_hash=full_hash, allow_changed=allow_changed, limit=limit,
-            run_id=run_id, progress=not no_progress,
+            run_id=run_id, threads=threads, progress=not no_progress,
         )
         summary = generate(units, checkpoints_file, workdir, config)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
