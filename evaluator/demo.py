@@ -37,6 +37,10 @@ class DemoConfig:
     # Bootstrap resamples: 200 keeps scoring fast; real runs use the default 1000.
     bootstrap: int = 200
     sample_seed: int = 0
+    # One intra-op thread: the tiny models are far too small to split across cores, and
+    # two OpenMP threads on a busy 2-core machine spin against each other (measured:
+    # a tiny-UNet forward took 2.0 s with 2 threads under load, 0.04 s with 1).
+    torch_threads: int = 1
     catalog_path: Path | None = None  # None: the styles.csv shipped with atelier
 
 
@@ -111,6 +115,9 @@ def run_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) 
 
     config = config or DemoConfig()
     wd = Workdir.at(workdir)
+    import torch
+
+    torch.set_num_threads(config.torch_threads)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()

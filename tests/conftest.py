@@ -11,9 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 # ../shared sits beside the clone (locally and in CI); tests read real data from it.
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-# Deterministic thread count: bit-identity tests compare runs of the same process
-# layout, and 2 cores are all this machine has.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One intra-op thread: the tiny test models gain nothing from more, and two OpenMP
+# threads on a busy 2-core machine spin against each other (50x slower, measured).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
