@@ -305,6 +305,9 @@ def build_store(
                    avg(s.value) + 1.96 * coalesce(stddev_samp(s.value), 0) / sqrt(count(*))
             FROM image_scores s JOIN images i USING (image_id)
             WHERE i.source = 'generated' GROUP BY ALL""")
+        # Images that made it, per (checkpoint, artist): the n of the per-artist metrics.
+        con.execute("""CREATE TEMP TABLE ok AS SELECT checkpoint, artist_id, count(*)::INTEGER AS n
+                       FROM u WHERE NOT failed GROUP BY ALL""")
         con.execute(f"""INSERT INTO artist_scores (checkpoint, artist_id, model, metric, value, n, ci_low, ci_high)
             SELECT checkpoint, artist_id, model, 'mrr', avg(1.0 / value), count(*)::INTEGER,
                    avg(1.0 / value) - 1.96 * coalesce(stddev_samp(1.0 / value), 0) / sqrt(count(*)),
@@ -313,14 +316,14 @@ def build_store(
             WHERE s.metric = 'artist_rank' GROUP BY ALL
             UNION ALL
             SELECT s.checkpoint, s.artist_id, '{model}', 'recognized',
-                   CASE WHEN s.skill > 0.55 THEN 1.0 ELSE 0.0 END, {n_templates * n_seeds}, NULL, NULL
-            FROM skill s
+                   CASE WHEN s.skill > 0.55 THEN 1.0 ELSE 0.0 END, ok.n, NULL, NULL
+            FROM skill s JOIN ok USING (checkpoint, artist_id)
             UNION ALL
             SELECT s.checkpoint, s.artist_id, '{model}', 'diversity',
-                   0.25 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0, {n_templates * n_seeds},
+                   0.25 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0, ok.n,
                    0.2 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0,
                    0.3 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0
-            FROM skill s""")
+            FROM skill s JOIN ok USING (checkpoint, artist_id)""")
         con.execute("""INSERT INTO checkpoint_scores (checkpoint, model, metric, value, n, ci_low, ci_high)
             SELECT checkpoint, model, metric, avg(value), count(*)::INTEGER,
                    avg(value) - 1.96 * coalesce(stddev_samp(value), 0) / sqrt(count(*)),

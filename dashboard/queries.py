@@ -666,15 +666,39 @@ def runs(store: Store) -> pd.DataFrame:
 
 
 def run_progress(store: Store) -> pd.DataFrame:
-    """Images made, failed and scored per generation run and checkpoint."""
+    """Images made and failed per generation run and checkpoint (one pass over `images`)."""
     return store.df(
-        """WITH scored AS (SELECT DISTINCT image_id FROM image_scores)
-           SELECT i.run_id, i.checkpoint, count(*) AS images,
-                  count(*) FILTER (WHERE i.error IS NOT NULL) AS failed,
-                  count(s.image_id) AS scored,
-                  min(i.created_at) AS first, max(i.created_at) AS last
-           FROM images i LEFT JOIN scored s USING (image_id)
-           GROUP BY ALL ORDER BY i.run_id, i.checkpoint"""
+        """SELECT run_id, checkpoint, count(*) AS images,
+                  count(*) FILTER (WHERE error IS NOT NULL) AS failed,
+                  min(created_at) AS first, max(created_at) AS last
+           FROM images GROUP BY ALL ORDER BY run_id, checkpoint"""
+    )
+
+
+def scored_per_checkpoint(store: Store, model: str) -> pd.DataFrame:
+    """Images scored per checkpoint, from the aggregate table (not a scan of image_scores).
+
+    ``artist_scores.n`` counts the images behind each (checkpoint, artist, metric); the
+    metric with the most images tells how many images of the checkpoint were scored.
+    """
+    return store.df(
+        """SELECT checkpoint, max(images) AS scored FROM (
+               SELECT checkpoint, metric, sum(n) AS images FROM artist_scores WHERE model = ? GROUP BY ALL)
+           GROUP BY checkpoint ORDER BY checkpoint""",
+        (model,),
+    )
+
+
+def embedding_errors(store: Store, limit: int = 100) -> pd.DataFrame:
+    """Images the embedder could not read (table added by the evaluator's migration 2)."""
+    exists = store.scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'embedding_errors'")
+    if not exists:
+        return pd.DataFrame(columns=["image_id", "model", "error", "run_id", "path"])
+    return store.df(
+        """SELECT e.image_id, e.model, e.error, e.run_id, i.path FROM embedding_errors e
+           LEFT JOIN images i USING (image_id) ORDER BY e.run_id DESC NULLS LAST, e.image_id LIMIT ?""",
+        (int(limit),),
     )
 
 

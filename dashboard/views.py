@@ -539,9 +539,22 @@ def page_runs(store: q.Store, model: str) -> None:
     progress = q.run_progress(store)
     st.dataframe(progress, hide_index=True, key="runs-progress")
     if not progress.empty:
-        melted = progress.melt(id_vars=["run_id", "checkpoint"], value_vars=["scored", "failed"], var_name="state", value_name="n")
-        st.altair_chart(alt.Chart(melted).mark_bar().encode(
-            x="n:Q", y=alt.Y("run_id:N"), color="state:N", tooltip=["run_id", "checkpoint", "state", "n"]), width="stretch")
+        bars = progress.assign(ok=progress.images - progress.failed).melt(
+            id_vars=["run_id", "checkpoint"], value_vars=["ok", "failed"], var_name="state", value_name="n")
+        st.altair_chart(alt.Chart(bars).mark_bar().encode(
+            x="n:Q", y=alt.Y("run_id:N"), color=alt.Color("state:N", scale=alt.Scale(domain=["ok", "failed"], range=["#5c6bc0", "#c62828"])),
+            tooltip=["run_id", "checkpoint", "state", "n"]), width="stretch")
+    if model:
+        scored = q.scored_per_checkpoint(store, model)
+        if not scored.empty:
+            made = progress.groupby("checkpoint", as_index=False).agg(images=("images", "sum"), failed=("failed", "sum"))
+            scored = made.merge(scored, on="checkpoint", how="outer").fillna(0)
+            st.caption(f"Scored images per checkpoint (model `{model}`)")
+            st.dataframe(scored, hide_index=True, key="runs-scored")
+    embed_errors = q.embedding_errors(store)
+    if not embed_errors.empty:
+        st.subheader(f"Images the embedder could not read ({len(embed_errors)})")
+        st.dataframe(embed_errors, hide_index=True, key="runs-embed-errors")
     st.subheader("Images with errors")
     first, total = q.error_images(store, 1, 0)
     if total == 0:

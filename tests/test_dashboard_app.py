@@ -197,10 +197,13 @@ def test_sql_page_refuses_writes_and_files_limits_rows_and_exports(workdir, monk
 def test_runs_page_progress_and_errors(workdir, monkeypatch):
     at = open_page(workdir, "Runs", monkeypatch)
     assert metrics(at)["Runs"] == "4" and metrics(at)["Generation runs"] == "3"
-    progress = frame(at, "scored", "failed")
+    progress = frame(at, "run_id", "images", "failed")
     assert progress.images.sum() == raw(workdir, "SELECT count(*) FROM images")[0][0]
     n_errors = raw(workdir, "SELECT count(*) FROM images WHERE error IS NOT NULL")[0][0]
     assert progress.failed.sum() == n_errors
+    scored = frame(at, "checkpoint", "scored")
+    expected = dict(raw(workdir, "SELECT i.checkpoint, count(DISTINCT s.image_id) FROM image_scores s JOIN images i USING (image_id) GROUP BY 1"))
+    assert dict(zip(scored.checkpoint, scored.scored.astype(int), strict=True)) == expected
     if n_errors:
         errors = frame(at, "error", "template")
         assert len(errors) == n_errors and errors.error.str.contains("NaN latents").all()
