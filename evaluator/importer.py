@@ -38,6 +38,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 # expect, far below what exhausts memory when decoded (~300 MB as RGB).
 MAX_PIXELS = 100_000_000
 NAME_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# zlib level 1: imports re-encode photos and finished generations, whose noise barely
+# compresses; level 1 is ~4x faster than 4-6 for files ~10 % larger.
+IMPORT_PNG_LEVEL = 1
 
 
 @dataclass
@@ -427,7 +430,7 @@ def import_images(
                 seed, width, height, model=ckpt, extra={"Imported from": rel},
             )
             meta = {**record, "created_at": now.isoformat(), "imported_from": str(path)}
-            atomic_write_bytes(wd.root / relpath, encode_png(image, parameters, meta))
+            atomic_write_bytes(wd.root / relpath, encode_png(image, parameters, meta, compress_level=IMPORT_PNG_LEVEL))
             write_thumbnail(image, wd.root / thumb_rel, thumb_size)
             image.close()
             summary.imported += 1
