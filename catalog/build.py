@@ -18,7 +18,8 @@ Steps (each deterministic, so a rebuild from the same sources is byte-identical)
    lists name), ``middle-name`` ("Edwin Landseer" = "Edwin Henry Landseer"),
    ``spelling`` (transliterations and one-letter slips in a given name: "Aleksey" /
    "Alexei", "Katsuchika" / "Katsushika"), ``same-year`` (same surname and initial, same
-   death year: "Jan" / "Johannes Vermeer"), ``spacing`` and ``word-order``
+   death year: "Jan" / "Johannes Vermeer"), ``surname-spelling`` ("Panini" / "Pannini",
+   same given names), ``spacing`` and ``word-order``
    ("Kawase Hasui" / "Hasui Kawase").
    A merge is refused when the two sides disagree on their years (died 1510 vs living),
    when a link's target is claimed by two different artists ("AKA Monsù Desiderio" is
@@ -829,6 +830,8 @@ def _merge_heuristics(records: list[Record], groups: Groups, report: BuildReport
                 surname_index[parts[1]].add(root)
         info[root] = parsed
 
+    planned_surname: list[tuple[int, int, str, str]] = []
+
     def died(root: int) -> set[int]:
         return groups.died[groups.find(root)]
 
@@ -865,6 +868,20 @@ def _merge_heuristics(records: list[Record], groups: Groups, report: BuildReport
         if fx == fy and len(fx) >= 4:
             return True  # Aleksey / Alexei, Vadim / Vadym, Philipp / Phillip
         return min(len(fx), len(fy)) >= 5 and edit_distance_at_most_one(fx, fy)
+
+    # surname spelling: the same given names and a surname equal once folded ("Giovanni
+    # Paolo Panini" / "Pannini", "Alex Maleev" / "Maleew"); folded equality only, since one
+    # letter apart is often another person ("David Bailey" / "David Bailly")
+    folded_index: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for root, parsed in info.items():
+        for given, surname in parsed:
+            if given and len(surname) >= 5:
+                folded_index[(" ".join(given), _spelling_fold(surname.replace(" ", "")))].add(root)
+    for (given_text, folded), roots in sorted(folded_index.items()):
+        if len(roots) == 2:
+            a, b = sorted(roots)
+            if not _same_single_source(records, members[a], members[b]):
+                planned_surname.append((a, b, "surname-spelling", f"{given_text} {folded}"))
 
     def same_year_rule(root: int):
         """Same surname, same first initial, and the same known death year: "Jan Vermeer"
@@ -938,6 +955,7 @@ def _merge_heuristics(records: list[Record], groups: Groups, report: BuildReport
             ordered = sorted(roots)
             for other in ordered[1:]:
                 planned.append((ordered[0], other, kind, folded))
+    planned += planned_surname
     seen: set[tuple[int, int]] = set()
     for a, b, kind, why in planned:
         pair = (min(a, b), max(a, b))
@@ -949,7 +967,7 @@ def _merge_heuristics(records: list[Record], groups: Groups, report: BuildReport
 
 def _spelling_fold(name: str) -> str:
     """Fold transliteration variants of a given name: ks->x, ph->f, y->i, w->v, no doubles."""
-    folded = name.replace("ks", "x").replace("ph", "f").replace("y", "i").replace("w", "v")
+    folded = name.replace("ks", "x").replace("ph", "f").replace("th", "t").replace("y", "i").replace("w", "v")
     return re.sub(r"(.)\1+", r"\1", folded)
 
 

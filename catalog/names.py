@@ -22,6 +22,8 @@ PARTICLES = frozenset(
     {"van", "von", "de", "da", "di", "del", "della", "der", "den", "des", "du", "la", "le",
      "ter", "ten", "y", "dos", "das", "do", "af", "zu", "el", "al", "bin", "ibn", "st"}
 )
+# Titles before a name, dropped from the matching key (never from the display name).
+HONORIFICS = frozenset({"sir", "dame"})
 GENERATIONAL = ("the elder", "the younger", "jr", "sr", "ii", "iii", "iv")
 _SPACES = re.compile(r"[\s\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
 _QUOTES = {"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"', "\u00b4": "'"}
@@ -118,7 +120,7 @@ def name_key(text: str) -> str:
 
     "J.M.W. Turner", "J. M. W. Turner" and "jmw turner" all give "jmw turner";
     "Salvador Dalí" and "salvador dali" give "salvador dali"; a leading "the" is dropped
-    ("the Brothers Hildebrandt").
+    ("the Brothers Hildebrandt"), and so is a title ("Sir Alfred Munnings").
     """
     text = ascii_fold(clean_text(text)).casefold()
     text = text.replace("&", " and ")
@@ -134,6 +136,9 @@ def name_key(text: str) -> str:
             joined.append(token)
             run = single
     if len(joined) > 1 and joined[0] == "the":
+        joined = joined[1:]
+    # "Sir William Russell Flint" is William Russell Flint
+    while len(joined) > 2 and joined[0] in HONORIFICS:
         joined = joined[1:]
     return " ".join(joined)
 

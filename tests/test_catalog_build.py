@@ -75,6 +75,7 @@ def by_id(artists):
         ["Jean-Michel Basquiat", "Jean Michel Basquiat"],
         ["Georgia O\u2019Keeffe", "Georgia O'Keeffe", "Georgia OKeeffe"],
         ["the Brothers Hildebrandt", "Brothers Hildebrandt"],
+        ["Sir Alfred Munnings", "Alfred Munnings"],
         ["Rene\u0301 Magritte", "Ren\u00e9 Magritte"],
     ],
 )
@@ -293,6 +294,8 @@ def test_committed_catalog_is_large_and_valid():
     assert "Alexei Savrasov" in artists["aleksey-savrasov"].aliases
     assert "Jan Vermeer" in artists["johannes-vermeer"].aliases
     assert "Kawase Hasui" in artists["hasui-kawase"].aliases
+    assert "Giovanni Paolo Panini" in artists["giovanni-paolo-pannini"].aliases
+    assert {"david-bailey", "david-bailly"} <= set(artists)
     # near-names that are two people
     assert {"gavin-hamilton", "gawen-hamilton"} <= set(artists)
     assert {"arthur-boyd", "arthur-merric-boyd"} <= set(artists)
