@@ -162,7 +162,7 @@ def search_command(text, catalog_path, tag, movement, medium, recognized, living
 
 
 @click.command("templates")
-@click.option("--file", "templates_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--file", "--templates-file", "templates_file", type=click.Path(dir_okay=False), default=None,
               help="Your TOML file of templates, merged over the defaults.")
 @click.option("--only-file", is_flag=True, help="Use only the templates of --file.")
 def templates_command(templates_file: str | None, only_file: bool) -> None:
