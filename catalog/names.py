@@ -27,7 +27,6 @@ HONORIFICS = frozenset({"sir", "dame"})
 GENERATIONAL = ("the elder", "the younger", "jr", "sr", "ii", "iii", "iv")
 _SPACES = re.compile(r"[\s\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
 _QUOTES = {"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"', "\u00b4": "'"}
-_GENERATIONAL_PAREN = re.compile(r"^\(?\s*(the\s+)?(elder|younger)\s*\)?$", re.IGNORECASE)
 
 
 def clean_text(text: str) -> str:
@@ -153,17 +152,6 @@ def slugify(text: str) -> str:
 
 def has_generational(key: str) -> bool:
     return any(key.endswith(" " + g) or f" {g} " in f" {key} " for g in GENERATIONAL)
-
-
-def split_key(key: str) -> tuple[list[str], str]:
-    """(given-name tokens, surname) of a key; the surname keeps its particles."""
-    tokens = key.split()
-    if len(tokens) <= 1:
-        return [], key
-    index = len(tokens) - 1
-    while index > 0 and tokens[index - 1] in PARTICLES:
-        index -= 1
-    return tokens[:index], " ".join(tokens[index:])
 
 
 def is_latin(text: str) -> bool:
