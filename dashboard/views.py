@@ -18,8 +18,18 @@ import streamlit as st
 
 from dashboard import queries as q
 
-# Metrics where a smaller value is better (a rank, a distance, a leak); the rest: higher.
+# Metrics where a smaller value is better (a rank, a distance, a leak), when the
+# evaluator's registry (light: no torch) is not importable; the rest: higher.
 LOWER_IS_BETTER = {"artist_rank", "fd_clip", "content_leak"}
+
+
+def lower_is_better(metric: str) -> bool:
+    try:
+        from evaluator.metrics import get_metric
+
+        return not get_metric(metric).higher_is_better
+    except Exception:  # noqa: BLE001 - an unknown metric or an older evaluator
+        return metric in LOWER_IS_BETTER
 VERDICT_COLORS = alt.Scale(domain=["gained", "kept", "lost"], range=["#2e7d32", "#9e9e9e", "#c62828"])
 ANY = "(any)"
 
@@ -103,11 +113,11 @@ def page_leaderboard(store: q.Store, model: str) -> None:
             f"[{_fmt(lo.at[c, 'ci_low'])}, {_fmt(lo.at[c, 'ci_high'])}]" if c in lo.index and pd.notna(lo.at[c, "ci_low"]) else ""
             for c in table.index
         ]
-    ascending = (sort_metric in LOWER_IS_BETTER) == best_first
+    ascending = lower_is_better(sort_metric) == best_first
     table = table.sort_values(sort_metric, ascending=ascending).reset_index()
     st.dataframe(table, hide_index=True, key="lb-table")
     st.caption("Values are means over artists; CI = 95% interval. "
-               f"Lower is better for: {', '.join(sorted(LOWER_IS_BETTER & set(metrics))) or 'none'}.")
+               f"Lower is better for: {', '.join(m for m in metrics if lower_is_better(m)) or 'none'}.")
 
     chosen = long[long.metric == sort_metric]
     bars = alt.Chart(chosen).mark_bar().encode(

@@ -267,3 +267,11 @@ def test_every_page_on_a_store_made_by_the_real_pipeline(pipeline_workdir, monke
             assert len(images(at)) > 0
         if page == "Compare" and raw(pipeline_workdir, "SELECT count(*) FROM comparisons")[0][0]:
             assert int(metrics(at)["Artists"].replace(",", "")) > 0
+        if page == "Similarity":
+            # a text query through the evaluator's CLIP and FAISS index (loaded lazily, cached)
+            at.text_input(key="sim-text").input("a stormy sea").run()
+            at.button(key="sim-go").click().run()
+            assert not at.exception and not at.error, [e.value for e in at.error]
+            nearest = frame(at, "artist_id", "max", "count")
+            assert len(nearest) > 0 and set(nearest.artist_id) <= {r[0] for r in raw(pipeline_workdir, "SELECT DISTINCT artist_id FROM images")}
+            assert len(images(at)) > 0

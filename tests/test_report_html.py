@@ -130,3 +130,20 @@ def test_report_command_and_errors(workdir, tmp_path):
 
     with pytest.raises(ValueError, match="must name an .html file"):
         write_report(workdir, tmp_path / "r.pdf")
+
+
+@pytest.mark.slow
+def test_report_on_a_store_made_by_the_real_pipeline(pipeline_workdir, tmp_path):
+    from dashboard.report import write_report
+
+    html_path, md_path = write_report(pipeline_workdir, tmp_path / "pipeline.html")
+    parser = Collector()
+    parser.feed(html_path.read_text(encoding="utf-8"))
+    assert all(r[2].startswith("data:") for r in parser.refs)
+    board = next(t for k, t in parser.tables.items() if k.startswith("leaderboard#"))
+    checkpoints = {r[0] for r in raw(pipeline_workdir, "SELECT DISTINCT checkpoint FROM checkpoint_scores")}
+    assert {row[0] for row in board[1:]} == checkpoints
+    for base, finetune in raw(pipeline_workdir, "SELECT DISTINCT base, finetune FROM comparisons"):
+        assert f"{finetune} vs {base}" in html_path.read_text(encoding="utf-8")
+    assert any(r[0] == "img" for r in parser.refs)  # the gallery strip
+    assert "| checkpoint |" in md_path.read_text(encoding="utf-8")
