@@ -509,6 +509,7 @@ def _json_entries(path: Path) -> list[tuple[int, dict]]:
         raise SourceError(f"{path}:1: expected a JSON array of objects")
     index += 1
     entries: list[tuple[int, dict]] = []
+    line, counted = 1, 0  # lines before `counted`, kept incremental (files are ~10k lines)
     while True:
         while index < len(text) and text[index] in " \t\r\n,":
             index += 1
@@ -516,7 +517,8 @@ def _json_entries(path: Path) -> list[tuple[int, dict]]:
             raise SourceError(f"{path}: the JSON array is not closed")
         if text[index] == "]":
             return entries
-        line = text.count("\n", 0, index) + 1
+        line += text.count("\n", counted, index)
+        counted = index
         try:
             value, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError as exc:

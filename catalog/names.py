@@ -12,6 +12,7 @@ the Younger" are two painters, and so are "George Barret, Sr." and "George Barre
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ _SPACES = re.compile(r"[\s\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
 _QUOTES = {"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"', "\u00b4": "'"}
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def clean_text(text: str) -> str:
     """NFC, straight quotes, single spaces, no surrounding whitespace."""
     text = unicodedata.normalize("NFC", text or "")
@@ -67,6 +69,7 @@ def fix_mojibake(text: str) -> str:
     return clean_text(repaired.decode("utf-8", errors="ignore"))
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def ascii_fold(text: str) -> str:
     from unidecode import unidecode
 
@@ -114,6 +117,7 @@ def _is_generational(token: str) -> bool:
     return token.strip(" .").casefold() in GENERATIONAL or bool(re.fullmatch(r"[IVX]+\.?", token.strip()))
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def name_key(text: str) -> str:
     """The matching key of a name: ASCII, lower case, no punctuation, initials joined.
 
@@ -142,6 +146,7 @@ def name_key(text: str) -> str:
     return " ".join(joined)
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def slugify(text: str) -> str:
     """ASCII slug: "Claude Monet" -> "claude-monet", "J.M.W. Turner" -> "j-m-w-turner"."""
     text = ascii_fold(clean_text(text)).lower()
@@ -154,6 +159,7 @@ def has_generational(key: str) -> bool:
     return any(key.endswith(" " + g) or f" {g} " in f" {key} " for g in GENERATIONAL)
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def is_latin(text: str) -> bool:
     """True when every letter is Latin script (used to prefer "Arthur" over "Артур")."""
     for ch in text:
