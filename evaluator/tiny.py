@@ -82,11 +82,12 @@ def build_tiny_components(kind: str = "sd1", seed: int = 0, size: str = "tiny") 
             norm_num_groups=32,
             attention_head_dim=8,
         )
+    latent = 32 if size == "tiny" else 16  # the default image: 64 px tiny, 128 px bench
     torch.manual_seed(seed)
     components: dict = {}
     if kind == "sd1":
         unet = UNet2DConditionModel(
-            sample_size=32, in_channels=4, out_channels=4, cross_attention_dim=hidden, **unet_blocks
+            sample_size=latent, in_channels=4, out_channels=4, cross_attention_dim=hidden, **unet_blocks
         )
         components["text_encoder"] = CLIPTextModel(_text_config(hidden, vocab, pad_id=vocab - 1))
         components["tokenizer"] = tokenizer
@@ -96,7 +97,7 @@ def build_tiny_components(kind: str = "sd1", seed: int = 0, size: str = "tiny") 
         # diffusers' single-file loader tells the two apart by their width.
         hidden_2 = 48
         unet = UNet2DConditionModel(
-            sample_size=32,
+            sample_size=latent,
             in_channels=4,
             out_channels=4,
             cross_attention_dim=hidden + hidden_2,
@@ -112,16 +113,19 @@ def build_tiny_components(kind: str = "sd1", seed: int = 0, size: str = "tiny") 
         )
         components["tokenizer"] = tokenizer
         components["tokenizer_2"] = load_clip_tokenizer(n_merges=TINY_MERGES, pad_token=PAD_BANG)
+    # tiny: 2 levels (latents at 1/2 of the image side, so 64 px -> 32x32 latents);
+    # bench: 4 levels like SD's VAE (1/8: 128 px -> 16x16 latents).
+    vae_levels = 2 if size == "tiny" else 4
     vae = AutoencoderKL(
-        block_out_channels=(16, 32),
+        block_out_channels=(16, 32) if size == "tiny" else (16, 32, 32, 32),
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
+        down_block_types=("DownEncoderBlock2D",) * vae_levels,
+        up_block_types=("UpDecoderBlock2D",) * vae_levels,
         latent_channels=4,
         norm_num_groups=8,
         layers_per_block=1,
-        sample_size=64,
+        sample_size=64 if size == "tiny" else 128,
     )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,

@@ -236,3 +236,18 @@ def test_tokenizer_matches_open_clip_ids():
     small = load_clip_tokenizer(n_merges=1000)
     assert len(small) == 1514
     assert max(small("style of Claude Monet").input_ids) < 1514
+
+
+def test_single_file_with_the_wrong_architecture_says_what_to_supply(tmp_path, tmp_path_factory, monkeypatch):
+    """A tiny file read with the shipped SD 1.x config fails naming the mismatch and the fix."""
+    from evaluator.checkpoints import load_pipeline
+
+    monkeypatch.setenv("ATELIER_CACHE", str(tmp_path / "cache"))
+    single = tiny_single_file(tmp_path_factory, "sd1")
+    toml = write_toml(tmp_path / "ck.toml", f'[[checkpoint]]\nname = "s"\nsource = "{single}"\n')
+    specs = load_checkpoints(toml)
+    with pytest.raises(CheckpointError) as info:
+        load_pipeline(specs["s"], specs)
+    message = str(info.value)
+    assert "checkpoint 's', field 'source'" in message and "as sd1 with the architecture config" in message
+    assert "expected shape" in message and "set config = a local diffusers folder" in message
