@@ -302,8 +302,9 @@ def build_centroid_index(checkpoint: str, artist_ids: np.ndarray, vecs: np.ndarr
     import numpy as np
 
     names, codes = np.unique(np.asarray(artist_ids, dtype=object), return_inverse=True)
-    sums = np.zeros((len(names), vecs.shape[1]))
-    np.add.at(sums, codes, vecs.astype(np.float64))
+    from evaluator.metrics import group_sums
+
+    sums = group_sums(vecs, codes, len(names))
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     centroids = (sums / np.maximum(norms, 1e-12)).astype(np.float32)
     index = faiss.IndexFlatIP(vecs.shape[1])

@@ -166,6 +166,14 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _frame_digest(frame: pd.DataFrame) -> str:
+    """A digest of a frame's rows: vectorised row hashes (a million rows in ~1 s)."""
+    import pandas as pd
+
+    hashes = pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy()
+    return hashlib.sha256(hashes.tobytes()).hexdigest()[:16]
+
+
 def load_catalog_frame(catalog_path: str | Path | None, images: pd.DataFrame, store_artists: pd.DataFrame | None) -> tuple[pd.DataFrame, str]:
     """The artists table to score against, and where it came from.
 
@@ -620,7 +628,7 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
     image_key = images[["image_id", "sha256", "error", "checkpoint", "artist_id", "template", "seed", "prompt", "path"]]
     inputs_fp = {
         "context": _sha(context),
-        "images": _sha(image_key.sort_values("image_id").astype(str).values.tolist()),
+        "images": _frame_digest(image_key.sort_values("image_id")),
         "artists": _sha(artists.astype(str).values.tolist()),
         "templates": _sha(templates),
         # only the columns written: a record's own timestamps (added_at) are not news
