@@ -9,7 +9,6 @@ torch: text and image searches load the evaluator lazily, only when asked.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -30,17 +29,9 @@ PAGES = {
 }
 
 
-def workdir_from_args(argv: list[str], environ: dict) -> str | None:
-    """``--workdir`` after ``--`` in the streamlit arguments wins over ATELIER_WORKDIR."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--workdir")
-    known, _ = parser.parse_known_args(argv)
-    return known.workdir or environ.get("ATELIER_WORKDIR") or None
-
-
 def main() -> None:
     st.set_page_config(page_title="atelier", page_icon="🎨", layout="wide")
-    workdir = workdir_from_args(sys.argv[1:], dict(os.environ))
+    workdir = q.workdir_from_args(sys.argv[1:], dict(os.environ))
     st.sidebar.title("atelier")
     if not workdir:
         st.error("No workdir: start with `atelier dashboard --workdir DIR` or set ATELIER_WORKDIR.")

@@ -253,6 +253,31 @@ class Store:
         return None if frame.empty else frame.iat[0, 0]
 
 
+# Metrics where a smaller value is better (a rank, a distance, a leak), used when the
+# evaluator's registry (light: no torch) does not know the metric; the rest: higher.
+LOWER_IS_BETTER = {"artist_rank", "fd_clip", "content_leak"}
+
+
+def lower_is_better(metric: str) -> bool:
+    """The metric's direction, from the evaluator's registry when it knows the metric."""
+    try:
+        from evaluator.metrics import get_metric
+
+        return not get_metric(metric).higher_is_better
+    except Exception:  # noqa: BLE001 - an unknown metric or an older evaluator
+        return metric in LOWER_IS_BETTER
+
+
+def workdir_from_args(argv: list[str], environ: dict) -> str | None:
+    """``--workdir`` after ``--`` in the streamlit arguments wins over ATELIER_WORKDIR."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--workdir")
+    known, _ = parser.parse_known_args(argv)
+    return known.workdir or environ.get("ATELIER_WORKDIR") or None
+
+
 # ---------------------------------------------------------------- filters
 
 @dataclass(frozen=True)

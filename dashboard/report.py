@@ -257,10 +257,11 @@ def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list
             if s_svg:
                 md_parts.append(f"![scatter]({_svg_data_uri(s_svg)})\n")
             cols = ["name", "base_value", "finetune_value", "delta", "ci_low", "ci_high"]
+            rising = not q.lower_is_better(cmp_metric)  # biggest change first
             gained = q.comparison_table(store, base, finetune, model, cmp_metric, verdict="gained", order="delta",
-                                        descending=True, limit=config.top)[cols]
+                                        descending=rising, limit=config.top)[cols]
             lost = q.comparison_table(store, base, finetune, model, cmp_metric, verdict="lost", order="delta",
-                                      descending=False, limit=config.top)[cols]
+                                      descending=not rising, limit=config.top)[cols]
             html_parts.append(
                 "<div class='lists'>"
                 f"<div><h3 class='gained'>Gained ({s['gained']:,})</h3>{_html_table(gained, 'gained-list')}</div>"

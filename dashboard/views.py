@@ -18,18 +18,7 @@ import streamlit as st
 
 from dashboard import queries as q
 
-# Metrics where a smaller value is better (a rank, a distance, a leak), when the
-# evaluator's registry (light: no torch) is not importable; the rest: higher.
-LOWER_IS_BETTER = {"artist_rank", "fd_clip", "content_leak"}
-
-
-def lower_is_better(metric: str) -> bool:
-    try:
-        from evaluator.metrics import get_metric
-
-        return not get_metric(metric).higher_is_better
-    except Exception:  # noqa: BLE001 - an unknown metric or an older evaluator
-        return metric in LOWER_IS_BETTER
+lower_is_better = q.lower_is_better
 VERDICT_COLORS = alt.Scale(domain=["gained", "kept", "lost"], range=["#2e7d32", "#9e9e9e", "#c62828"])
 ANY = "(any)"
 
@@ -188,8 +177,10 @@ def page_compare(store: q.Store, model: str) -> None:
         color=alt.Color("verdict:N", scale=VERDICT_COLORS), tooltip=["start", "end", "verdict", "artists"]), width="stretch")
 
     g, lcol = st.columns(2)
-    gained = q.comparison_table(store, base, finetune, model, metric, filt, verdict="gained", order="delta", descending=True, limit=50)
-    lost = q.comparison_table(store, base, finetune, model, metric, filt, verdict="lost", order="delta", descending=False, limit=50)
+    # biggest change first: a gain is a rise, or a fall when lower is better
+    rising = not lower_is_better(metric)
+    gained = q.comparison_table(store, base, finetune, model, metric, filt, verdict="gained", order="delta", descending=rising, limit=50)
+    lost = q.comparison_table(store, base, finetune, model, metric, filt, verdict="lost", order="delta", descending=not rising, limit=50)
     g.subheader(f"Gained ({summary['gained']:,})")
     g.dataframe(gained[["name", "base_value", "finetune_value", "delta", "ci_low", "ci_high"]], hide_index=True, key="cmp-gained")
     lcol.subheader(f"Lost ({summary['lost']:,})")

@@ -275,3 +275,23 @@ def test_every_page_on_a_store_made_by_the_real_pipeline(pipeline_workdir, monke
             nearest = frame(at, "artist_id", "max", "count")
             assert len(nearest) > 0 and set(nearest.artist_id) <= {r[0] for r in raw(pipeline_workdir, "SELECT DISTINCT artist_id FROM images")}
             assert len(images(at)) > 0
+
+
+def test_dashboard_command_line_and_workdir_arguments(tmp_path, workdir):
+    from click.testing import CliRunner
+
+    from dashboard.cli import streamlit_command
+    from dashboard.queries import workdir_from_args
+    from evaluator.cli import main
+
+    result = CliRunner().invoke(main, ["dashboard", "--workdir", str(tmp_path / "empty")])
+    assert result.exit_code != 0 and "no store at" in result.output
+    command = streamlit_command(workdir, 8599, "127.0.0.1")
+    assert command[command.index("run") + 1] == APP
+    assert command[command.index("--server.port") + 1] == "8599" and command[-2:] == ["--workdir", str(workdir)]
+    assert command[command.index("--server.headless") + 1] == "true"
+    assert workdir_from_args(["--workdir", "/a"], {"ATELIER_WORKDIR": "/b"}) == "/a"
+    assert workdir_from_args([], {"ATELIER_WORKDIR": "/b"}) == "/b"
+    assert workdir_from_args([], {}) is None
+    help_text = CliRunner().invoke(main, ["dashboard", "--help"]).output
+    assert "--port" in help_text and "--host" in help_text
