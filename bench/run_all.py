@@ -1,0 +1,157 @@
+"""Run every benchmark and write one report (JSON and Markdown) of ratios and curves.
+
+Each bench script measures its figure against a baseline run in the same process
+(a bare diffusers loop, a naive one-image-at-a-time embedder, a per-image identification
+loop, exact FAISS search, a 10k-image store) and writes ``bench/results/<name>.json``;
+this script runs them in turn, then gathers the results into
+``bench/results/report.json`` and ``bench/results/report.md``.
+
+    bench/run_all            # everything (about 30-60 min on 2 CPU cores)
+    bench/run_all --quick    # small sizes, a few minutes: checks the scripts still run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+FULL = {
+    "generate": [],
+    "embed": [],
+    "identify": [],
+    "faiss": [],
+    "dashboard": ["--no-apptest"],
+    "scale": [],
+}
+QUICK = {
+    "generate": ["--quick"],
+    "embed": ["--repeat", "1", "--arch", "ViT-S-32"],
+    "identify": ["--images", "10000"],
+    "faiss": ["--n", "50000", "--dim", "128"],
+    "dashboard": ["--no-apptest", "--repeats", "2"],
+    "scale": ["--sizes", "1000,5000", "--artists", "500,2000", "--identify-images", "10000", "--repeats", "1"],
+}
+
+
+def run_benches(plan: dict[str, list[str]], only: set[str]) -> dict[str, dict]:
+    status = {}
+    for name, args in plan.items():
+        if only and name not in only:
+            continue
+        script = HERE / f"bench_{name}.py"
+        out = RESULTS / f"{name}.json"
+        cmd = [sys.executable, str(script), *args]
+        if name in {"dashboard", "scale"}:
+            cmd += ["--out", str(out)]
+        print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=HERE.parent)
+        status[name] = {"returncode": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
+                        "command": " ".join(["python", *cmd[1:]]).replace(str(HERE.parent) + "/", "")}
+    return status
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summarize() -> list[dict]:
+    """One row per headline figure: what, value, baseline, ratio, target."""
+    rows = []
+    gen = _load("generate")
+    if gen:
+        ratio = gen.get("ratio_runner_over_bare_median")
+        rows.append({"figure": "generation: runner / bare diffusers loop (time, equal batch)",
+                     "ratio": ratio, "target": "<= 1.03", "detail": f"without PNG/thumbnail writing: {gen.get('ratio_runner_over_bare_without_saving_median')}"})
+    emb = _load("embed")
+    if emb:
+        rows.append({"figure": f"embedding: atelier / naive loop (throughput, {emb.get('model')})",
+                     "ratio": emb.get("speedup"), "target": ">= 1.5",
+                     "detail": f"{emb.get('atelier_images_per_s')} vs {emb.get('naive_images_per_s')} img/s"})
+    ide = _load("identify")
+    if ide:
+        rows.append({"figure": f"identification: {ide.get('images')} images x {ide.get('artists')} artists, batched / naive",
+                     "ratio": ide.get("speedup"), "target": "seconds on a laptop CPU",
+                     "detail": f"batched {ide.get('batched_seconds')} s"})
+    fai = _load("faiss")
+    if fai:
+        default = next((r for r in fai["ivf"]["by_nprobe"] if r["nprobe"] == fai.get("default_nprobe")),
+                       fai["ivf"]["by_nprobe"][0])
+        rows.append({"figure": f"FAISS at {fai['n']:,} x {fai['dim']}: IVF nprobe {default['nprobe']} / exact (query time)",
+                     "ratio": default["speedup_vs_exact"], "target": "recall@10 measured",
+                     "detail": f"exact {fai['exact']['ms_per_query']} ms/query, recall@10 {default['recall_at_10']}"})
+    dash = _load("dashboard")
+    if dash:
+        for page, figures in dash.get("pages", {}).items():
+            rows.append({"figure": f"dashboard {page}: 1M-image store / 10k store (query time)",
+                         "ratio": figures.get("queries_ratio_1M_vs_10k"), "target": "< 1 s at 1M",
+                         "detail": f"{figures.get('queries_1M', {}).get('median_ms')} ms median at 1M"})
+    return rows
+
+
+def write_report(status: dict) -> tuple[Path, Path]:
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": status,
+        "headline": summarize(),
+        "results": {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))
+                    if p.stem not in {"report"}},
+    }
+    json_path = RESULTS / "report.json"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+
+    lines = ["# atelier benchmark report", "",
+             f"Machine: {report['machine']['cpus']} CPUs, Python {report['machine']['python']}, "
+             f"{report['machine']['platform']}. Written {report['written_at']}.", "",
+             "| figure | ratio | target | detail |", "| --- | --- | --- | --- |"]
+    for row in report["headline"]:
+        lines.append(f"| {row['figure']} | {row['ratio']} | {row['target']} | {row['detail']} |")
+    scale = report["results"].get("scale")
+    if scale:
+        lines += ["", "## Scale curves (per-item time relative to the smallest size)", ""]
+        for stage, curve in scale.get("pipeline", {}).items():
+            cells = ", ".join(f"{n}: {s} s (x{curve['ratio_per_item_vs_smallest'][n]})" for n, s in curve["seconds"].items())
+            lines.append(f"- {stage}: {cells}")
+        for page, curve in scale.get("dashboard", {}).items():
+            cells = ", ".join(f"{n}: {ms} ms" for n, ms in curve["median_ms"].items())
+            lines.append(f"- dashboard {page}: {cells}")
+        ident = scale.get("identification")
+        if ident:
+            cells = ", ".join(f"{a} artists: {v['seconds']} s" for a, v in ident["by_artists"].items())
+            lines.append(f"- identification of {ident['images']:,} images: {cells}")
+    lines += ["", "## Commands", ""]
+    for st in status.values():
+        lines.append(f"- `{st['command']}` (exit {st['returncode']}, {st['seconds']} s)")
+    md_path = RESULTS / "report.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return json_path, md_path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: check the scripts run")
+    parser.add_argument("--only", default="", help="comma list of bench names (generate,embed,identify,faiss,dashboard,scale)")
+    parser.add_argument("--report-only", action="store_true", help="only gather existing results")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    only = {s for s in args.only.split(",") if s}
+    status = {} if args.report_only else run_benches(QUICK if args.quick else FULL, only)
+    json_path, md_path = write_report(status)
+    print(f"\nreport: {json_path} and {md_path}")
+    print(md_path.read_text())
+    return 1 if any(s["returncode"] for s in status.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
