@@ -156,11 +156,17 @@ def load_index(workdir: Workdir, model: str) -> tuple[Any, dict]:
 
 
 def update_index(
-    workdir: Workdir, model: str, config: IndexConfig | None = None, rebuild: bool = False
+    workdir: Workdir,
+    model: str,
+    config: IndexConfig | None = None,
+    rebuild: bool = False,
+    embeddings: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> IndexInfo:
     """Add every embedded image missing from the model's index; switch to IVF past the threshold.
 
-    Returns what was done (kind, ntotal, recall@10 when approximate).
+    ``embeddings``: ``load_embeddings`` output when the caller has it already (a
+    million vectors are 2 GB; read them once). Returns what was done (kind, ntotal,
+    recall@10 when approximate).
     """
     import numpy as np
 
@@ -169,7 +175,7 @@ def update_index(
     cfg = config or IndexConfig()
     start = time.perf_counter()
     path = workdir.index(model)
-    ids, vecs = load_embeddings(workdir, model)
+    ids, vecs = embeddings if embeddings is not None else load_embeddings(workdir, model)
     dim = vecs.shape[1] if vecs.ndim == 2 and len(vecs) else 0
     index, meta = (None, {})
     if path.is_file() and not rebuild:

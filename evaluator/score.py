@@ -606,10 +606,10 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
     if emb.n_done:
         say(f"embedded {emb.n_done} images with {model} ({emb.n_skipped} already done, {emb.n_failed} unreadable)")
     t0 = lap("embed", t0)
-    index_info = update_index(wd, model, cfg.index)
+    ids, vecs = load_embeddings(wd, model)
+    index_info = update_index(wd, model, cfg.index, embeddings=(ids, vecs))
     t0 = lap("index", t0)
 
-    ids, vecs = load_embeddings(wd, model)
     pos = pd.Series(np.arange(len(ids)), index=ids)
     scored_rows = scored_rows[scored_rows["image_id"].isin(pos.index)].sort_values("image_id").reset_index(drop=True)
     refs_rows = refs_rows[refs_rows["image_id"].isin(pos.index)].sort_values("image_id").reset_index(drop=True)
