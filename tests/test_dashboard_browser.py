@@ -189,5 +189,53 @@ def test_gallery_renders_thumbnails_in_a_real_browser(served, tmp_path):
     assert "Traceback" not in dom and "StreamlitAPIException" not in dom
 
 
+PAGE_HEADERS = {"Leaderboard": "Leaderboard", "Compare": "Compare a fine-tune with its base", "Artist": "Artist",
+                "Similarity": "Similarity", "SQL": "SQL", "Runs": "Runs"}
+# (charts, tables) each page draws at least, once rendered
+PAGE_MINIMUM = {"Leaderboard": (2, 2), "Compare": (2, 3), "Artist": (0, 2), "Similarity": (1, 1), "SQL": (0, 0),
+                "Runs": (1, 2)}
+
+
+def test_every_other_page_renders_without_an_exception_in_the_browser(served, tmp_path):
+    _, base_url = served
+    browser, ws_url = start_chromium(tmp_path / "chromium-profile")
+    tools = None
+    seen: dict[str, dict] = {}
+    try:
+        tools = DevTools(ws_url)
+        tools.call("Page.enable")
+        tools.call("Runtime.enable")
+        for page, header in PAGE_HEADERS.items():
+            tools.call("Page.navigate", url=f"{base_url}/?page={page}")
+            state: dict = {}
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                state = tools.evaluate(
+                    "({h: Array.from(document.querySelectorAll('[data-testid=stMain] h2')).map(h => h.innerText).join('|'),"
+                    " s: (document.querySelector('[data-testid=stApp]') || {dataset: {}}).dataset.testScriptState,"
+                    " x: document.querySelectorAll('[data-testid=stException]').length,"
+                    " charts: document.querySelectorAll('[data-testid=stVegaLiteChart]').length,"
+                    " tables: document.querySelectorAll('[data-testid=stDataFrame]').length})") or {}
+                charts, tables = PAGE_MINIMUM[page]
+                if (header in state.get("h", "") and state.get("s") == "notRunning"
+                        and state.get("charts", 0) >= charts and state.get("tables", 0) >= tables):
+                    break
+                time.sleep(0.3)
+            seen[page] = state
+    finally:
+        if tools is not None:
+            tools.close()
+        browser.terminate()
+        try:
+            browser.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+    for page, header in PAGE_HEADERS.items():
+        assert header in seen[page].get("h", ""), (page, seen[page])
+        assert seen[page].get("x") == 0, (page, seen[page])
+        charts, tables = PAGE_MINIMUM[page]
+        assert seen[page]["charts"] >= charts and seen[page]["tables"] >= tables, (page, seen[page])
+
+
 if __name__ == "__main__":  # pragma: no cover - run by hand: python tests/test_dashboard_browser.py
     sys.exit(pytest.main([__file__, "-v"]))
