@@ -5,7 +5,9 @@ block layout, 4 levels, cross attention in three, ~25 M UNet parameters), the sa
 prompts, seeds, steps, size, batch size and torch thread count, and both write PNGs:
 
 - bare: ``DiffusionPipeline.from_pretrained`` then, per batch, ``pipe(...)`` with one
-  CPU generator per image and ``image.save(path)`` (what a hand-written script does);
+  CPU generator per image and ``image.save(path, compress_level=4)`` (what a
+  hand-written script does, at the runner's PNG level); also timed without saving at
+  all (``ratio_vs_nosave``: the whole cost of writing, metadata and bookkeeping);
 - runner: ``evaluator.generate.generate`` on the same units into a fresh workdir
   (fingerprints, validation, PNG metadata, thumbnails, atomic writes, manifests, run
   record, progress bar off).
@@ -33,15 +35,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def bare_loop(pipeline_dir: Path, units, out_dir: Path, batch_size: int) -> float:
-    """The baseline: load, call the pipeline per batch, save each image. Returns seconds."""
+def bare_loop(pipeline_dir: Path, units, out_dir: Path | None, batch_size: int) -> float:
+    """The baseline: load, call the pipeline per batch, save each image (PNG, zlib level 4
+    like the runner; ``out_dir=None``: do not save). Returns seconds."""
     import torch
     from diffusers import DiffusionPipeline
 
     start = time.perf_counter()
     pipe = DiffusionPipeline.from_pretrained(str(pipeline_dir), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     for first in range(0, len(units), batch_size):
         batch = units[first : first + batch_size]
         generators = [torch.Generator("cpu").manual_seed(u.seed) for u in batch]
@@ -53,8 +57,10 @@ def bare_loop(pipeline_dir: Path, units, out_dir: Path, batch_size: int) -> floa
             height=batch[0].height,
             generator=generators,
         ).images
+        if out_dir is None:
+            continue
         for unit, image in zip(batch, images, strict=True):
-            image.save(out_dir / f"{unit.unit_id}.png")
+            image.save(out_dir / f"{unit.unit_id}.png", compress_level=4)
     return time.perf_counter() - start
 
 
@@ -110,9 +116,13 @@ def main() -> None:
         for index in range(args.pairs):
             bare = bare_loop(pipeline_dir, units, tmp / f"bare-{index}", args.batch_size)
             ours = runner(toml, units, tmp / f"runner-{index}", args.batch_size, args.threads)
-            pairs.append({"bare_s": round(bare, 3), "runner_s": round(ours, 3), "ratio": round(ours / bare, 4)})
-            print(f"pair {index}: bare {bare:.2f}s  runner {ours:.2f}s  ratio {ours / bare:.3f}", flush=True)
+            nosave = bare_loop(pipeline_dir, units, None, args.batch_size)
+            pairs.append({"bare_s": round(bare, 3), "runner_s": round(ours, 3), "bare_nosave_s": round(nosave, 3),
+                          "ratio": round(ours / bare, 4), "ratio_vs_nosave": round(ours / nosave, 4)})
+            print(f"pair {index}: bare {bare:.2f}s  runner {ours:.2f}s  bare-no-save {nosave:.2f}s  "
+                  f"ratio {ours / bare:.3f}  vs no-save {ours / nosave:.3f}", flush=True)
         ratio = statistics.median(p["ratio"] for p in pairs)
+        ratio_nosave = statistics.median(p["ratio_vs_nosave"] for p in pairs)
 
         by_batch = []
         for size in [int(s) for s in args.batch_sizes.split(",")]:
@@ -124,6 +134,7 @@ def main() -> None:
             "what": "runner (evaluator.generate) vs bare diffusers loop, same pipeline/settings/batch size",
             "ratio_runner_over_bare_median": round(ratio, 4),
             "target": 1.03,
+            "ratio_runner_over_bare_without_saving_median": round(ratio_nosave, 4),
             "pairs": pairs,
             "images_per_s_by_batch_size": by_batch,
             "settings": {"images": args.images, "size": args.size, "steps": args.steps, "batch_size": args.batch_size,

@@ -391,7 +391,13 @@ def check_and_record_checkpoints(
         except Exception:
             kind = spec.kind or origin.kind  # a hub model not yet cached: known after loading
         record = checkpoint_record(spec, specs, {"fingerprint": value}, kind)
-        if write:
+        previous = json.loads(record_path.read_text()) if record_path.is_file() else None
+        write_this = write
+        if previous is not None and previous.get("fingerprint") == value:
+            record["added_at"] = previous.get("added_at", record["added_at"])  # first seen, kept
+            if previous == record:
+                write_this = False  # a rerun changes no file
+        if write_this:
             atomic_write_text(record_path, json.dumps(record, indent=2, sort_keys=True))
             atomic_write_text(files_path, json.dumps(quick["files"], indent=2, sort_keys=True))
         out[name] = {"fingerprint": value, "files": quick["files"], "kind": kind, "record": record}
@@ -723,8 +729,9 @@ def _run_batches(todo, specs, wd, config, device, run_id, writer, summary, timin
             name = batch[0].checkpoint
             if name != current:
                 drain(True)
-                pipe = None
-                _free_memory()
+                if pipe is not None:  # release the previous checkpoint before loading the next
+                    pipe = None
+                    _free_memory()
                 t0 = time.perf_counter()
                 try:
                     pipe = load_pipeline(
