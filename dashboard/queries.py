@@ -567,11 +567,16 @@ def image_detail(store: Store, image_id: int) -> tuple[pd.DataFrame, pd.DataFram
 # ---------------------------------------------------------------- artist
 
 def artist_search(store: Store, text: str, limit: int = 200) -> pd.DataFrame:
-    """Artists whose name, id or alias contains ``text`` (all artists, paged, when empty)."""
+    """Artists whose name, id or alias contains ``text``: scored artists first, then by name.
+
+    A catalog of 9,000 artists of which a run generated a few dozen: the ones with
+    images come first, so the default pick of the Artist page has something to show.
+    """
     where, params = ArtistFilter(name=text).where("ar")
     return store.df(
         f"""SELECT ar.artist_id, ar.name FROM artists ar WHERE {where}
-            ORDER BY NOT starts_with(lower(ar.name), ?), ar.name LIMIT ?""",
+            ORDER BY ar.artist_id NOT IN (SELECT DISTINCT artist_id FROM artist_scores),
+                     NOT starts_with(lower(ar.name), ?), ar.name LIMIT ?""",
         [*params, text.strip().lower(), int(limit)],
     )
 

@@ -109,9 +109,10 @@ def page_leaderboard(store: q.Store, model: str) -> None:
                f"Lower is better for: {', '.join(m for m in metrics if lower_is_better(m)) or 'none'}.")
 
     chosen = long[long.metric == sort_metric]
+    order = table.checkpoint.tolist()  # the table's order, best first
     bars = alt.Chart(chosen).mark_bar().encode(
-        x=alt.X("value:Q", title=sort_metric), y=alt.Y("checkpoint:N", sort="-x"), tooltip=["checkpoint", "value", "ci_low", "ci_high", "n"])
-    rules = alt.Chart(chosen).mark_rule(color="black").encode(x="ci_low:Q", x2="ci_high:Q", y="checkpoint:N")
+        x=alt.X("value:Q", title=sort_metric), y=alt.Y("checkpoint:N", sort=order), tooltip=["checkpoint", "value", "ci_low", "ci_high", "n"])
+    rules = alt.Chart(chosen).mark_rule(color="black").encode(x="ci_low:Q", x2="ci_high:Q", y=alt.Y("checkpoint:N", sort=order))
     st.altair_chart(bars + rules, width="stretch")
 
     st.subheader(f"Distribution of {sort_metric} over artists")
