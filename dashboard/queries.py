@@ -507,11 +507,11 @@ def delta_histogram(store: Store, base: str, finetune: str, model: str, metric: 
 # ---------------------------------------------------------------- gallery
 
 def gallery_artists(store: Store, filt: ArtistFilter, limit: int, offset: int) -> tuple[pd.DataFrame, int]:
-    """One page of catalog artists that have generated images, and the total count."""
+    """One page of catalog artists that have generated images (scored or not), and the total."""
     where, params = filt.where("ar")
     frame = store.df(
         f"""WITH shown AS (SELECT ar.artist_id, ar.name FROM artists ar
-                           WHERE {where} AND ar.artist_id IN (SELECT DISTINCT artist_id FROM artist_scores))
+                           WHERE {where} AND ar.artist_id IN (SELECT DISTINCT artist_id FROM images WHERE source = 'generated'))
             SELECT artist_id, name, (SELECT count(*) FROM shown) AS total
             FROM shown ORDER BY name, artist_id LIMIT ? OFFSET ?""",
         [*params, int(limit), int(offset)],
@@ -520,7 +520,7 @@ def gallery_artists(store: Store, filt: ArtistFilter, limit: int, offset: int) -
     if frame.empty and offset > 0:
         total = int(store.scalar(
             f"""SELECT count(*) FROM artists ar WHERE {where}
-                AND ar.artist_id IN (SELECT DISTINCT artist_id FROM artist_scores)""", params) or 0)
+                AND ar.artist_id IN (SELECT DISTINCT artist_id FROM images WHERE source = 'generated')""", params) or 0)
     return frame.drop(columns=["total"]), total
 
 
@@ -567,7 +567,7 @@ def image_detail(store: Store, image_id: int) -> tuple[pd.DataFrame, pd.DataFram
 # ---------------------------------------------------------------- artist
 
 def artist_search(store: Store, text: str, limit: int = 200) -> pd.DataFrame:
-    """Artists whose name, id or alias contains ``text``: scored artists first, then by name.
+    """Artists whose name, id or alias contains ``text``: artists with images first, then by name.
 
     A catalog of 9,000 artists of which a run generated a few dozen: the ones with
     images come first, so the default pick of the Artist page has something to show.
@@ -575,7 +575,7 @@ def artist_search(store: Store, text: str, limit: int = 200) -> pd.DataFrame:
     where, params = ArtistFilter(name=text).where("ar")
     return store.df(
         f"""SELECT ar.artist_id, ar.name FROM artists ar WHERE {where}
-            ORDER BY ar.artist_id NOT IN (SELECT DISTINCT artist_id FROM artist_scores),
+            ORDER BY ar.artist_id NOT IN (SELECT DISTINCT artist_id FROM images WHERE source = 'generated'),
                      NOT starts_with(lower(ar.name), ?), ar.name LIMIT ?""",
         [*params, text.strip().lower(), int(limit)],
     )

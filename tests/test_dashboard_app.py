@@ -295,3 +295,24 @@ def test_dashboard_command_line_and_workdir_arguments(tmp_path, workdir):
     assert workdir_from_args([], {}) is None
     help_text = CliRunner().invoke(main, ["dashboard", "--help"]).output
     assert "--port" in help_text and "--host" in help_text
+
+
+def test_pages_before_scoring_show_images_and_say_what_is_missing(tmp_path, monkeypatch):
+    """Generation done, scoring not yet: no page crashes, the gallery already shows images."""
+    spec = importlib.util.spec_from_file_location("atelier_bench_make_store", REPO / "bench" / "make_store.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build_store(tmp_path, n_artists=6, n_templates=1, n_seeds=1, n_checkpoints=2, with_images=True, error_rate=0.0)
+    con = duckdb.connect(str(tmp_path / "atelier.duckdb"))
+    for table in ("image_scores", "artist_scores", "checkpoint_scores", "artist_neighbors", "comparisons"):
+        con.execute(f"DELETE FROM {table}")
+    con.close()
+    for page in PAGES:
+        at = open_page(tmp_path, page, monkeypatch)
+        if page == "Leaderboard":
+            assert metrics(at)["Images"] == "14"  # 6 artists x 2 checkpoints + 2 baselines
+        if page == "Gallery":
+            assert len(images(at)) == 6 * 2
+        if page == "Compare":
+            assert any("No comparisons yet" in i.value for i in at.info)
+    assert any("No scores yet" in i.value for i in at.sidebar.info)
