@@ -87,9 +87,10 @@ def index_group() -> None:
 @MODEL
 @PRETRAINED
 @click.option("--ivf-threshold", default=200_000, show_default=True, type=click.IntRange(min=1), help="Switch from exact to IVF at this many vectors.")
-@click.option("--nprobe", default=32, show_default=True, type=click.IntRange(min=1), help="IVF lists probed per query.")
+@click.option("--nprobe", default=32, show_default=True, type=click.IntRange(min=1), help="IVF lists probed per query (starting value).")
+@click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1), help="Raise nprobe until recall@10 vs exact reaches this.")
 @click.option("--rebuild", is_flag=True, help="Start from scratch instead of adding new vectors.")
-def index_build(workdir, model, pretrained, ivf_threshold, nprobe, rebuild) -> None:
+def index_build(workdir, model, pretrained, ivf_threshold, nprobe, target_recall, rebuild) -> None:
     """Add every embedded image missing from the index (exact, or IVF past the threshold)."""
     from evaluator.embed import model_key
     from evaluator.index import IndexConfig, update_index
@@ -98,10 +99,10 @@ def index_build(workdir, model, pretrained, ivf_threshold, nprobe, rebuild) -> N
     try:
         wd = Workdir.at(workdir, create=False)
         key = model_key(model, pretrained)
-        info = update_index(wd, key, IndexConfig(ivf_threshold=ivf_threshold, nprobe=nprobe), rebuild=rebuild)
+        info = update_index(wd, key, IndexConfig(ivf_threshold=ivf_threshold, nprobe=nprobe, target_recall=target_recall), rebuild=rebuild)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
-    recall = "exact" if info.kind == "flat" else f"recall@10 {info.recall_at_10:.3f} on {info.recall_queries} queries"
+    recall = "exact" if info.kind == "flat" else f"nprobe {info.nprobe}, recall@10 {info.recall_at_10:.3f} on {info.recall_queries} queries"
     click.echo(f"{key}: {info.kind} index, {info.ntotal} vectors (+{info.added}), dim {info.dim}, {recall} -> {wd.index(key)}")
 
 
