@@ -24,6 +24,7 @@ import collections
 import contextlib
 import io
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -811,14 +812,9 @@ def check_user_sql(sql: str) -> str:
         statement = statements[0]
         kind = statement.type.name
         if kind == "EXPLAIN":
-            inner = statement.query.strip()
-            words = inner.split(None, 2)
-            rest = inner
-            for _ in range(2):  # EXPLAIN [ANALYZE] <query>
-                if words and words[0].upper() in ("EXPLAIN", "ANALYZE", "ANALYSE"):
-                    rest = rest.split(None, 1)[1] if len(rest.split(None, 1)) > 1 else ""
-                    words = rest.split(None, 2)
-            inner_statements = parser.extract_statements(rest) if rest else []
+            # EXPLAIN ANALYZE runs its statement: allow it only around a SELECT
+            inner = re.sub(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?", "", statement.query, count=1, flags=re.I)
+            inner_statements = parser.extract_statements(inner) if inner.strip() else []
             if len(inner_statements) != 1 or inner_statements[0].type.name != "SELECT":
                 raise UnsafeQueryError("EXPLAIN is allowed only for a SELECT query")
         elif kind != "SELECT":

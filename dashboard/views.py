@@ -309,7 +309,11 @@ def page_artist(store: q.Store, model: str) -> None:
     if info.empty:
         return
     a = info.iloc[0]
-    years = f"{a['born'] or '?'}–{'' if a['living'] else (a['died'] or '?')}" if pd.notna(a["born"]) else ""
+    def year(value) -> str:
+        return str(int(value)) if pd.notna(value) else "?"
+
+    living = bool(a["living"]) if pd.notna(a["living"]) else False
+    years = f"({year(a['born'])}–{'' if living else year(a['died'])})" if pd.notna(a["born"]) or pd.notna(a["died"]) else ""
     st.subheader(f"{a['name']} {years}")
     st.markdown(
         f"**Movements:** {a['movements'] or '—'} · **Mediums:** {a['mediums'] or '—'} · **Tags:** {a['tags'] or '—'}  \n"

@@ -148,7 +148,8 @@ def test_artist_page_scores_neighbors_references_images(workdir, monkeypatch):
     at = open_page(workdir, "Artist", monkeypatch)
     at.text_input(key="art-search").input("monet").run()
     assert at.selectbox(key="art-id").value == "claude-monet"
-    assert any("Claude Monet" in s.value for s in at.subheader)
+    born, died = raw(workdir, "SELECT born, died FROM artists WHERE artist_id = 'claude-monet'")[0]
+    assert any(s.value == f"Claude Monet ({born}–{died if died is not None else ''})" for s in at.subheader), [s.value for s in at.subheader]
     scores = frame(at, index="metric")
     assert list(scores.columns) == ["base", "ft-1", "ft-2"] and "artist_similarity" in scores.index
     neighbors = frame(at, index="rank")

@@ -196,6 +196,7 @@ def test_sql_page_runs_reads_with_row_and_time_limits(store):
     assert not small.truncated and small.frame.n.iloc[0] > 0
     assert len(q.run_user_sql(store, "DESCRIBE images").frame) >= 21
     assert len(q.run_user_sql(store, "EXPLAIN SELECT * FROM artists").frame) >= 1
+    assert len(q.run_user_sql(store, "explain analyze SELECT count(*) FROM images").frame) >= 1
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="0.5 s limit"):
         q.run_user_sql(store, "SELECT sum(hash(a.range * b.range)) FROM range(100000) a, range(100000) b", time_limit=0.5)
