@@ -291,6 +291,10 @@ class ArtistFilter:
     recognized_column: str = "recognized_sdxl"  # or recognized_sd1
     recognized: str = ""  # yes | no | unsure | "" (any)
     name: str = ""
+    # The scorer's automatic verdict (metric `recognized` >= 0.5) for one checkpoint.
+    auto_recognized: str = ""  # yes | no | "" (any)
+    auto_checkpoint: str = ""
+    auto_model: str = ""
 
     def where(self, alias: str = "ar") -> tuple[str, list]:
         clauses, params = ["TRUE"], []
@@ -310,6 +314,15 @@ class ArtistFilter:
                 f"OR contains(lower(coalesce({alias}.aliases, '')), ?))"
             )
             params += [needle, needle, needle]
+        if self.auto_recognized:
+            if self.auto_recognized not in ("yes", "no") or not self.auto_checkpoint:
+                raise ValueError(f"auto_recognized must be yes or no with a checkpoint but is {self.auto_recognized!r}")
+            negate = "" if self.auto_recognized == "yes" else "NOT "
+            clauses.append(
+                f"{alias}.artist_id {negate}IN (SELECT artist_id FROM artist_scores WHERE metric = 'recognized' "
+                "AND checkpoint = ? AND model = ? AND value >= 0.5)"
+            )
+            params += [self.auto_checkpoint, self.auto_model]
         return " AND ".join(clauses), params
 
 

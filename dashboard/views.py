@@ -35,18 +35,25 @@ def sidebar_model(store: q.Store) -> str:
     return st.sidebar.selectbox("Embedding model", models, key="model")
 
 
-def artist_filter_widgets(store: q.Store, key: str) -> q.ArtistFilter:
-    """Tag / movement / medium / recognition / name filters, in an expander."""
+def artist_filter_widgets(store: q.Store, key: str, model: str = "", checkpoint: str = "") -> q.ArtistFilter:
+    """Tag / movement / medium / recognition / name filters, in an expander.
+
+    Recognition is either the catalog's human label (SDXL or SD1 column) or, given a
+    checkpoint, the automatic `recognized` verdict the scorer gave for that checkpoint.
+    """
     options = q.filter_options(store)
     with st.expander("Filter artists", expanded=False):
         c1, c2, c3 = st.columns(3)
         tag = c1.selectbox("Tag", [ANY, *options["tag"]], key=f"{key}-tag")
         movement = c2.selectbox("Movement", [ANY, *options["movement"]], key=f"{key}-movement")
         medium = c3.selectbox("Medium", [ANY, *options["medium"]], key=f"{key}-medium")
-        c4, c5, c6 = st.columns(3)
+        c4, c5, c6, c7 = st.columns(4)
         column = c4.selectbox("Recognition label", ["recognized_sdxl", "recognized_sd1"], key=f"{key}-reccol")
-        recognized = c5.selectbox("Recognized", [ANY, "yes", "no", "unsure", "blank"], key=f"{key}-rec")
-        name = c6.text_input("Name contains", key=f"{key}-name")
+        recognized = c5.selectbox("Recognized (label)", [ANY, "yes", "no", "unsure", "blank"], key=f"{key}-rec")
+        auto = ANY
+        if model and checkpoint:
+            auto = c6.selectbox(f"Recognized by {checkpoint} (auto)", [ANY, "yes", "no"], key=f"{key}-auto")
+        name = c7.text_input("Name contains", key=f"{key}-name")
     return q.ArtistFilter(
         tag="" if tag == ANY else tag,
         movement="" if movement == ANY else movement,
@@ -54,6 +61,9 @@ def artist_filter_widgets(store: q.Store, key: str) -> q.ArtistFilter:
         recognized_column=column,
         recognized="" if recognized == ANY else recognized,
         name=name or "",
+        auto_recognized="" if auto == ANY else auto,
+        auto_checkpoint=checkpoint,
+        auto_model=model,
     )
 
 
@@ -146,7 +156,7 @@ def page_compare(store: q.Store, model: str) -> None:
     metrics = sorted(pairs[(pairs.base == base) & (pairs.finetune == finetune)].metric.unique())
     metric = c2.selectbox("Metric", metrics, index=metrics.index("artist_similarity")
                           if "artist_similarity" in metrics else 0, key="cmp-metric")
-    filt = artist_filter_widgets(store, "cmp")
+    filt = artist_filter_widgets(store, "cmp", model, base)
 
     summary = q.comparison_summary(store, base, finetune, model, metric, filt)
     cols = st.columns(5)
@@ -256,7 +266,7 @@ def page_gallery(store: q.Store, model: str) -> None:
     seed = c2.selectbox("Seed", seeds, key="gal-seed")
     chosen = c3.multiselect("Checkpoints", checkpoints, default=checkpoints, key="gal-ckpts") or checkpoints
     page_size = c4.selectbox("Artists per page", [6, 12, 24], index=1, key="gal-size")
-    filt = artist_filter_widgets(store, "gal")
+    filt = artist_filter_widgets(store, "gal", model, chosen[0])
 
     if st.session_state.get("gal-image") is not None:
         show_image_detail(store, st.session_state["gal-image"], "gal-image")
@@ -461,7 +471,7 @@ def page_similarity(store: q.Store, model: str) -> None:
         st.caption("no neighbours computed")
         return
     checkpoint = st.selectbox("Checkpoint", checkpoints, key="sim-ckpt")
-    filt = artist_filter_widgets(store, "sim")
+    filt = artist_filter_widgets(store, "sim", model, checkpoint)
     pairs = q.top_similar_pairs(store, checkpoint, model, filt, limit=200)
     st.dataframe(pairs, hide_index=True, key="sim-pairs")
 

@@ -116,6 +116,14 @@ def test_compare_counts_lists_and_filters(workdir, monkeypatch):
     assert len(table) == movement[0][1] and table.movements.str.contains(movement[0][0], regex=False).all()
     at.selectbox(key="cmp-rec").set_value("yes").run()
     assert (frame(at, "verdict", "movements").recognized_sdxl == "yes").all()
+    at.selectbox(key="cmp-movement").set_value("(any)")
+    at.selectbox(key="cmp-rec").set_value("(any)").run()
+    at.selectbox(key="cmp-auto").set_value("yes").run()
+    known = {r[0] for r in raw(workdir, "SELECT artist_id FROM artist_scores WHERE checkpoint = 'base' "
+                                        "AND metric = 'recognized' AND value >= 0.5")}
+    table = frame(at, "verdict", "movements")
+    assert 0 < len(table) < 30 and set(table.artist_id) == known
+    assert metrics(at)["Artists"] == str(len(known))
 
 
 def test_gallery_grid_paging_and_full_image(workdir, monkeypatch):
