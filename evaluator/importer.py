@@ -331,7 +331,7 @@ def import_images(
             known[int(row.image_id)] = (row.sha256, row.path, row.error if isinstance(row.error, str) else None)
 
     records: list[dict] = []
-    seen_units: dict[str, str] = {}
+    seen_units: dict[str, tuple[str, str]] = {}
     now = datetime.now(UTC).replace(tzinfo=None)
     for path in tqdm(images, desc="import", unit="img", disable=not progress):
         rel = path.relative_to(src).as_posix()
@@ -378,9 +378,12 @@ def import_images(
             unit = _identity(ckpt, artist_id, f"error:{rel}", -1, 0, 0, sha)
         else:
             unit = _identity(ckpt, artist_id, prompt, seed, width, height, None if prompt else sha)
-            if unit.unit_id in seen_units and seen_units[unit.unit_id] != sha:  # same settings, other pixels
+            if unit.unit_id in seen_units and seen_units[unit.unit_id][0] != sha:  # same settings, other pixels
                 unit = _identity(ckpt, artist_id, prompt, seed, width, height, sha)
-        seen_units[unit.unit_id] = sha
+        if unit.unit_id in seen_units:  # byte-identical copy of a file already taken: one row
+            summary.notes.append((rel, f"same content and labels as {seen_units[unit.unit_id][1]}: recorded once"))
+            continue
+        seen_units[unit.unit_id] = (sha, rel)
 
         folder = ckpt or ("reference" if as_reference else "_unknown")
         stem = NAME_SAFE.sub("-", path.stem).strip("-") or "image"

@@ -161,6 +161,27 @@ def test_lora_finetune_and_single_file_versus_base(tmp_path, checkpoints):
     assert len(set(fingerprints.values())) == 4  # LoRA is part of the fingerprint
 
 
+def test_textual_inversion_token_changes_the_image(tmp_path, models):
+    from catalog.units import WorkUnit
+    from evaluator.tiny import build_textual_inversion
+
+    build_textual_inversion(models["sd1"], tmp_path / "wc.safetensors", token="<wc>")
+    toml = write_toml(tmp_path / "ck.toml", f"""
+[[checkpoint]]
+name = "base"
+source = "{models['sd1']}"
+
+[[checkpoint]]
+name = "ti"
+base = "base"
+textual_inversion = [{{ path = "wc.safetensors", token = "<wc>" }}]
+""")
+    units = [WorkUnit(c, "wc", "style", "a harbour, <wc> style", "", 5, 64, 64, 3, 5.0, "default") for c in ("base", "ti")]
+    summary = generate(units, toml, tmp_path / "wd", GenerateConfig(**CFG))
+    assert summary.done == 2
+    assert np.abs(pixels(tmp_path / "wd", units[0]) - pixels(tmp_path / "wd", units[1])).max() > 0
+
+
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path, checkpoints):
     from evaluator.manifest import read_manifests
 

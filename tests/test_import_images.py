@@ -114,6 +114,18 @@ def test_checkpoint_from_metadata_and_cli(tmp_path):
     assert bad.exit_code != 0 and "must match [A-Za-z0-9._-]+" in bad.output
 
 
+def test_identical_copies_are_recorded_once(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(IMAGES / "gray.png", src / "a.png")
+    shutil.copy(IMAGES / "gray.png", src / "sub" / "b.png")
+    shutil.copy(IMAGES / "rgba.png", src / "c.png")
+    summary = import_images(src, tmp_path / "wd", checkpoint="x", progress=False)
+    assert summary.imported == 2
+    assert ("sub/b.png", "same content and labels as a.png: recorded once") in summary.notes
+    assert rows(tmp_path / "wd", "SELECT count(*), count(DISTINCT sha256) FROM images")[0] == (2, 2)
+
+
 def test_labels_errors_name_file_and_line(tmp_path):
     bad = tmp_path / "labels.csv"
     bad.write_text("filename,artist\nx.png,Monet\n")
