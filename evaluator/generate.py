@@ -282,10 +282,15 @@ def settings_key(unit: WorkUnit) -> tuple:
 def make_batches(units: list[WorkUnit], batch_size: int) -> list[list[WorkUnit]]:
     """Group by settings (keeping first-seen order: checkpoint-major plans stay so), then cut."""
     groups: dict[tuple, list[WorkUnit]] = {}
+    checkpoint_order: dict[str, int] = {}
     for unit in units:
+        checkpoint_order.setdefault(unit.checkpoint, len(checkpoint_order))
         groups.setdefault(settings_key(unit), []).append(unit)
+    # All groups of a checkpoint together, so each pipeline is loaded once per run even
+    # when the plan interleaves checkpoints.
+    ordered = sorted(groups.values(), key=lambda members: checkpoint_order[members[0].checkpoint])
     batches = []
-    for members in groups.values():
+    for members in ordered:
         for start in range(0, len(members), batch_size):
             batches.append(members[start : start + batch_size])
     return batches

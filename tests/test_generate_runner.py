@@ -334,3 +334,17 @@ def test_cli_generate_and_checkpoints_commands(tmp_path, checkpoints):
     assert printed.exit_code == 0 and printed.output.startswith("base") and "quick:" in printed.output
     typo = runner.invoke(main, ["checkpoints", "fingerprint", str(checkpoints), "--name", "bas"])
     assert typo.exit_code != 0 and "did you mean 'base'" in typo.output
+
+
+def test_batches_share_settings_and_keep_each_checkpoint_together():
+    from evaluator.generate import make_batches
+
+    units = units_for(["a", "b"], steps=3) + units_for(["a"], steps=4) + units_for(["b"], size=128)
+    batches = make_batches(units, 3)
+    assert [(b[0].checkpoint, b[0].steps, b[0].width, len(b)) for b in batches] == [
+        ("a", 3, 64, 3), ("a", 3, 64, 1), ("a", 4, 64, 3), ("a", 4, 64, 1),
+        ("b", 3, 64, 3), ("b", 3, 64, 1), ("b", 3, 128, 3), ("b", 3, 128, 1),
+    ]
+    for batch in batches:
+        assert len({(u.checkpoint, u.steps, u.width, u.negative_prompt) for u in batch}) == 1
+    assert sorted(u.unit_id for b in batches for u in b) == sorted(u.unit_id for u in units)
