@@ -442,6 +442,8 @@ def load_run_records(workdir: str | Path) -> list[dict]:
             record = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"run record {path} is not valid JSON: {exc}") from exc
+        if not isinstance(record, dict) or not record.get("run_id"):
+            raise ValueError(f"run record {path} has no 'run_id' (expected an object with the runs table's columns)")
         by_id.setdefault(record["run_id"], []).append(record)
     merged = []
     for parts in by_id.values():
