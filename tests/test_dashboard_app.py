@@ -250,7 +250,7 @@ def test_app_keeps_working_while_another_process_writes(workdir, monkeypatch, pa
         proc.wait(timeout=30)
     # 2. when the lock outlasts the wait, the last committed state is shown with a notice
     monkeypatch.setenv("ATELIER_DASHBOARD_LOCK_TIMEOUT", "0.2")
-    proc = hold(workdir, 2.0)
+    proc = hold(workdir, 4.0)  # long enough that a busy machine still queries while it is held
     try:
         at.run()
         assert not at.exception and not at.error

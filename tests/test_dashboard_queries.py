@@ -252,7 +252,7 @@ def test_lock_held_by_a_writer_waits_or_serves_the_last_result(workdir):
     patient = q.Store.at(workdir, use_cache=False, lock_timeout=10)
     before = quick.df("SELECT count(*) AS n FROM templates").n.iloc[0]
     q.take_notices()
-    proc = hold_store(workdir, 2.0)
+    proc = hold_store(workdir, 3.0)
     try:
         stale = quick.df("SELECT count(*) AS n FROM templates")
         assert stale.n.iloc[0] == before
