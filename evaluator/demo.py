@@ -151,8 +151,10 @@ def run_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) 
     )
     write_plan(units, wd.root / "plan.parquet")
     timings["plan"] = time.perf_counter() - t0
-    echo(f"plan: {len(units)} units ({len(artists)} artists x {len(config.templates)} templates x "
-         f"{len(config.seeds)} seeds x 3 checkpoints) -> {wd.root / 'plan.parquet'}")
+    subject = [name for name in config.templates if not templates[name].is_baseline]
+    echo(f"plan: {len(units)} units = {len(artists)} artists x {len(subject)} templates "
+         f"({', '.join(subject)}) x {len(config.seeds)} seeds x 3 checkpoints, plus the no-artist "
+         f"baseline per seed and checkpoint -> {wd.root / 'plan.parquet'}")
 
     t0 = time.perf_counter()
     summary = generate(units, checkpoints_file, wd.root, GenerateConfig(batch_size=config.batch_size))
