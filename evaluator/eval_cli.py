@@ -350,11 +350,18 @@ def sql_cmd(workdir, query, fmt, limit) -> None:
 
     try:
         wd = Workdir.at(workdir, create=False)
-        con = connect(wd.store, read_only=True)
+        # No file access beyond the store (read_csv('/etc/passwd'), COPY ... TO), no
+        # extension downloads, and a query cannot turn either back on.
+        con = connect(wd.store, read_only=True, config={
+            "enable_external_access": False, "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False, "lock_configuration": True,
+        })
     except (FileNotFoundError, StoreLockedError) as exc:
         _fail(exc)
     try:
         frame = con.execute(query).df()
+    except duckdb.PermissionException as exc:
+        raise click.ClickException(f"refused: `atelier sql` reads only the store {wd.store}, no other file: {exc}") from exc
     except duckdb.Error as exc:
         raise click.ClickException(f"SQL error: {exc}") from exc
     finally:
