@@ -367,6 +367,15 @@ def sql_cmd(workdir, query, fmt, limit) -> None:
     finally:
         con.close()
     if fmt == "csv":
+        # A cell a spreadsheet would run as a formula (=HYPERLINK(...) in a prompt or a
+        # note) gets a leading apostrophe, as the dashboard's CSV export does.
+        from pandas.api.types import is_object_dtype, is_string_dtype
+
+        for column in frame.columns:
+            if is_object_dtype(frame[column]) or is_string_dtype(frame[column]):
+                frame[column] = frame[column].map(
+                    lambda v: "'" + v if isinstance(v, str) and v.startswith(("=", "+", "-", "@", "\t", "\r")) else v
+                )
         frame.to_csv(sys.stdout, index=False)
     elif fmt == "json":
         click.echo(frame.to_json(orient="records", date_format="iso"))
