@@ -404,6 +404,7 @@ def compute_scores(
     old = old_scores[old_scores["image_id"].isin(current) & ~old_scores["image_id"].isin(set(sub.image_ids.tolist()))]
     long = pd.concat([old[["image_id", "metric", "value"]], new_long[["image_id", "metric", "value"]]], ignore_index=True)
     long = long.merge(meta, on="image_id", how="inner")
+    long["value"] = long["value"].astype("float64")  # an empty store frame is object-typed
 
     # -- artist level: image metrics aggregated over seeds, plus artist metrics
     per_artist = grouped_bootstrap(long, ["checkpoint", "artist_id", "metric"], config=boot)

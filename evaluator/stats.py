@@ -97,6 +97,8 @@ def seed_matrix(
     import pandas as pd
 
     data = frame[[*group_cols, seed_col, value_col]]
+    # float64, never object: an object column sends pandas' groupby down a Python loop
+    data = data.assign(**{value_col: pd.to_numeric(data[value_col], errors="raise").astype("float64")})
     data = data[data[value_col].notna()]
     if data.empty:
         return pd.DataFrame(columns=group_cols), np.zeros((0, 1)), np.zeros(0, dtype=np.int64)
