@@ -174,6 +174,29 @@ def _frame_digest(frame: pd.DataFrame) -> str:
     return hashlib.sha256(hashes.tobytes()).hexdigest()[:16]
 
 
+def _changed_rows(new: pd.DataFrame, old: pd.DataFrame | None) -> pd.DataFrame:
+    """Rows of ``new`` that are not already in the store as they are (by a row hash).
+
+    A rerun after one more shard rewrites only that shard's images, not a million rows.
+    A representation difference (a column typed differently) only makes a row look
+    changed, and an upsert of an unchanged row is harmless.
+    """
+    import pandas as pd
+
+    from evaluator.manifest import MANIFEST_COLUMNS
+
+    if old is None or old.empty or new.empty:
+        return new
+    cols = list(MANIFEST_COLUMNS)
+    h_new = pd.util.hash_pandas_object(new[cols].astype(str), index=False).to_numpy()
+    h_old = pd.Series(
+        pd.util.hash_pandas_object(old[cols].astype(str), index=False).to_numpy(), index=old["image_id"].to_numpy()
+    )
+    h_old = h_old[~h_old.index.duplicated()]
+    previous = h_old.reindex(new["image_id"].to_numpy()).to_numpy()
+    return new[previous != h_new]
+
+
 def load_catalog_frame(catalog_path: str | Path | None, images: pd.DataFrame, store_artists: pd.DataFrame | None) -> tuple[pd.DataFrame, str]:
     """The artists table to score against, and where it came from.
 
@@ -709,7 +732,7 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
         columns=["image_id", "model", "error", "run_id"],
     )
     t_write = time.perf_counter()
-    rows = _write_all(wd, cfg, model, run_id, images, artists if artists_from != "images" else None, templates,
+    rows = _write_all(wd, cfg, model, run_id, _changed_rows(images, state["images"]), artists if artists_from != "images" else None, templates,
                       _checkpoints_frame(ckpt_records, checkpoints_seen), _runs_frame(run_records), tables, errors,
                       pd.DataFrame(ref_rows, columns=["artist_id", "image_id"]),
                       pd.DataFrame(proto_rows, columns=["artist_id", "model", "n", "embedding"]),
