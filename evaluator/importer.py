@@ -440,12 +440,38 @@ def import_images(
         records.append(record)
 
     if records:
+        _record_checkpoints(wd, records, src)
         manifest = wd.manifests / run_id / "rank0-part00000.parquet"
         write_shard(records, manifest)
         summary.manifest_path = str(manifest)
         _write_import_run(wd, run_id, src, summary, as_reference, checkpoint, labels_path)
     summary.rows_ingested = _ingest(wd, records, as_reference, run_id) if records else 0
     return summary
+
+
+def _record_checkpoints(wd: Workdir, records: list[dict], src: Path) -> None:
+    """A ``checkpoints`` row (``DIR/checkpoints/<name>.json``) for each imported model name
+    that has none, so scoring and the dashboard know it; generated records are never touched."""
+    from catalog.atomic import atomic_write_text
+
+    folder = wd.root / "checkpoints"
+    for name in sorted({r["checkpoint"] for r in records if r["checkpoint"]}):
+        path = folder / f"{name}.json"
+        if path.exists():
+            continue
+        record = {
+            "name": name,
+            "source": f"imported:{src}",
+            "kind": None,
+            "base": None,
+            "adapters": json.dumps({"lora": [], "textual_inversion": []}),
+            "fingerprint": None,
+            "dtype": None,
+            "scheduler": None,
+            "notes": f"images imported from {src}; weights unknown",
+            "added_at": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
+        }
+        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
 
 
 def _write_import_run(wd: Workdir, run_id: str, src: Path, summary: ImportSummary, as_reference: bool,

@@ -51,6 +51,10 @@ def test_generated_sd15_folder_with_labels(tmp_path, data):
     from evaluator.importer import slugify
 
     assert {slugify(name) for name in known} <= recorded
+    from evaluator.generate import load_checkpoint_records
+
+    records = {r["name"]: r for r in load_checkpoint_records(tmp_path)}
+    assert "Deliberate-2.0" in records and records["Deliberate-2.0"]["source"].startswith("imported:")
     # a rerun adds nothing
     again = import_images(src, tmp_path, labels_csv=src / "labels.csv", progress=False)
     assert (again.imported, again.unchanged) == (0, 150)
