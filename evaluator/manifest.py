@@ -84,12 +84,31 @@ def read_manifests(manifests_dir: str | Path) -> pd.DataFrame:
     frames = []
     for path in paths:
         try:
-            frames.append(pq.read_table(path, schema=manifest_schema()).to_pandas())
+            frame = pq.read_table(path, schema=manifest_schema()).to_pandas()
         except Exception as exc:  # a shard is written atomically, so this is real damage
             raise ValueError(f"manifest shard {path} is unreadable: {exc}") from exc
+        _check_paths_inside(frame, path)
+        frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
     frame = frame.sort_values(["created_at", "image_id"], kind="stable")
     return frame.drop_duplicates("image_id", keep="last").reset_index(drop=True)
+
+
+def _check_paths_inside(frame: pd.DataFrame, shard: Path) -> None:
+    """Refuse a shard whose image paths leave the workdir (absolute, or with ``..``).
+
+    Every stage writes paths relative to the workdir; anything else is a tampered or
+    foreign shard, and embedding or serving it would read files outside the workdir.
+    """
+    for column in ("path", "thumb_path"):
+        values = frame[column].dropna().astype(str)
+        bad = values[values.str.startswith(("/", "\\")) | values.str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)|^[A-Za-z]:")]
+        if len(bad):
+            row = int(bad.index[0])
+            raise ValueError(
+                f"manifest shard {shard}: row {row} (image_id {frame.at[row, 'image_id']}): {column} {bad.iloc[0]!r} "
+                f"is outside the workdir; paths must be relative to the workdir ({len(bad)} such rows)"
+            )
 
 
 def ingest_manifests(con: duckdb.DuckDBPyConnection, manifests_dir: str | Path) -> int:
