@@ -13,6 +13,29 @@ Order of work, and why:
 A run whose inputs are unchanged (same images, catalog, references and config) writes
 nothing: a rerun adds no row, not even a `runs` row. A killed run leaves the store as
 it was (nothing is written before step 5) and its finished embedding parts are reused.
+
+Tables written (``model`` is the embedding model key, e.g. ``ViT-B-32/laion2b_s34b_b79k``
+or ``tiny-clip@<fp8>``; every score row is per model):
+
+- ``images``: manifest rows (generated, imported, ``source='reference'``), upserted.
+- ``image_scores (image_id, model, metric, value)``: the image-level metrics.
+- ``artist_scores (checkpoint, artist_id, model, metric, value, n, n_seeds, ci_low,
+  ci_high)``: image metrics as the mean of per-seed means, CI = percentile bootstrap
+  over seeds; artist metrics (diversity, content_leak: no CI; recognition_margin: CI
+  over seeds; recognized: 0/1). ``n`` = images (seeds for recognition_margin).
+- ``checkpoint_scores``: the leaderboard: image metrics over all artist images (CI over
+  seeds), artist metrics averaged over artists (CI over artists), recognized_auc_sdxl/
+  sd1 and fd_clip (no CI).
+- ``artist_neighbors (checkpoint, model, artist_id, rank, neighbor_id, similarity)``:
+  top-k artists by cosine of image centroids; replaced per model on each write.
+- ``comparisons (base, finetune, artist_id, model, metric, base_value, finetune_value,
+  delta, ci_low, ci_high, n, verdict, higher_is_better)``: paired bootstrap over the
+  seeds both share (``n``); verdict gained/lost only when the CI excludes 0.
+- ``embedding_errors (image_id, model, error, run_id)``: images that could not be read.
+- ``reference_images``, ``reference_prototypes (artist_id, model, n, embedding)``.
+- ``score_state (model, fingerprint)``: what the last write was computed from.
+- ``runs``: generation runs (from their records) plus one ``kind='score'`` row per
+  write and a ``kind='index'`` row when the FAISS index changed (recall in ``message``).
 """
 
 from __future__ import annotations
