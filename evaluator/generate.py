@@ -719,6 +719,14 @@ def _run_batches(todo, specs, wd, config, device, run_id, writer, summary, timin
                 try:
                     record = future.result()
                     summary.done += 1
+                except OSError as exc:
+                    # Disk full, read-only or a file where a folder should be: the
+                    # workdir's fault, not the unit's. Stop, and record no failure that
+                    # a rerun would skip (records of images already written are kept).
+                    raise GenerateError(
+                        f"cannot write {wd.images / unit.relpath()}: {type(exc).__name__}: {exc}; "
+                        "free space or fix permissions and rerun (nothing is recorded as failed)"
+                    ) from exc
                 except Exception as exc:
                     record = _record(unit, run_id, error=f"writing the image failed: {type(exc).__name__}: {exc}")
                     summary.failed += 1

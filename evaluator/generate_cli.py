@@ -62,7 +62,7 @@ def generate_cmd(plan_path, checkpoints_file, workdir, batch_size, device, dtype
             run_id=run_id, threads=threads, progress=not no_progress,
         )
         summary = generate(units, checkpoints_file, workdir, config)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:  # OSError: disk full, permissions
         _fail(exc)
     click.echo(summary.line())
     for unit_id, error in list(summary.errors.items())[:10]:
