@@ -62,8 +62,11 @@ def write_shard(records: list[dict], path: str | Path) -> None:
     schema = manifest_schema()
     columns = {name: [record.get(name) for record in records] for name in schema.names}
     table = pa.table(columns, schema=schema)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+    except OSError as exc:  # arrow's message does not say which file (disk full, permissions)
+        raise OSError(exc.errno, f"cannot write manifest shard {path}: {exc}") from exc
 
 
 def shard_paths(manifests_dir: str | Path) -> list[Path]:
