@@ -274,10 +274,16 @@ def score_cmd(workdir, model, pretrained, catalog_path, templates_file, compare,
         base_pairs=pairs or None, batch_size=batch_size, num_workers=num_workers,
         index=IndexConfig(ivf_threshold=ivf_threshold), progress=not quiet,
     )
+    import duckdb
+
     try:
         summary = score(workdir, cfg, echo=click.echo)
-    except (ValueError, FileNotFoundError, RuntimeError, StoreLockedError) as exc:
+    except (ValueError, RuntimeError, StoreLockedError, OSError) as exc:  # OSError: disk full, permissions
         _fail(exc)
+    except duckdb.Error as exc:  # e.g. the commit could not write the WAL: rolled back
+        raise click.ClickException(
+            f"writing the store {Path(workdir) / 'atelier.duckdb'} failed, nothing was written (it is as before): {exc}"
+        ) from exc
     if not summary.noop:
         idx = summary.index
         click.echo(f"index: {idx.get('kind')} over {idx.get('ntotal')} images (recall@10 {idx.get('recall_at_10')})")
