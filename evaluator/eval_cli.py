@@ -332,7 +332,8 @@ def references_add(artist, folder, workdir, model, pretrained, catalog_path) -> 
         result = add_references(wd, artist, folder, clip=clip, catalog_path=catalog_path)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
-    click.echo(f"{artist}: {len(result.added)} reference images ({len(result.errors)} unreadable) -> {result.shard}")
+    click.echo(f"{artist}: {len(result.added)} reference images ({result.imported} new, {len(result.errors)} unreadable)"
+               + (f" -> {result.shard}" if result.shard else ""))
     for path, error in result.errors.items():
         click.echo(f"  {path}: {error}", err=True)
     if result.prototype_models:
