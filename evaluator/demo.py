@@ -104,12 +104,11 @@ def build_demo_models(models_dir: Path) -> dict[str, Path]:
 
 def run_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) -> DemoResult:
     """Run every stage into ``workdir``; a second run makes no image and adds no row."""
+    from catalog.atomic import atomic_write_text
+    from catalog.model import load_catalog
     from catalog.plan import make_plan, write_plan
     from catalog.select import select_artists
     from catalog.templates import load_templates
-
-    from catalog.atomic import atomic_write_text
-    from catalog.model import load_catalog
     from evaluator.generate import GenerateConfig, generate
     from evaluator.score import ScoreConfig, score
 
