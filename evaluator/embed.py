@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 DTYPES = ("float32", "float16", "bfloat16")
 TEXT_CACHE_DIR = "_texts"
+# Text cache part files before they are merged into one: reads stay one file or a few.
+MAX_TEXT_PARTS = 16
 
 
 @dataclass(frozen=True)
@@ -453,7 +455,10 @@ def _read_text_cache(folder: Path) -> dict[str, np.ndarray]:
 
     cache: dict[str, np.ndarray] = {}
     for path in _text_cache_paths(folder):
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except FileNotFoundError:  # merged away by a concurrent compaction: its rows live on
+            continue
         col = table.column("embedding").combine_chunks()
         vecs = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)
         for text, vec in zip(table.column("text").to_pylist(), vecs, strict=True):
@@ -508,9 +513,48 @@ def embed_texts(
             path = folder / f"texts-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
             with atomic_path(path) as tmp:
                 pq.write_table(table, tmp)
+            if len(_text_cache_paths(folder)) > MAX_TEXT_PARTS:
+                _compact_text_cache(folder, cache)
     if not texts:
         return np.zeros((0, clip.embed_dim), dtype=np.float32)
     return np.stack([cache[t] for t in texts]).astype(np.float32)
+
+
+def _compact_text_cache(folder: Path, cache: dict[str, np.ndarray]) -> None:
+    """Merge the cache's part files into one (written first, then the old ones removed)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from catalog.atomic import atomic_path
+
+    old = _text_cache_paths(folder)
+    texts = sorted(cache)
+    vecs = np.stack([cache[t] for t in texts]).astype(np.float32)
+    table = pa.table({
+        "text": pa.array(texts, type=pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), type=pa.float32()), vecs.shape[1]),
+    })
+    merged = folder / f"texts-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}-merged.parquet"
+    with atomic_path(merged) as tmp:
+        pq.write_table(table, tmp)
+    for path in old:
+        path.unlink(missing_ok=True)
+
+
+def artist_template_texts(
+    clip: LoadedClip, names: list[str], templates: dict[str, str], cache_dir: str | Path | None = None
+) -> tuple[list[str], np.ndarray]:
+    """The artist x template text matrix: (template names, vectors [A, T, D]).
+
+    ``templates`` maps a name to its text with ``{name}``; a template without it (the
+    null baseline) gives the same vector for every artist. Cached like embed_texts, so
+    9,000 artists x 5 templates are encoded once per model.
+    """
+    order = sorted(templates)
+    texts = [templates[t].replace("{name}", n) for n in names for t in order]
+    vecs = embed_texts(clip, texts, cache_dir=cache_dir, progress=True)
+    return order, vecs.reshape(len(names), len(order), -1)
 
 
 def text_cache_dir(workdir: Workdir, model: str) -> Path:

@@ -131,3 +131,20 @@ def test_text_cache_reuses_embeddings_and_keeps_order(clip_dir, tmp_path):
     np.testing.assert_allclose(fresh[0], first[3], atol=1e-6)
     more = embed_texts(clip, [*texts[:2], "a new text"], cache_dir=cache)
     assert len(list(cache.glob("texts-*.parquet"))) == 2 and more.shape == (3, 16)
+
+
+def test_text_cache_compacts_its_parts_and_the_artist_template_matrix(clip_dir, tmp_path, monkeypatch):
+    import evaluator.embed as E
+
+    clip = load_clip(str(clip_dir))
+    cache = tmp_path / "texts"
+    monkeypatch.setattr(E, "MAX_TEXT_PARTS", 3)
+    for i in range(5):
+        embed_texts(clip, [f"text {i}"], cache_dir=cache)
+    assert len(list(cache.glob("texts-*.parquet"))) <= 3
+    again = embed_texts(clip, [f"text {i}" for i in range(5)], cache_dir=cache)
+    np.testing.assert_allclose(again, embed_texts(clip, [f"text {i}" for i in range(5)]), atol=1e-6)
+    order, matrix = E.artist_template_texts(clip, ["Claude Monet", "Hokusai"], {"art-by": "art by {name}", "null": "a painting"}, cache)
+    assert order == ["art-by", "null"] and matrix.shape == (2, 2, 16)
+    np.testing.assert_allclose(matrix[0, 1], matrix[1, 1])  # the baseline names no artist
+    np.testing.assert_allclose(matrix[1, 0], embed_texts(clip, ["art by Hokusai"])[0], atol=1e-6)
