@@ -93,13 +93,18 @@ def index_group() -> None:
 def index_build(workdir, model, pretrained, ivf_threshold, nprobe, target_recall, rebuild) -> None:
     """Add every embedded image missing from the index (exact, or IVF past the threshold)."""
     from evaluator.embed import model_key
-    from evaluator.index import IndexConfig, update_index
+    from evaluator.index import IndexConfig, record_index_run, update_index
+    from evaluator.score import workdir_lock
     from evaluator.workdir import Workdir
 
     try:
         wd = Workdir.at(workdir, create=False)
         key = model_key(model, pretrained)
-        info = update_index(wd, key, IndexConfig(ivf_threshold=ivf_threshold, nprobe=nprobe, target_recall=target_recall), rebuild=rebuild)
+        config = IndexConfig(ivf_threshold=ivf_threshold, nprobe=nprobe, target_recall=target_recall)
+        with workdir_lock(wd, echo=click.echo):  # not while a score run updates the same index
+            info = update_index(wd, key, config, rebuild=rebuild)
+            if info.added:
+                record_index_run(wd, info, config)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
     recall = "exact" if info.kind == "flat" else f"nprobe {info.nprobe}, recall@10 {info.recall_at_10:.3f} on {info.recall_queries} queries"

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 ART_BY_FALLBACK = "artwork by {name}"
-OWN_RUN_KINDS = ("score", "index")
+OWN_RUN_KINDS = ("score", "index")  # written to the store by score / index build themselves
 CHECKPOINT_COLUMNS = ("name", "source", "kind", "base", "adapters", "fingerprint", "dtype", "scheduler", "notes")
 RUN_COLUMNS = (
     "run_id", "kind", "started_at", "finished_at", "status", "config", "versions", "git_rev", "device",

@@ -188,8 +188,27 @@ def test_cli_score_sql_and_search(clip_dir, tmp_path):
     found = runner.invoke(main, ["search", "--workdir", str(tmp_path), "--model", str(clip_dir), "--text", "a portrait by Hokusai", "-k", "3"])
     assert found.exit_code == 0, found.output
     assert len([line for line in found.output.splitlines() if "images/" in line]) == 3
+    built = runner.invoke(main, ["index", "build", "--workdir", str(tmp_path), "--model", str(clip_dir),
+                                 "--ivf-threshold", "10", "--nprobe", "1", "--rebuild"])
+    assert built.exit_code == 0 and "ivf index" in built.output and "recall@10" in built.output, built.output
+    con = duckdb.connect(str(tmp_path / "atelier.duckdb"), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM runs WHERE kind = 'index'").fetchone()[0] == 2
+    finally:
+        con.close()
+    by_id = runner.invoke(main, ["index", "search", "--workdir", str(tmp_path), "--model", str(clip_dir),
+                                 "--image-id", str(_any_image_id(tmp_path)), "-k", "2"])
+    assert by_id.exit_code == 0 and by_id.output.count("images/") == 2, by_id.output
     listing = runner.invoke(main, ["metrics", "list"])
     assert listing.exit_code == 0 and "retrieval_map@k" in listing.output
+
+
+def _any_image_id(root: Path) -> int:
+    con = duckdb.connect(str(root / "atelier.duckdb"), read_only=True)
+    try:
+        return con.execute("SELECT min(image_id) FROM images WHERE error IS NULL").fetchone()[0]
+    finally:
+        con.close()
 
 
 SCORE_SCRIPT = textwrap.dedent(
