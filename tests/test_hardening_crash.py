@@ -144,12 +144,13 @@ def _assert_no_unswept_temporaries(root: Path) -> None:
     """Images and thumbnails: no temporary survives a rerun (generate sweeps its own).
 
     A kill mid-write can leave ``.<name>.<rand>.tmp`` beside a manifest part, an
-    embedding part or the FAISS index: nothing sweeps those (see docs/HARDENING.md), so
-    they are allowed there, but every reader must ignore them (hidden names).
+    embedding part, the FAISS index, a run or checkpoint record: nothing sweeps those
+    (see docs/HARDENING.md), so they are allowed there, but every reader must ignore
+    them (hidden names).
     """
     for leftover in temporaries(root):
         rel = leftover.relative_to(root).parts
-        assert rel[0] in ("manifests", "embeddings", "index"), f"temporary file left behind: {leftover}"
+        assert rel[0] in ("manifests", "embeddings", "index", "runs", "checkpoints"), f"temporary file left behind: {leftover}"
         assert leftover.name.startswith(".") and leftover.suffix == ".tmp"
     from evaluator.manifest import shard_paths
 
