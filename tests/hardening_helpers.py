@@ -11,7 +11,6 @@ import hashlib
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -274,27 +273,6 @@ def copy_workdir(src: Path, dst: Path, parts: tuple[str, ...]) -> Path:
 
 
 # ------------------------------------------------------------------ kills
-
-
-@dataclass
-class KillOutcome:
-    delay: float
-    killed: bool  # False: the process finished before the kill came
-    returncode: int
-
-
-def run_and_kill(cmd: list[str], delay: float, timeout: float = 300) -> KillOutcome:
-    """Start ``cmd``, SIGKILL it after ``delay`` seconds (unless it ended before)."""
-    proc = subprocess.Popen(cmd, env=env_for_subprocess(), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        proc.wait(timeout=delay)
-        return KillOutcome(delay, False, proc.returncode)
-    except subprocess.TimeoutExpired:
-        pass
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=timeout)
-    return KillOutcome(delay, proc.returncode == -signal.SIGKILL, proc.returncode)
 
 
 def run_to_end(cmd: list[str], timeout: float = 300) -> tuple[float, subprocess.CompletedProcess]:

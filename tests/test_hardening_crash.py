@@ -109,11 +109,11 @@ def _kill_at(make_cmd, rng: random.Random, clean_seconds: float, progress, modes
 
 
 def _run_kills(stage_seed: int, make_cmd, clean_seconds: float, progress, modes_now, check) -> list[str]:
-    """``crash_kills()`` kills in a row; ``modes_now()`` gives the kill points that can
+    """``crash_kills()`` kills in a row; ``modes_now(i)`` gives the kill points that can
     still land (e.g. none of the embedding ones once every image is embedded)."""
     log, landed = [], 0
     for i in range(crash_kills()):
-        what, killed = _kill_at(make_cmd, random.Random(stage_seed + i), clean_seconds, progress, modes_now())
+        what, killed = _kill_at(make_cmd, random.Random(stage_seed + i), clean_seconds, progress, modes_now(i))
         log.append(what)
         landed += killed
         check()
@@ -166,7 +166,7 @@ def test_generate_killed_at_random_points_resumes_to_the_clean_images(clean, mod
     root = tmp_path / "wd"
     units = prepare_workdir(root, models)
     _run_kills(1000, lambda kill: cli_cmd(*generate_args(root), kill=kill), clean["times"]["generate"],
-               lambda: _count(root / "images", "*.png"), lambda: [("time", 1), ("progress", 3), ("replace", 8)],
+               lambda: _count(root / "images", "*.png"), lambda i: [("time", 1), ("progress", 3), ("replace", 8)],
                lambda: _assert_sound(root, units))
     # rerun to completion (in process: same library call as the command)
     generate(units, root / "checkpoints.toml", root, GenerateConfig(batch_size=1, threads=1, progress=False))
@@ -196,8 +196,14 @@ def test_embed_killed_at_random_points_resumes_to_the_clean_embeddings(clean, mo
     root = copy_workdir(clean["gen_only"], tmp_path / "wd", GENERATED)
     key = model_key(str(models.clip))
     parts = Workdir(root).embeddings(key)
+    n_parts = (len(clean["units"]) + 1) // 2  # part_size 2
+
+    def embed_modes(i):
+        left = max(1, n_parts - _count(parts, "part-*.parquet"))  # replace:k dies before part k is renamed
+        return [("time", 1), ("progress", 1), ("replace", min(3, left))]
+
     _run_kills(2000, lambda kill: embed_cmd(root, models, kill=kill), 0.5 * clean["times"]["score"],
-               lambda: _count(parts, "part-*.parquet"), lambda: [("time", 1), ("progress", 1), ("replace", 3)],
+               lambda: _count(parts, "part-*.parquet"), embed_modes,
                lambda: _assert_sound(root, clean["units"]))
     rows = read_manifests(root / "manifests")[["image_id", "path"]]
     embed_images(Workdir(root), load_clip(str(models.clip)), rows, batch_size=1, num_workers=0, part_size=2,
@@ -221,10 +227,12 @@ def test_score_killed_at_random_points_resumes_to_the_clean_store(clean, models,
     store = root / "atelier.duckdb"
     n_images = len(clean["units"])
 
-    def modes():
-        if _count(parts, "part-*.parquet") * 2 < n_images:  # still embedding: any point
-            return [("time", 1), ("progress", 2), ("replace", 4), ("upsert", 12), ("commit", 1)]
-        return [("upsert", 12), ("upsert", 12), ("commit", 1), ("replace", 3)]  # the write, and around it
+    def modes(i):
+        left = (n_images + 1) // 2 - _count(parts, "part-*.parquet")  # embedding parts still to write
+        if left > 0:  # still embedding: any point that cannot overshoot the work left
+            return [("time", 1), ("progress", min(2, left)), ("replace", min(4, left)), ("upsert", 12)]
+        # embedded: the write. A kill after COMMIT leaves nothing for later kills, so last.
+        return [("upsert", 12), ("commit", 1)] if i == crash_kills() - 1 else [("upsert", 12)]
 
     _run_kills(3000, lambda kill: score_cmd(root, models, kill=kill), clean["times"]["score"],
                lambda: _count(parts, "part-*.parquet"), modes, lambda: _assert_sound(root, clean["units"]))
