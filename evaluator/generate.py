@@ -713,9 +713,10 @@ def _run_batches(todo, specs, wd, config, device, run_id, writer, summary, timin
     batches_since_flush = 0
 
     def drain(all_of_them: bool) -> None:
-        keep = []
-        for unit, future in pending:
+        for item in list(pending):
+            unit, future = item
             if all_of_them or future.done():
+                pending.remove(item)  # before a raise: the final drain must not record it again
                 try:
                     record = future.result()
                     summary.done += 1
@@ -733,9 +734,6 @@ def _run_batches(todo, specs, wd, config, device, run_id, writer, summary, timin
                     summary.errors[unit.unit_id] = record["error"]
                 writer.add(record)
                 bar.update(1)
-            else:
-                keep.append((unit, future))
-        pending[:] = keep
 
     try:
         queue = list(batches)
