@@ -57,13 +57,18 @@ def models(tmp_path_factory):
 def clean(models, tmp_path_factory):
     """The twin: generate -> score (embedding inside), never interrupted; durations measured."""
     root = tmp_path_factory.mktemp("clean") / "wd"
-    units = prepare_workdir(root, models)
+    units = prepare_workdir(root, models, seeds=_seeds())
     times = {}
     times["generate"], _ = run_to_end(atelier_cmd(*generate_args(root)))
     gen_only = copy_workdir(root, tmp_path_factory.mktemp("clean-gen") / "wd", GENERATED)
     times["score"], out = run_to_end(score_cmd(root, models))
-    assert "DONE False 20" in out.stdout, out.stdout
+    assert f"DONE False {len(units)}" in out.stdout, out.stdout
     return {"root": root, "units": units, "times": times, "gen_only": gen_only}
+
+
+def _seeds() -> tuple[int, ...]:
+    """2 seeds (20 units) for the CI's 6 kills; a longer soak gets more work to kill."""
+    return tuple(range(max(2, crash_kills() // 3)))
 
 
 def _score_config(models):
@@ -164,7 +169,7 @@ def test_generate_killed_at_random_points_resumes_to_the_clean_images(clean, mod
     from evaluator.workdir import Workdir
 
     root = tmp_path / "wd"
-    units = prepare_workdir(root, models)
+    units = prepare_workdir(root, models, seeds=_seeds())
     _run_kills(1000, lambda kill: cli_cmd(*generate_args(root), kill=kill), clean["times"]["generate"],
                lambda: _count(root / "images", "*.png"), lambda i: [("time", 1), ("progress", 3), ("replace", 8)],
                lambda: _assert_sound(root, units))
