@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from store_helpers import build_store, raw
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,20 +19,9 @@ PAGES = ["Leaderboard", "Compare", "Gallery", "Artist", "Similarity", "SQL", "Ru
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("atelier_bench_make_store", REPO / "bench" / "make_store.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     root = tmp_path_factory.mktemp("dash-app")
-    module.build_store(root, n_artists=30, n_templates=2, n_seeds=3, n_checkpoints=3, with_images=True)
+    build_store(root, n_artists=30, n_templates=2, n_seeds=3, n_checkpoints=3, with_images=True)
     return root
-
-
-def raw(workdir: Path, sql: str, params=()):
-    con = duckdb.connect(str(workdir / "atelier.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
 
 
 def open_page(workdir: Path, page: str, monkeypatch) -> AppTest:
@@ -308,10 +297,7 @@ def test_dashboard_command_line_and_workdir_arguments(tmp_path, workdir):
 
 def test_pages_before_scoring_show_images_and_say_what_is_missing(tmp_path, monkeypatch):
     """Generation done, scoring not yet: no page crashes, the gallery already shows images."""
-    spec = importlib.util.spec_from_file_location("atelier_bench_make_store", REPO / "bench" / "make_store.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build_store(tmp_path, n_artists=6, n_templates=1, n_seeds=1, n_checkpoints=2, with_images=True, error_rate=0.0)
+    build_store(tmp_path, n_artists=6, n_templates=1, n_seeds=1, n_checkpoints=2, with_images=True, error_rate=0.0)
     con = duckdb.connect(str(tmp_path / "atelier.duckdb"))
     for table in ("image_scores", "artist_scores", "checkpoint_scores", "artist_neighbors", "comparisons"):
         con.execute(f"DELETE FROM {table}")

@@ -13,7 +13,6 @@ Skipped only when chromium is absent and ATELIER_REQUIRE_BROWSER is unset.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from store_helpers import build_store
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -120,11 +120,8 @@ def start_chromium(user_dir: Path) -> tuple[subprocess.Popen, str]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("atelier_bench_make_store", REPO / "bench" / "make_store.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     workdir = tmp_path_factory.mktemp("dash-browser")
-    module.build_store(workdir, n_artists=12, n_templates=1, n_seeds=2, n_checkpoints=3, with_images=True,
+    build_store(workdir, n_artists=12, n_templates=1, n_seeds=2, n_checkpoints=3, with_images=True,
                        error_rate=0.0)
     port = free_port()
     from dashboard.cli import streamlit_command

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import subprocess
 import sys
@@ -13,22 +12,16 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from store_helpers import build_store, make_store_module, raw
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 
-def load_make_store():
-    spec = importlib.util.spec_from_file_location("atelier_bench_make_store", REPO / "bench" / "make_store.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dash-q")
-    load_make_store().build_store(root, n_artists=30, n_templates=2, n_seeds=3, n_checkpoints=3, with_images=True)
+    build_store(root, n_artists=30, n_templates=2, n_seeds=3, n_checkpoints=3, with_images=True)
     return root
 
 
@@ -37,14 +30,6 @@ def store(workdir):
     from dashboard import queries as q
 
     return q.Store.at(workdir, use_cache=False)
-
-
-def raw(workdir: Path, sql: str, params=()):
-    con = duckdb.connect(str(workdir / "atelier.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
 
 
 def test_builder_fills_every_table_consistently(workdir):
@@ -64,7 +49,7 @@ def test_builder_fills_every_table_consistently(workdir):
 
 
 def test_builder_refuses_to_overwrite_and_bad_sizes(workdir, tmp_path):
-    make = load_make_store()
+    make = make_store_module()
     with pytest.raises(FileExistsError, match="already exists"):
         make.build_store(workdir, 5, 1, 1, 1)
     with pytest.raises(ValueError, match="n_seeds must be >= 1 but is 0"):

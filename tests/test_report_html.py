@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import base64
 import html.parser
-import importlib.util
 import re
 from pathlib import Path
 
-import duckdb
 import pytest
 from click.testing import CliRunner
+from store_helpers import build_store, raw
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("atelier_bench_make_store", REPO / "bench" / "make_store.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     root = tmp_path_factory.mktemp("report")
-    module.build_store(root, n_artists=40, n_templates=2, n_seeds=3, n_checkpoints=3, with_images=True)
+    build_store(root, n_artists=40, n_templates=2, n_seeds=3, n_checkpoints=3, with_images=True)
     return root
-
-
-def raw(workdir: Path, sql: str, params=()):
-    con = duckdb.connect(str(workdir / "atelier.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
 
 
 class Collector(html.parser.HTMLParser):

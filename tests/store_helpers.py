@@ -1,0 +1,34 @@
+"""Helpers shared by the dashboard and report tests: the bench store builder, raw reads."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import duckdb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def make_store_module():
+    """``bench/make_store.py`` (not a package module), loaded once per test session."""
+    spec = importlib.util.spec_from_file_location("atelier_bench_make_store", REPO / "bench" / "make_store.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_store(workdir: str | Path, **kwargs) -> Path:
+    """A filled store (and image files) built by the same code as the 1M-image bench store."""
+    return make_store_module().build_store(workdir, **kwargs)
+
+
+def raw(workdir: Path, sql: str, params=()):
+    """Rows of a query on the workdir's store, read-only, bypassing dashboard.queries."""
+    con = duckdb.connect(str(workdir / "atelier.duckdb"), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
