@@ -193,50 +193,27 @@ def _search_artists(wd, key, query, checkpoint, k) -> None:
         click.echo(f"{rank:>4}  {sim:6.3f}  {artist}")
 
 
-SEARCH_OPTIONS = [
-    click.option("--text", "-t", default=None, help="Query text, embedded by the model."),
-    click.option("--image", "-i", default=None, type=click.Path(dir_okay=False, exists=True), help="Query image file."),
-    click.option("--image-id", default=None, type=int, help="An image already in the index."),
-    click.option("-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show."),
-    click.option("--artists", is_flag=True, help="Return nearest artists (centroids of --checkpoint) instead of images."),
-    click.option("--checkpoint", default=None, help="With --artists: whose artist centroids."),
-    DEVICE,
-]
-
-
-def _with(options):
-    def decorate(fn):
-        for opt in reversed(options):
-            fn = opt(fn)
-        return fn
-
-    return decorate
-
-
-@index_group.command("search")
-@WORKDIR
-@MODEL
-@PRETRAINED
-@_with(SEARCH_OPTIONS)
-def index_search(workdir, model, pretrained, text, image, image_id, k, artists, checkpoint, device) -> None:
-    """Nearest images (or artists) to a text, an image file, or an indexed image."""
-    try:
-        _search(workdir, model, pretrained, text, image, image_id, k, device, artists, checkpoint)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
-        _fail(exc)
-
-
 @click.command("search")
 @WORKDIR
 @MODEL
 @PRETRAINED
-@_with(SEARCH_OPTIONS)
+@click.option("--text", "-t", default=None, help="Query text, embedded by the model.")
+@click.option("--image", "-i", default=None, type=click.Path(dir_okay=False, exists=True), help="Query image file.")
+@click.option("--image-id", default=None, type=int, help="An image already in the index.")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
+@click.option("--artists", is_flag=True, help="Return nearest artists (centroids of --checkpoint) instead of images.")
+@click.option("--checkpoint", default=None, help="With --artists: whose artist centroids.")
+@DEVICE
 def search_cmd(workdir, model, pretrained, text, image, image_id, k, artists, checkpoint, device) -> None:
     """Nearest images (or artists) to a text, an image file, or an indexed image."""
     try:
         _search(workdir, model, pretrained, text, image, image_id, k, device, artists, checkpoint)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
         _fail(exc)
+
+
+# The same command is `atelier search` and `atelier index search`.
+index_group.add_command(search_cmd)
 
 
 # ------------------------------------------------------------------ score
