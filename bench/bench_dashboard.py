@@ -16,7 +16,6 @@ the gallery's cost of reading thumbnails is not in these figures; it is a few ms
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -33,18 +32,13 @@ APP = REPO / "dashboard" / "app.py"
 PAGES = ["Leaderboard", "Compare", "Gallery", "Artist", "Similarity", "SQL", "Runs"]
 
 
-def _make_store_module():
-    spec = importlib.util.spec_from_file_location("atelier_bench_make_store", HERE / "make_store.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def ensure_store(path: Path, n_artists: int, n_templates: int, n_seeds: int, n_checkpoints: int) -> Path:
     if (path / "atelier.duckdb").is_file():
         return path
     t0 = time.perf_counter()
-    _make_store_module().build_store(path, n_artists, n_templates, n_seeds, n_checkpoints, with_images=False)
+    import make_store  # bench/ is on sys.path: these scripts run as `python bench/<name>.py`
+
+    make_store.build_store(path, n_artists, n_templates, n_seeds, n_checkpoints, with_images=False)
     print(f"built {path} in {time.perf_counter() - t0:.1f}s", flush=True)
     return path
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
@@ -35,13 +34,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 POOL = 512
-
-
-def _load_bench_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"atelier_bench_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _make_pool(root: Path) -> list[str]:
@@ -138,8 +130,9 @@ def scale_pipeline(sizes: list[int], clip_dir: Path, keep: bool) -> dict:
 
 
 def scale_dashboard(sizes: list[int], repeats: int) -> dict:
-    make_store = _load_bench_module("make_store")
-    bench_dashboard = _load_bench_module("bench_dashboard")
+    # bench/ is on sys.path: these scripts run as `python bench/<name>.py`.
+    import bench_dashboard
+    import make_store
     per_page: dict[str, dict[int, float]] = {}
     for n in sizes:
         # 4 templates x 4 seeds x 7 checkpoints per artist, as in the 1M target store.
