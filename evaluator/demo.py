@@ -132,7 +132,7 @@ def run_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) 
 
     t0 = time.perf_counter()
     artists = select_artists(
-        load_catalog(config.catalog_path) if config.catalog_path else load_catalog(None),
+        load_catalog(config.catalog_path),
         sample=config.n_artists,
         seed=config.sample_seed,
     )
