@@ -265,18 +265,6 @@ def render(template: str, name: str) -> str:
     return template.replace("{{", "\0").replace("}}", "\1").replace("{name}", name).replace("\0", "{").replace("\1", "}")
 
 
-def _records(fn_name: str, wd: Workdir) -> list[dict]:
-    """Checkpoint / run records of the generation stage, when that stage is installed."""
-    try:
-        import evaluator.generate as generate
-    except ImportError:
-        return []
-    fn = getattr(generate, fn_name, None)
-    if fn is None:
-        return []
-    return list(fn(wd.root) or [])
-
-
 def _to_json(value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
@@ -608,6 +596,7 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
         load_embeddings,
         text_cache_dir,
     )
+    from evaluator.generate import load_checkpoint_records, load_run_records
     from evaluator.index import update_index
     from evaluator.manifest import MANIFEST_COLUMNS, read_manifests
     from evaluator.metrics import EvalInputs, label_to_bool
@@ -635,9 +624,9 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
         images = manifest
     artists, artists_from = load_catalog_frame(cfg.catalog_path, images, state["artists"])
     templates = load_templates_safe(cfg.templates_path)
-    ckpt_records = _records("load_checkpoint_records", wd)
+    ckpt_records = load_checkpoint_records(wd.root)
     # score/index runs are written to the store by score itself (their JSON is provenance)
-    run_records = [r for r in _records("load_run_records", wd) if r.get("kind") not in OWN_RUN_KINDS]
+    run_records = [r for r in load_run_records(wd.root) if r.get("kind") not in OWN_RUN_KINDS]
     t0 = lap("read_inputs", t0)
 
     usable = images["error"].isna() & images["path"].notna()
