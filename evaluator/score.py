@@ -228,20 +228,15 @@ def load_catalog_frame(catalog_path: str | Path | None, images: pd.DataFrame, st
     """
     import pandas as pd
 
+    from catalog.model import catalog_frame, load_catalog
     from catalog.units import BASELINE_ARTIST_ID
 
+    if catalog_path is not None:
+        return catalog_frame(load_catalog(catalog_path)), str(catalog_path)
     try:
-        from catalog.model import catalog_frame, load_catalog
-
-        if catalog_path is not None:
-            return catalog_frame(load_catalog(catalog_path)), str(catalog_path)
-        try:
-            return catalog_frame(load_catalog(None)), "default catalog"
-        except (FileNotFoundError, OSError):
-            pass
-    except ImportError:
-        if catalog_path is not None:
-            raise
+        return catalog_frame(load_catalog(None)), "default catalog"
+    except (FileNotFoundError, OSError):
+        pass
     if store_artists is not None and len(store_artists):
         return store_artists, "store"
     seen = sorted(a for a in images["artist_id"].dropna().unique() if a != BASELINE_ARTIST_ID)
@@ -249,20 +244,11 @@ def load_catalog_frame(catalog_path: str | Path | None, images: pd.DataFrame, st
     return frame, "images"
 
 
-def load_templates_safe(path: str | Path | None) -> dict[str, str]:
-    """Template name -> text (the catalog's templates; a minimal built-in set otherwise)."""
-    try:
-        from catalog.templates import load_templates
+def load_template_texts(path: str | Path | None) -> dict[str, str]:
+    """Template name -> text: atelier's templates, with a user's file merged over them."""
+    from catalog.templates import load_templates
 
-        return {name: t.text for name, t in load_templates(path).items()}
-    except ImportError:
-        if path is not None:
-            raise
-        return {"art-by": ART_BY_FALLBACK, "null": "a painting"}
-
-
-def render(template: str, name: str) -> str:
-    return template.replace("{{", "\0").replace("}}", "\1").replace("{name}", name).replace("\0", "{").replace("\1", "}")
+    return {name: t.text for name, t in load_templates(path).items()}
 
 
 def _to_json(value: Any) -> Any:
@@ -588,6 +574,7 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
     import numpy as np
     import pandas as pd
 
+    from catalog.templates import Template
     from catalog.units import BASELINE_ARTIST_ID
     from evaluator.embed import (
         embed_images,
@@ -623,7 +610,7 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
     else:
         images = manifest
     artists, artists_from = load_catalog_frame(cfg.catalog_path, images, state["artists"])
-    templates = load_templates_safe(cfg.templates_path)
+    templates = load_template_texts(cfg.templates_path)
     ckpt_records = load_checkpoint_records(wd.root)
     # score/index runs are written to the store by score itself (their JSON is provenance)
     run_records = [r for r in load_run_records(wd.root) if r.get("kind") not in OWN_RUN_KINDS]
@@ -651,6 +638,7 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
     refs_rows = refs_rows[refs_rows["image_id"].isin(pos.index)].sort_values("image_id").reset_index(drop=True)
 
     # -- fingerprints: the scoring context (what image scores depend on) and the inputs
+    # A user's file with `replace_defaults = true` may drop `art-by`; the metric still needs a text.
     art_by = templates.get("art-by", ART_BY_FALLBACK)
     catalog_ids = artists["artist_id"].astype(str).tolist()
     names = artists["name"].astype(str).tolist()
@@ -684,7 +672,7 @@ def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
 
     # -- text embeddings (cached on disk by model and text)
     tdir = text_cache_dir(wd, model)
-    artist_text_vecs = embed_texts(clip, [render(art_by, n) for n in names], cache_dir=tdir, progress=cfg.progress)
+    artist_text_vecs = embed_texts(clip, [Template("art-by", art_by).render(n) for n in names], cache_dir=tdir, progress=cfg.progress)
     prompts = scored_rows["prompt"].fillna("").astype(str)
     uniq = sorted(set(prompts.tolist()))
     prompt_vecs_u = embed_texts(clip, uniq, cache_dir=tdir, progress=cfg.progress) if uniq else np.zeros((0, clip.embed_dim), np.float32)
