@@ -400,11 +400,6 @@ def _faiss_index(workdir: str, model: str, stamp: float):
 def similarity_search(store: q.Store, model: str, spec: str, text: str = "", image_bytes: bytes | None = None,
                       k: int = 48):
     """(image hits, artist hits) for a text or an image, by the evaluator's FAISS index."""
-    try:
-        from evaluator.embed import embed_image_files, embed_texts, text_cache_dir  # noqa: F401
-        from evaluator.index import search_by_vector  # noqa: F401
-    except ImportError as exc:
-        raise RuntimeError(f"searching needs the evaluator's embed/index modules: {exc}") from exc
     from evaluator.embed import embed_image_files, embed_texts, text_cache_dir
     from evaluator.index import search_by_vector
 

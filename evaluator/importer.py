@@ -79,15 +79,10 @@ class ImportSummary:
 
 
 def slugify(name: str) -> str:
-    """``Jean-Honoré Fragonard`` -> ``jean-honore-fragonard`` (catalog id style)."""
-    try:
-        from unidecode import unidecode
+    """``Jean-Honoré Fragonard`` -> ``jean-honore-fragonard``: the catalog's own slug rule."""
+    from catalog.names import slugify as catalog_slug
 
-        text = unidecode(unicodedata.normalize("NFC", name))
-    except ImportError:  # pragma: no cover
-        text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug or "unknown"
+    return catalog_slug(name) or "unknown"
 
 
 def _name_keys(name: str) -> list[str]:
@@ -151,10 +146,8 @@ def name_variants(name: str) -> list[str]:
 
 def load_artist_index(catalog_path: str | Path | None) -> ArtistIndex:
     """The catalog's names when one can be loaded (else an empty index: every name unknown)."""
-    try:
-        from catalog.model import load_catalog
-    except ImportError:  # the catalog module is not there
-        return ArtistIndex(None)
+    from catalog.model import load_catalog
+
     try:
         return ArtistIndex(load_catalog(catalog_path))
     except FileNotFoundError:
