@@ -36,7 +36,7 @@ def ensure_store(path: Path, n_artists: int, n_templates: int, n_seeds: int, n_c
     if (path / "atelier.duckdb").is_file():
         return path
     t0 = time.perf_counter()
-    import make_store  # bench/ is on sys.path: these scripts run as `python bench/<name>.py`
+    from evaluator.testing import synthetic_store as make_store
 
     make_store.build_store(path, n_artists, n_templates, n_seeds, n_checkpoints, with_images=False)
     print(f"built {path} in {time.perf_counter() - t0:.1f}s", flush=True)

@@ -42,8 +42,8 @@ def naive_loop(clip, paths: list[Path]) -> float:
 
 
 def atelier_embedder(clip, paths: list[Path], batch_size: int, num_workers: int) -> float:
-    from evaluator.embed import embed_images
-    from evaluator.workdir import Workdir
+    from evaluator.embedding.embed import embed_images
+    from evaluator.workspace.workdir import Workdir
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-embed-wd-"))
     try:
@@ -68,8 +68,8 @@ def main() -> None:
 
     import torch
 
-    from evaluator.embed import load_clip
-    from evaluator.tiny_clip import build_random_clip
+    from evaluator.embedding.embed import load_clip
+    from evaluator.testing.tiny_clip import build_random_clip
 
     paths = sorted(p for p in IMAGES.rglob("*") if p.suffix.lower() in SUFFIXES)
     if not paths:

@@ -1,6 +1,6 @@
 """FAISS query time at 1M vectors: exact inner product vs IVF, with recall@10.
 
-The index types are the ones ``evaluator.index`` builds (``IndexIDMap2`` over
+The index types are the ones ``evaluator.embedding.index`` builds (``IndexIDMap2`` over
 ``IndexFlatIP``, or over ``IndexIVFFlat`` with nlist = sqrt(N), trained on a 100k
 sample, direct map for reconstruct by id), filled with synthetic clustered unit
 vectors (CLIP-like: 2,000 clusters in dim 512) and queried with held-out vectors.
@@ -60,7 +60,7 @@ def main() -> None:
     import faiss
     import numpy as np
 
-    from evaluator.index import IndexConfig, _ivf_of, _new_ivf
+    from evaluator.embedding.index import IndexConfig, _ivf_of, _new_ivf
 
     t0 = time.perf_counter()
     vecs = make_vectors(args.n, args.dim, args.clusters, seed=1, noise=args.noise)
@@ -93,7 +93,7 @@ def main() -> None:
             "speedup_vs_exact": round(flat_s / s, 2),
         })
     # what `atelier index build` does: raise nprobe until recall@10 >= target on a sample
-    from evaluator.index import tune_nprobe
+    from evaluator.embedding.index import tune_nprobe
 
     cfg = IndexConfig()
     t0 = time.perf_counter()

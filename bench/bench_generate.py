@@ -1,6 +1,6 @@
 """Benchmark: the generation runner against a bare diffusers loop, and images/s vs batch size.
 
-Both sides use the same random-weight pipeline (``evaluator.tiny`` size "bench": SD's
+Both sides use the same random-weight pipeline (``evaluator.testing.tiny`` size "bench": SD's
 block layout, 4 levels, cross attention in three, ~25 M UNet parameters), the same
 prompts, seeds, steps, size, batch size and torch thread count, and both write PNGs:
 
@@ -8,7 +8,7 @@ prompts, seeds, steps, size, batch size and torch thread count, and both write P
   CPU generator per image and ``image.save(path, compress_level=4)`` (what a
   hand-written script does, at the runner's PNG level); also timed without saving at
   all (``ratio_vs_nosave``: the whole cost of writing, metadata and bookkeeping);
-- runner: ``evaluator.generate.generate`` on the same units into a fresh workdir
+- runner: ``evaluator.generation.runner.generate`` on the same units into a fresh workdir
   (fingerprints, validation, PNG metadata, thumbnails, atomic writes, manifests, run
   record, progress bar off).
 
@@ -65,7 +65,7 @@ def bare_loop(pipeline_dir: Path, units, out_dir: Path | None, batch_size: int) 
 
 
 def runner(toml: Path, units, workdir: Path, batch_size: int, threads: int) -> float:
-    from evaluator.generate import GenerateConfig, generate
+    from evaluator.generation.runner import GenerateConfig, generate
 
     start = time.perf_counter()
     summary = generate(units, toml, workdir, GenerateConfig(batch_size=batch_size, progress=False, threads=threads))
@@ -94,7 +94,7 @@ def main() -> None:
     import torch
 
     from catalog.units import WorkUnit
-    from evaluator.tiny import build_tiny_pipeline, count_parameters
+    from evaluator.testing.tiny import build_tiny_pipeline, count_parameters
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
@@ -131,7 +131,7 @@ def main() -> None:
             print(f"batch {size}: {len(units) / seconds:.2f} images/s", flush=True)
 
         result = {
-            "what": "runner (evaluator.generate) vs bare diffusers loop, same pipeline/settings/batch size",
+            "what": "runner (evaluator.generation.runner) vs bare diffusers loop, same pipeline/settings/batch size",
             "ratio_runner_over_bare_median": round(ratio, 4),
             "target": 1.03,
             "ratio_runner_over_bare_without_saving_median": round(ratio_nosave, 4),

@@ -1,6 +1,6 @@
 """Identification of 100k image embeddings against every catalog artist (~9,000).
 
-atelier: ``evaluator.metrics.identification_ranks``, one float32 matmul per chunk of
+atelier: ``evaluator.scoring.metrics.identification_ranks``, one float32 matmul per chunk of
 images against all artist text embeddings. Baseline: a naive per-image loop (one
 mat-vec and one comparison per image), timed on a subsample and extrapolated.
 Embeddings are synthetic unit vectors (dim 512, CLIP ViT-B size) with planted artist
@@ -43,7 +43,7 @@ def main() -> None:
 
     import numpy as np
 
-    from evaluator.metrics import identification_ranks
+    from evaluator.scoring.metrics import identification_ranks
 
     rng = np.random.default_rng(0)
     classes = rng.standard_normal((args.artists, args.dim), dtype=np.float32)

@@ -2,13 +2,13 @@
 
 For 1k / 10k / 100k images (``--sizes``) it times, on one workdir per size:
 
-- embedding (``evaluator.embed.embed_images``, DataLoader workers, tiny CLIP),
-- indexing (``evaluator.index.update_index``),
-- scoring (``evaluator.score.score``: ingest, every metric, bootstraps, one transaction),
+- embedding (``evaluator.embedding.embed.embed_images``, DataLoader workers, tiny CLIP),
+- indexing (``evaluator.embedding.index.update_index``),
+- scoring (``evaluator.scoring.run.score``: ingest, every metric, bootstraps, one transaction),
 - dashboard queries (``bench_dashboard.time_queries`` on a store of that many images),
 
 and identification of 100k images against 500 / 2,000 / 5,000 / 9,000 artists
-(``evaluator.metrics.identification_ranks``, dim 512).
+(``evaluator.scoring.metrics.identification_ranks``, dim 512).
 
 Each curve is reported with its baseline in the same run: the per-item time at the
 smallest size. A ratio near 1 means the stage scales linearly; above 1, worse.
@@ -58,7 +58,7 @@ def _make_pool(root: Path) -> list[str]:
 def _write_manifest(root: Path, n: int, pool: list[str], artist_ids: list[str]) -> None:
     """N images over 2 checkpoints (base, ft), 2 templates + the null baseline, 4 seeds."""
     from catalog.units import BASELINE_ARTIST_ID
-    from evaluator.manifest import write_shard
+    from evaluator.workspace.manifest import write_shard
 
     now = dt.datetime.now()
     records = []
@@ -96,11 +96,11 @@ def _curve(points: dict[int, float]) -> dict:
 
 def scale_pipeline(sizes: list[int], clip_dir: Path, keep: bool) -> dict:
     from catalog.model import load_catalog
-    from evaluator.embed import embed_images, load_clip
-    from evaluator.index import update_index
-    from evaluator.manifest import read_manifests
-    from evaluator.score import ScoreConfig, score
-    from evaluator.workdir import Workdir
+    from evaluator.embedding.embed import embed_images, load_clip
+    from evaluator.embedding.index import update_index
+    from evaluator.scoring.run import ScoreConfig, score
+    from evaluator.workspace.manifest import read_manifests
+    from evaluator.workspace.workdir import Workdir
 
     clip = load_clip(str(clip_dir))
     artist_ids = [a.artist_id for a in load_catalog(None)]
@@ -132,7 +132,8 @@ def scale_pipeline(sizes: list[int], clip_dir: Path, keep: bool) -> dict:
 def scale_dashboard(sizes: list[int], repeats: int) -> dict:
     # bench/ is on sys.path: these scripts run as `python bench/<name>.py`.
     import bench_dashboard
-    import make_store
+
+    from evaluator.testing import synthetic_store as make_store
     per_page: dict[str, dict[int, float]] = {}
     for n in sizes:
         # 4 templates x 4 seeds x 7 checkpoints per artist, as in the 1M target store.
@@ -158,7 +159,7 @@ def scale_dashboard(sizes: list[int], repeats: int) -> dict:
 def scale_identification(n_images: int, artist_counts: list[int], dim: int = 512) -> dict:
     import numpy as np
 
-    from evaluator.metrics import identification_ranks
+    from evaluator.scoring.metrics import identification_ranks
 
     rng = np.random.default_rng(0)
     out = {}
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": sizes,
     }
     if "pipeline" not in skip:
-        from evaluator.tiny_clip import build_tiny_clip
+        from evaluator.testing.tiny_clip import build_tiny_clip
 
         clip_root = Path(tempfile.mkdtemp(prefix="bench-scale-clip-"))
         try:

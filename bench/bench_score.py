@@ -29,8 +29,8 @@ def add_checkpoint(wd, clip, name: str, artists, seeds: int, seed: int) -> int:
     import numpy as np
 
     from catalog.units import BASELINE_ARTIST_ID, WorkUnit
-    from evaluator.embed import _write_part
-    from evaluator.manifest import write_shard
+    from evaluator.embedding.embed import _write_part
+    from evaluator.workspace.manifest import write_shard
 
     rows = []
     now = datetime(2026, 1, 1)
@@ -57,10 +57,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from catalog.model import load_catalog
-    from evaluator.embed import load_clip
-    from evaluator.score import ScoreConfig, score
-    from evaluator.tiny_clip import build_tiny_clip
-    from evaluator.workdir import Workdir
+    from evaluator.embedding.embed import load_clip
+    from evaluator.scoring.run import ScoreConfig, score
+    from evaluator.testing.tiny_clip import build_tiny_clip
+    from evaluator.workspace.workdir import Workdir
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-score-"))
     try:

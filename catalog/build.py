@@ -58,6 +58,7 @@ from catalog.names import (
     name_key,
     slugify,
 )
+from evaluator.errors import InputError
 
 # Short source names, in priority order: the first is trusted most for names and facts
 # (the style-studies sheet is curated by hand; WikiArt slugs have lost case and accents).
@@ -277,7 +278,7 @@ class BuildReport:
 # ---------------------------------------------------------------------------- reading
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A source file that is missing or unreadable (named with its line)."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from catalog.atomic import atomic_write_text
 from catalog.units import LIST_SEPARATOR
+from evaluator.errors import InputError
 
 # Column order of styles.csv and of the `artists` table in evaluator/store.py.
 COLUMNS: tuple[str, ...] = (
@@ -46,9 +47,12 @@ RECOGNITION_COLUMNS: tuple[str, ...] = ("recognized_sdxl", "recognized_sd1")
 ARTIST_ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 ENV_CATALOG = "ATELIER_CATALOG"
+# Shipped inside the package (a symlink to the repository's styles.csv; the wheel build
+# copies the file), so an installed atelier has its catalog.
+PACKAGED_CATALOG_PATH = Path(__file__).resolve().parent / "data" / "styles.csv"
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError):
     """A catalog file that cannot be used; the message lists every problem found."""
 
 
@@ -153,13 +157,10 @@ def artist_from_row(row: dict[str, str]) -> Artist:
 
 
 def default_catalog_path() -> Path:
-    """``$ATELIER_CATALOG`` if set, else the ``styles.csv`` committed at the repo root."""
-    env = os.environ.get(ENV_CATALOG)
-    if env:
-        return Path(env)
-    import catalog
+    """``$ATELIER_CATALOG`` if set, else the packaged ``styles.csv`` (the repository's)."""
+    from evaluator.workspace import settings
 
-    return Path(catalog.__file__).resolve().parent.parent / "styles.csv"
+    return settings.catalog_path() or PACKAGED_CATALOG_PATH
 
 
 def load_catalog(path: str | os.PathLike[str] | None = None) -> list[Artist]:

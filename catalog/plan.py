@@ -26,13 +26,14 @@ from catalog.atomic import atomic_path, atomic_write_text
 from catalog.model import Artist
 from catalog.templates import Template, get_templates
 from catalog.units import BASELINE_ARTIST_ID, WorkUnit
+from evaluator.errors import InputError
 
 CHECKPOINT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 MAX_SEED = 2**63 - 1  # seeds are stored as int64 (Parquet, DuckDB)
 PLAN_COLUMNS = [f.name for f in fields(WorkUnit)] + ["unit_id", "image_id"]
 
 
-class PlanError(ValueError):
+class PlanError(InputError):
     """Bad plan settings or a plan file that cannot be trusted."""
 
 

@@ -28,13 +28,15 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from evaluator.errors import InputError
+
 PLACEHOLDERS = ("name",)
 # Template names end up in file paths (images/<ckpt>/<artist>/<template>-<seed>-...).
 TEMPLATE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
-DEFAULT_TEMPLATES_PATH = Path(__file__).resolve().parent / "templates.toml"
+DEFAULT_TEMPLATES_PATH = Path(__file__).resolve().parent / "data" / "templates.toml"
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError):
     """A template file or template that cannot be used."""
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
-import os
 import re
 import threading
 import time
@@ -34,8 +33,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from evaluator.store import StoreLockedError, connect
-from evaluator.workdir import STORE_NAME, Workdir
+from evaluator.errors import InputError, StateError
+from evaluator.workspace.settings import DEFAULT_DASHBOARD_LOCK_TIMEOUT
+from evaluator.workspace.store import StoreLockedError, connect
+from evaluator.workspace.workdir import STORE_NAME, Workdir
 
 READ_CONFIG: dict[str, object] = {
     # The SQL page must not read /etc/passwd or the user's home: no file access at all
@@ -49,22 +50,14 @@ READ_CONFIG: dict[str, object] = {
 }
 
 # How long a page waits for a writer to release the store before showing cached results.
-# 3 s covers a scoring run's transaction commit; longer would freeze the page.
-DEFAULT_LOCK_TIMEOUT = 3.0
+DEFAULT_LOCK_TIMEOUT = DEFAULT_DASHBOARD_LOCK_TIMEOUT
 
 
 def lock_timeout_from_env(environ: dict | None = None) -> float:
     """``ATELIER_DASHBOARD_LOCK_TIMEOUT`` (seconds) or the default; read on every page run."""
-    raw = (environ if environ is not None else os.environ).get("ATELIER_DASHBOARD_LOCK_TIMEOUT", "")
-    if not raw:
-        return DEFAULT_LOCK_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"ATELIER_DASHBOARD_LOCK_TIMEOUT must be a number of seconds but is {raw!r}") from exc
-    if value < 0:
-        raise ValueError(f"ATELIER_DASHBOARD_LOCK_TIMEOUT must be >= 0 but is {value}")
-    return value
+    from evaluator.workspace import settings
+
+    return settings.dashboard_lock_timeout(environ)
 # Limits of the SQL page: 10,000 rows is more than a person reads and keeps the page
 # light; 10 s stops a runaway cross join long before it eats the machine.
 SQL_ROW_LIMIT = 10_000
@@ -77,11 +70,11 @@ _LAST_MAX = 512
 _NOTICES = threading.local()
 
 
-class StoreBusyError(RuntimeError):
+class StoreBusyError(StateError):
     """The store stayed locked by a writer and no earlier result of this query exists."""
 
 
-class UnsafeQueryError(ValueError):
+class UnsafeQueryError(InputError):
     """A query the SQL page refuses to run (a write, several statements, a file read...)."""
 
 
@@ -262,7 +255,7 @@ LOWER_IS_BETTER = {"artist_rank", "fd_clip", "content_leak"}
 def lower_is_better(metric: str) -> bool:
     """The metric's direction, from the evaluator's registry when it knows the metric."""
     try:
-        from evaluator.metrics import get_metric
+        from evaluator.scoring.metrics import get_metric
 
         return not get_metric(metric).higher_is_better
     except Exception:  # noqa: BLE001 - an unknown metric or an older evaluator
@@ -276,7 +269,9 @@ def workdir_from_args(argv: list[str], environ: dict) -> str | None:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--workdir")
     known, _ = parser.parse_known_args(argv)
-    return known.workdir or environ.get("ATELIER_WORKDIR") or None
+    from evaluator.workspace import settings
+
+    return known.workdir or settings.dashboard_workdir(environ)
 
 
 # ---------------------------------------------------------------- filters

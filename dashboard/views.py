@@ -384,15 +384,15 @@ def page_artist(store: q.Store, model: str) -> None:
 
 @st.cache_resource(show_spinner="Loading the CLIP model…")
 def _clip_model(spec: str):
-    from evaluator.embed import load_clip  # torch/open_clip only on demand
+    from evaluator.embedding.embed import load_clip  # torch/open_clip only on demand
 
     return load_clip(spec)
 
 
 @st.cache_resource(show_spinner="Loading the FAISS index…", max_entries=4)
 def _faiss_index(workdir: str, model: str, stamp: float):
-    from evaluator.index import load_index
-    from evaluator.workdir import Workdir
+    from evaluator.embedding.index import load_index
+    from evaluator.workspace.workdir import Workdir
 
     return load_index(Workdir(Path(workdir)), model)[0]
 
@@ -400,8 +400,8 @@ def _faiss_index(workdir: str, model: str, stamp: float):
 def similarity_search(store: q.Store, model: str, spec: str, text: str = "", image_bytes: bytes | None = None,
                       k: int = 48):
     """(image hits, artist hits) for a text or an image, by the evaluator's FAISS index."""
-    from evaluator.embed import embed_image_files, embed_texts, text_cache_dir
-    from evaluator.index import search_by_vector
+    from evaluator.embedding.embed import embed_image_files, embed_texts, text_cache_dir
+    from evaluator.embedding.index import search_by_vector
 
     index_path = store.wd.index(model)
     if not index_path.is_file():

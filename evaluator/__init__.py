@@ -1,1 +1,2 @@
-"""atelier evaluator: checkpoints, generation, embedding, FAISS, metrics and the DuckDB store."""
+"""atelier evaluator: one sub-package per stage (workspace, generation, ingest, embedding,
+scoring), tiny test components, the demo and the CLI; ``errors`` is their common base."""

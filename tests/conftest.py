@@ -32,7 +32,7 @@ def pipeline_workdir(tmp_path_factory) -> Path:
     """
     from click.testing import CliRunner
 
-    from evaluator.cli import main
+    from evaluator.cli.main import main
 
     workdir = tmp_path_factory.mktemp("pipeline")
     result = CliRunner().invoke(main, ["demo", "--workdir", str(workdir), "--artists", "8", "--seeds", "2"])

@@ -25,7 +25,7 @@ def models_root(tmp_path_factory) -> Path:
 
 
 def tiny_pipeline(tmp_path_factory, kind: str = "sd1") -> Path:
-    from evaluator.tiny import build_tiny_pipeline
+    from evaluator.testing.tiny import build_tiny_pipeline
 
     key = ("pipe", kind)
     if key not in _cache:
@@ -34,7 +34,7 @@ def tiny_pipeline(tmp_path_factory, kind: str = "sd1") -> Path:
 
 
 def tiny_lora(tmp_path_factory, kind: str = "sd1") -> Path:
-    from evaluator.tiny import build_tiny_lora
+    from evaluator.testing.tiny import build_tiny_lora
 
     key = ("lora", kind)
     if key not in _cache:
@@ -43,7 +43,7 @@ def tiny_lora(tmp_path_factory, kind: str = "sd1") -> Path:
 
 
 def tiny_finetune(tmp_path_factory, kind: str = "sd1") -> Path:
-    from evaluator.tiny import build_finetune
+    from evaluator.testing.tiny import build_finetune
 
     key = ("ft", kind)
     if key not in _cache:
@@ -52,7 +52,7 @@ def tiny_finetune(tmp_path_factory, kind: str = "sd1") -> Path:
 
 
 def tiny_single_file(tmp_path_factory, kind: str = "sd1") -> Path:
-    from evaluator.tiny import save_single_file
+    from evaluator.testing.tiny import save_single_file
 
     key = ("single", kind)
     if key not in _cache:

@@ -1,8 +1,8 @@
 """Helpers of the hardening tests: a small workdir on tiny models, CLI subprocesses, and
 the invariants a store and a workdir must keep after crashes, races and bad inputs.
 
-Everything is built locally from seeded random weights (evaluator.tiny,
-evaluator.tiny_clip); nothing is downloaded.
+Everything is built locally from seeded random weights (evaluator.testing.tiny,
+evaluator.testing.tiny_clip); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def env_for_subprocess(**extra: str) -> dict[str, str]:
 
 
 def atelier_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "evaluator.cli", *args]
+    return [sys.executable, "-m", "evaluator.cli.main", *args]
 
 
 def run_atelier(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
@@ -99,8 +99,8 @@ _MODELS: dict[str, Models] = {}
 def tiny_models(tmp_path_factory) -> Models:
     """Build the tiny models once per session."""
     if "m" not in _MODELS:
-        from evaluator.tiny import build_tiny_lora, build_tiny_pipeline
-        from evaluator.tiny_clip import build_tiny_clip
+        from evaluator.testing.tiny import build_tiny_lora, build_tiny_pipeline
+        from evaluator.testing.tiny_clip import build_tiny_clip
 
         root = tmp_path_factory.mktemp("hardening-models")
         base = build_tiny_pipeline(root / "base", kind="sd1", seed=0)
@@ -165,10 +165,10 @@ def score_args(root: Path, models: Models, *extra: str) -> list[str]:
 # between parts (the CLI's 4096-image parts would make a tiny run all-or-nothing).
 EMBED_SCRIPT = textwrap.dedent("""
     import sys
-    from evaluator.embed import embed_images, load_clip
-    from evaluator.manifest import read_manifests
-    from evaluator.score import workdir_lock
-    from evaluator.workdir import Workdir
+    from evaluator.embedding.embed import embed_images, load_clip
+    from evaluator.workspace.manifest import read_manifests
+    from evaluator.workspace.workdir import workdir_lock
+    from evaluator.workspace.workdir import Workdir
     wd = Workdir.at(sys.argv[1], create=False)
     clip = load_clip(sys.argv[2])
     frame = read_manifests(wd.manifests)
@@ -180,7 +180,7 @@ EMBED_SCRIPT = textwrap.dedent("""
 
 SCORE_SCRIPT = textwrap.dedent("""
     import sys
-    from evaluator.score import ScoreConfig, score
+    from evaluator.scoring.run import ScoreConfig, score
     s = score(sys.argv[1], ScoreConfig(model=sys.argv[2], catalog_path=sys.argv[3], bootstrap=50, batch_size=1,
               num_workers=0, part_size=2, progress=False), echo=print)
     print("DONE", s.noop, s.n_scored)
@@ -214,7 +214,7 @@ KILL_WRAPPER = textwrap.dedent("""
 
             os.replace = replace
         elif what in ("upsert", "commit"):
-            import evaluator.store as store
+            import evaluator.workspace.store as store
             if what == "upsert":
                 real_upsert = store.upsert_df
 
@@ -236,7 +236,7 @@ KILL_WRAPPER = textwrap.dedent("""
                 store.transaction = tx
     if target == "cli":
         sys.argv = ["atelier", *args]
-        from evaluator.cli import main
+        from evaluator.cli.main import main
         main()
     else:
         sys.argv = ["-c", *args]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 from pathlib import Path
 
 import duckdb
@@ -11,13 +9,11 @@ import duckdb
 REPO = Path(__file__).resolve().parents[1]
 
 
-@functools.cache
 def make_store_module():
-    """``bench/make_store.py`` (not a package module), loaded once per test session."""
-    spec = importlib.util.spec_from_file_location("atelier_bench_make_store", REPO / "bench" / "make_store.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The synthetic store builder (``evaluator.testing.synthetic_store``)."""
+    from evaluator.testing import synthetic_store
+
+    return synthetic_store
 
 
 def build_store(workdir: str | Path, **kwargs) -> Path:

@@ -9,8 +9,8 @@ import pytest
 
 from catalog.atomic import atomic_path, atomic_write_text
 from catalog.units import WorkUnit
-from evaluator import store
-from evaluator.manifest import ingest_manifests, read_manifests, write_shard
+from evaluator.workspace import store
+from evaluator.workspace.manifest import ingest_manifests, read_manifests, write_shard
 
 
 def test_failed_atomic_write_leaves_old_file_and_no_temp(tmp_path):

@@ -21,7 +21,7 @@ from catalog.model import load_catalog
 from catalog.names import expand_name, fix_mojibake, invert_name, name_key, slugify
 from catalog.units import LIST_SEPARATOR
 from catalog.validate import validate_catalog
-from evaluator.cli import main
+from evaluator.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "artist-sources"

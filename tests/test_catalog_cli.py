@@ -1,4 +1,4 @@
-"""The catalog commands through `atelier` (click's CliRunner on evaluator.cli.main)."""
+"""The catalog commands through `atelier` (click's CliRunner on evaluator.cli.main.main)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from catalog.plan import read_plan
-from evaluator.cli import main
+from evaluator.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parent / "corpus" / "catalogs"
@@ -31,7 +31,7 @@ def test_help(command):
 
 def test_help_does_not_import_heavy_modules():
     code = (
-        "import sys; from evaluator.cli import main\n"
+        "import sys; from evaluator.cli.main import main\n"
         "heavy = [m for m in ('pandas', 'pyarrow', 'duckdb', 'torch', 'catalog.build') if m in sys.modules]\n"
         "print(heavy)"
     )

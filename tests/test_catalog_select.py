@@ -62,7 +62,7 @@ def test_sample_of_the_real_catalog():
 
 
 def test_catalog_frame_loads_into_the_store(tmp_path):
-    from evaluator.store import open_store, transaction, upsert_df
+    from evaluator.workspace.store import open_store, transaction, upsert_df
 
     frame = catalog_frame(ARTISTS[:2] + [Artist("x", "X", born=1800, died=1850, living=False)])
     assert str(frame["born"].dtype) == "Int64" and str(frame["living"].dtype) == "boolean"

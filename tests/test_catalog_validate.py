@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from catalog.model import CatalogError, load_catalog
 from catalog.validate import MAX_FIELD_BYTES, validate_catalog, validate_text
-from evaluator.cli import main
+from evaluator.cli.main import main
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "catalogs"
 CASES = tomllib.loads((CORPUS / "cases.toml").read_text(encoding="utf-8"))["case"]

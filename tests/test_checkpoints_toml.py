@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from gen_fixtures import CORPUS, tiny_lora, tiny_pipeline, tiny_single_file, write_toml
 
-from evaluator.checkpoints import (
+from evaluator.generation.checkpoints import (
     CheckpointError,
     PickleRefusedError,
     changed_files,
@@ -143,7 +143,7 @@ def test_empty_source_file_rejected_up_front(tmp_path):
 
 
 def test_kind_detection_from_folders_and_single_files(tmp_path_factory):
-    from evaluator.checkpoints import kind_of_folder
+    from evaluator.generation.checkpoints import kind_of_folder
 
     assert kind_of_folder(tiny_pipeline(tmp_path_factory, "sd1")) == "sd1"
     assert kind_of_folder(tiny_pipeline(tmp_path_factory, "sdxl")) == "sdxl"
@@ -186,7 +186,7 @@ def test_shipped_configs_have_the_real_architectures():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from evaluator.checkpoints import CONFIGS_DIR
+    from evaluator.generation.checkpoints import CONFIGS_DIR
 
     def count(model):
         return sum(p.numel() for p in model.parameters())
@@ -226,7 +226,7 @@ def test_prepared_config_dir_is_complete_offline(tmp_path, monkeypatch):
 def test_tokenizer_matches_open_clip_ids():
     import open_clip.tokenizer as oct
 
-    from evaluator.tokenizer import load_clip_tokenizer
+    from evaluator.generation.tokenizer import load_clip_tokenizer
 
     ours = load_clip_tokenizer()
     reference = oct.SimpleTokenizer()
@@ -240,7 +240,7 @@ def test_tokenizer_matches_open_clip_ids():
 
 def test_single_file_with_the_wrong_architecture_says_what_to_supply(tmp_path, tmp_path_factory, monkeypatch):
     """A tiny file read with the shipped SD 1.x config fails naming the mismatch and the fix."""
-    from evaluator.checkpoints import load_pipeline
+    from evaluator.generation.checkpoints import load_pipeline
 
     monkeypatch.setenv("ATELIER_CACHE", str(tmp_path / "cache"))
     single = tiny_single_file(tmp_path_factory, "sd1")

@@ -8,7 +8,7 @@ import sys
 import click
 from click.testing import CliRunner
 
-from evaluator.cli import main
+from evaluator.cli.main import main
 
 
 def _walk(group: click.Group, prefix: list[str]):
@@ -35,7 +35,7 @@ def test_help_imports_no_heavy_library():
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from evaluator.cli import main\n"
+        "from evaluator.cli.main import main\n"
         "CliRunner().invoke(main, ['--help'])\n"
         "heavy = [m for m in ('torch', 'diffusers', 'open_clip', 'faiss', 'duckdb', 'pandas', 'streamlit') if m in sys.modules]\n"
         "print(','.join(heavy))\n"

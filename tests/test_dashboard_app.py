@@ -280,7 +280,7 @@ def test_dashboard_command_line_and_workdir_arguments(tmp_path, workdir):
 
     from dashboard.cli import streamlit_command
     from dashboard.queries import workdir_from_args
-    from evaluator.cli import main
+    from evaluator.cli.main import main
 
     result = CliRunner().invoke(main, ["dashboard", "--workdir", str(tmp_path / "empty")])
     assert result.exit_code != 0 and "no store at" in result.output

@@ -8,7 +8,7 @@ import duckdb
 from click.testing import CliRunner
 from PIL import Image
 
-from evaluator.cli import main
+from evaluator.cli.main import main
 
 TABLES = ["artists", "templates", "checkpoints", "runs", "images", "image_scores",
           "artist_scores", "checkpoint_scores", "artist_neighbors", "comparisons"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from evaluator.embed import (
+from evaluator.embedding.embed import (
     ClipSpec,
     embed_image_files,
     embed_images,
@@ -18,8 +18,8 @@ from evaluator.embed import (
     model_key,
     text_cache_dir,
 )
-from evaluator.tiny_clip import build_tiny_clip
-from evaluator.workdir import Workdir
+from evaluator.testing.tiny_clip import build_tiny_clip
+from evaluator.workspace.workdir import Workdir
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_text_cache_reuses_embeddings_and_keeps_order(clip_dir, tmp_path):
 
 
 def test_text_cache_compacts_its_parts_and_the_artist_template_matrix(clip_dir, tmp_path, monkeypatch):
-    import evaluator.embed as E
+    import evaluator.embedding.embed as E
 
     clip = load_clip(str(clip_dir))
     cache = tmp_path / "texts"

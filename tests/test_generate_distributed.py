@@ -9,7 +9,7 @@ import sys
 import pytest
 from gen_fixtures import REPO, tiny_pipeline, units_for, write_toml
 
-from evaluator.distributed import dist_env
+from evaluator.generation.distributed import dist_env
 
 
 def test_dist_env_reads_launcher_variables(monkeypatch):
@@ -31,8 +31,8 @@ def test_dist_env_reads_launcher_variables(monkeypatch):
 
 def test_torchrun_two_processes_make_every_unit_once(tmp_path, tmp_path_factory):
     from catalog.plan import write_plan
-    from evaluator.generate import load_run_records
-    from evaluator.manifest import read_manifests, shard_paths
+    from evaluator.workspace.manifest import read_manifests, shard_paths
+    from evaluator.workspace.records import load_run_records
 
     pipe = tiny_pipeline(tmp_path_factory, "sd1")
     toml = write_toml(tmp_path / "ck.toml", f'[[checkpoint]]\nname = "base"\nsource = "{pipe}"\n')
@@ -41,7 +41,7 @@ def test_torchrun_two_processes_make_every_unit_once(tmp_path, tmp_path_factory)
     workdir = tmp_path / "wd"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "evaluator.cli", "generate", "--plan", str(plan), "--checkpoints", str(toml), "-w", str(workdir),
+        "-m", "evaluator.cli.main", "generate", "--plan", str(plan), "--checkpoints", str(toml), "-w", str(workdir),
         "--batch-size", "2", "--no-progress", "--threads", "1",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -24,13 +24,8 @@ from gen_fixtures import (
 )
 from PIL import Image
 
-from evaluator.generate import (
-    GenerateConfig,
-    GenerateError,
-    generate,
-    load_checkpoint_records,
-    load_run_records,
-)
+from evaluator.generation.runner import GenerateConfig, GenerateError, generate
+from evaluator.workspace.records import load_checkpoint_records, load_run_records
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +93,9 @@ CFG = dict(progress=False, batch_size=4, threads=1)
 
 
 def test_generate_writes_images_metadata_thumbs_and_records(tmp_path, checkpoints):
-    from evaluator.manifest import MANIFEST_COLUMNS, read_manifests
-    from evaluator.pngmeta import parse_parameters
-    from evaluator.store import open_store
+    from evaluator.generation.pngmeta import parse_parameters
+    from evaluator.workspace.manifest import MANIFEST_COLUMNS, read_manifests
+    from evaluator.workspace.store import open_store
 
     units = units_for(["base", "xl"], negative="blurry")
     summary = generate(units, checkpoints, tmp_path, GenerateConfig(**CFG))
@@ -163,7 +158,7 @@ def test_lora_finetune_and_single_file_versus_base(tmp_path, checkpoints):
 
 def test_textual_inversion_token_changes_the_image(tmp_path, models):
     from catalog.units import WorkUnit
-    from evaluator.tiny import build_textual_inversion
+    from evaluator.testing.tiny import build_textual_inversion
 
     build_textual_inversion(models["sd1"], tmp_path / "wc.safetensors", token="<wc>")
     toml = write_toml(tmp_path / "ck.toml", f"""
@@ -183,7 +178,7 @@ textual_inversion = [{{ path = "wc.safetensors", token = "<wc>" }}]
 
 
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path, checkpoints):
-    from evaluator.manifest import read_manifests
+    from evaluator.workspace.manifest import read_manifests
 
     units = units_for(["broken", "base"], artists=("monet",))
     summary = generate(units, checkpoints, tmp_path, GenerateConfig(**CFG))
@@ -201,7 +196,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, checkpoints):
 
 
 def test_oom_halves_the_batch():
-    from evaluator.generate import run_with_backoff
+    from evaluator.generation.runner import run_with_backoff
 
     calls, sizes = [], []
 
@@ -240,7 +235,7 @@ def test_pickle_checkpoint_refused_then_loaded_with_allow_pickle(tmp_path, model
     import torch
     from safetensors.torch import load_file
 
-    from evaluator.checkpoints import PickleRefusedError
+    from evaluator.generation.checkpoints import PickleRefusedError
 
     torch.save({"state_dict": load_file(str(models["single"]))}, str(tmp_path / "model.ckpt"))
     toml = write_toml(tmp_path / "ck.toml", f'[[checkpoint]]\nname = "pk"\nsource = "model.ckpt"\nconfig = "{models["sd1"]}"\n')
@@ -252,8 +247,8 @@ def test_pickle_checkpoint_refused_then_loaded_with_allow_pickle(tmp_path, model
 
 
 def test_changed_weights_under_the_same_name_are_refused(tmp_path, models):
-    from evaluator.checkpoints import CheckpointChangedError
-    from evaluator.tiny import build_tiny_lora
+    from evaluator.generation.checkpoints import CheckpointChangedError
+    from evaluator.testing.tiny import build_tiny_lora
 
     shutil.copy(models["lora"], tmp_path / "style.safetensors")
     toml = write_toml(tmp_path / "ck.toml", f"""
@@ -275,13 +270,13 @@ lora = [{{ path = "style.safetensors" }}]
 def test_resume_after_sigkill_makes_each_unit_once(tmp_path, checkpoints):
     """Kill a generating subprocess mid-run, rerun, and find every image exactly once."""
     from catalog.plan import write_plan
-    from evaluator.manifest import ingest_manifests
-    from evaluator.store import open_store, transaction
+    from evaluator.workspace.manifest import ingest_manifests
+    from evaluator.workspace.store import open_store, transaction
 
     units = units_for(["base"], artists=tuple(f"artist-{i}" for i in range(12)), seeds=(0, 1), steps=4)
     plan = write_plan(units, tmp_path / "plan.jsonl")
     workdir = tmp_path / "wd"
-    cmd = [sys.executable, "-m", "evaluator.cli", "generate", "--plan", str(plan), "--checkpoints", str(checkpoints),
+    cmd = [sys.executable, "-m", "evaluator.cli.main", "generate", "--plan", str(plan), "--checkpoints", str(checkpoints),
            "-w", str(workdir), "--batch-size", "2", "--no-progress", "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -318,7 +313,7 @@ def test_cli_generate_and_checkpoints_commands(tmp_path, checkpoints):
     from click.testing import CliRunner
 
     from catalog.plan import write_plan
-    from evaluator.cli import main
+    from evaluator.cli.main import main
 
     plan = write_plan(units_for(["base"], seeds=(0,)), tmp_path / "plan.parquet")
     runner = CliRunner()
@@ -337,7 +332,7 @@ def test_cli_generate_and_checkpoints_commands(tmp_path, checkpoints):
 
 
 def test_batches_share_settings_and_keep_each_checkpoint_together():
-    from evaluator.generate import make_batches
+    from evaluator.generation.runner import make_batches
 
     units = units_for(["a", "b"], steps=3) + units_for(["a"], steps=4) + units_for(["b"], size=128)
     batches = make_batches(units, 3)

@@ -35,7 +35,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generated(models, tmp_path_factory):
-    from evaluator.generate import GenerateConfig, generate
+    from evaluator.generation.runner import GenerateConfig, generate
 
     root = tmp_path_factory.mktemp("conc") / "wd"
     units = prepare_workdir(root, models)
@@ -79,8 +79,8 @@ def test_two_score_commands_at_once_queue_and_end_as_one_run(generated, single, 
 def test_embed_and_score_commands_at_once_embed_each_image_once(generated, single, models, tmp_path):
     import numpy as np
 
-    from evaluator.embed import _part_paths, load_embeddings, model_key
-    from evaluator.workdir import Workdir
+    from evaluator.embedding.embed import _part_paths, load_embeddings, model_key
+    from evaluator.workspace.workdir import Workdir
 
     root = tmp_path / "wd"
     shutil.copytree(generated, root)

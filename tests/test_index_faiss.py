@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from evaluator.embed import _write_part
-from evaluator.index import (
+from evaluator.embedding.embed import _write_part
+from evaluator.embedding.index import (
     IndexConfig,
     build_centroid_index,
     load_index,
@@ -17,7 +17,7 @@ from evaluator.index import (
     search_by_vector,
     update_index,
 )
-from evaluator.workdir import Workdir
+from evaluator.workspace.workdir import Workdir
 
 MODEL = "synthetic/test"
 
@@ -90,7 +90,7 @@ def test_ivf_past_the_threshold_records_recall_against_exact(tmp_path):
     assert meta["kind"] == "ivf" and meta["recall_at_10"] == info.recall_at_10
     index, _ = load_index(wd, MODEL)
     # fewer lists probed, lower recall: the measurement is real
-    from evaluator.index import _ivf_of
+    from evaluator.embedding.index import _ivf_of
 
     _ivf_of(index).nprobe = 1
     stored = vecs.astype(np.float16).astype(np.float32)
@@ -140,6 +140,6 @@ def test_nprobe_is_raised_until_the_target_recall_on_hard_data(tmp_path):
     info = update_index(wd, MODEL, IndexConfig(ivf_threshold=1000, nprobe=1, target_recall=0.9, recall_queries=200))
     assert info.kind == "ivf" and info.nprobe > 1 and info.recall_at_10 >= 0.9
     index, meta = load_index(wd, MODEL)
-    from evaluator.index import _ivf_of
+    from evaluator.embedding.index import _ivf_of
 
     assert _ivf_of(index).nprobe == meta["nprobe"] == info.nprobe  # the tuned value is what loads

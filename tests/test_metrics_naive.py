@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluator import metrics as M
+from evaluator.scoring import metrics as M
 
 
 def unit(x: np.ndarray) -> np.ndarray:

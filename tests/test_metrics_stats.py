@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluator.stats import (
+from evaluator.scoring.stats import (
     BootstrapConfig,
     bootstrap_mean_ci,
     grouped_bootstrap,

@@ -103,7 +103,7 @@ def test_report_is_self_contained_with_leaderboard_gains_losses_plots_gallery(wo
 
 
 def test_report_command_and_errors(workdir, tmp_path):
-    from evaluator.cli import main
+    from evaluator.cli.main import main
 
     out = tmp_path / "r.html"
     result = CliRunner().invoke(main, ["report", "--workdir", str(workdir), "--out", str(out), "--gallery-artists", "2", "--top", "3"])

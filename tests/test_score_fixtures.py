@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from catalog.units import BASELINE_ARTIST_ID, WorkUnit
-from evaluator.manifest import write_shard
+from evaluator.workspace.manifest import write_shard
 
 ARTISTS = [
     ("claude-monet", "Claude Monet", "Yes"),

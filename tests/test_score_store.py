@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from test_score_fixtures import ARTISTS, make_workdir, write_catalog
 
-from evaluator.cli import main
-from evaluator.score import ScoreConfig, score
-from evaluator.store import migrate, open_store
-from evaluator.tiny_clip import build_tiny_clip
+from evaluator.cli.main import main
+from evaluator.scoring.run import ScoreConfig, score
+from evaluator.testing.tiny_clip import build_tiny_clip
+from evaluator.workspace.store import migrate, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 PAINTINGS = REPO.parent / "shared" / "data" / "images" / "paintings"
@@ -214,7 +214,7 @@ def _any_image_id(root: Path) -> int:
 SCORE_SCRIPT = textwrap.dedent(
     """
     import sys
-    from evaluator.score import ScoreConfig, score
+    from evaluator.scoring.run import ScoreConfig, score
     s = score(sys.argv[1], ScoreConfig(model=sys.argv[2], catalog_path=sys.argv[3], bootstrap=100,
               num_workers=0, batch_size=4, part_size=8, progress=False), echo=print)
     print("DONE", s.noop, s.n_scored)
@@ -268,8 +268,8 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_the_expected_rows(clip_dir, tm
     assert got["images"] == n_images
     assert got["image_scores"] == (n_images - 16) * 6 + 16
     assert_no_duplicates(tmp_path / "atelier.duckdb")
-    from evaluator.embed import load_embeddings
-    from evaluator.workdir import Workdir
+    from evaluator.embedding.embed import load_embeddings
+    from evaluator.workspace.workdir import Workdir
 
     ids, _ = load_embeddings(Workdir.at(tmp_path), rerun.model)
     assert len(ids) == n_images

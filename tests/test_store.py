@@ -11,7 +11,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from evaluator import store
+from evaluator.workspace import store
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Regenerate the bad/odd image corpus (small files, committed). Run: python make_images.py
 
-Each file exercises one path of evaluator.importer: empty, text named .png, truncated,
+Each file exercises one path of evaluator.ingest.importer: empty, text named .png, truncated,
 a PNG whose header claims 40000x40000 px (decompression bomb), random bytes named .jpg,
 CMYK, 16-bit grey, palette with transparency, grey, RGBA, animated GIF, EXIF-rotated
 JPEG, an A1111 PNG with `parameters`, and a ComfyUI PNG with a `prompt` graph.

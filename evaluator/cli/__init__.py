@@ -1,0 +1,1 @@
+"""The ``atelier`` command: a root group whose sub-commands load only when called."""

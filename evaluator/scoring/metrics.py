@@ -1,0 +1,593 @@
+"""The metrics registry, and the vectorised metric functions behind it.
+
+Every metric of DESIGN.md is registered with its definition, direction, whether it
+needs reference images, and its level:
+
+- ``image``: one value per image (``image_scores``); aggregated per (checkpoint, artist)
+  as the mean of per-seed means with a bootstrap CI over seeds (``artist_scores``) and
+  per checkpoint the same way (``checkpoint_scores``);
+- ``artist``: one value per (checkpoint, artist) computed from all its images;
+- ``checkpoint``: one value per checkpoint.
+
+The functions take plain numpy arrays so each can be checked against a naive loop.
+``evaluator.scoring.run`` builds an :class:`EvalInputs` and calls the registered functions.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+LEVELS = ("image", "artist", "checkpoint")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    definition: str
+    higher_is_better: bool
+    needs_references: bool
+    level: str
+    fn: Callable[..., Any]
+    # image metrics and per-seed artist metrics can be compared base vs fine-tune with
+    # a paired bootstrap over seeds; the others have no per-seed value.
+    per_seed: bool = True
+
+
+_REGISTRY: dict[str, Metric] = {}
+
+
+def register_metric(
+    name: str,
+    definition: str,
+    higher_is_better: bool,
+    needs_references: bool = False,
+    level: str = "image",
+    per_seed: bool = True,
+) -> Callable:
+    """Decorator: add a metric function to the registry under ``name``."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)} but is {level!r}")
+
+    def decorate(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"metric {name!r} is already registered")
+        _REGISTRY[name] = Metric(name, definition, higher_is_better, needs_references, level, fn, per_seed)
+        return fn
+
+    return decorate
+
+
+def list_metrics(level: str | None = None) -> list[Metric]:
+    return [m for m in _REGISTRY.values() if level is None or m.level == level]
+
+
+def get_metric(name: str) -> Metric:
+    """The metric called ``name``; a typo gets the close names suggested."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(_REGISTRY)}"
+        raise KeyError(f"unknown metric {name!r}{hint}") from None
+
+
+def metrics_table() -> str:
+    """The registry as a fixed-width text table (``atelier metrics list``)."""
+    rows = [("name", "level", "better", "refs", "definition")]
+    for m in _REGISTRY.values():
+        rows.append((m.name, m.level, "higher" if m.higher_is_better else "lower", "yes" if m.needs_references else "no", m.definition))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(r[j].ljust(widths[j]) for j in range(4)) + "  " + r[4])
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 10)
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ pure functions
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two L2-normalised matrices (a dot product per row)."""
+    import numpy as np
+
+    return np.einsum("ij,ij->i", a, b, dtype=np.float64)
+
+
+def clip_score_values(image_vecs: np.ndarray, text_vecs: np.ndarray) -> np.ndarray:
+    """CLIPScore: 100 · max(cos(image, its prompt), 0)."""
+    import numpy as np
+
+    return 100.0 * np.maximum(cosine_rows(image_vecs, text_vecs), 0.0)
+
+
+def identification_ranks(
+    image_vecs: np.ndarray, class_vecs: np.ndarray, true_idx: np.ndarray, chunk: int = 2048
+) -> np.ndarray:
+    """Rank (1 = best) of each image's true class among all classes; NaN where unknown.
+
+    One matmul per chunk of images against every class; ties count in the image's
+    favour (rank = 1 + number of classes strictly more similar), so identical text
+    embeddings do not punish an image. ``true_idx`` < 0 marks images of no catalog class.
+    """
+    import numpy as np
+
+    n = len(image_vecs)
+    ranks = np.full(n, np.nan)
+    classes = np.ascontiguousarray(class_vecs, dtype=np.float32).T
+    true_idx = np.asarray(true_idx)
+    for s in range(0, n, chunk):
+        sl = slice(s, s + chunk)
+        idx = true_idx[sl]
+        ok = idx >= 0
+        if not ok.any():
+            continue
+        sims = np.ascontiguousarray(image_vecs[sl][ok], dtype=np.float32) @ classes
+        true = sims[np.arange(len(sims)), idx[ok]]
+        part = ranks[sl]
+        part[ok] = 1 + (sims > true[:, None]).sum(axis=1)
+        ranks[sl] = part
+    return ranks
+
+
+def average_precision_at_k(
+    query_vecs: np.ndarray,
+    query_labels: np.ndarray,
+    db_vecs: np.ndarray,
+    db_labels: np.ndarray,
+    k: int = 10,
+) -> np.ndarray:
+    """AP@k of each query against a labelled database (style-retrieval protocol).
+
+    AP@k = (1 / min(k, R)) · Σ_{i ≤ k} precision@i · rel(i), R = relevant items in the
+    database. NaN when the query's label has no item in the database.
+    """
+    import numpy as np
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1 but is {k}")
+    nq = len(query_vecs)
+    out = np.full(nq, np.nan)
+    if nq == 0 or len(db_vecs) == 0:
+        return out
+    db_labels = np.asarray(db_labels, dtype=object)
+    query_labels = np.asarray(query_labels, dtype=object)
+    kk = min(k, len(db_vecs))
+    sims = np.asarray(query_vecs, dtype=np.float32) @ np.asarray(db_vecs, dtype=np.float32).T
+    # stable order: ties broken by database position, as the naive sort does
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+    rel = (db_labels[top] == query_labels[:, None]).astype(np.float64)
+    labels, counts = np.unique(db_labels, return_counts=True)
+    total = dict(zip(labels.tolist(), counts.tolist(), strict=True))
+    r = np.array([total.get(q, 0) for q in query_labels], dtype=np.float64)
+    precision = np.cumsum(rel, axis=1) / np.arange(1, kk + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (precision * rel).sum(axis=1) / np.minimum(k, r)
+    out[r > 0] = ap[r > 0]
+    return out
+
+
+def group_sums(vecs: np.ndarray, codes: np.ndarray, n_groups: int, chunk: int = 65536) -> np.ndarray:
+    """float64 [n_groups, D] sums of the rows of each group.
+
+    Sort-and-``reduceat`` per chunk of rows: ``np.add.at`` is ~50x slower, and a float64
+    copy of a million 512-d vectors (4 GB) is never made at once.
+    """
+    import numpy as np
+
+    codes = np.asarray(codes, dtype=np.int64)
+    sums = np.zeros((n_groups, vecs.shape[1]), dtype=np.float64)
+    for s in range(0, len(codes), chunk):
+        c = codes[s : s + chunk]
+        if len(c) == 0:
+            continue
+        order = np.argsort(c, kind="stable")
+        sorted_c = c[order]
+        starts = np.flatnonzero(np.r_[True, sorted_c[1:] != sorted_c[:-1]])
+        block = np.asarray(vecs[s : s + chunk], dtype=np.float64)[order]
+        sums[sorted_c[starts]] += np.add.reduceat(block, starts, axis=0)
+    return sums
+
+
+def group_diversity(vecs: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean pairwise cosine distance within each group, and the group sizes.
+
+    For unit vectors Σ_{i≠j} cos(v_i, v_j) = ||Σ v||² − n, so no pair is formed.
+    Groups of fewer than 2 images get NaN.
+    """
+    import numpy as np
+
+    sums = group_sums(vecs, codes, n_groups)
+    sq = np.bincount(codes, weights=np.einsum("ij,ij->i", vecs, vecs, dtype=np.float64), minlength=n_groups)
+    n = np.bincount(codes, minlength=n_groups).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_cos = ((sums**2).sum(axis=1) - sq) / (n * (n - 1))
+    div = 1.0 - mean_cos
+    div[n < 2] = np.nan
+    return div, n.astype(np.int64)
+
+
+def content_leak_values(
+    vecs: np.ndarray, ckpt: np.ndarray, artist: np.ndarray, template: np.ndarray
+) -> pd.DataFrame:
+    """Per (checkpoint, artist): cross-artist same-template similarity minus
+    same-artist cross-template similarity.
+
+    Positive: an artist's images resemble other artists' images of the same subject
+    more than its own images of other subjects, i.e. the subject leaks over the style.
+    Negative: the style holds across subjects. Computed from group sums, no pairs.
+    """
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"checkpoint": ckpt, "artist_id": artist, "template": template})
+    cell = frame.groupby(["checkpoint", "artist_id", "template"], sort=True).ngroup().to_numpy()
+    n_cells = int(cell.max()) + 1 if len(cell) else 0
+    if n_cells == 0:
+        return pd.DataFrame(columns=["checkpoint", "artist_id", "value", "n"])
+    s_cell = group_sums(vecs, cell, n_cells)
+    n_cell = np.bincount(cell, minlength=n_cells).astype(np.float64)
+    cells = frame.assign(_c=cell).drop_duplicates("_c").sort_values("_c").reset_index(drop=True)
+    # per (checkpoint, template) totals
+    ct = cells.groupby(["checkpoint", "template"], sort=True).ngroup().to_numpy()
+    s_ct = group_sums(s_cell, ct, int(ct.max()) + 1)
+    n_ct = np.bincount(ct, weights=n_cell)
+    # per (checkpoint, artist) totals
+    ca = cells.groupby(["checkpoint", "artist_id"], sort=True).ngroup().to_numpy()
+    n_ca_groups = int(ca.max()) + 1
+    s_ca = group_sums(s_cell, ca, n_ca_groups)
+    n_ca = np.bincount(ca, weights=n_cell, minlength=n_ca_groups)
+    # cross-artist, same template: Σ_t s_{a,t}·(S_t − s_{a,t}) over n_{a,t}(N_t − n_{a,t}) pairs
+    cross_sum = np.bincount(ca, weights=np.einsum("ij,ij->i", s_cell, s_ct[ct] - s_cell), minlength=n_ca_groups)
+    cross_n = np.bincount(ca, weights=n_cell * (n_ct[ct] - n_cell), minlength=n_ca_groups)
+    # same artist, different template: ||s_a||² − Σ_t ||s_{a,t}||² over n_a² − Σ_t n_{a,t}²
+    within_sum = (s_ca**2).sum(axis=1) - np.bincount(ca, weights=(s_cell**2).sum(axis=1), minlength=n_ca_groups)
+    within_n = n_ca**2 - np.bincount(ca, weights=n_cell**2, minlength=n_ca_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = cross_sum / cross_n - within_sum / within_n
+    value[(cross_n == 0) | (within_n == 0)] = np.nan
+    keys = cells.drop_duplicates(["checkpoint", "artist_id"])[["checkpoint", "artist_id"]].reset_index(drop=True)
+    keys["value"] = value
+    keys["n"] = n_ca.astype(np.int64)
+    return keys
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two samples (rows = vectors).
+
+    ||μx − μy||² + tr(Σx + Σy − 2 (Σx^½ Σy Σx^½)^½); the matrix square root through
+    symmetric eigendecompositions (exact for PSD matrices, no complex round-off).
+    """
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"fd_clip needs at least 2 vectors on each side but has {len(x)} and {len(y)}")
+    mu_x, mu_y = x.mean(axis=0), y.mean(axis=0)
+    cov_x = np.cov(x, rowvar=False)
+    cov_y = np.cov(y, rowvar=False)
+    w, v = np.linalg.eigh(cov_x)
+    sqrt_x = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = sqrt_x @ cov_y @ sqrt_x
+    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+    tr_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
+    return float(((mu_x - mu_y) ** 2).sum() + np.trace(cov_x) + np.trace(cov_y) - 2 * tr_sqrt)
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney U with mid-ranks for ties); NaN if one class."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    keep = ~np.isnan(scores)
+    scores, labels = scores[keep], labels[keep]
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores))
+    # mid-ranks: every member of a run of ties gets the run's average rank
+    _, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    mid = start + (counts + 1) / 2.0
+    ranks[order] = np.repeat(mid, counts)
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def label_to_bool(value: Any) -> bool | None:
+    """The catalog's human recognition labels: Yes → True, No → False, else unknown."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in ("yes", "y", "true", "1"):
+        return True
+    if text in ("no", "n", "false", "0"):
+        return False
+    return None
+
+
+# ------------------------------------------------------------------ inputs
+
+
+@dataclass
+class EvalInputs:
+    """Everything the metrics read, aligned by row (one row per scored image)."""
+
+    image_ids: np.ndarray  # int64 [N]
+    vecs: np.ndarray  # float32 [N, D], L2-normalised
+    checkpoint: np.ndarray  # object [N]
+    artist_id: np.ndarray  # object [N]
+    template: np.ndarray  # object [N]
+    seed: np.ndarray  # int64 [N]
+    prompt_vecs: np.ndarray | None  # float32 [N, D]: each image's own prompt
+    catalog_ids: list[str]  # every catalog artist (the identification classes)
+    artist_text_vecs: np.ndarray  # float32 [A, D]: the `art-by` text of each catalog artist
+    ref_vecs: np.ndarray | None = None  # float32 [R, D] reference images
+    ref_artist: np.ndarray | None = None  # object [R]
+    labels: dict[str, dict[str, bool]] = field(default_factory=dict)  # label name -> artist -> bool
+    baseline_artist: str = "_baseline"
+    retrieval_k: int = 10
+    recognized_threshold: float = 0.0
+    bootstrap: Any = None  # stats.BootstrapConfig
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.image_ids)
+
+    def true_index(self) -> np.ndarray:
+        import numpy as np
+
+        if "true_idx" not in self.cache:
+            pos = {a: i for i, a in enumerate(self.catalog_ids)}
+            self.cache["true_idx"] = np.array([pos.get(a, -1) for a in self.artist_id], dtype=np.int64)
+        return self.cache["true_idx"]
+
+    def artist_sim(self) -> np.ndarray:
+        """cos(image, `art-by` text of its own artist); NaN for non-catalog artists."""
+        import numpy as np
+
+        if "artist_sim" not in self.cache:
+            idx = self.true_index()
+            sim = np.full(self.n, np.nan)
+            ok = idx >= 0
+            sim[ok] = cosine_rows(self.vecs[ok], self.artist_text_vecs[idx[ok]])
+            self.cache["artist_sim"] = sim
+        return self.cache["artist_sim"]
+
+    def ranks(self) -> np.ndarray:
+        if "ranks" not in self.cache:
+            self.cache["ranks"] = identification_ranks(self.vecs, self.artist_text_vecs, self.true_index())
+        return self.cache["ranks"]
+
+    def prototypes(self) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        if "prototypes" not in self.cache:
+            protos: dict[str, np.ndarray] = {}
+            if self.ref_vecs is not None and len(self.ref_vecs):
+                for a in sorted(set(self.ref_artist.tolist())):
+                    m = self.ref_vecs[self.ref_artist == a].mean(axis=0)
+                    protos[a] = m / max(np.linalg.norm(m), 1e-12)
+            self.cache["prototypes"] = protos
+        return self.cache["prototypes"]
+
+    def has_references(self) -> bool:
+        return self.ref_vecs is not None and len(self.ref_vecs) > 0
+
+
+# ------------------------------------------------------------------ image metrics
+
+
+@register_metric("clip_score", "100 * max(cos(image, its own prompt), 0): CLIPScore", True)
+def _clip_score(inp: EvalInputs) -> np.ndarray:
+    import numpy as np
+
+    if inp.prompt_vecs is None:
+        return np.full(inp.n, np.nan)
+    return clip_score_values(inp.vecs, inp.prompt_vecs)
+
+
+@register_metric("artist_similarity", "cos(image, text of the `art-by` template for its artist): style without subject", True)
+def _artist_similarity(inp: EvalInputs) -> np.ndarray:
+    return inp.artist_sim()
+
+
+@register_metric("artist_rank", "rank (1 = best) of the true artist among every catalog artist, by cos(image, `art-by` text)", False)
+def _artist_rank(inp: EvalInputs) -> np.ndarray:
+    return inp.ranks()
+
+
+@register_metric("top1", "1 if the true artist ranks first among every catalog artist (chance 1/N)", True)
+def _top1(inp: EvalInputs) -> np.ndarray:
+    import numpy as np
+
+    r = inp.ranks()
+    return np.where(np.isnan(r), np.nan, (r <= 1).astype(float))
+
+
+@register_metric("top5", "1 if the true artist ranks in the first 5 among every catalog artist (chance 5/N)", True)
+def _top5(inp: EvalInputs) -> np.ndarray:
+    import numpy as np
+
+    r = inp.ranks()
+    return np.where(np.isnan(r), np.nan, (r <= 5).astype(float))
+
+
+@register_metric("mrr", "1 / artist_rank; its mean is the mean reciprocal rank", True)
+def _mrr(inp: EvalInputs) -> np.ndarray:
+    return 1.0 / inp.ranks()
+
+
+@register_metric("reference_similarity", "cos(image, prototype = normalised mean embedding of the artist's reference works)", True, needs_references=True)
+def _reference_similarity(inp: EvalInputs) -> np.ndarray:
+    import numpy as np
+
+    out = np.full(inp.n, np.nan)
+    protos = inp.prototypes()
+    for a, proto in protos.items():
+        rows = inp.artist_id == a
+        out[rows] = inp.vecs[rows] @ proto
+    return out
+
+
+@register_metric("retrieval_map@k", "AP@k of the image as a query over all reference works (relevant = the artist's); its mean is mAP@k (WikiArt protocol)", True, needs_references=True)
+def _retrieval_map(inp: EvalInputs) -> np.ndarray:
+    import numpy as np
+
+    out = np.full(inp.n, np.nan)
+    if not inp.has_references():
+        return out
+    rows = np.isin(inp.artist_id, np.unique(inp.ref_artist))
+    out[rows] = average_precision_at_k(inp.vecs[rows], inp.artist_id[rows], inp.ref_vecs, inp.ref_artist, inp.retrieval_k)
+    return out
+
+
+# ------------------------------------------------------------------ artist metrics
+
+
+def _artist_frame(inp: EvalInputs, exclude_baseline: bool = True) -> tuple[np.ndarray, Any]:
+    import numpy as np
+    import pandas as pd
+
+    keep = np.ones(inp.n, dtype=bool)
+    if exclude_baseline:
+        keep &= inp.artist_id != inp.baseline_artist
+    frame = pd.DataFrame({"checkpoint": inp.checkpoint[keep], "artist_id": inp.artist_id[keep]})
+    return keep, frame
+
+
+@register_metric("diversity", "mean pairwise cosine distance between the images of (checkpoint, artist): low = mode collapse", True, level="artist", per_seed=False)
+def _diversity(inp: EvalInputs) -> pd.DataFrame:
+    keep, frame = _artist_frame(inp)
+    codes = frame.groupby(["checkpoint", "artist_id"], sort=True).ngroup().to_numpy()
+    keys = frame.assign(_c=codes).drop_duplicates("_c").sort_values("_c")[["checkpoint", "artist_id"]].reset_index(drop=True)
+    div, n = group_diversity(inp.vecs[keep], codes, len(keys))
+    keys["value"] = div
+    keys["n"] = n
+    return keys
+
+
+@register_metric("content_leak", "mean cos to other artists' images of the same template minus mean cos to own images of other templates: > 0 = subject dominates style", False, level="artist", per_seed=False)
+def _content_leak(inp: EvalInputs) -> pd.DataFrame:
+    keep, _ = _artist_frame(inp)
+    return content_leak_values(inp.vecs[keep], inp.checkpoint[keep], inp.artist_id[keep], inp.template[keep])
+
+
+def recognition_margins(inp: EvalInputs) -> pd.DataFrame:
+    """Per (checkpoint, artist, seed): mean artist_similarity of the artist's images of
+    that seed minus that of the checkpoint's baseline (`null` template) images of the
+    same seed against the same artist text; the seed's baseline missing, all of them."""
+    import numpy as np
+    import pandas as pd
+
+    if "margins" in inp.cache:
+        return inp.cache["margins"]
+    sim = inp.artist_sim()
+    idx = inp.true_index()
+    is_base = inp.artist_id == inp.baseline_artist
+    rows = []
+    for ckpt in sorted(set(inp.checkpoint.tolist())):
+        in_ckpt = inp.checkpoint == ckpt
+        base = in_ckpt & is_base
+        arts = in_ckpt & ~is_base & (idx >= 0)
+        if not base.any() or not arts.any():
+            continue
+        art_frame = pd.DataFrame({"artist_id": inp.artist_id[arts], "seed": inp.seed[arts], "a": idx[arts], "sim": sim[arts]})
+        per = art_frame.groupby(["artist_id", "seed"], sort=True).agg(a=("a", "first"), sim=("sim", "mean")).reset_index()
+        classes = np.unique(per["a"].to_numpy())
+        base_sims = inp.vecs[base] @ inp.artist_text_vecs[classes].T  # [n_base, n_classes]
+        base_seed = inp.seed[base]
+        col = {c: j for j, c in enumerate(classes.tolist())}
+        overall = base_sims.mean(axis=0)
+        seed_means = {s: base_sims[base_seed == s].mean(axis=0) for s in np.unique(base_seed).tolist()}
+        cols = per["a"].map(col).to_numpy()
+        baseline = np.array([seed_means.get(s, overall)[c] for s, c in zip(per["seed"].tolist(), cols, strict=True)])
+        per["checkpoint"] = ckpt
+        per["value"] = per["sim"].to_numpy() - baseline
+        rows.append(per[["checkpoint", "artist_id", "seed", "value"]])
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["checkpoint", "artist_id", "seed", "value"])
+    inp.cache["margins"] = out
+    return out
+
+
+@register_metric("recognition_margin", "mean over seeds of [artist_similarity of the artist's images - that of the same-seed `null`-template baseline images]", True, level="artist")
+def _recognition_margin(inp: EvalInputs) -> pd.DataFrame:
+    from evaluator.scoring.stats import grouped_bootstrap
+
+    margins = recognition_margins(inp)
+    if margins.empty:
+        return margins.assign(n=[], n_seeds=[], ci_low=[], ci_high=[]).drop(columns="seed")
+    out = grouped_bootstrap(margins, ["checkpoint", "artist_id"], config=inp.bootstrap)
+    # n counts seeds here: each per-seed margin is one observation
+    return out
+
+
+@register_metric("recognized", "1 if the recognition_margin CI lies above the threshold (the point value when there is no CI), else 0: 'this checkpoint knows this artist'", True, level="artist", per_seed=False)
+def _recognized(inp: EvalInputs) -> pd.DataFrame:
+    import numpy as np
+
+    margin = _recognition_margin(inp).copy()
+    if margin.empty:
+        return margin
+    decided_by = np.where(np.isnan(margin["ci_low"]), margin["value"], margin["ci_low"])
+    margin["value"] = (decided_by > inp.recognized_threshold).astype(float)
+    margin["ci_low"] = np.nan
+    margin["ci_high"] = np.nan
+    return margin
+
+
+# ------------------------------------------------------------------ checkpoint metrics
+
+
+def _auc_for(inp: EvalInputs, label: str) -> pd.DataFrame:
+    import pandas as pd
+
+    margin = _recognition_margin(inp)
+    labels = inp.labels.get(label, {})
+    rows = []
+    if margin.empty or not labels:
+        return pd.DataFrame(columns=["checkpoint", "value", "n"])
+    for ckpt, part in margin.groupby("checkpoint", sort=True):
+        known = part[part["artist_id"].isin(labels)]
+        y = known["artist_id"].map(labels).astype(bool).to_numpy()
+        rows.append({"checkpoint": ckpt, "value": roc_auc(known["value"].to_numpy(), y), "n": len(known)})
+    return pd.DataFrame(rows)
+
+
+@register_metric("recognized_auc_sdxl", "ROC AUC of recognition_margin against the catalog's human recognized_sdxl labels (Yes vs No)", True, level="checkpoint", per_seed=False)
+def _auc_sdxl(inp: EvalInputs) -> pd.DataFrame:
+    return _auc_for(inp, "recognized_sdxl")
+
+
+@register_metric("recognized_auc_sd1", "ROC AUC of recognition_margin against the catalog's human recognized_sd1 labels (Yes vs No)", True, level="checkpoint", per_seed=False)
+def _auc_sd1(inp: EvalInputs) -> pd.DataFrame:
+    return _auc_for(inp, "recognized_sd1")
+
+
+@register_metric("fd_clip", "Frechet distance in CLIP space between the checkpoint's images of artists with references and all reference works", False, needs_references=True, level="checkpoint", per_seed=False)
+def _fd_clip(inp: EvalInputs) -> pd.DataFrame:
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    if not inp.has_references() or len(inp.ref_vecs) < 2:
+        return pd.DataFrame(columns=["checkpoint", "value", "n"])
+    with_refs = np.isin(inp.artist_id, np.unique(inp.ref_artist))
+    for ckpt in sorted(set(inp.checkpoint.tolist())):
+        rows_ck = (inp.checkpoint == ckpt) & with_refs
+        if rows_ck.sum() < 2:
+            continue
+        rows.append({"checkpoint": ckpt, "value": frechet_distance(inp.vecs[rows_ck], inp.ref_vecs), "n": int(rows_ck.sum())})
+    return pd.DataFrame(rows)

@@ -1,0 +1,320 @@
+"""The DuckDB store: schema, migrations, and connections that respect DuckDB's lock.
+
+DuckDB lets one process hold a database file for writing, and while it does, no other
+process can open the file at all, not even read-only. So:
+
+- writers (ingest, score, import) compute first, then open the store, write in one
+  transaction, and close: the file is held for as long as the write takes, no longer;
+- readers (the dashboard, ``atelier sql``) open read-only, query, close, and on a lock
+  conflict wait and retry briefly.
+
+Table names are a contract: users' saved queries depend on them. Columns may be added
+by new migrations; existing ones are never renamed. Every migration is idempotent and
+recorded in ``schema_migrations``, so ``migrate`` is safe to rerun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from evaluator.errors import StateError
+
+if TYPE_CHECKING:  # duckdb is light, but keep `atelier --help` free of it anyway
+    import duckdb
+
+# (version, description, statements). Append only; never edit a released migration.
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "initial schema",
+        [
+            """CREATE TABLE IF NOT EXISTS artists (
+                artist_id VARCHAR PRIMARY KEY,
+                name VARCHAR NOT NULL,
+                aliases VARCHAR,
+                born INTEGER,
+                died INTEGER,
+                living BOOLEAN,
+                nationality VARCHAR,
+                movements VARCHAR,
+                mediums VARCHAR,
+                tags VARCHAR,
+                recognized_sdxl VARCHAR,
+                recognized_sd1 VARCHAR,
+                sources VARCHAR,
+                notes VARCHAR
+            )""",
+            """CREATE TABLE IF NOT EXISTS templates (
+                name VARCHAR PRIMARY KEY,
+                text VARCHAR NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS checkpoints (
+                name VARCHAR PRIMARY KEY,
+                source VARCHAR,
+                kind VARCHAR,
+                base VARCHAR,
+                adapters JSON,
+                fingerprint VARCHAR,
+                dtype VARCHAR,
+                scheduler VARCHAR,
+                notes VARCHAR,
+                added_at TIMESTAMP DEFAULT current_timestamp
+            )""",
+            """CREATE TABLE IF NOT EXISTS runs (
+                run_id VARCHAR PRIMARY KEY,
+                kind VARCHAR NOT NULL,
+                started_at TIMESTAMP,
+                finished_at TIMESTAMP,
+                status VARCHAR,
+                config JSON,
+                versions JSON,
+                git_rev VARCHAR,
+                device VARCHAR,
+                dtype VARCHAR,
+                timings JSON,
+                n_done BIGINT,
+                n_skipped BIGINT,
+                n_failed BIGINT,
+                host VARCHAR,
+                message VARCHAR
+            )""",
+            """CREATE TABLE IF NOT EXISTS images (
+                image_id BIGINT PRIMARY KEY,
+                unit_id VARCHAR NOT NULL,
+                source VARCHAR NOT NULL,
+                checkpoint VARCHAR,
+                artist_id VARCHAR,
+                template VARCHAR,
+                prompt VARCHAR,
+                negative_prompt VARCHAR,
+                seed BIGINT,
+                width INTEGER,
+                height INTEGER,
+                steps INTEGER,
+                guidance DOUBLE,
+                scheduler VARCHAR,
+                path VARCHAR,
+                thumb_path VARCHAR,
+                sha256 VARCHAR,
+                seconds DOUBLE,
+                error VARCHAR,
+                run_id VARCHAR,
+                created_at TIMESTAMP
+            )""",
+            """CREATE TABLE IF NOT EXISTS image_scores (
+                image_id BIGINT NOT NULL,
+                model VARCHAR NOT NULL,
+                metric VARCHAR NOT NULL,
+                value DOUBLE,
+                PRIMARY KEY (image_id, model, metric)
+            )""",
+            """CREATE TABLE IF NOT EXISTS artist_scores (
+                checkpoint VARCHAR NOT NULL,
+                artist_id VARCHAR NOT NULL,
+                model VARCHAR NOT NULL,
+                metric VARCHAR NOT NULL,
+                value DOUBLE,
+                n INTEGER,
+                ci_low DOUBLE,
+                ci_high DOUBLE,
+                PRIMARY KEY (checkpoint, artist_id, model, metric)
+            )""",
+            """CREATE TABLE IF NOT EXISTS checkpoint_scores (
+                checkpoint VARCHAR NOT NULL,
+                model VARCHAR NOT NULL,
+                metric VARCHAR NOT NULL,
+                value DOUBLE,
+                n INTEGER,
+                ci_low DOUBLE,
+                ci_high DOUBLE,
+                PRIMARY KEY (checkpoint, model, metric)
+            )""",
+            """CREATE TABLE IF NOT EXISTS artist_neighbors (
+                checkpoint VARCHAR NOT NULL,
+                model VARCHAR NOT NULL,
+                artist_id VARCHAR NOT NULL,
+                rank INTEGER NOT NULL,
+                neighbor_id VARCHAR NOT NULL,
+                similarity DOUBLE,
+                PRIMARY KEY (checkpoint, model, artist_id, rank)
+            )""",
+            """CREATE TABLE IF NOT EXISTS comparisons (
+                base VARCHAR NOT NULL,
+                finetune VARCHAR NOT NULL,
+                artist_id VARCHAR NOT NULL,
+                model VARCHAR NOT NULL,
+                metric VARCHAR NOT NULL,
+                base_value DOUBLE,
+                finetune_value DOUBLE,
+                delta DOUBLE,
+                ci_low DOUBLE,
+                ci_high DOUBLE,
+                n INTEGER,
+                verdict VARCHAR,
+                PRIMARY KEY (base, finetune, artist_id, model, metric)
+            )""",
+            """CREATE TABLE IF NOT EXISTS reference_images (
+                artist_id VARCHAR NOT NULL,
+                image_id BIGINT NOT NULL,
+                PRIMARY KEY (artist_id, image_id)
+            )""",
+            "CREATE INDEX IF NOT EXISTS images_ckpt_artist ON images (checkpoint, artist_id)",
+        ],
+    ),
+    (
+        2,
+        "evaluator: seed counts, embedding errors, score state, reference prototypes",
+        [
+            # n counts images; the CI is a bootstrap over seeds, so say how many there were
+            "ALTER TABLE artist_scores ADD COLUMN IF NOT EXISTS n_seeds INTEGER",
+            "ALTER TABLE checkpoint_scores ADD COLUMN IF NOT EXISTS n_seeds INTEGER",
+            "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS higher_is_better BOOLEAN",
+            """CREATE TABLE IF NOT EXISTS embedding_errors (
+                image_id BIGINT NOT NULL,
+                model VARCHAR NOT NULL,
+                error VARCHAR,
+                run_id VARCHAR,
+                PRIMARY KEY (image_id, model)
+            )""",
+            """CREATE TABLE IF NOT EXISTS score_state (
+                model VARCHAR PRIMARY KEY,
+                fingerprint VARCHAR,
+                run_id VARCHAR,
+                updated_at TIMESTAMP
+            )""",
+            """CREATE TABLE IF NOT EXISTS reference_prototypes (
+                artist_id VARCHAR NOT NULL,
+                model VARCHAR NOT NULL,
+                n INTEGER,
+                embedding FLOAT[],
+                PRIMARY KEY (artist_id, model)
+            )""",
+        ],
+    ),
+]
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked")
+
+
+class StoreLockedError(StateError):
+    """The store stayed locked by another process for longer than we were willing to wait."""
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    return any(marker in str(exc) for marker in LOCK_MARKERS)
+
+
+def connect(
+    path: str | Path,
+    read_only: bool = False,
+    timeout: float = 30.0,
+    config: dict | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """Open the store, waiting (with jittered backoff) while another process holds it.
+
+    ``timeout`` bounds the wait; past it a :class:`StoreLockedError` names the file.
+    A read-only open of a missing file is an error, not an empty database.
+    """
+    import duckdb
+
+    path = Path(path)
+    if read_only and not path.exists():
+        raise FileNotFoundError(f"store {path} does not exist; run `atelier score` or `atelier demo` first")
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=config or {})
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc) or time.monotonic() >= deadline:
+                if _is_lock_error(exc):
+                    raise StoreLockedError(
+                        f"store {path} is locked by another process (waited {timeout:.0f}s): {exc}"
+                    ) from exc
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.5)
+
+
+@contextlib.contextmanager
+def open_store(
+    path: str | Path, read_only: bool = False, timeout: float = 30.0, migrate_schema: bool = True
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Context manager: connect (migrating a writable store), yield, always close."""
+    con = connect(path, read_only=read_only, timeout=timeout)
+    try:
+        if not read_only and migrate_schema:
+            migrate(con)
+        yield con
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT, or ROLLBACK on any error: a write lands whole or not at all."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Apply the migrations this store lacks, each in its own transaction. Safe to rerun."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)"
+    )
+    done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    applied = []
+    for version, description, statements in MIGRATIONS:
+        if version in done:
+            continue
+        with transaction(con):
+            for statement in statements:
+                con.execute(statement)
+            con.execute(
+                "INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
+                [version, description],
+            )
+        applied.append(version)
+    return applied
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    try:
+        row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    except Exception:  # a store made before migrations existed, or an empty file
+        return 0
+    return int(row[0] or 0)
+
+
+def upsert_df(con: duckdb.DuckDBPyConnection, table: str, frame, key: list[str]) -> int:
+    """Replace the rows of ``table`` whose ``key`` matches a row of ``frame``, then insert.
+
+    Delete-then-insert by key inside the caller's transaction: a rerun that recomputes
+    rows replaces them and never duplicates them. Returns the number of rows written.
+    """
+    if len(frame) == 0:
+        return 0
+    con.register("_upsert_frame", frame)
+    try:
+        columns = ", ".join(f'"{c}"' for c in frame.columns)
+        match = " AND ".join(f't."{k}" = f."{k}"' for k in key)
+        con.execute(
+            f"DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM _upsert_frame f WHERE {match})"
+        )
+        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _upsert_frame")
+    finally:
+        con.unregister("_upsert_frame")
+    return len(frame)
