@@ -243,6 +243,25 @@ def connect(
             delay = min(delay * 2, 0.5)
 
 
+# The one configuration of every read-only connection (dashboard pages, `atelier sql`,
+# readers): a query reads the store and nothing else.
+READ_ONLY_CONFIG: dict[str, object] = {
+    # No file access beyond the store file itself (opened before the setting applies):
+    # read_csv('/etc/passwd') and COPY ... TO are refused.
+    "enable_external_access": False,
+    # No network or disk fetches of extensions on a query's behalf.
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    # A query cannot `SET enable_external_access = true` behind our back.
+    "lock_configuration": True,
+}
+
+
+def connect_read_only(path: str | Path, timeout: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """A read-only connection under ``READ_ONLY_CONFIG`` (waits while a writer holds the store)."""
+    return connect(path, read_only=True, timeout=timeout, config=READ_ONLY_CONFIG)
+
+
 @contextlib.contextmanager
 def open_store(
     path: str | Path, read_only: bool = False, timeout: float = 30.0, migrate_schema: bool = True
