@@ -7,13 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${ATELIER_VENV:-.venv}"
 
+# Machines whose pip.conf lists local package folders that are absent make pip say so
+# once per package ("Location ... is ignored"); that is the machine's setting, not a fault.
+quiet_pip() {
+    "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 setup() {
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip wheel
+    quiet_pip install --quiet --upgrade pip wheel
     # torch/torchvision come from the registry as a matching pair (see pyproject.toml).
-    "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+    quiet_pip install --quiet -e ".[dev]"
 }
 
 install_chromium() {
