@@ -2,6 +2,8 @@
 
 A process killed mid-write leaves either the old file or the new one, never half of
 one. Every stage that writes a file the next stage reads goes through here.
+
+Writes only the file it is asked to (through a temporary file beside it); reads nothing.
 """
 
 from __future__ import annotations

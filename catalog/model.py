@@ -1,8 +1,13 @@
 """Catalog rows: the ``Artist`` record, loading ``styles.csv`` and writing it back.
 
+Reads a catalog CSV (``load_catalog``: the given path, ``$ATELIER_CATALOG`` or the
+packaged ``catalog/data/styles.csv``) and writes one (``write_catalog``, atomically);
+``catalog_frame`` shapes rows for the store's ``artists`` table without writing it.
+
 ``styles.csv`` is UTF-8, comma separated, one header line, one row per artist, sorted by
 ``artist_id``. Multi-valued fields (aliases, movements, mediums, tags, sources) are one
-cell joined with ``catalog.units.LIST_SEPARATOR``. Blank cells mean "unknown".
+cell joined with ``catalog.units.LIST_SEPARATOR``. Blank cells mean "unknown". The
+columns and cell rules live in ``catalog.schema`` (shared with ``catalog.validate``).
 """
 
 from __future__ import annotations
@@ -10,41 +15,24 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from catalog.atomic import atomic_write_text
-from catalog.units import LIST_SEPARATOR
-from evaluator.errors import InputError
-
-# Column order of styles.csv and of the `artists` table in evaluator/store.py.
-COLUMNS: tuple[str, ...] = (
-    "artist_id",
-    "name",
-    "aliases",
-    "born",
-    "died",
-    "living",
-    "nationality",
-    "movements",
-    "mediums",
-    "tags",
-    "recognized_sdxl",
-    "recognized_sd1",
-    "sources",
-    "notes",
+from catalog.schema import (  # noqa: F401  (re-exported: importers predate catalog.schema)
+    ARTIST_ID_PATTERN,
+    COLUMNS,
+    LIST_COLUMNS,
+    RECOGNITION_COLUMNS,
+    RECOGNITION_VALUES,
+    REQUIRED_COLUMNS,
+    parse_living,
 )
-# Only these must be present: a hand-made catalog of ids and names is a valid catalog.
-REQUIRED_COLUMNS: tuple[str, ...] = ("artist_id", "name")
-LIST_COLUMNS: tuple[str, ...] = ("aliases", "movements", "mediums", "tags", "sources")
-RECOGNITION_VALUES: tuple[str, ...] = ("yes", "no", "unsure")
-RECOGNITION_COLUMNS: tuple[str, ...] = ("recognized_sdxl", "recognized_sd1")
-# Lower-case ASCII words joined by single hyphens; an optional "-<year>" or "-<n>" suffix
-# disambiguates two people with the same name.
-ARTIST_ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+from catalog.units import LIST_SEPARATOR
+from catalog.validate import validate_catalog
+from evaluator.errors import InputError
 
 ENV_CATALOG = "ATELIER_CATALOG"
 # Shipped inside the package (a symlink to the repository's styles.csv; the wheel build
@@ -54,6 +42,14 @@ PACKAGED_CATALOG_PATH = Path(__file__).resolve().parent / "data" / "styles.csv"
 
 class CatalogError(InputError):
     """A catalog file that cannot be used; the message lists every problem found."""
+
+
+class CatalogNotFoundError(InputError, FileNotFoundError):
+    """No catalog file at the path asked for (or at the default one).
+
+    Also a ``FileNotFoundError``, which callers catch to fall back on other sources, and
+    on purpose not a ``CatalogError``: "invalid catalog" is for a file that exists.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,17 +111,6 @@ def join_list(values: Iterable[str]) -> str:
     return LIST_SEPARATOR.join(values)
 
 
-def parse_living(cell: str) -> bool | None:
-    value = cell.strip().lower()
-    if value in ("", "unknown"):
-        return None
-    if value in ("true", "yes", "1"):
-        return True
-    if value in ("false", "no", "0"):
-        return False
-    raise ValueError(f"living must be true, false or blank but is {cell!r}")
-
-
 def artist_from_row(row: dict[str, str]) -> Artist:
     """Build an Artist from validated CSV cells (see catalog.validate for the checks)."""
 
@@ -166,15 +151,13 @@ def default_catalog_path() -> Path:
 def load_catalog(path: str | os.PathLike[str] | None = None) -> list[Artist]:
     """Load and validate a catalog; raise ``CatalogError`` listing every error found.
 
-    A missing file raises ``FileNotFoundError`` (callers fall back on other sources).
-
-    Warnings (a BOM, extra columns, ...) do not stop loading; see ``catalog.validate``.
+    A missing file raises ``CatalogNotFoundError`` (a ``FileNotFoundError``: callers fall
+    back on other sources). Warnings (a BOM, extra columns, ...) do not stop loading; see
+    ``catalog.validate``.
     """
-    from catalog.validate import validate_catalog
-
     source = default_catalog_path() if path is None else Path(path)
     if not source.is_file():
-        raise FileNotFoundError(f"catalog {source} not found (set ${ENV_CATALOG} or pass a path)")
+        raise CatalogNotFoundError(f"catalog {source} not found (set ${ENV_CATALOG} or pass a path)")
     report = validate_catalog(source)
     if report.errors:
         raise CatalogError(report.format(only_errors=True))

@@ -8,6 +8,9 @@ name to one matching key; ``expand_name`` splits off the other names a form carr
 
 Generational markers stay in the key: "Pieter Bruegel the Elder" and "Pieter Brueghel
 the Younger" are two painters, and so are "George Barret, Sr." and "George Barret, Jr.".
+
+Reads and writes nothing: pure functions on strings, used by ``catalog.build`` and by the
+importer's ``slugify``.
 """
 
 from __future__ import annotations

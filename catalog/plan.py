@@ -124,6 +124,7 @@ def make_plan(
     template_names: Sequence[str] | str,
     seeds: Sequence[int],
     checkpoints: Sequence[str],
+    *,
     width: int = 512,
     height: int = 512,
     steps: int = 25,
@@ -131,7 +132,11 @@ def make_plan(
     scheduler: str = "default",
     negative_prompt: str = "",
 ) -> list[WorkUnit]:
-    """Every work unit of the run, in the deterministic order described above."""
+    """Every work unit of the run, in the deterministic order described above.
+
+    The generation settings (``width`` ... ``negative_prompt``, see ``GenerationSettings``)
+    are keyword-only, so a call reads as what it sets.
+    """
     settings = GenerationSettings(width, height, steps, guidance, scheduler, negative_prompt)
     settings.validate()
     chosen = get_templates(templates, template_names if isinstance(template_names, str) else list(template_names))

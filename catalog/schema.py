@@ -1,12 +1,46 @@
 """Columns, patterns and text rules shared by catalog rows, their validation and exports.
 
-Both ``catalog.model`` (loading, writing) and ``catalog.validate`` (checking) read these,
-so neither imports the other at module level.
+Reads and writes nothing: constants and pure functions only. Both ``catalog.model``
+(loading, writing) and ``catalog.validate`` (checking) import them, so validate never
+needs model and the two cannot form an import circle.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from evaluator.errors import InputError
+
+# Column order of styles.csv and of the `artists` table of the store.
+COLUMNS: tuple[str, ...] = (
+    "artist_id",
+    "name",
+    "aliases",
+    "born",
+    "died",
+    "living",
+    "nationality",
+    "movements",
+    "mediums",
+    "tags",
+    "recognized_sdxl",
+    "recognized_sd1",
+    "sources",
+    "notes",
+)
+# Only these must be present: a hand-made catalog of ids and names is a valid catalog.
+REQUIRED_COLUMNS: tuple[str, ...] = ("artist_id", "name")
+# Multi-valued cells, joined with catalog.units.LIST_SEPARATOR.
+LIST_COLUMNS: tuple[str, ...] = ("aliases", "movements", "mediums", "tags", "sources")
+# Free-text columns besides the name: a formula start there is only a warning.
+TEXT_COLUMNS: tuple[str, ...] = ("aliases", "nationality", "movements", "mediums", "tags", "notes")
+YEAR_COLUMNS: tuple[str, ...] = ("born", "died")
+RECOGNITION_VALUES: tuple[str, ...] = ("yes", "no", "unsure")
+RECOGNITION_COLUMNS: tuple[str, ...] = ("recognized_sdxl", "recognized_sd1")
+# Lower-case ASCII words joined by single hyphens; an optional "-<year>" or "-<n>" suffix
+# disambiguates two people with the same name.
+ARTIST_ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 # Cells a spreadsheet would run as a formula when a CSV is opened: ``=HYPERLINK(...)``,
 # ``+1``, ``-1``, ``@SUM``, and tab / carriage return, which some spreadsheets strip
@@ -22,3 +56,15 @@ def looks_like_formula(value: str) -> bool:
 def guard_formula(value: Any) -> Any:
     """A text cell safe to open in a spreadsheet: a leading apostrophe before a formula start."""
     return "'" + value if isinstance(value, str) and looks_like_formula(value) else value
+
+
+def parse_living(cell: str) -> bool | None:
+    """The ``living`` cell: true/yes/1, false/no/0, or blank/"unknown" for not known."""
+    value = cell.strip().lower()
+    if value in ("", "unknown"):
+        return None
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise InputError(f"living must be true, false or blank but is {cell!r}")

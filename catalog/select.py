@@ -10,6 +10,8 @@ A sample of N is stratified over the primary movement (the first listed): each m
 gets its proportional share (largest remainder; at least one per movement when N allows),
 drawn with ``random.Random(seed)``. The result is sorted by artist_id, so the same seed
 gives the same selection on every machine.
+
+Reads and writes nothing: it filters a list of ``catalog.model.Artist``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from catalog.model import RECOGNITION_VALUES, Artist
+from catalog.model import Artist
+from catalog.schema import RECOGNITION_VALUES
+from evaluator.errors import InputError
 
 
 def _fold(text: str) -> str:
@@ -36,10 +40,10 @@ def _parse_recognized(value: str) -> tuple[tuple[str, ...], str]:
             model, model
         )
         if model not in columns:
-            raise ValueError(f"recognized filter model must be sdxl or sd1 but is {model!r}")
+            raise InputError(f"recognized filter model must be sdxl or sd1 but is {model!r}")
         columns = (model,)
     if value not in (*RECOGNITION_VALUES, "blank"):
-        raise ValueError(
+        raise InputError(
             f"recognized must be yes, no, unsure or blank (optionally sdxl=.. / sd1=..) but is {value!r}"
         )
     return columns, "" if value == "blank" else value
@@ -47,6 +51,7 @@ def _parse_recognized(value: str) -> tuple[tuple[str, ...], str]:
 
 def select_artists(
     artists: Sequence[Artist],
+    *,
     tag: str | None = None,
     movement: str | None = None,
     medium: str | None = None,
@@ -56,9 +61,13 @@ def select_artists(
     sample: int | None = None,
     seed: int = 0,
 ) -> list[Artist]:
-    """Artists matching every given filter, optionally a stratified sample of them."""
+    """Artists matching every given filter, optionally a stratified sample of them.
+
+    The filters are keyword-only: each is optional and a positional slip would filter
+    on the wrong field. A bad filter or sample raises ``InputError`` (a ``ValueError``).
+    """
     if sample is not None and sample < 0:
-        raise ValueError(f"sample must be >= 0 but is {sample}")
+        raise InputError(f"sample must be >= 0 but is {sample}")
     chosen = list(artists)
     for value, attribute in ((tag, "tags"), (movement, "movements"), (medium, "mediums")):
         if value:

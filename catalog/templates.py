@@ -1,6 +1,7 @@
 """Prompt templates: named prompts with a ``{name}`` placeholder for the artist.
 
-The packaged ``catalog/templates.toml`` holds ``style``, ``portrait``, ``landscape``,
+Reads the packaged ``catalog/data/templates.toml`` and an optional user TOML file;
+writes nothing. The packaged file holds ``style``, ``portrait``, ``landscape``,
 ``art-by`` and ``null``. A user file has the same shape::
 
     [my-template]

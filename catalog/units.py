@@ -3,6 +3,9 @@
 A unit is (checkpoint, artist, template, prompt, negative prompt, seed, size, steps,
 guidance, scheduler). Its id is a hash of those fields, so the same unit planned twice,
 on two machines or a month apart, has the same id, and a rerun can tell what is done.
+
+Reads and writes nothing: ``catalog.plan`` writes units to a plan file, the generator
+reads them back.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
+
+from evaluator.errors import InputError
 
 # Fields that define the image. Changing any of them makes a different unit.
 IDENTITY_FIELDS = (
@@ -89,9 +94,9 @@ def shard(units: list[WorkUnit], rank: int, world_size: int) -> list[WorkUnit]:
     ranks finish at about the same time. The union over ranks is every unit once.
     """
     if world_size < 1:
-        raise ValueError(f"world_size must be >= 1 but is {world_size}")
+        raise InputError(f"world_size must be >= 1 but is {world_size}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}) but is {rank}")
+        raise InputError(f"rank must be in [0, {world_size}) but is {rank}")
     return units[rank::world_size]
 
 

@@ -1,5 +1,9 @@
 """Validate a catalog file, including one edited by hand: report every problem at once.
 
+Reads the file's bytes (or bytes given); writes nothing: the ``ValidationReport`` holds
+every problem and the rows that passed, which ``catalog.model.load_catalog`` turns into
+artists.
+
 Each problem carries a line (1-based, physical line of the file) and a column (1-based
 field number in the CSV header; 0 when the problem concerns the whole line or file).
 
@@ -8,7 +12,8 @@ printed but do not fail. Decisions worth knowing:
 
 * A UTF-8 byte-order mark is accepted with a warning (Excel writes one).
 * A name that starts with ``=``, ``+``, ``-``, ``@`` (spreadsheet formula injection, e.g.
-  ``=HYPERLINK(...)``) is an **error**: no artist is called that, and a spreadsheet
+  ``=HYPERLINK(...)``; ``catalog.schema.looks_like_formula`` after stripping the blanks
+  around the name) is an **error**: no artist is called that, and a spreadsheet
   opening the file would run it. The same in other text columns is a warning.
 * Recognition values are matched case-insensitively (``Yes`` is ``yes``).
 * Columns other than ``artist_id`` and ``name`` are optional; unknown extra columns are
@@ -25,19 +30,21 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from catalog.model import (
+from catalog.schema import (
     ARTIST_ID_PATTERN,
     COLUMNS,
     RECOGNITION_COLUMNS,
     RECOGNITION_VALUES,
     REQUIRED_COLUMNS,
+    TEXT_COLUMNS,
+    YEAR_COLUMNS,
+    looks_like_formula,
     parse_living,
 )
 
 # A cell larger than this is an error: names and notes are short, and a megabyte in one
 # cell is a pasted file or an attack, which would bloat every table it is copied into.
 MAX_FIELD_BYTES = 64 * 1024
-FORMULA_PREFIXES = ("=", "+", "-", "@")
 OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
@@ -112,7 +119,6 @@ def _decode_lines(data: bytes, report: ValidationReport) -> str:
 def validate_text(data: bytes, path: str = "<catalog>", now_year: int | None = None) -> ValidationReport:
     """Validate catalog bytes; see the module docstring for the rules."""
     report = ValidationReport(path=path)
-    year_now = now_year or _dt.date.today().year
     if not data.strip():
         report.error(1, 0, "file is empty: expected a header line (artist_id,name,...) and rows")
         return report
@@ -120,41 +126,61 @@ def validate_text(data: bytes, path: str = "<catalog>", now_year: int | None = N
         report.warning(1, 1, "file starts with a UTF-8 byte-order mark (accepted, ignored)")
         data = data[3:]
     text = _decode_lines(data, report)
-    header_line = text.split("\n", 1)[0].rstrip("\r")
-    if "," not in header_line:
-        for delimiter, label in OTHER_DELIMITERS.items():
-            if delimiter in header_line:
-                report.error(
-                    1,
-                    header_line.index(delimiter) + 1,
-                    f"wrong delimiter: the header is separated by {label}s ({delimiter!r}); "
-                    "catalog files are comma-separated",
-                )
-                return report
+    if _wrong_delimiter(text.split("\n", 1)[0].rstrip("\r"), report):
+        return report
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
     reader = csv.reader(io.StringIO(text, newline=""), strict=False)
     try:
-        header = next(reader)
+        header = [h.strip() for h in next(reader)]
     except (StopIteration, csv.Error) as exc:
         report.error(1, 0, f"cannot read the header line: {exc}")
         return report
-    header = [h.strip() for h in header]
     report.columns = header
-    seen_columns: dict[str, int] = {}
+    position = _check_header(header, report)
+    missing = [c for c in REQUIRED_COLUMNS if c not in position]
+    rows = _check_rows(reader, header, _RowChecker(report, position, now_year or _dt.date.today().year),
+                       keep=not missing)
+    if rows == 0 and not missing:
+        report.error(1, 0, "no artist rows: the file has a header only")
+    return report
+
+
+def _wrong_delimiter(header_line: str, report: ValidationReport) -> bool:
+    """Report a header split by ``;``, tabs or pipes (a spreadsheet's export setting)."""
+    if "," in header_line:
+        return False
+    for delimiter, label in OTHER_DELIMITERS.items():
+        if delimiter in header_line:
+            report.error(
+                1,
+                header_line.index(delimiter) + 1,
+                f"wrong delimiter: the header is separated by {label}s ({delimiter!r}); "
+                "catalog files are comma-separated",
+            )
+            return True
+    return False
+
+
+def _check_header(header: list[str], report: ValidationReport) -> dict[str, int]:
+    """Report duplicate, empty, unknown and missing columns; return column -> position."""
+    position: dict[str, int] = {}
     for index, name in enumerate(header, start=1):
-        if name in seen_columns:
-            report.error(1, index, f"duplicate column {name!r} (also column {seen_columns[name]})")
-        seen_columns.setdefault(name, index)
+        if name in position:
+            report.error(1, index, f"duplicate column {name!r} (also column {position[name]})")
+        position.setdefault(name, index)
         if name and name not in COLUMNS:
             report.warning(1, index, f"extra column {name!r} is not a catalog column (kept)")
         if not name:
             report.error(1, index, "empty column name in the header")
-    missing = [c for c in REQUIRED_COLUMNS if c not in seen_columns]
-    for name in missing:
-        report.error(1, 0, f"missing required column {name!r}")
-    position = {name: index for name, index in seen_columns.items()}
+    for name in REQUIRED_COLUMNS:
+        if name not in position:
+            report.error(1, 0, f"missing required column {name!r}")
+    return position
 
-    ids_seen: dict[str, int] = {}
+
+def _check_rows(reader, header: list[str], checker: _RowChecker, keep: bool) -> int:
+    """Check every non-blank row; keep the good ones when ``keep``; return the row count."""
+    report = checker.report
     previous_end = reader.line_num
     rows = 0
     while True:
@@ -178,114 +204,120 @@ def validate_text(data: bytes, path: str = "<catalog>", now_year: int | None = N
                 f"row has {len(cells)} fields but the header has {len(header)}",
             )
         row = {name: (cells[i] if i < len(cells) else "") for i, name in enumerate(header)}
-        bad = _check_row(row, line, position, report, ids_seen, year_now)
-        if not missing and not bad:
+        if not checker.check(row, line) and keep:
             report.rows.append((line, row))
-    if rows == 0 and not missing:
-        report.error(1, 0, "no artist rows: the file has a header only")
-    return report
+    return rows
 
 
-def _check_row(
-    row: dict[str, str],
-    line: int,
-    position: dict[str, int],
-    report: ValidationReport,
-    ids_seen: dict[str, int],
-    year_now: int,
-) -> bool:
-    """Check one row; return True when it has an error."""
-    before = len(report.errors)
+class _RowChecker:
+    """The checks of one row, each short; ``check`` runs them in the order they report."""
 
-    def col(name: str) -> int:
-        return position.get(name, 0)
+    def __init__(self, report: ValidationReport, position: dict[str, int], year_now: int) -> None:
+        self.report = report
+        self.position = position
+        self.year_now = year_now
+        self.ids_seen: dict[str, int] = {}  # artist_id -> first line
+        self.line = 0
 
-    for name, value in row.items():
-        size = len(value.encode("utf-8"))
-        if size > MAX_FIELD_BYTES:
-            report.error(
-                line, col(name), f"field is {size} bytes, over the limit of {MAX_FIELD_BYTES}", name
-            )
-        if "\x00" in value:
-            report.error(line, col(name), "field contains a NUL character", name)
-        if "\ufffd" in value and name in COLUMNS:
-            pass  # already reported as invalid UTF-8 on its line
+    def check(self, row: dict[str, str], line: int) -> bool:
+        """Check one row; return True when it has an error."""
+        self.line = line
+        before = len(self.report.errors)
+        self._cells(row)
+        self._artist_id(row.get("artist_id", "").strip())
+        self._name(row.get("name", ""))
+        self._text_columns(row)
+        years = self._years(row)
+        self._living(row.get("living", ""), years)
+        self._recognition(row)
+        return len(self.report.errors) > before
 
-    artist_id = row.get("artist_id", "").strip()
-    if "artist_id" in position:
+    def _error(self, column: str, message: str) -> None:
+        self.report.error(self.line, self.position.get(column, 0), message, column)
+
+    def _warning(self, column: str, message: str) -> None:
+        self.report.warning(self.line, self.position.get(column, 0), message, column)
+
+    def _cells(self, row: dict[str, str]) -> None:
+        # (a U+FFFD from a bad byte was already reported as invalid UTF-8 on its line)
+        for name, value in row.items():
+            size = len(value.encode("utf-8"))
+            if size > MAX_FIELD_BYTES:
+                self._error(name, f"field is {size} bytes, over the limit of {MAX_FIELD_BYTES}")
+            if "\x00" in value:
+                self._error(name, "field contains a NUL character")
+
+    def _artist_id(self, artist_id: str) -> None:
+        if "artist_id" not in self.position:
+            return
         if not artist_id:
-            report.error(line, col("artist_id"), "empty artist_id", "artist_id")
+            self._error("artist_id", "empty artist_id")
         elif not ARTIST_ID_PATTERN.match(artist_id):
-            report.error(
-                line,
-                col("artist_id"),
+            self._error(
+                "artist_id",
                 f"artist_id {artist_id[:60]!r} is not a slug (lower-case a-z, 0-9 and single hyphens)",
-                "artist_id",
             )
-        elif artist_id in ids_seen:
-            report.error(
-                line,
-                col("artist_id"),
-                f"duplicate artist_id {artist_id!r} (first on line {ids_seen[artist_id]})",
+        elif artist_id in self.ids_seen:
+            self._error(
                 "artist_id",
+                f"duplicate artist_id {artist_id!r} (first on line {self.ids_seen[artist_id]})",
             )
         else:
-            ids_seen[artist_id] = line
+            self.ids_seen[artist_id] = self.line
 
-    name = row.get("name", "")
-    if "name" in position:
+    def _name(self, name: str) -> None:
+        # .strip() first: a name with a leading tab or CR is judged by what follows it
+        if "name" not in self.position:
+            return
         if not name.strip():
-            report.error(line, col("name"), "empty name", "name")
-        elif name.strip().startswith(FORMULA_PREFIXES):
-            report.error(
-                line,
-                col("name"),
-                f"name {name[:40]!r} looks like a spreadsheet formula (formula injection)",
-                "name",
-            )
+            self._error("name", "empty name")
+        elif looks_like_formula(name.strip()):
+            self._error("name", f"name {name[:40]!r} looks like a spreadsheet formula (formula injection)")
         elif unicodedata.normalize("NFC", name) != name:
-            report.warning(line, col("name"), "name is not Unicode NFC (it is normalized on load)", "name")
-    for other in ("aliases", "nationality", "movements", "mediums", "tags", "notes"):
-        value = row.get(other, "").strip()
-        if value.startswith(FORMULA_PREFIXES) and other in position:
-            report.warning(line, col(other), f"{other} starts with {value[0]!r} (spreadsheet formula?)", other)
+            self._warning("name", "name is not Unicode NFC (it is normalized on load)")
 
-    years: dict[str, int] = {}
-    for which in ("born", "died"):
-        value = row.get(which, "").strip()
-        if not value:
-            continue
+    def _text_columns(self, row: dict[str, str]) -> None:
+        for column in TEXT_COLUMNS:
+            value = row.get(column, "").strip()
+            if looks_like_formula(value) and column in self.position:
+                self._warning(column, f"{column} starts with {value[0]!r} (spreadsheet formula?)")
+
+    def _years(self, row: dict[str, str]) -> dict[str, int]:
+        """The valid born/died years of the row (bad or future ones are reported)."""
+        years: dict[str, int] = {}
+        for column in YEAR_COLUMNS:
+            value = row.get(column, "").strip()
+            if not value:
+                continue
+            try:
+                year = int(value)
+            except ValueError:
+                self._error(column, f"{column} must be a year or blank but is {value[:40]!r}")
+                continue
+            if year > self.year_now:
+                self._error(column, f"{column} {year} is in the future")
+            years[column] = year
+        if "born" in years and "died" in years and years["died"] < years["born"]:
+            self._error("died", f"died {years['died']} is before born {years['born']}")
+        return years
+
+    def _living(self, cell: str, years: dict[str, int]) -> None:
         try:
-            year = int(value)
-        except ValueError:
-            report.error(line, col(which), f"{which} must be a year or blank but is {value[:40]!r}", which)
-            continue
-        if year > year_now:
-            report.error(line, col(which), f"{which} {year} is in the future", which)
-        years[which] = year
-    if "born" in years and "died" in years and years["died"] < years["born"]:
-        report.error(
-            line, col("died"), f"died {years['died']} is before born {years['born']}", "died"
-        )
-    living_cell = row.get("living", "")
-    try:
-        living = parse_living(living_cell)
-    except ValueError as exc:
-        report.error(line, col("living"), str(exc), "living")
-        living = None
-    if living is True and "died" in years:
-        report.error(line, col("living"), f"living is true but died is {years['died']}", "living")
+            living = parse_living(cell)
+        except ValueError as exc:
+            self._error("living", str(exc))
+            return
+        if living is True and "died" in years:
+            self._error("living", f"living is true but died is {years['died']}")
 
-    for which in RECOGNITION_COLUMNS:
-        value = row.get(which, "").strip()
-        if value and value.lower() not in RECOGNITION_VALUES:
-            report.error(
-                line,
-                col(which),
-                f"unknown recognition value {value[:40]!r}; expected yes, no, unsure or blank",
-                which,
-            )
-    return len(report.errors) > before
+    def _recognition(self, row: dict[str, str]) -> None:
+        for column in RECOGNITION_COLUMNS:
+            value = row.get(column, "").strip()
+            if value and value.lower() not in RECOGNITION_VALUES:
+                self._error(
+                    column,
+                    f"unknown recognition value {value[:40]!r}; expected yes, no, unsure or blank",
+                )
 
 
 def validate_catalog(path: str | os.PathLike[str], now_year: int | None = None) -> ValidationReport:
