@@ -29,7 +29,7 @@ def add_checkpoint(wd, clip, name: str, artists, seeds: int, seed: int) -> int:
     import numpy as np
 
     from catalog.units import BASELINE_ARTIST_ID, WorkUnit
-    from evaluator.embedding.embed import _write_part
+    from evaluator.embedding.images import _write_part
     from evaluator.workspace.manifest import write_shard
 
     rows = []

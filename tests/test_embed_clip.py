@@ -134,7 +134,7 @@ def test_text_cache_reuses_embeddings_and_keeps_order(clip_dir, tmp_path):
 
 
 def test_text_cache_compacts_its_parts_and_the_artist_template_matrix(clip_dir, tmp_path, monkeypatch):
-    import evaluator.embedding.embed as E
+    import evaluator.embedding.text as E
 
     clip = load_clip(str(clip_dir))
     cache = tmp_path / "texts"

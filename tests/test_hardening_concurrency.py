@@ -79,7 +79,8 @@ def test_two_score_commands_at_once_queue_and_end_as_one_run(generated, single, 
 def test_embed_and_score_commands_at_once_embed_each_image_once(generated, single, models, tmp_path):
     import numpy as np
 
-    from evaluator.embedding.embed import _part_paths, load_embeddings, model_key
+    from evaluator.embedding.clip import model_key
+    from evaluator.embedding.images import _part_paths, load_embeddings
     from evaluator.workspace.workdir import Workdir
 
     root = tmp_path / "wd"

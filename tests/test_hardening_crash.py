@@ -194,13 +194,8 @@ def test_generate_killed_at_random_points_resumes_to_the_clean_images(clean, mod
 def test_embed_killed_at_random_points_resumes_to_the_clean_embeddings(clean, models, tmp_path):
     import pyarrow.parquet as pq
 
-    from evaluator.embedding.embed import (
-        _part_paths,
-        embed_images,
-        load_clip,
-        load_embeddings,
-        model_key,
-    )
+    from evaluator.embedding.clip import load_clip, model_key
+    from evaluator.embedding.images import _part_paths, embed_images, load_embeddings
     from evaluator.workspace.manifest import read_manifests
     from evaluator.workspace.workdir import Workdir
 

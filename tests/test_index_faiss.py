@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from evaluator.embedding.embed import _write_part
+from evaluator.embedding.images import _write_part
 from evaluator.embedding.index import (
     IndexConfig,
     build_centroid_index,

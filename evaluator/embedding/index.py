@@ -18,10 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evaluator.errors import InputError
+
 if TYPE_CHECKING:
     import numpy as np
 
-    from evaluator.embedding.embed import LoadedClip
+    from evaluator.embedding.clip import LoadedClip
     from evaluator.workspace.workdir import Workdir
 
 
@@ -199,7 +201,7 @@ def update_index(
     """
     import numpy as np
 
-    from evaluator.embedding.embed import load_embeddings
+    from evaluator.embedding.images import load_embeddings
 
     cfg = config or IndexConfig()
     start = time.perf_counter()
@@ -286,10 +288,10 @@ def search_by_vector(index: Any, vecs: np.ndarray, k: int = 10) -> tuple[np.ndar
     import numpy as np
 
     if k < 1:
-        raise ValueError(f"k must be >= 1 but is {k}")
+        raise InputError(f"k must be >= 1 but is {k}")
     q = np.ascontiguousarray(np.atleast_2d(vecs), dtype=np.float32)
     if q.shape[1] != index.d:
-        raise ValueError(f"query has dimension {q.shape[1]} but the index has {index.d}")
+        raise InputError(f"query has dimension {q.shape[1]} but the index has {index.d}")
     return index.search(q, k)
 
 
@@ -303,10 +305,10 @@ def search_by_image_id(workdir: Workdir, model: str, image_id: int, k: int = 10)
 
 
 def search_by_text(workdir: Workdir, clip: LoadedClip, text: str, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    from evaluator.embedding.embed import embed_texts, text_cache_dir
+    from evaluator.embedding.text import embed_texts, text_cache_dir
 
     if not text.strip():
-        raise ValueError("text must be non-empty")
+        raise InputError("text must be non-empty")
     index, _ = load_index(workdir, clip.key)
     vec = embed_texts(clip, [text], cache_dir=text_cache_dir(workdir, clip.key))
     return search_by_vector(index, vec, k)
@@ -315,7 +317,7 @@ def search_by_text(workdir: Workdir, clip: LoadedClip, text: str, k: int = 10) -
 def search_by_image_file(
     workdir: Workdir, clip: LoadedClip, path: str | Path, k: int = 10
 ) -> tuple[np.ndarray, np.ndarray]:
-    from evaluator.embedding.embed import embed_image_files
+    from evaluator.embedding.images import embed_image_files
 
     index, _ = load_index(workdir, clip.key)
     return search_by_vector(index, embed_image_files(clip, [path]), k)

@@ -1,0 +1,320 @@
+"""Image embeddings: the CLIP image encoder over a workdir's images, and their Parquet parts.
+
+Reads image files (paths relative to the workdir) and writes
+``embeddings/<model>/part-*.parquet``: ``image_id`` int64 and a float16 ``embedding``
+of fixed size, L2-normalised, the model key in the file metadata.
+
+``embed_images`` decodes and preprocesses in DataLoader workers while the main process
+runs the model, and writes a part file atomically every ``part_size`` images, so a
+killed run loses at most one part and a rerun skips what is done.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evaluator.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from evaluator.embedding.clip import LoadedClip
+    from evaluator.workspace.workdir import Workdir
+
+
+# ---------------------------------------------------------------------------- parts on disk
+
+
+def _embedding_schema(dim: int):
+    import pyarrow as pa
+
+    return pa.schema([("image_id", pa.int64()), ("embedding", pa.list_(pa.float16(), dim))])
+
+
+def _write_part(folder: Path, ids: list[int], vecs: np.ndarray, model: str) -> Path:
+    """One part file, written under a temporary name and renamed: never seen half-written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from catalog.atomic import atomic_path
+
+    dim = vecs.shape[1]
+    flat = pa.array(vecs.astype("float16").reshape(-1), type=pa.float16())
+    table = pa.table(
+        {"image_id": pa.array(ids, type=pa.int64()), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)},
+        schema=_embedding_schema(dim).with_metadata({"model": model}),
+    )
+    path = folder / f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def _part_paths(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("part-*.parquet") if not p.name.startswith("."))
+
+
+def embedded_ids(workdir: Workdir, model: str) -> set[int]:
+    """Image ids already embedded by ``model`` (reads only the id column)."""
+    import pyarrow.parquet as pq
+
+    done: set[int] = set()
+    for path in _part_paths(workdir.embeddings(model)):
+        done.update(pq.read_table(path, columns=["image_id"]).column(0).to_pylist())
+    return done
+
+
+def load_embeddings(workdir: Workdir, model: str, ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64[N], vectors float32[N, D]) sorted by id, one row per image.
+
+    An image embedded twice (two runs raced) keeps one row: the vectors are equal.
+    ``ids`` restricts the result to those images.
+    """
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    all_ids, all_vecs = [], []
+    dim = None
+    for path in _part_paths(workdir.embeddings(model)):
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise InputError(f"embedding part {path} is unreadable: {exc}") from exc
+        col = table.column("embedding").combine_chunks()
+        d = col.type.list_size
+        if dim is not None and d != dim:
+            raise InputError(f"embedding part {path} has dimension {d}, others have {dim}")
+        dim = d
+        all_ids.append(table.column("image_id").to_numpy())
+        all_vecs.append(col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d))
+    if not all_ids:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, dim or 0), dtype=np.float32)
+    id_arr = np.concatenate(all_ids).astype(np.int64)
+    vec_arr = np.concatenate(all_vecs)
+    order = np.argsort(id_arr, kind="stable")
+    id_arr, vec_arr = id_arr[order], vec_arr[order]
+    keep = np.ones(len(id_arr), dtype=bool)
+    keep[1:] = id_arr[1:] != id_arr[:-1]
+    if ids is not None:
+        keep &= np.isin(id_arr, np.asarray(list(ids), dtype=np.int64))
+    return id_arr[keep], vec_arr[keep].astype(np.float32)
+
+
+def compact_embeddings(workdir: Workdir, model: str) -> int:
+    """Merge all part files of a model into one (dedup'd); returns the row count."""
+    ids, vecs = load_embeddings(workdir, model)
+    folder = workdir.embeddings(model)
+    old = _part_paths(folder)
+    if len(old) <= 1:
+        return len(ids)
+    new = _write_part(folder, ids.tolist(), vecs, model)
+    for path in old:
+        if path != new:
+            path.unlink()
+    return len(ids)
+
+
+def embedding_summary(workdir: Workdir, model: str) -> dict:
+    ids, vecs = load_embeddings(workdir, model)
+    return {"model": model, "n": int(len(ids)), "dim": int(vecs.shape[1]) if vecs.ndim == 2 else 0}
+
+
+# ---------------------------------------------------------------------------- reading images
+
+
+class _ImageDataset:
+    """Decode + preprocess one image in a worker; a bad file yields its error, not a crash."""
+
+    def __init__(self, root: Path, rows: list[tuple[int, str]], preprocess: Any) -> None:
+        self.root = root
+        self.rows = rows
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        image_id, relpath = self.rows[i]
+        try:
+            path = (self.root / relpath) if not os.path.isabs(relpath) else Path(relpath)
+            with Image.open(path) as img:
+                img.load()
+                tensor = self.preprocess(img.convert("RGB"))
+            return image_id, tensor, None
+        except Exception as exc:  # undecodable, missing, truncated: recorded per image
+            return image_id, None, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(batch):
+    import torch
+
+    ok = [(i, t) for i, t, e in batch if e is None]
+    bad = [(i, e) for i, _, e in batch if e is not None]
+    ids = [i for i, _ in ok]
+    tensors = torch.stack([t for _, t in ok]) if ok else None
+    return ids, tensors, bad
+
+
+def _rows_of(image_rows: Any) -> list[tuple[int, str]]:
+    """(image_id, path) pairs from a DataFrame or a list of dicts, validated."""
+    if hasattr(image_rows, "to_dict"):
+        records = image_rows[["image_id", "path"]].to_dict("records")
+    else:
+        records = list(image_rows)
+    rows = []
+    for i, rec in enumerate(records):
+        if rec.get("image_id") is None:
+            raise InputError(f"image row {i} has no image_id")
+        path = rec.get("path")
+        if path is None or (isinstance(path, float)) or str(path) == "":
+            raise InputError(f"image row {i} (image_id {rec['image_id']}) has no path")
+        rows.append((int(rec["image_id"]), str(path)))
+    return rows
+
+
+# ---------------------------------------------------------------------------- embedding
+
+
+@dataclass
+class EmbedResult:
+    model: str
+    n_done: int = 0
+    n_skipped: int = 0
+    n_failed: int = 0
+    errors: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    parts: list[str] = field(default_factory=list)
+
+
+def _images_to_embed(rows: list[tuple[int, str]], done: set[int], result: EmbedResult) -> list[tuple[int, str]]:
+    """The rows not embedded yet, each image once; the others count as skipped."""
+    seen: set[int] = set()
+    todo = []
+    for image_id, path in rows:
+        if image_id in done or image_id in seen:
+            result.n_skipped += 1
+            continue
+        seen.add(image_id)
+        todo.append((image_id, path))
+    return todo
+
+
+class _PartWriter:
+    """Collects normalised vectors and writes a part file each time ``part_size`` are pending."""
+
+    def __init__(self, folder: Path, model: str, part_size: int, result: EmbedResult) -> None:
+        self.folder = folder
+        self.model = model
+        self.part_size = part_size
+        self.result = result
+        self.ids: list[int] = []
+        self.vecs: list[np.ndarray] = []
+
+    def add(self, ids: list[int], vecs: np.ndarray) -> None:
+        self.ids.extend(ids)
+        self.vecs.append(vecs)
+
+    def flush_if_full(self) -> None:
+        if len(self.ids) >= self.part_size:
+            self.flush()
+
+    def flush(self) -> None:
+        import numpy as np
+
+        if not self.ids:
+            return
+        self.result.parts.append(str(_write_part(self.folder, self.ids, np.concatenate(self.vecs), self.model)))
+        self.result.n_done += len(self.ids)
+        self.ids, self.vecs = [], []
+
+
+def _encode_batches(clip: LoadedClip, loader: Any, writer: _PartWriter, progress_bar: Any) -> None:
+    """Run the image encoder over the loader's batches; failed images go to the result's errors."""
+    import torch
+
+    with torch.inference_mode():
+        for ids, tensors, bad in loader:
+            for image_id, error in bad:
+                writer.result.errors[image_id] = error
+            if tensors is not None:
+                feats = clip.model.encode_image(tensors.to(clip.spec.device, clip.torch_dtype))
+                feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+                writer.add(ids, feats.cpu().numpy())
+            progress_bar.update(len(ids) + len(bad))
+            writer.flush_if_full()
+
+
+def embed_images(
+    workdir: Workdir,
+    clip: LoadedClip,
+    image_rows: Any,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    part_size: int = 4096,
+    progress: bool = True,
+) -> EmbedResult:
+    """Embed every listed image not yet embedded by this model; return what happened.
+
+    ``image_rows``: a DataFrame or dicts with ``image_id`` and ``path`` (relative to the
+    workdir). Workers decode and preprocess (a DataLoader) while this process runs the
+    model: on a 2-core CPU the model is the bottleneck and decoding hides behind it.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1 but is {batch_size}")
+    if num_workers < 0:
+        raise InputError(f"num_workers must be >= 0 but is {num_workers}")
+    start = time.perf_counter()
+    rows = _rows_of(image_rows)
+    result = EmbedResult(model=clip.key)
+    todo = _images_to_embed(rows, embedded_ids(workdir, clip.key), result)
+    folder = workdir.embeddings(clip.key)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not todo:
+        result.seconds = time.perf_counter() - start
+        return result
+    loader = DataLoader(
+        _ImageDataset(workdir.root, todo, clip.preprocess),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=False,
+    )
+    writer = _PartWriter(folder, clip.key, part_size, result)
+    bar = tqdm(total=len(todo), desc=f"embed {clip.key}", unit="img", disable=not progress)
+    _encode_batches(clip, loader, writer, bar)
+    bar.close()
+    writer.flush()
+    result.n_failed = len(result.errors)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def embed_image_files(clip: LoadedClip, paths: list[str | Path]) -> np.ndarray:
+    """Embed image files outside any workdir (search by an uploaded image)."""
+    import torch
+    from PIL import Image
+
+    tensors = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                tensors.append(clip.preprocess(img.convert("RGB")))
+        except Exception as exc:
+            raise InputError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    with torch.inference_mode():
+        feats = clip.model.encode_image(torch.stack(tensors).to(clip.spec.device, clip.torch_dtype))
+        return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
