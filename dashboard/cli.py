@@ -1,10 +1,17 @@
-"""`atelier dashboard` and `atelier report` (see evaluator/cli.py). Only click at module level."""
+"""`atelier dashboard` and `atelier report`, reached from evaluator.cli.main's command table.
+
+``dashboard`` serves dashboard/app.py (it reads DIR/atelier.duckdb, writes nothing);
+``report`` reads the store and writes an HTML file and its Markdown twin. Only click is
+imported at module level.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
+from evaluator.cli.options import workdir_option
 
 APP = Path(__file__).resolve().parent / "app.py"
 
@@ -24,8 +31,7 @@ def streamlit_command(workdir: Path, port: int, host: str, headless: bool = True
 
 
 @click.command("dashboard")
-@click.option("--workdir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The workdir whose store (DIR/atelier.duckdb) the dashboard reads.")
+@workdir_option(help="The workdir whose store (DIR/atelier.duckdb) the dashboard reads.")
 @click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 127.0.0.1 keeps the dashboard local, 0.0.0.0 shares it.")
@@ -52,7 +58,7 @@ def dashboard_command(workdir: Path, port: int, host: str, open_browser: bool) -
 
 
 @click.command("report")
-@click.option("--workdir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@workdir_option(help="The workdir whose store (DIR/atelier.duckdb) the report reads.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The HTML file to write; a Markdown twin is written beside it (same name, .md).")
 @click.option("--gallery-artists", default=8, show_default=True, type=click.IntRange(0, 200),
@@ -67,11 +73,6 @@ def report_command(workdir: Path, out: Path, gallery_artists: int, top: int) -> 
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     from dashboard.report import ReportConfig, write_report
 
-    try:
-        html_path, md_path = write_report(workdir, out, ReportConfig(gallery_artists=gallery_artists, top=top))
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from exc
+    html_path, md_path = write_report(workdir, out, ReportConfig(gallery_artists=gallery_artists, top=top))
     click.echo(f"wrote {html_path}\nwrote {md_path}")
 
-
-COMMANDS: list = [dashboard_command, report_command]

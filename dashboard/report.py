@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashboard import queries as q
+from evaluator.errors import InputError
 
 VERDICT_COLOR = {"gained": "#2e7d32", "kept": "#9e9e9e", "lost": "#c62828"}
 PREFERRED_METRICS = ("artist_similarity", "top1", "mrr", "clip_score")
@@ -193,7 +194,7 @@ def write_report(workdir: str | Path, out: str | Path, config: ReportConfig | No
         raise FileNotFoundError(f"no store at {store.path}; run `atelier demo` or `atelier score` first")
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--out must name an .html file but is {out}")
+        raise InputError(f"--out must name an .html file but is {out}")
     md_path = out.with_suffix(".md")
     with store.session():
         html_parts, md_parts = _report_parts(store, config)

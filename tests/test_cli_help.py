@@ -12,7 +12,9 @@ from evaluator.cli.main import main
 
 
 def _walk(group: click.Group, prefix: list[str]):
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the root group loads its commands on demand
+        command = group.get_command(ctx, name)
         yield [*prefix, name], command
         if isinstance(command, click.Group):
             yield from _walk(command, [*prefix, name])

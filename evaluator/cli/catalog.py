@@ -1,14 +1,17 @@
 """Commands of the catalog area: ``atelier catalog build|validate|list|search``,
 ``atelier templates`` and ``atelier plan``.
 
-Only click is imported at module level (``atelier --help`` stays instant); the library
-modules are imported inside the commands.
+Reads the catalog CSV, the templates TOML and the public artist lists (``catalog build``);
+writes a catalog (``build``) or a plan file (``plan``). Only click is imported at module
+level (``atelier --help`` stays instant); the library modules load inside the commands.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -48,15 +51,30 @@ def _load(catalog_path: str | None):
         raise click.ClickException(str(exc)) from None
 
 
-def _select(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text=None):
+@dataclass(frozen=True)
+class Selection:
+    """The artist filters of list, search and plan (``_selection_options`` plus --text)."""
+
+    catalog_path: str | None = None
+    tag: str | None = None
+    movement: str | None = None
+    medium: str | None = None
+    recognized: str | None = None
+    living: bool | None = None
+    sample: int | None = None
+    sample_seed: int = 0
+    text: str | None = None
+
+
+def _select(selection: Selection):
     from catalog.select import select_artists
 
-    artists = _load(catalog_path)
+    artists = _load(selection.catalog_path)
+    filters = asdict(selection)
+    del filters["catalog_path"]
+    filters["seed"] = filters.pop("sample_seed")
     try:
-        return select_artists(
-            artists, tag=tag, movement=movement, medium=medium, recognized=recognized,
-            living=living, text=text, sample=sample, seed=sample_seed,
-        )
+        return select_artists(artists, **filters)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -147,18 +165,18 @@ def validate_command(path: str, quiet: bool) -> None:
 @_selection_options
 @click.option("--text", default=None, help="Keep names, aliases or ids containing this text.")
 @click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True)
-def list_command(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text, output_format):
+def list_command(output_format: str, **selection: Any) -> None:
     """List artists, filtered and optionally sampled."""
-    _emit(_select(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text), output_format)
+    _emit(_select(Selection(**selection)), output_format)
 
 
 @catalog_group.command("search")
 @click.argument("text")
 @_selection_options
 @click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True)
-def search_command(text, catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, output_format):
+def search_command(output_format: str, **selection: Any) -> None:
     """Find artists whose name, alias or id contains TEXT (accents and case ignored)."""
-    _emit(_select(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text), output_format)
+    _emit(_select(Selection(**selection)), output_format)
 
 
 @click.command("templates")
@@ -203,42 +221,65 @@ def _parse_csv_list(value: str) -> list[str]:
               help="Plan file to write: .parquet or .jsonl.")
 @click.option("--rank", type=int, default=None, help="Write only this rank's share of the units.")
 @click.option("--world-size", type=int, default=None, help="Number of ranks sharing the plan.")
-def plan_command(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text,
-                 template_names, templates_file, seeds, checkpoints, width, height, steps, guidance,
-                 scheduler, negative_prompt, out, rank, world_size):
+def plan_command(**options: Any) -> None:
     """Write the work units (one image each) for a selection, templates, seeds, checkpoints."""
-    from catalog.plan import PlanError, make_plan, parse_seeds, plan_summary, write_plan
-    from catalog.templates import TemplateError, load_templates
-    from catalog.units import shard
-
-    if (rank is None) != (world_size is None):
+    plan = PlanOptions.from_options(options)
+    if (plan.rank is None) != (plan.world_size is None):
         raise click.UsageError("--rank and --world-size go together")
-    artists = _select(catalog_path, tag, movement, medium, recognized, living, sample, sample_seed, text)
-    try:
-        templates = load_templates(templates_file)
-        units = make_plan(
-            artists, templates, _parse_csv_list(template_names), parse_seeds(seeds),
-            _parse_csv_list(checkpoints), width=width, height=height, steps=steps,
-            guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
-        )
-        summary = plan_summary(units)
-        if world_size is not None:
-            try:
-                units = shard(units, rank, world_size)
-            except ValueError as exc:
-                raise PlanError(str(exc)) from None
-        write_plan(units, out)
-    except (PlanError, TemplateError) as exc:
-        raise click.ClickException(str(exc)) from None
+    units, summary = _make_units(_select(plan.selection), plan)
     click.echo(
         f"plan: {summary['units']} unit(s) = {summary['checkpoints']} checkpoint(s) x "
         f"{summary['templates']} template(s) x {summary['seeds']} seed(s) over "
         f"{summary['artists']} artist(s) + {summary['baseline_units']} baseline unit(s)"
     )
-    if world_size is not None:
-        click.echo(f"rank {rank} of {world_size}: {len(units)} unit(s)")
-    click.echo(f"wrote {out}")
+    if plan.world_size is not None:
+        click.echo(f"rank {plan.rank} of {plan.world_size}: {len(units)} unit(s)")
+    click.echo(f"wrote {plan.out}")
 
 
-COMMANDS: list[click.Command] = [catalog_group, templates_command, plan_command]
+@dataclass(frozen=True)
+class PlanOptions:
+    """What `atelier plan` was asked for: a selection, the grid, the settings, the output."""
+
+    selection: Selection
+    template_names: str
+    templates_file: str | None
+    seeds: str
+    checkpoints: str
+    settings: dict[str, Any]  # width, height, steps, guidance, scheduler, negative_prompt
+    out: str
+    rank: int | None
+    world_size: int | None
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> PlanOptions:
+        options = dict(options)
+        selection = Selection(**{name: options.pop(name) for name in Selection.__dataclass_fields__})
+        settings = {name: options.pop(name) for name in
+                    ("width", "height", "steps", "guidance", "scheduler", "negative_prompt")}
+        return cls(selection=selection, settings=settings, **options)
+
+
+def _make_units(artists, plan: PlanOptions):
+    """(units of this rank, summary of the whole plan), written to ``plan.out``."""
+    from catalog.plan import PlanError, make_plan, parse_seeds, plan_summary, write_plan
+    from catalog.templates import TemplateError, load_templates
+    from catalog.units import shard
+
+    try:
+        templates = load_templates(plan.templates_file)
+        units = make_plan(
+            artists, templates, _parse_csv_list(plan.template_names), parse_seeds(plan.seeds),
+            _parse_csv_list(plan.checkpoints), **plan.settings,
+        )
+        summary = plan_summary(units)
+        if plan.world_size is not None:
+            try:
+                units = shard(units, plan.rank, plan.world_size)
+            except ValueError as exc:
+                raise PlanError(str(exc)) from None
+        write_plan(units, plan.out)
+    except (PlanError, TemplateError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return units, summary
 

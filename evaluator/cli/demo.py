@@ -1,10 +1,15 @@
-"""`atelier demo`: the whole pipeline on tiny random-weight models (see evaluator/demo.py)."""
+"""`atelier demo`: the whole pipeline on tiny random-weight models (evaluator.demo.world).
+
+Writes tiny models, a plan, images and a scored store into the workdir; reads nothing else.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
+from evaluator.cli.options import workdir_option
 
 REAL_MODELS_HINT = """\
 With real weights (on a machine that reaches the model hub, or with local files):
@@ -16,8 +21,7 @@ With real weights (on a machine that reaches the model hub, or with local files)
 
 
 @click.command("demo")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"),
-              show_default=True, help="Where the models, images and store go.")
+@workdir_option(help="Where the models, images and store go.", default=Path("demo"))
 @click.option("--artists", "n_artists", type=click.IntRange(2, 2000), default=24, show_default=True,
               help="How many artists to sample, stratified over movements.")
 @click.option("--seeds", type=click.IntRange(1, 16), default=3, show_default=True,
@@ -45,5 +49,3 @@ def demo_command(workdir: Path, n_artists: int, seeds: int) -> None:
     click.echo(f"or query it:         atelier sql --workdir {result.workdir} \"SELECT * FROM checkpoint_scores\"")
     click.echo("\n" + REAL_MODELS_HINT)
 
-
-COMMANDS = [demo_command]

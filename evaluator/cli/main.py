@@ -1,23 +1,108 @@
-"""The `atelier` command: a thin layer over the library functions of each stage.
+"""The `atelier` command: a root group that loads each sub-command only when it is used.
 
-Each area keeps its commands in its own module (``evaluator.cli.catalog``, ``evaluator.cli.generate``,
-``evaluator.cli.evaluate``, ``dashboard.cli``, ``evaluator.cli.demo``). Those modules import
-only click at the top; torch, diffusers, open_clip, faiss and duckdb are imported inside
-the commands, so `atelier --help` answers instantly.
+Reads nothing itself. ``COMMANDS`` names every sub-command by import path with its
+one-line summary, so `atelier --help` lists them without importing a single command
+module, and `atelier sql` imports the sql module only. The dashboard's commands are
+reached through this table as strings: the evaluator never imports ``dashboard``
+(the dashboard imports the evaluator).
+
+An ``AtelierError`` (or an ``OSError`` such as a missing file, a full disk, a refused
+permission) raised by any command becomes a one-line ``Error: ...`` and exit status 1;
+any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
 import click
 
-from dashboard.cli import COMMANDS as DASHBOARD_COMMANDS
-from evaluator.cli.catalog import COMMANDS as CATALOG_COMMANDS
-from evaluator.cli.demo import COMMANDS as DEMO_COMMANDS
-from evaluator.cli.evaluate import COMMANDS as EVAL_COMMANDS
-from evaluator.cli.generate import COMMANDS as GENERATE_COMMANDS
+from evaluator.cli.options import fail
+from evaluator.errors import AtelierError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@dataclass(frozen=True)
+class CommandEntry:
+    """Where a sub-command lives ("module:attribute") and its summary for `atelier --help`."""
+
+    target: str
+    summary: str
+
+
+# Name -> command. The summary must equal the first line of the command's docstring
+# (tests/test_cli_reference.py checks it), so the listing is what click would print.
+COMMANDS: dict[str, CommandEntry] = {
+    "catalog": CommandEntry("evaluator.cli.catalog:catalog_group",
+                            "The artist catalog (styles.csv): build, validate, list, search."),
+    "templates": CommandEntry("evaluator.cli.catalog:templates_command",
+                              "List the prompt templates (name, baseline or not, text)."),
+    "plan": CommandEntry("evaluator.cli.catalog:plan_command",
+                         "Write the work units (one image each) for a selection, templates, seeds, checkpoints."),
+    "generate": CommandEntry("evaluator.cli.generate:generate_cmd",
+                             "Generate the images of a plan (resumable; run under torchrun/accelerate for N processes)."),
+    "import": CommandEntry("evaluator.cli.ingest:import_cmd",
+                           "Import images made elsewhere (A1111/ComfyUI PNGs, labelled folders, references)."),
+    "checkpoints": CommandEntry("evaluator.cli.generate:checkpoints_group",
+                                "Inspect a checkpoints TOML: validate, list, fingerprint."),
+    "embed": CommandEntry("evaluator.cli.embed:embed_cmd",
+                          "Embed every image of the manifests not yet embedded by MODEL (resumable)."),
+    "index": CommandEntry("evaluator.cli.index:index_group",
+                          "The FAISS index of image embeddings: build/update it, search it."),
+    "score": CommandEntry("evaluator.cli.score:score_cmd",
+                          "Ingest manifests, embed, index and score every image into DIR/atelier.duckdb."),
+    "metrics": CommandEntry("evaluator.cli.score:metrics_group", "The metrics registry."),
+    "references": CommandEntry("evaluator.cli.references:references_group",
+                               "Reference works of an artist (real paintings) for reference_similarity, mAP@k, fd_clip."),
+    "search": CommandEntry("evaluator.cli.query:search_cmd",
+                           "Nearest images (or artists) to a text, an image file, or an indexed image."),
+    "sql": CommandEntry("evaluator.cli.query:sql_cmd",
+                        "Run a read-only SQL query on DIR/atelier.duckdb (waits briefly while a writer holds it)."),
+    "dashboard": CommandEntry("dashboard.cli:dashboard_command",
+                              "Serve the Streamlit dashboard (read-only) for a workdir."),
+    "report": CommandEntry("dashboard.cli:report_command",
+                           "Write a self-contained HTML (and Markdown) report: leaderboard, gains, losses, plots."),
+    "demo": CommandEntry("evaluator.cli.demo:demo_command",
+                         "Run plan -> generate -> embed -> index -> score on tiny random-weight models."),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """Import the module of one sub-command and return the command object."""
+    module_name, _, attribute = COMMANDS[name].target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+class LazyGroup(click.Group):
+    """A group whose sub-commands are imported on first use, from ``COMMANDS``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            self.commands[cmd_name] = load_command(cmd_name)
+        return self.commands[cmd_name]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the table's summaries, shortened as click would."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(name, click.utils.make_default_short_help(COMMANDS[name].summary, limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (AtelierError, OSError) as exc:
+            fail(exc)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="atelier")
 def main() -> None:
     """atelier: an artist-style catalog and evaluation service for text-to-image models.
@@ -26,16 +111,6 @@ def main() -> None:
     Pipeline:  catalog -> plan -> generate -> embed -> index -> score -> dashboard
     Quick look: atelier demo --workdir demo   (tiny random-weight models, ~3 minutes on CPU)
     """
-
-
-for command in [
-    *CATALOG_COMMANDS,
-    *GENERATE_COMMANDS,
-    *EVAL_COMMANDS,
-    *DASHBOARD_COMMANDS,
-    *DEMO_COMMANDS,
-]:
-    main.add_command(command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,48 @@
+"""`atelier index build | search`: the FAISS index of a model's image embeddings.
+
+Reads the workdir's embedding parts; writes the index file and its run record.
+`atelier index search` is the same command as `atelier search` (evaluator.cli.query).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from evaluator.cli.options import model_option, pretrained_option, workdir_option
+from evaluator.cli.query import search_cmd
+
+
+@click.group("index")
+def index_group() -> None:
+    """The FAISS index of image embeddings: build/update it, search it."""
+
+
+@index_group.command("build")
+@workdir_option()
+@model_option()
+@pretrained_option()
+@click.option("--ivf-threshold", default=200_000, show_default=True, type=click.IntRange(min=1), help="Switch from exact to IVF at this many vectors.")
+@click.option("--nprobe", default=32, show_default=True, type=click.IntRange(min=1), help="IVF lists probed per query (starting value).")
+@click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1), help="Raise nprobe until recall@10 vs exact reaches this.")
+@click.option("--rebuild", is_flag=True, help="Start from scratch instead of adding new vectors.")
+def index_build(workdir: Path, model: str, pretrained: str | None, rebuild: bool, **tuning: float) -> None:
+    """Add every embedded image missing from the index (exact, or IVF past the threshold)."""
+    from evaluator.embedding.embed import model_key
+    from evaluator.embedding.index import IndexConfig, record_index_run, update_index
+    from evaluator.workspace.workdir import Workdir, workdir_lock
+
+    wd = Workdir.at(workdir, create=False)
+    key = model_key(model, pretrained)
+    config = IndexConfig(**tuning)
+    with workdir_lock(wd, echo=click.echo):  # not while a score run updates the same index
+        info = update_index(wd, key, config, rebuild=rebuild)
+        if info.added:
+            record_index_run(wd, info, config)
+    recall = "exact" if info.kind == "flat" else f"nprobe {info.nprobe}, recall@10 {info.recall_at_10:.3f} on {info.recall_queries} queries"
+    click.echo(f"{key}: {info.kind} index, {info.ntotal} vectors (+{info.added}), dim {info.dim}, {recall} -> {wd.index(key)}")
+
+
+# The same command is `atelier search` and `atelier index search`.
+index_group.add_command(search_cmd)

@@ -1,0 +1,88 @@
+"""`atelier score` and `atelier metrics list`.
+
+``score`` reads the workdir's manifests, images, embeddings and the catalog, and writes
+every score table of DIR/atelier.duckdb in one transaction (evaluator.scoring.run).
+Only click is imported at module level; torch, open_clip, faiss and duckdb load inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from evaluator.cli.options import (
+    batch_size_option,
+    device_option,
+    dtype_option,
+    model_option,
+    num_workers_option,
+    pretrained_option,
+    quiet_option,
+    workdir_option,
+)
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    """``BASE:FINETUNE`` of ``--compare`` as a (base, finetune) pair."""
+    if text.count(":") != 1 or not all(text.split(":")):
+        raise click.BadParameter(f"--compare takes BASE:FINETUNE but got {text!r}")
+    base, finetune = text.split(":")
+    return base, finetune
+
+
+@click.command("score")
+@workdir_option()
+@model_option()
+@pretrained_option()
+@click.option("--catalog", "catalog_path", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="styles.csv to identify against (default: atelier's).")
+@click.option("--templates-file", "templates_path", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Extra prompt templates (TOML).")
+@click.option("--compare", "compare", multiple=True, metavar="BASE:FINETUNE", help="Compare a fine-tune with its base (repeatable); checkpoint records' `base` are compared anyway.")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=1), help="Bootstrap resamples over seeds.")
+@click.option("--k-neighbors", default=10, show_default=True, type=click.IntRange(min=1), help="Nearest artists stored per artist.")
+@click.option("--retrieval-k", default=10, show_default=True, type=click.IntRange(min=1), help="k of retrieval_map@k.")
+@click.option("--ivf-threshold", default=200_000, show_default=True, type=click.IntRange(min=1), help="FAISS: exact search below, IVF from here.")
+@device_option()
+@dtype_option()
+@batch_size_option()
+@num_workers_option()
+@quiet_option(help="No progress bars.")
+def score_cmd(workdir: Path, compare: tuple[str, ...], ivf_threshold: int, quiet: bool, **settings: Any) -> None:
+    """Ingest manifests, embed, index and score every image into DIR/atelier.duckdb.
+
+    \b
+    Writes images, image_scores, artist_scores (n, CI over seeds), checkpoint_scores,
+    artist_neighbors and comparisons (fine-tune vs base: delta, CI, verdict) in one
+    transaction. A rerun with nothing new writes nothing; a new checkpoint scores only
+    its own images.
+    """
+    import duckdb
+
+    from evaluator.embedding.index import IndexConfig
+    from evaluator.scoring.run import ScoreConfig, score
+
+    config = ScoreConfig(base_pairs=[parse_pair(c) for c in compare] or None,
+                         index=IndexConfig(ivf_threshold=ivf_threshold), progress=not quiet, **settings)
+    try:
+        summary = score(workdir, config, echo=click.echo)
+    except duckdb.Error as exc:  # e.g. the commit could not write the WAL: rolled back
+        raise click.ClickException(
+            f"writing the store {Path(workdir) / 'atelier.duckdb'} failed, nothing was written (it is as before): {exc}"
+        ) from exc
+    if not summary.noop:
+        idx = summary.index
+        click.echo(f"index: {idx.get('kind')} over {idx.get('ntotal')} images (recall@10 {idx.get('recall_at_10')})")
+
+
+@click.group("metrics")
+def metrics_group() -> None:
+    """The metrics registry."""
+
+
+@metrics_group.command("list")
+def metrics_list() -> None:
+    """Print every metric: name, level, direction, whether it needs references, definition."""
+    from evaluator.scoring.metrics import metrics_table
+
+    click.echo(metrics_table())
