@@ -38,7 +38,8 @@ def ensure_store(path: Path, n_artists: int, n_templates: int, n_seeds: int, n_c
     t0 = time.perf_counter()
     from evaluator.testing import synthetic_store as make_store
 
-    make_store.build_store(path, n_artists, n_templates, n_seeds, n_checkpoints, with_images=False)
+    spec = make_store.SyntheticStoreSpec(n_artists, n_templates, n_seeds, n_checkpoints, with_images=False)
+    make_store.build_store(path, spec)
     print(f"built {path} in {time.perf_counter() - t0:.1f}s", flush=True)
     return path
 

@@ -140,7 +140,7 @@ def scale_dashboard(sizes: list[int], repeats: int) -> dict:
         n_artists = max(2, round(n / (4 * 4 * 7)))
         root = Path(tempfile.mkdtemp(prefix=f"bench-dash-{n}-"))
         try:
-            make_store.build_store(root / "wd", n_artists, 4, 4, 7, with_images=False)
+            make_store.build_store(root / "wd", make_store.SyntheticStoreSpec(n_artists, 4, 4, 7, with_images=False))
             timings = bench_dashboard.time_queries(root / "wd", repeats)
             for page, stats in timings.items():
                 per_page.setdefault(page, {})[n] = stats["median_ms"] / 1000

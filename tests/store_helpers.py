@@ -16,9 +16,10 @@ def make_store_module():
     return synthetic_store
 
 
-def build_store(workdir: str | Path, **kwargs) -> Path:
+def build_store(workdir: str | Path, **spec) -> Path:
     """A filled store (and image files) built by the same code as the 1M-image bench store."""
-    return make_store_module().build_store(workdir, **kwargs)
+    make = make_store_module()
+    return make.build_store(workdir, make.SyntheticStoreSpec(**spec))
 
 
 def raw(workdir: Path, sql: str, params=()):

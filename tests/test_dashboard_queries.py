@@ -51,9 +51,9 @@ def test_builder_fills_every_table_consistently(workdir):
 def test_builder_refuses_to_overwrite_and_bad_sizes(workdir, tmp_path):
     make = make_store_module()
     with pytest.raises(FileExistsError, match="already exists"):
-        make.build_store(workdir, 5, 1, 1, 1)
+        make.build_store(workdir, make.SyntheticStoreSpec(5, 1, 1, 1))
     with pytest.raises(ValueError, match="n_seeds must be >= 1 but is 0"):
-        make.build_store(tmp_path / "x", 5, 1, 0, 1)
+        make.build_store(tmp_path / "x", make.SyntheticStoreSpec(5, 1, 0, 1))
 
 
 def test_leaderboard_and_overview_match_the_tables(store, workdir):

@@ -1,6 +1,6 @@
 """Build a realistic atelier store without running any model: for tests and the dashboard bench.
 
-The rows follow the schema of ``evaluator/store.py`` and the conventions of the pipeline
+The rows follow the schema of ``evaluator/workspace/store.py`` and the conventions of the pipeline
 (paths relative to the workdir, ``"; "``-joined multi-valued artist fields, a
 ``_baseline`` artist for the no-artist ``null`` template, fine-tunes compared with their
 base by a CI verdict). Scores are synthetic but structured: each artist has a latent
@@ -23,7 +23,10 @@ import argparse
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from evaluator.errors import InputError
 
 # Enough first x last names for 9,000+ unique artists; a few real names first so the
 # small test stores look like the catalog.
@@ -144,231 +147,330 @@ def _write_image_files(workdir: Path, params_of_error_free_images: list[tuple]) 
             thumb_image.save(tmp, format="JPEG", quality=85)
 
 
-def build_store(
-    workdir: str | Path,
-    n_artists: int,
-    n_templates: int,
-    n_seeds: int,
-    n_checkpoints: int,
-    with_images: bool = True,
-    seed: int = 0,
-    model: str = "tiny-clip",
-    k_neighbors: int = 10,
-    error_rate: float = 0.005,
-    n_reference_artists: int | None = None,
-) -> Path:
-    """Create ``workdir`` with a filled store (and image files); return the store path.
+@dataclass(frozen=True)
+class SyntheticStoreSpec:
+    """The size and the knobs of a synthetic store; checked when made.
 
     ``n_checkpoints`` counts the base: checkpoint 0 is ``base``, the others ``ft-1`` …
     are fine-tunes of it (a mix of LoRA and full fine-tunes), each compared with the base.
-    Refuses to overwrite an existing store: a bench store is expensive, a test store cheap.
     """
+
+    n_artists: int
+    n_templates: int
+    n_seeds: int
+    n_checkpoints: int
+    with_images: bool = True
+    seed: int = 0
+    model: str = "tiny-clip"
+    k_neighbors: int = 10
+    error_rate: float = 0.005
+    n_reference_artists: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("n_artists", "n_templates", "n_seeds", "n_checkpoints"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1 but is {getattr(self, name)}")
+        if self.n_artists < 2:
+            raise InputError(f"n_artists must be >= 2 (neighbours need two artists) but is {self.n_artists}")
+        if self.n_templates > len(_TEMPLATES):
+            raise InputError(f"n_templates must be <= {len(_TEMPLATES)} but is {self.n_templates}")
+
+    @property
+    def checkpoint_names(self) -> list[str]:
+        return ["base"] + [f"ft-{i}" for i in range(1, self.n_checkpoints)]
+
+    @property
+    def neighbors_per_artist(self) -> int:
+        return min(self.k_neighbors, self.n_artists - 1)
+
+    @property
+    def reference_artists(self) -> int:
+        """Artists with reference works: the first 5% (at least two) unless given."""
+        if self.n_reference_artists is not None:
+            return self.n_reference_artists
+        return min(self.n_artists, max(2, self.n_artists // 20))
+
+
+# ---------------------------------------------------------------------------- small tables (pandas)
+
+
+def _artists_frame(spec: SyntheticStoreSpec):
     import numpy as np
     import pandas as pd
 
-    from evaluator.workspace.store import open_store, transaction, upsert_df
-    from evaluator.workspace.workdir import Workdir
+    artists = pd.DataFrame(_artist_rows(spec.n_artists, np.random.default_rng(spec.seed)))
+    artists["idx"] = range(spec.n_artists)
+    return artists
 
-    for name, value in [("n_artists", n_artists), ("n_templates", n_templates), ("n_seeds", n_seeds),
-                        ("n_checkpoints", n_checkpoints)]:
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1 but is {value}")
-    if n_artists < 2:
-        raise ValueError(f"n_artists must be >= 2 (neighbours need two artists) but is {n_artists}")
-    if n_templates > len(_TEMPLATES):
-        raise ValueError(f"n_templates must be <= {len(_TEMPLATES)} but is {n_templates}")
-    wd = Workdir.at(workdir)
-    if wd.store.exists():
-        raise FileExistsError(f"store {wd.store} already exists; remove it or pick another workdir")
-    rng = np.random.default_rng(seed)
 
-    artists = pd.DataFrame(_artist_rows(n_artists, rng))
-    artists["idx"] = range(n_artists)
-    templates = pd.DataFrame(_TEMPLATES[:n_templates] + [("null", "a painting")], columns=["name", "text"])
-    ckpt_names = ["base"] + [f"ft-{i}" for i in range(1, n_checkpoints)]
-    checkpoints = pd.DataFrame({
-        "name": ckpt_names,
-        "source": ["stabilityai/stable-diffusion-xl-base-1.0"] + [f"models/{c}.safetensors" for c in ckpt_names[1:]],
-        "kind": ["hub"] + ["lora" if i % 2 else "single_file" for i in range(1, n_checkpoints)],
-        "base": [None] + ["base"] * (n_checkpoints - 1),
+def _templates_frame(spec: SyntheticStoreSpec):
+    import pandas as pd
+
+    return pd.DataFrame(_TEMPLATES[: spec.n_templates] + [("null", "a painting")], columns=["name", "text"])
+
+
+def _checkpoints_frame(spec: SyntheticStoreSpec):
+    import pandas as pd
+
+    names = spec.checkpoint_names
+    return pd.DataFrame({
+        "name": names,
+        "source": ["stabilityai/stable-diffusion-xl-base-1.0"] + [f"models/{c}.safetensors" for c in names[1:]],
+        "kind": ["hub"] + ["lora" if i % 2 else "single_file" for i in range(1, spec.n_checkpoints)],
+        "base": [None] + ["base"] * (spec.n_checkpoints - 1),
         "adapters": ["[]"] + [json.dumps([{"path": f"models/{c}.safetensors", "scale": 1.0}]) if i % 2 else "[]"
-                              for i, c in enumerate(ckpt_names[1:], 1)],
-        "fingerprint": [hashlib.sha256(f"{c}|{seed}".encode()).hexdigest() for c in ckpt_names],
+                              for i, c in enumerate(names[1:], 1)],
+        "fingerprint": [hashlib.sha256(f"{c}|{spec.seed}".encode()).hexdigest() for c in names],
         "dtype": "float32",
         "scheduler": "euler",
-        "notes": [f"synthetic checkpoint {c}" for c in ckpt_names],
+        "notes": [f"synthetic checkpoint {c}" for c in names],
     })
+
+
+def _runs_frame(spec: SyntheticStoreSpec):
+    """One generate run per checkpoint and one score run, at fixed times (n_done filled later)."""
+    import pandas as pd
+
     versions = json.dumps({"atelier": "0.1.0", "torch": "2.14.1", "diffusers": "0.42.1",
                            "open_clip": "3.3.0", "duckdb": "2.0.1"})
     t0 = pd.Timestamp("2026-11-20 08:00:00")
-    runs = pd.DataFrame([
+    common = {"versions": versions, "git_rev": "ce05e1b", "device": "cpu", "dtype": "float32"}
+    generate = [
         {"run_id": f"gen-{c}", "kind": "generate", "started_at": t0 + pd.Timedelta(hours=i),
          "finished_at": t0 + pd.Timedelta(hours=i, minutes=50), "status": "done",
          "config": json.dumps({"checkpoint": c, "width": 64, "height": 64, "steps": 4, "guidance": 5.0,
                                "batch_size": 8, "scheduler": "euler"}),
-         "versions": versions, "git_rev": "ce05e1b", "device": "cpu", "dtype": "float32",
-         "timings": json.dumps({"generate": 3000.0}), "n_done": None, "n_skipped": 0, "n_failed": None,
-         "host": "bench", "message": None}
-        for i, c in enumerate(ckpt_names)
-    ] + [
-        {"run_id": "score-1", "kind": "score", "started_at": t0 + pd.Timedelta(hours=n_checkpoints),
-         "finished_at": t0 + pd.Timedelta(hours=n_checkpoints, minutes=20), "status": "done",
-         "config": json.dumps({"model": model, "bootstrap": 1000, "k_neighbors": k_neighbors}),
-         "versions": versions, "git_rev": "ce05e1b", "device": "cpu", "dtype": "float32",
-         "timings": json.dumps({"embed": 600.0, "score": 90.0}), "n_done": None, "n_skipped": 0,
-         "n_failed": 0, "host": "bench", "message": None},
-    ])
-    k = min(k_neighbors, n_artists - 1)
-    n_refs = n_reference_artists if n_reference_artists is not None else min(n_artists, max(2, n_artists // 20))
+         **common, "timings": json.dumps({"generate": 3000.0}), "n_done": None, "n_skipped": 0,
+         "n_failed": None, "host": "bench", "message": None}
+        for i, c in enumerate(spec.checkpoint_names)
+    ]
+    n = spec.n_checkpoints
+    score = {"run_id": "score-1", "kind": "score", "started_at": t0 + pd.Timedelta(hours=n),
+             "finished_at": t0 + pd.Timedelta(hours=n, minutes=20), "status": "done",
+             "config": json.dumps({"model": spec.model, "bootstrap": 1000, "k_neighbors": spec.k_neighbors}),
+             **common, "timings": json.dumps({"embed": 600.0, "score": 90.0}), "n_done": None, "n_skipped": 0,
+             "n_failed": 0, "host": "bench", "message": None}
+    return pd.DataFrame([*generate, score])
 
+
+def _insert_small_tables(con, spec: SyntheticStoreSpec) -> None:
+    """artists, templates, checkpoints, runs; and temp tables a, t, c of them for the SQL below."""
+    import pandas as pd
+
+    from evaluator.workspace.store import upsert_df
+
+    artists, templates = _artists_frame(spec), _templates_frame(spec)
+    upsert_df(con, "artists", artists.drop(columns=["idx"]), ["artist_id"])
+    upsert_df(con, "templates", templates, ["name"])
+    upsert_df(con, "checkpoints", _checkpoints_frame(spec), ["name"])
+    upsert_df(con, "runs", _runs_frame(spec), ["run_id"])
+    con.register("_artists", artists[["artist_id", "name", "idx"]])
+    con.register("_templates", templates.iloc[: spec.n_templates].assign(tidx=range(spec.n_templates)))
+    con.register("_ckpts", pd.DataFrame({"checkpoint": spec.checkpoint_names, "cidx": range(spec.n_checkpoints)}))
+    con.execute("CREATE TEMP TABLE a AS SELECT * FROM _artists")
+    con.execute("CREATE TEMP TABLE t AS SELECT * FROM _templates")
+    con.execute("CREATE TEMP TABLE c AS SELECT * FROM _ckpts")
+
+
+# ---------------------------------------------------------------------------- big tables (SQL)
+
+
+def _create_skill_and_units(con, spec: SyntheticStoreSpec) -> None:
+    """Temp tables ``skill`` (latent known-ness per checkpoint x artist) and ``u`` (one row per image)."""
+    seed = spec.seed
+    # Latent known-ness of an artist by a checkpoint: the base's, plus a per-fine-tune shift
+    # (most small, some large either way) so that comparisons have gains and losses.
+    con.execute(f"""CREATE TEMP TABLE skill AS
+        SELECT c.checkpoint, c.cidx, a.artist_id, a.idx,
+               (hash(a.idx, {seed}) % 1000) / 1000.0
+               + CASE WHEN c.cidx = 0 THEN 0
+                      ELSE ((hash(a.idx, c.cidx, {seed}) % 1000) / 1000.0 - 0.5)
+                           * CASE WHEN hash(a.idx, c.cidx, {seed} + 1) % 5 = 0 THEN 1.2 ELSE 0.1 END
+                 END AS skill
+        FROM a CROSS JOIN c""")
+    units = f"""
+        SELECT s.checkpoint, s.artist_id, t.name AS template,
+               replace(t.text, '{{artist}}', a.name) AS prompt, sd.seed, s.skill,
+               left(sha256(concat_ws('|', s.checkpoint, s.artist_id, t.name, sd.seed, {seed})), 16) AS unit_id
+        FROM skill s JOIN a USING (artist_id) CROSS JOIN t CROSS JOIN (SELECT range AS seed FROM range({spec.n_seeds})) sd
+        UNION ALL
+        SELECT c.checkpoint, '{BASELINE_ARTIST_ID}', 'null', 'a painting', sd.seed, 0.0,
+               left(sha256(concat_ws('|', c.checkpoint, '{BASELINE_ARTIST_ID}', 'null', sd.seed, {seed})), 16)
+        FROM c CROSS JOIN (SELECT range AS seed FROM range({spec.n_seeds})) sd"""
+    con.execute(f"""CREATE TEMP TABLE u AS
+        SELECT *, (('0x' || unit_id)::UBIGINT >> 1)::BIGINT AS image_id,
+               (hash(unit_id) % 100000) / 100000.0 < {spec.error_rate} AS failed
+        FROM ({units}) ORDER BY checkpoint, artist_id, template, seed""")
+
+
+def _insert_generated_images(con) -> None:
+    """``images`` rows of every unit; a failed one has an error and no files."""
+    con.execute(f"""INSERT INTO images ({IMAGE_COLUMNS})
+        SELECT image_id, unit_id, 'generated', checkpoint, artist_id, template, prompt,
+               'blurry, lowres', seed, 64, 64, 4, 5.0, 'euler',
+               CASE WHEN failed THEN NULL ELSE 'images/' || checkpoint || '/' || artist_id || '/' || template
+                    || '-' || seed || '-' || left(unit_id, 8) || '.png' END,
+               CASE WHEN failed THEN NULL ELSE 'thumbs/' || checkpoint || '/' || artist_id || '/' || template
+                    || '-' || seed || '-' || left(unit_id, 8) || '.jpg' END,
+               CASE WHEN failed THEN NULL ELSE sha256(unit_id) END,
+               CASE WHEN failed THEN NULL ELSE 0.5 + (hash(unit_id, 1) % 1000) / 1000.0 END,
+               CASE WHEN failed THEN 'RuntimeError: NaN latents at step ' || (hash(unit_id) % 4)::VARCHAR END,
+               'gen-' || checkpoint,
+               TIMESTAMP '2026-11-20 08:00:00' + INTERVAL (hash(unit_id, 2) % 36000) SECOND
+        FROM u""")
+
+
+def _insert_reference_images(con, spec: SyntheticStoreSpec) -> None:
+    """Reference works: two imported images of real paintings for each of the first artists."""
+    con.execute(f"""CREATE TEMP TABLE refs AS
+        SELECT a.artist_id, r.range AS k,
+               (('0x' || left(sha256('ref|' || a.artist_id || '|' || r.range), 16))::UBIGINT >> 1)::BIGINT AS image_id
+        FROM a CROSS JOIN range(2) r WHERE a.idx < {spec.reference_artists}""")
+    con.execute(f"""INSERT INTO images ({IMAGE_COLUMNS})
+        SELECT image_id, left(sha256('ref|' || artist_id || '|' || k), 16), 'reference', NULL, artist_id,
+               'import', NULL, NULL, -1, 64, 64, 0, 0.0, '',
+               'imported/references/' || artist_id || '/ref-' || k || '.png',
+               'thumbs/references/' || artist_id || '/ref-' || k || '.jpg',
+               sha256(artist_id || k), 0.0, NULL, 'import-refs', TIMESTAMP '2026-11-19 12:00:00'
+        FROM refs""")
+    con.execute("INSERT INTO reference_images (artist_id, image_id) SELECT artist_id, image_id FROM refs")
+
+
+def _insert_image_scores(con, spec: SyntheticStoreSpec) -> None:
+    """Per-image scores from the latent skill plus seed noise."""
+    metric_values = {
+        "clip_score": "greatest(0, 18 + 10 * skill + 4 * noise)",
+        "artist_similarity": "0.12 + 0.14 * skill + 0.03 * noise",
+        "artist_rank": f"greatest(1, round({spec.n_artists} * greatest(0.0005, 1 - skill + 0.3 * noise) / 2))",
+        "top1": "CASE WHEN skill + 0.35 * noise > 0.85 THEN 1.0 ELSE 0.0 END",
+        "top5": "CASE WHEN skill + 0.35 * noise > 0.6 THEN 1.0 ELSE 0.0 END",
+    }
+    selects = " UNION ALL ".join(
+        f"SELECT image_id, '{spec.model}', '{m}', {expr} FROM noisy" for m, expr in metric_values.items()
+    )
+    con.execute(f"""INSERT INTO image_scores (image_id, model, metric, value)
+        WITH noisy AS (SELECT image_id, skill,
+                ((hash(image_id, 11) % 1000) + (hash(image_id, 12) % 1000) + (hash(image_id, 13) % 1000))
+                / 1000.0 - 1.5 AS noise
+            FROM u WHERE NOT failed AND artist_id <> '{BASELINE_ARTIST_ID}')
+        {selects}""")
+
+
+def _insert_artist_scores(con, spec: SyntheticStoreSpec) -> None:
+    """Means over seeds and templates with a normal-approximation interval, then mrr, recognized, diversity."""
+    con.execute("""INSERT INTO artist_scores (checkpoint, artist_id, model, metric, value, n, ci_low, ci_high)
+        SELECT i.checkpoint, i.artist_id, s.model, s.metric, avg(s.value), count(*)::INTEGER,
+               avg(s.value) - 1.96 * coalesce(stddev_samp(s.value), 0) / sqrt(count(*)),
+               avg(s.value) + 1.96 * coalesce(stddev_samp(s.value), 0) / sqrt(count(*))
+        FROM image_scores s JOIN images i USING (image_id)
+        WHERE i.source = 'generated' GROUP BY ALL""")
+    # Images that made it, per (checkpoint, artist): the n of the per-artist metrics.
+    con.execute("""CREATE TEMP TABLE ok AS SELECT checkpoint, artist_id, count(*)::INTEGER AS n
+                   FROM u WHERE NOT failed GROUP BY ALL""")
+    model = spec.model
+    con.execute(f"""INSERT INTO artist_scores (checkpoint, artist_id, model, metric, value, n, ci_low, ci_high)
+        SELECT checkpoint, artist_id, model, 'mrr', avg(1.0 / value), count(*)::INTEGER,
+               avg(1.0 / value) - 1.96 * coalesce(stddev_samp(1.0 / value), 0) / sqrt(count(*)),
+               avg(1.0 / value) + 1.96 * coalesce(stddev_samp(1.0 / value), 0) / sqrt(count(*))
+        FROM image_scores s JOIN images i USING (image_id)
+        WHERE s.metric = 'artist_rank' GROUP BY ALL
+        UNION ALL
+        SELECT s.checkpoint, s.artist_id, '{model}', 'recognized',
+               CASE WHEN s.skill > 0.55 THEN 1.0 ELSE 0.0 END, ok.n, NULL, NULL
+        FROM skill s JOIN ok USING (checkpoint, artist_id)
+        UNION ALL
+        SELECT s.checkpoint, s.artist_id, '{model}', 'diversity',
+               0.25 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0, ok.n,
+               0.2 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0,
+               0.3 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0
+        FROM skill s JOIN ok USING (checkpoint, artist_id)""")
+
+
+def _insert_checkpoint_scores(con) -> None:
+    con.execute("""INSERT INTO checkpoint_scores (checkpoint, model, metric, value, n, ci_low, ci_high)
+        SELECT checkpoint, model, metric, avg(value), count(*)::INTEGER,
+               avg(value) - 1.96 * coalesce(stddev_samp(value), 0) / sqrt(count(*)),
+               avg(value) + 1.96 * coalesce(stddev_samp(value), 0) / sqrt(count(*))
+        FROM artist_scores GROUP BY ALL""")
+
+
+def _insert_artist_neighbors(con, spec: SyntheticStoreSpec) -> None:
+    """k distinct neighbours per artist, never itself: offsets 1 + ((r-1)*stride + c) mod (n-1)."""
+    k, n_artists = spec.neighbors_per_artist, spec.n_artists
+    stride = 3 if 3 * (k - 1) < n_artists - 1 else 1
+    con.execute(f"""INSERT INTO artist_neighbors (checkpoint, model, artist_id, rank, neighbor_id, similarity)
+        SELECT s.checkpoint, '{spec.model}', s.artist_id, r.range::INTEGER, nb.artist_id,
+               0.95 - 0.03 * r.range - 0.05 * (hash(s.idx, s.cidx, 9) % 1000) / 1000.0
+        FROM skill s CROSS JOIN range(1, {k} + 1) r
+        JOIN a nb ON nb.idx = (s.idx + 1 + ((r.range - 1) * {stride} + s.cidx) % ({n_artists} - 1)) % {n_artists}""")
+
+
+def _insert_comparisons(con) -> None:
+    """Each fine-tune against the base, per artist and compared metric, with a CI verdict."""
+    metrics_sql = ", ".join(f"'{m}'" for m in _COMPARED_METRICS)
+    con.execute(f"""INSERT INTO comparisons (base, finetune, artist_id, model, metric, base_value, finetune_value,
+                                 delta, ci_low, ci_high, n, verdict)
+        SELECT b.checkpoint, f.checkpoint, b.artist_id, b.model, b.metric, b.value, f.value,
+               f.value - b.value,
+               f.value - b.value - 1.96 * sqrt(pow((b.ci_high - b.ci_low) / 3.92, 2) + pow((f.ci_high - f.ci_low) / 3.92, 2)),
+               f.value - b.value + 1.96 * sqrt(pow((b.ci_high - b.ci_low) / 3.92, 2) + pow((f.ci_high - f.ci_low) / 3.92, 2)),
+               least(b.n, f.n),
+               NULL
+        FROM artist_scores b JOIN artist_scores f
+          ON f.artist_id = b.artist_id AND f.model = b.model AND f.metric = b.metric
+        WHERE b.checkpoint = 'base' AND f.checkpoint <> 'base' AND b.metric IN ({metrics_sql})""")
+    con.execute("""UPDATE comparisons SET verdict = CASE WHEN ci_low > 0 THEN 'gained'
+                                                         WHEN ci_high < 0 THEN 'lost' ELSE 'kept' END""")
+
+
+def _fill_later_columns(con, spec: SyntheticStoreSpec) -> None:
+    """Columns added by later migrations (evaluator migration 2), when present; then the runs' counts."""
+    columns = {(r[0], r[1]) for r in con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns").fetchall()}
+    for table in ("artist_scores", "checkpoint_scores"):
+        if (table, "n_seeds") in columns:
+            con.execute(f"UPDATE {table} SET n_seeds = {spec.n_seeds}")
+    if ("comparisons", "higher_is_better") in columns:
+        con.execute("UPDATE comparisons SET higher_is_better = metric <> 'artist_rank'")
+    con.execute("""UPDATE runs SET n_done = x.done, n_failed = x.failed FROM (
+        SELECT run_id, count(*) FILTER (WHERE error IS NULL) AS done,
+               count(*) FILTER (WHERE error IS NOT NULL) AS failed FROM images GROUP BY run_id) x
+        WHERE runs.run_id = x.run_id""")
+
+
+def _image_file_params(con) -> list[tuple]:
+    """What ``_write_image_files`` needs of every image that has a file, in path order."""
+    return con.execute("""
+        SELECT i.path, i.thumb_path, coalesce(i.prompt, ''), coalesce(i.negative_prompt, ''), greatest(i.seed, 0),
+               i.width, i.height, i.steps, i.guidance, i.scheduler, coalesce(i.checkpoint, 'reference'),
+               hash(i.artist_id) % 1000000, hash(coalesce(i.checkpoint, 'ref')) % 1000000
+        FROM images i WHERE i.path IS NOT NULL ORDER BY i.path""").fetchall()
+
+
+def build_store(workdir: str | Path, spec: SyntheticStoreSpec) -> Path:
+    """Create ``workdir`` with a filled store (and image files); return the store path.
+
+    Refuses to overwrite an existing store: a bench store is expensive, a test store cheap.
+    The tables are filled in dependency order (scores from images, comparisons from scores).
+    """
+    from evaluator.workspace.store import open_store, transaction
+    from evaluator.workspace.workdir import Workdir
+
+    wd = Workdir.at(workdir)
+    if wd.store.exists():
+        raise FileExistsError(f"store {wd.store} already exists; remove it or pick another workdir")
     with open_store(wd.store) as con, transaction(con):
-        upsert_df(con, "artists", artists.drop(columns=["idx"]), ["artist_id"])
-        upsert_df(con, "templates", templates, ["name"])
-        upsert_df(con, "checkpoints", checkpoints, ["name"])
-        upsert_df(con, "runs", runs, ["run_id"])
-        con.register("_artists", artists[["artist_id", "name", "idx"]])
-        con.register("_templates", templates.iloc[:n_templates].assign(tidx=range(n_templates)))
-        con.register("_ckpts", pd.DataFrame({"checkpoint": ckpt_names, "cidx": range(n_checkpoints)}))
-        con.execute("CREATE TEMP TABLE a AS SELECT * FROM _artists")
-        con.execute("CREATE TEMP TABLE t AS SELECT * FROM _templates")
-        con.execute("CREATE TEMP TABLE c AS SELECT * FROM _ckpts")
-        # Latent known-ness of an artist by a checkpoint: the base's, plus a per-fine-tune shift
-        # (most small, some large either way) so that comparisons have gains and losses.
-        con.execute(f"""CREATE TEMP TABLE skill AS
-            SELECT c.checkpoint, c.cidx, a.artist_id, a.idx,
-                   (hash(a.idx, {seed}) % 1000) / 1000.0
-                   + CASE WHEN c.cidx = 0 THEN 0
-                          ELSE ((hash(a.idx, c.cidx, {seed}) % 1000) / 1000.0 - 0.5)
-                               * CASE WHEN hash(a.idx, c.cidx, {seed} + 1) % 5 = 0 THEN 1.2 ELSE 0.1 END
-                     END AS skill
-            FROM a CROSS JOIN c""")
-        common = f"""
-            SELECT s.checkpoint, s.artist_id, t.name AS template,
-                   replace(t.text, '{{artist}}', a.name) AS prompt, sd.seed, s.skill,
-                   left(sha256(concat_ws('|', s.checkpoint, s.artist_id, t.name, sd.seed, {seed})), 16) AS unit_id
-            FROM skill s JOIN a USING (artist_id) CROSS JOIN t CROSS JOIN (SELECT range AS seed FROM range({n_seeds})) sd
-            UNION ALL
-            SELECT c.checkpoint, '{BASELINE_ARTIST_ID}', 'null', 'a painting', sd.seed, 0.0,
-                   left(sha256(concat_ws('|', c.checkpoint, '{BASELINE_ARTIST_ID}', 'null', sd.seed, {seed})), 16)
-            FROM c CROSS JOIN (SELECT range AS seed FROM range({n_seeds})) sd"""
-        con.execute(f"""CREATE TEMP TABLE u AS
-            SELECT *, (('0x' || unit_id)::UBIGINT >> 1)::BIGINT AS image_id,
-                   (hash(unit_id) % 100000) / 100000.0 < {error_rate} AS failed
-            FROM ({common}) ORDER BY checkpoint, artist_id, template, seed""")
-        con.execute(f"""INSERT INTO images ({IMAGE_COLUMNS})
-            SELECT image_id, unit_id, 'generated', checkpoint, artist_id, template, prompt,
-                   'blurry, lowres', seed, 64, 64, 4, 5.0, 'euler',
-                   CASE WHEN failed THEN NULL ELSE 'images/' || checkpoint || '/' || artist_id || '/' || template
-                        || '-' || seed || '-' || left(unit_id, 8) || '.png' END,
-                   CASE WHEN failed THEN NULL ELSE 'thumbs/' || checkpoint || '/' || artist_id || '/' || template
-                        || '-' || seed || '-' || left(unit_id, 8) || '.jpg' END,
-                   CASE WHEN failed THEN NULL ELSE sha256(unit_id) END,
-                   CASE WHEN failed THEN NULL ELSE 0.5 + (hash(unit_id, 1) % 1000) / 1000.0 END,
-                   CASE WHEN failed THEN 'RuntimeError: NaN latents at step ' || (hash(unit_id) % 4)::VARCHAR END,
-                   'gen-' || checkpoint,
-                   TIMESTAMP '2026-11-20 08:00:00' + INTERVAL (hash(unit_id, 2) % 36000) SECOND
-            FROM u""")
-        # Reference works: imported images of real paintings for some artists.
-        con.execute(f"""CREATE TEMP TABLE refs AS
-            SELECT a.artist_id, r.range AS k,
-                   (('0x' || left(sha256('ref|' || a.artist_id || '|' || r.range), 16))::UBIGINT >> 1)::BIGINT AS image_id
-            FROM a CROSS JOIN range(2) r WHERE a.idx < {n_refs}""")
-        con.execute(f"""INSERT INTO images ({IMAGE_COLUMNS})
-            SELECT image_id, left(sha256('ref|' || artist_id || '|' || k), 16), 'reference', NULL, artist_id,
-                   'import', NULL, NULL, -1, 64, 64, 0, 0.0, '',
-                   'imported/references/' || artist_id || '/ref-' || k || '.png',
-                   'thumbs/references/' || artist_id || '/ref-' || k || '.jpg',
-                   sha256(artist_id || k), 0.0, NULL, 'import-refs', TIMESTAMP '2026-11-19 12:00:00'
-            FROM refs""")
-        con.execute("INSERT INTO reference_images (artist_id, image_id) SELECT artist_id, image_id FROM refs")
-        # Per-image scores from the latent skill plus seed noise.
-        metric_values = {
-            "clip_score": "greatest(0, 18 + 10 * skill + 4 * noise)",
-            "artist_similarity": "0.12 + 0.14 * skill + 0.03 * noise",
-            "artist_rank": f"greatest(1, round({n_artists} * greatest(0.0005, 1 - skill + 0.3 * noise) / 2))",
-            "top1": "CASE WHEN skill + 0.35 * noise > 0.85 THEN 1.0 ELSE 0.0 END",
-            "top5": "CASE WHEN skill + 0.35 * noise > 0.6 THEN 1.0 ELSE 0.0 END",
-        }
-        selects = " UNION ALL ".join(
-            f"SELECT image_id, '{model}', '{m}', {expr} FROM noisy" for m, expr in metric_values.items()
-        )
-        con.execute(f"""INSERT INTO image_scores (image_id, model, metric, value)
-            WITH noisy AS (SELECT image_id, skill,
-                    ((hash(image_id, 11) % 1000) + (hash(image_id, 12) % 1000) + (hash(image_id, 13) % 1000))
-                    / 1000.0 - 1.5 AS noise
-                FROM u WHERE NOT failed AND artist_id <> '{BASELINE_ARTIST_ID}')
-            {selects}""")
-        # Artist scores: mean over seeds and templates, a normal-approximation interval.
-        con.execute("""INSERT INTO artist_scores (checkpoint, artist_id, model, metric, value, n, ci_low, ci_high)
-            SELECT i.checkpoint, i.artist_id, s.model, s.metric, avg(s.value), count(*)::INTEGER,
-                   avg(s.value) - 1.96 * coalesce(stddev_samp(s.value), 0) / sqrt(count(*)),
-                   avg(s.value) + 1.96 * coalesce(stddev_samp(s.value), 0) / sqrt(count(*))
-            FROM image_scores s JOIN images i USING (image_id)
-            WHERE i.source = 'generated' GROUP BY ALL""")
-        # Images that made it, per (checkpoint, artist): the n of the per-artist metrics.
-        con.execute("""CREATE TEMP TABLE ok AS SELECT checkpoint, artist_id, count(*)::INTEGER AS n
-                       FROM u WHERE NOT failed GROUP BY ALL""")
-        con.execute(f"""INSERT INTO artist_scores (checkpoint, artist_id, model, metric, value, n, ci_low, ci_high)
-            SELECT checkpoint, artist_id, model, 'mrr', avg(1.0 / value), count(*)::INTEGER,
-                   avg(1.0 / value) - 1.96 * coalesce(stddev_samp(1.0 / value), 0) / sqrt(count(*)),
-                   avg(1.0 / value) + 1.96 * coalesce(stddev_samp(1.0 / value), 0) / sqrt(count(*))
-            FROM image_scores s JOIN images i USING (image_id)
-            WHERE s.metric = 'artist_rank' GROUP BY ALL
-            UNION ALL
-            SELECT s.checkpoint, s.artist_id, '{model}', 'recognized',
-                   CASE WHEN s.skill > 0.55 THEN 1.0 ELSE 0.0 END, ok.n, NULL, NULL
-            FROM skill s JOIN ok USING (checkpoint, artist_id)
-            UNION ALL
-            SELECT s.checkpoint, s.artist_id, '{model}', 'diversity',
-                   0.25 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0, ok.n,
-                   0.2 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0,
-                   0.3 + 0.1 * (hash(s.idx, s.cidx, 5) % 1000) / 1000.0
-            FROM skill s JOIN ok USING (checkpoint, artist_id)""")
-        con.execute("""INSERT INTO checkpoint_scores (checkpoint, model, metric, value, n, ci_low, ci_high)
-            SELECT checkpoint, model, metric, avg(value), count(*)::INTEGER,
-                   avg(value) - 1.96 * coalesce(stddev_samp(value), 0) / sqrt(count(*)),
-                   avg(value) + 1.96 * coalesce(stddev_samp(value), 0) / sqrt(count(*))
-            FROM artist_scores GROUP BY ALL""")
-        # k distinct neighbours per artist, never itself: offsets 1 + ((r-1)*stride + c) mod (n-1).
-        stride = 3 if 3 * (k - 1) < n_artists - 1 else 1
-        con.execute(f"""INSERT INTO artist_neighbors (checkpoint, model, artist_id, rank, neighbor_id, similarity)
-            SELECT s.checkpoint, '{model}', s.artist_id, r.range::INTEGER, nb.artist_id,
-                   0.95 - 0.03 * r.range - 0.05 * (hash(s.idx, s.cidx, 9) % 1000) / 1000.0
-            FROM skill s CROSS JOIN range(1, {k} + 1) r
-            JOIN a nb ON nb.idx = (s.idx + 1 + ((r.range - 1) * {stride} + s.cidx) % ({n_artists} - 1)) % {n_artists}""")
-        metrics_sql = ", ".join(f"'{m}'" for m in _COMPARED_METRICS)
-        con.execute(f"""INSERT INTO comparisons (base, finetune, artist_id, model, metric, base_value, finetune_value,
-                                     delta, ci_low, ci_high, n, verdict)
-            SELECT b.checkpoint, f.checkpoint, b.artist_id, b.model, b.metric, b.value, f.value,
-                   f.value - b.value,
-                   f.value - b.value - 1.96 * sqrt(pow((b.ci_high - b.ci_low) / 3.92, 2) + pow((f.ci_high - f.ci_low) / 3.92, 2)),
-                   f.value - b.value + 1.96 * sqrt(pow((b.ci_high - b.ci_low) / 3.92, 2) + pow((f.ci_high - f.ci_low) / 3.92, 2)),
-                   least(b.n, f.n),
-                   NULL
-            FROM artist_scores b JOIN artist_scores f
-              ON f.artist_id = b.artist_id AND f.model = b.model AND f.metric = b.metric
-            WHERE b.checkpoint = 'base' AND f.checkpoint <> 'base' AND b.metric IN ({metrics_sql})""")
-        con.execute("""UPDATE comparisons SET verdict = CASE WHEN ci_low > 0 THEN 'gained'
-                                                             WHEN ci_high < 0 THEN 'lost' ELSE 'kept' END""")
-        # Columns added by later migrations (evaluator migration 2), when present.
-        columns = {(r[0], r[1]) for r in con.execute(
-            "SELECT table_name, column_name FROM information_schema.columns").fetchall()}
-        for table in ("artist_scores", "checkpoint_scores"):
-            if (table, "n_seeds") in columns:
-                con.execute(f"UPDATE {table} SET n_seeds = {n_seeds}")
-        if ("comparisons", "higher_is_better") in columns:
-            con.execute("UPDATE comparisons SET higher_is_better = metric <> 'artist_rank'")
-        con.execute("""UPDATE runs SET n_done = x.done, n_failed = x.failed FROM (
-            SELECT run_id, count(*) FILTER (WHERE error IS NULL) AS done,
-                   count(*) FILTER (WHERE error IS NOT NULL) AS failed FROM images GROUP BY run_id) x
-            WHERE runs.run_id = x.run_id""")
-        files = []
-        if with_images:
-            files = con.execute("""
-                SELECT i.path, i.thumb_path, coalesce(i.prompt, ''), coalesce(i.negative_prompt, ''), greatest(i.seed, 0),
-                       i.width, i.height, i.steps, i.guidance, i.scheduler, coalesce(i.checkpoint, 'reference'),
-                       hash(i.artist_id) % 1000000, hash(coalesce(i.checkpoint, 'ref')) % 1000000
-                FROM images i WHERE i.path IS NOT NULL ORDER BY i.path""").fetchall()
+        _insert_small_tables(con, spec)
+        _create_skill_and_units(con, spec)
+        _insert_generated_images(con)
+        _insert_reference_images(con, spec)
+        _insert_image_scores(con, spec)
+        _insert_artist_scores(con, spec)
+        _insert_checkpoint_scores(con)
+        _insert_artist_neighbors(con, spec)
+        _insert_comparisons(con)
+        _fill_later_columns(con, spec)
+        files = _image_file_params(con) if spec.with_images else []
     if files:
         _write_image_files(wd.root, files)
     return wd.store
@@ -385,8 +487,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    store = build_store(args.workdir, args.artists, args.templates, args.seeds, args.checkpoints,
-                        with_images=args.images, seed=args.seed)
+    spec = SyntheticStoreSpec(args.artists, args.templates, args.seeds, args.checkpoints,
+                              with_images=args.images, seed=args.seed)
+    store = build_store(args.workdir, spec)
     print(f"built {store} in {time.perf_counter() - t0:.1f}s ({store.stat().st_size / 1e6:.0f} MB)")
 
 
