@@ -11,15 +11,21 @@ The prompt may span lines; values that contain commas are double-quoted. We also
 an ``atelier`` chunk with the work unit as JSON, so an image found on disk can be traced
 to its exact unit. ComfyUI stores its node graph in a ``prompt`` chunk instead; the
 reader extracts the sampler settings from it.
+
+Reads and writes PNG bytes in memory (callers write the files); ``png_is_complete``
+reads the last 12 bytes of a PNG on disk to tell a whole file from a cut-off one.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 SETTING_PATTERN = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
@@ -28,6 +34,48 @@ def _quote(value: Any) -> str:
     if any(c in text for c in ',:\n"'):
         return json.dumps(text, ensure_ascii=False)
     return text
+
+
+@dataclass(frozen=True)
+class InfotextParams:
+    """The settings of one image, as the A1111 ``parameters`` text (the "infotext") shows them.
+
+    The text is a contract with A1111, civitai and image viewers: ``text()`` must not
+    change byte for byte (tests compare it).
+    """
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    sampler: str
+    guidance: float
+    seed: int
+    width: int
+    height: int
+    model_hash: str | None = None
+    model: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """The A1111 ``parameters`` text for one image."""
+        lines = [self.prompt.replace("\r", "")]
+        if self.negative_prompt:
+            lines.append(f"Negative prompt: {self.negative_prompt}")
+        cfg = f"{self.guidance:g}" if isinstance(self.guidance, float) else str(self.guidance)
+        settings: list[tuple[str, Any]] = [
+            ("Steps", self.steps),
+            ("Sampler", self.sampler),
+            ("CFG scale", cfg),
+            ("Seed", self.seed),
+            ("Size", f"{self.width}x{self.height}"),
+        ]
+        if self.model_hash:
+            settings.append(("Model hash", self.model_hash))
+        if self.model:
+            settings.append(("Model", self.model))
+        settings.extend((self.extra or {}).items())
+        lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings))
+        return "\n".join(lines)
 
 
 def format_parameters(
@@ -39,29 +87,16 @@ def format_parameters(
     seed: int,
     width: int,
     height: int,
+    *,
     model_hash: str | None = None,
     model: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """The A1111 ``parameters`` text for one image."""
-    lines = [prompt.replace("\r", "")]
-    if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
-    cfg = f"{guidance:g}" if isinstance(guidance, float) else str(guidance)
-    settings: list[tuple[str, Any]] = [
-        ("Steps", steps),
-        ("Sampler", sampler),
-        ("CFG scale", cfg),
-        ("Seed", seed),
-        ("Size", f"{width}x{height}"),
-    ]
-    if model_hash:
-        settings.append(("Model hash", model_hash))
-    if model:
-        settings.append(("Model", model))
-    settings.extend((extra or {}).items())
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings))
-    return "\n".join(lines)
+    """The A1111 ``parameters`` text for one image (``InfotextParams.text`` in call form)."""
+    return InfotextParams(
+        prompt, negative_prompt, steps, sampler, guidance, seed, width, height,
+        model_hash=model_hash, model=model, extra=dict(extra or {}),
+    ).text()
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
@@ -198,6 +233,21 @@ def encode_png(image: Any, parameters: str, unit: dict | None = None, compress_l
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=png_info(image, parameters, unit), compress_level=compress_level)
     return buffer.getvalue()
+
+
+def png_is_complete(path: Path) -> bool:
+    """A PNG that ends with its IEND chunk (cheap: reads 12 bytes, no decoding)."""
+    try:
+        size = path.stat().st_size
+        if size < 57:  # signature + IHDR + IDAT + IEND
+            return False
+        with open(path, "rb") as handle:
+            if handle.read(8) != PNG_SIGNATURE:
+                return False
+            handle.seek(size - 12)
+            return handle.read(12) == PNG_TRAILER
+    except OSError:
+        return False
 
 
 def read_text_chunks(image: Any) -> dict[str, str]:

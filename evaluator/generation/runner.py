@@ -18,22 +18,24 @@ and the run goes on. ``retry_failed`` makes them again.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from catalog.units import WorkUnit, shard
-from evaluator.errors import StateError
-from evaluator.workspace.records import git_revision, package_versions
+from evaluator.errors import InputError, StateError
+from evaluator.generation.distributed import DistEnv, device_for, dist_env
+from evaluator.generation.pngmeta import InfotextParams, png_is_complete
+from evaluator.workspace.records import Provenance, RunRecord, image_record, utcnow
 from evaluator.workspace.workdir import Workdir
-
-PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 @dataclass
@@ -84,21 +86,21 @@ class GenerateConfig:
 
     def validate(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1 but is {self.batch_size!r}")
+            raise InputError(f"batch_size must be an integer >= 1 but is {self.batch_size!r}")
         if self.part_every < 1:
-            raise ValueError(f"part_every must be >= 1 but is {self.part_every}")
+            raise InputError(f"part_every must be >= 1 but is {self.part_every}")
         if self.thumb_size < 8:
-            raise ValueError(f"thumb_size must be >= 8 but is {self.thumb_size}")
+            raise InputError(f"thumb_size must be >= 8 but is {self.thumb_size}")
         if self.limit is not None and self.limit < 0:
-            raise ValueError(f"limit must be >= 0 but is {self.limit}")
+            raise InputError(f"limit must be >= 0 but is {self.limit}")
         if self.attention not in ("sdpa", "default"):
-            raise ValueError(f"attention must be 'sdpa' or 'default' but is {self.attention!r}")
+            raise InputError(f"attention must be 'sdpa' or 'default' but is {self.attention!r}")
         if not (self.device == "cpu" or self.device.startswith(("cuda", "mps", "xpu"))):
-            raise ValueError(f"device must be cpu, cuda, cuda:N, mps or xpu but is {self.device!r}")
+            raise InputError(f"device must be cpu, cuda, cuda:N, mps or xpu but is {self.device!r}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 but is {self.threads}")
+            raise InputError(f"threads must be >= 1 but is {self.threads}")
         if not 0 <= self.png_compress_level <= 9:
-            raise ValueError(f"png_compress_level must be in [0, 9] but is {self.png_compress_level}")
+            raise InputError(f"png_compress_level must be in [0, 9] but is {self.png_compress_level}")
 
 
 @dataclass
@@ -116,6 +118,10 @@ class GenerateSummary:
     manifest_parts: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # unit_id -> error
 
+    def count_failure(self, unit_id: str, error: str) -> None:
+        self.failed += 1
+        self.errors[unit_id] = error
+
     def line(self) -> str:
         return (
             f"rank {self.rank}/{self.world_size}: {self.done} made, {self.skipped} skipped, "
@@ -131,10 +137,6 @@ class GenerateError(StateError):
 # ------------------------------------------------------------------ helpers
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def run_id_for(units: list[WorkUnit], world_size: int, explicit: str | None = None) -> str:
     """The run id. One process: time + random. Several ranks must agree without talking,
     so it is derived from the plan and the launcher's rendezvous (``TORCHELASTIC_RUN_ID``,
@@ -147,7 +149,7 @@ def run_id_for(units: list[WorkUnit], world_size: int, explicit: str | None = No
     if chosen:
         return chosen
     if world_size <= 1:
-        return f"gen-{_utcnow():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        return f"gen-{utcnow():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     digest = hashlib.sha256()
     for unit in units:
         digest.update(unit.unit_id.encode())
@@ -155,21 +157,6 @@ def run_id_for(units: list[WorkUnit], world_size: int, explicit: str | None = No
         digest.update(f"{name}={value};".encode())
     digest.update(str(world_size).encode())
     return f"gen-{digest.hexdigest()[:12]}"
-
-
-def png_is_complete(path: Path) -> bool:
-    """A PNG that ends with its IEND chunk (cheap: reads 12 bytes, no decoding)."""
-    try:
-        size = path.stat().st_size
-        if size < 57:  # signature + IHDR + IDAT + IEND
-            return False
-        with open(path, "rb") as handle:
-            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
-                return False
-            handle.seek(size - 12)
-            return handle.read(12) == PNG_TRAILER
-    except OSError:
-        return False
 
 
 def validate_units(units: Iterable[WorkUnit], specs: dict) -> None:
@@ -285,34 +272,6 @@ def images_to_uint8(images) -> list:
             continue
         out.append(pixels)
     return out
-
-
-def _record(unit: WorkUnit, run_id: str, **fields) -> dict:
-    record = {
-        "image_id": unit.image_id,
-        "unit_id": unit.unit_id,
-        "source": "generated",
-        "checkpoint": unit.checkpoint,
-        "artist_id": unit.artist_id,
-        "template": unit.template,
-        "prompt": unit.prompt,
-        "negative_prompt": unit.negative_prompt,
-        "seed": unit.seed,
-        "width": unit.width,
-        "height": unit.height,
-        "steps": unit.steps,
-        "guidance": float(unit.guidance),
-        "scheduler": unit.scheduler,
-        "path": None,
-        "thumb_path": None,
-        "sha256": None,
-        "seconds": None,
-        "error": None,
-        "run_id": run_id,
-        "created_at": _utcnow(),
-    }
-    record.update(fields)
-    return record
 
 
 # ------------------------------------------------------ checkpoint records
@@ -448,7 +407,7 @@ def _write_image(
     thumb_rel = Path("thumbs") / unit.relpath(".jpg")
     atomic_write_bytes(wd.root / relpath, data)
     write_thumbnail(image, wd.root / thumb_rel, config.thumb_size)
-    return _record(
+    return image_record(
         unit, run_id, path=relpath.as_posix(), thumb_path=thumb_rel.as_posix(),
         sha256=hashlib.sha256(data).hexdigest(), seconds=seconds,
     )
@@ -468,7 +427,7 @@ def _recover_record(wd: Workdir, unit: WorkUnit, run_id: str, config: GenerateCo
     if not (wd.root / thumb_rel).is_file():
         with Image.open(wd.root / relpath) as image:
             write_thumbnail(image.convert("RGB"), wd.root / thumb_rel, config.thumb_size)
-    return _record(unit, run_id, path=relpath.as_posix(), thumb_path=thumb_rel.as_posix(), sha256=hashlib.sha256(data).hexdigest())
+    return image_record(unit, run_id, path=relpath.as_posix(), thumb_path=thumb_rel.as_posix(), sha256=hashlib.sha256(data).hexdigest())
 
 
 def _remove_stale_temporaries(units: list[WorkUnit], wd: Workdir) -> int:
@@ -519,6 +478,27 @@ def plan_work(units: list[WorkUnit], wd: Workdir, retry_failed: bool) -> tuple[l
     return todo, recover, skipped
 
 
+@dataclass
+class _Run:
+    """One rank's run: what it works from, where it writes, and what it has counted so far."""
+
+    wd: Workdir
+    config: GenerateConfig
+    env: DistEnv
+    specs: dict
+    fingerprints: dict[str, dict]  # checkpoint name -> check_and_record_checkpoints' entry
+    device: str
+    writer: _ManifestWriter
+    summary: GenerateSummary
+    started: datetime
+    t_start: float  # perf_counter at the start, for the total time
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.summary.run_id
+
+
 def generate(
     units: list[WorkUnit],
     checkpoints_file: str | Path,
@@ -533,17 +513,33 @@ def generate(
     (RANK/WORLD_SIZE). Writes images, thumbnails, manifest parts, ``runs/<run_id>…json``
     and ``checkpoints/<name>.json``; never touches the store (ingest does, in one process).
     """
-    from evaluator.generation.checkpoints import load_checkpoints
-    from evaluator.generation.distributed import device_for, dist_env
-
     config = config or GenerateConfig()
     config.validate()
     env = dist_env(rank, world_size)
-    wd = Workdir.at(workdir)
-    started = _utcnow()
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    run, todo, recover = _start_run(units, checkpoints_file, Workdir.at(workdir), config, env)
+    status, message = "ok", None
+    try:
+        with _torch_threads(config.threads if todo else None):
+            _make_images(run, todo, recover)
+    except BaseException as exc:
+        status, message = "error", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        _finish_run(run, status, message)
+    return run.summary
 
+
+def _start_run(
+    units: list[WorkUnit], checkpoints_file: str | Path, wd: Workdir, config: GenerateConfig, env: DistEnv
+) -> tuple[_Run, list[WorkUnit], list[WorkUnit]]:
+    """Check the units and checkpoints, fingerprint them, and split off this rank's work.
+
+    Returns the run and this rank's units to make and to recover from disk. Nothing is
+    recorded as a run when this fails: no image was touched.
+    """
+    from evaluator.generation.checkpoints import load_checkpoints
+
+    started, t_start = utcnow(), time.perf_counter()
     specs = load_checkpoints(checkpoints_file, allow_pickle=config.allow_pickle)
     unique: dict[str, WorkUnit] = {}
     for unit in units:
@@ -554,173 +550,231 @@ def generate(
     names = list(dict.fromkeys(u.checkpoint for u in all_units))
     t0 = time.perf_counter()
     fingerprints = check_and_record_checkpoints(names, specs, wd, config, write=env.is_main)
-    timings["fingerprint"] = time.perf_counter() - t0
+    timings = {"fingerprint": time.perf_counter() - t0}
 
     mine = shard(all_units, env.rank, env.world_size)
     todo, recover, skipped = plan_work(mine, wd, config.retry_failed)
     if config.limit is not None:
         todo = todo[: config.limit]
     summary = GenerateSummary(run_id=run_id, rank=env.rank, world_size=env.world_size, total=len(mine), skipped=skipped)
-    device = device_for(config.device, env)
-    run_dir = wd.manifests / run_id
-    writer = _ManifestWriter(run_dir, env.rank)
-    status, message = "ok", None
-    previous_threads = None
-    if config.threads is not None and todo:
-        import torch
+    run = _Run(
+        wd, config, env, specs, fingerprints, device_for(config.device, env),
+        _ManifestWriter(wd.manifests / run_id, env.rank), summary, started, t_start, timings,
+    )
+    return run, todo, recover
 
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(config.threads)
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch CPU threads, restored afterwards (None: torch's own)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        for unit in recover:
-            writer.add(_recover_record(wd, unit, run_id, config))
-            summary.recovered += 1
-        writer.flush()
-        t_gen = time.perf_counter()
-        _run_batches(todo, specs, wd, config, device, run_id, writer, summary, timings, fingerprints, env)
-        timings["generate"] = time.perf_counter() - t_gen
-    except BaseException as exc:
-        status, message = "error", f"{type(exc).__name__}: {exc}"
-        raise
+        yield
     finally:
-        if previous_threads is not None:
-            import torch
-
-            torch.set_num_threads(previous_threads)
-        writer.flush()
-        summary.seconds = time.perf_counter() - t_start
-        made = timings.get("generate", 0.0)
-        summary.images_per_s = summary.done / made if made > 0 else 0.0
-        summary.manifest_parts = writer.paths
-        timings["total"] = summary.seconds
-        if status == "ok" and summary.failed:
-            status = "failed-units"
-        # A rerun with nothing to do leaves no trace (no empty run rows in the store).
-        if status != "ok" or summary.done or summary.recovered or summary.failed:
-            _write_run_record(wd, run_id, env, config, started, device, timings, summary, status, message, fingerprints)
-    return summary
+        torch.set_num_threads(previous)
 
 
-def _run_batches(todo, specs, wd, config, device, run_id, writer, summary, timings, fingerprints, env) -> None:
+def _make_images(run: _Run, todo: list[WorkUnit], recover: list[WorkUnit]) -> None:
+    """Record the images a killed run left unrecorded, then make the rest."""
+    for unit in recover:
+        run.writer.add(_recover_record(run.wd, unit, run.run_id, run.config))
+        run.summary.recovered += 1
+    run.writer.flush()
+    t_gen = time.perf_counter()
+    _run_batches(run, todo)
+    run.timings["generate"] = time.perf_counter() - t_gen
+
+
+def _finish_run(run: _Run, status: str, message: str | None) -> None:
+    """Flush the last records, fill in the summary's times, write the run record."""
+    run.writer.flush()
+    summary = run.summary
+    summary.seconds = time.perf_counter() - run.t_start
+    made = run.timings.get("generate", 0.0)
+    summary.images_per_s = summary.done / made if made > 0 else 0.0
+    summary.manifest_parts = run.writer.paths
+    run.timings["total"] = summary.seconds
+    if status == "ok" and summary.failed:
+        status = "failed-units"
+    # A rerun with nothing to do leaves no trace (no empty run rows in the store).
+    if status != "ok" or summary.done or summary.recovered or summary.failed:
+        _write_run_record(run, status, message)
+
+
+# ------------------------------------------------------------ the batch loop
+
+
+@dataclass
+class _BatchLoop:
+    """The batch loop's state: the loaded pipeline, images being written, the batch size."""
+
+    bar: Any  # tqdm
+    pool: Any  # ThreadPoolExecutor encoding and writing PNGs
+    batch_size: int  # lowered after an out-of-memory, for the rest of the run
+    pending: list = field(default_factory=list)  # (unit, future) of images being written
+    pipe: Any = None
+    current: str | None = None  # the checkpoint loaded (or that failed to load)
+    batches_since_flush: int = 0
+
+    def shrink(self, half: int) -> None:
+        """After an out-of-memory: cut this and every later batch to ``half``."""
+        self.batch_size = min(self.batch_size, half)
+        self.bar.write(f"out of memory: batch size now {self.batch_size}")
+
+
+def _open_loop(run: _Run, todo: list[WorkUnit]) -> _BatchLoop:
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    from evaluator.generation.checkpoints import CheckpointError, load_pipeline, set_scheduler
-
-    batches = make_batches(todo, config.batch_size)
+    config, env = run.config, run.env
     bar = tqdm(
         total=len(todo), unit="img", desc=f"generate r{env.rank}" if env.world_size > 1 else "generate",
         disable=not config.progress or not todo, position=env.rank if env.world_size > 1 else None,
         dynamic_ncols=True, smoothing=0.1,
     )
     pool = ThreadPoolExecutor(max_workers=max(1, config.writer_threads), thread_name_prefix="atelier-png")
-    pending: list = []
-    batch_size = {"value": config.batch_size}
-    pipe = None
-    current = None
-    batches_since_flush = 0
+    return _BatchLoop(bar, pool, config.batch_size)
 
-    def drain(all_of_them: bool) -> None:
-        for item in list(pending):
-            unit, future = item
-            if all_of_them or future.done():
-                pending.remove(item)  # before a raise: the final drain must not record it again
-                try:
-                    record = future.result()
-                    summary.done += 1
-                except OSError as exc:
-                    # Disk full, read-only or a file where a folder should be: the
-                    # workdir's fault, not the unit's. Stop, and record no failure that
-                    # a rerun would skip (records of images already written are kept).
-                    raise GenerateError(
-                        f"cannot write {wd.images / unit.relpath()}: {type(exc).__name__}: {exc}; "
-                        "free space or fix permissions and rerun (nothing is recorded as failed)"
-                    ) from exc
-                except Exception as exc:
-                    record = _record(unit, run_id, error=f"writing the image failed: {type(exc).__name__}: {exc}")
-                    summary.failed += 1
-                    summary.errors[unit.unit_id] = record["error"]
-                writer.add(record)
-                bar.update(1)
 
+def _run_batches(run: _Run, todo: list[WorkUnit]) -> None:
+    """Make ``todo`` batch by batch, each checkpoint's pipeline loaded once; record every unit."""
+    loop = _open_loop(run, todo)
     try:
-        queue = list(batches)
+        queue = make_batches(todo, run.config.batch_size)
         while queue:
             batch = queue.pop(0)
-            name = batch[0].checkpoint
-            if name != current:
-                drain(True)
-                if pipe is not None:  # release the previous checkpoint before loading the next
-                    pipe = None
-                    _free_memory()
-                t0 = time.perf_counter()
-                try:
-                    pipe = load_pipeline(
-                        specs[name], specs, device=device, dtype=config.dtype, allow_pickle=config.allow_pickle,
-                        attention=config.attention, offline=config.offline,
-                    )
-                    if config.compile:
-                        import torch
-
-                        pipe.unet = torch.compile(pipe.unet)
-                except CheckpointError as exc:
-                    pipe = None
-                    error = f"checkpoint failed to load: {exc}"
-                    bar.write(f"error: {error}")
-                    for other in [batch] + [b for b in queue if b[0].checkpoint == name]:
-                        for unit in other:
-                            writer.add(_record(unit, run_id, error=error))
-                            summary.failed += 1
-                            summary.errors[unit.unit_id] = error
-                            bar.update(1)
-                    queue = [b for b in queue if b[0].checkpoint != name]
-                    current = name
-                    continue
-                timings[f"load:{name}"] = time.perf_counter() - t0
-                current = name
-            if pipe is None:
+            if batch[0].checkpoint != loop.current:
+                queue = _switch_checkpoint(run, loop, batch, queue)
+            if loop.pipe is None:
                 continue
-            # A batch larger than what fits after an OOM is split before running.
-            size = batch_size["value"]
-            if len(batch) > size:
-                queue[0:0] = [batch[i : i + size] for i in range(size, len(batch), size)]
-                batch = batch[:size]
-            spec = specs[name]
-            sampler = _apply_scheduler(pipe, batch[0].scheduler, spec, set_scheduler)
-            t0 = time.perf_counter()
-
-            def run(units_: list[WorkUnit], _pipe=pipe) -> list:
-                return _generate_batch(_pipe, units_)
-
-            def shrink(half: int) -> None:
-                batch_size["value"] = min(batch_size["value"], half)
-                bar.write(f"out of memory: batch size now {batch_size['value']}")
-
-            results = run_with_backoff(batch, run, on_oom=shrink)
-            per_image = (time.perf_counter() - t0) / max(1, len(batch))
-            for unit, pixels, error in results:
-                if error is None and isinstance(pixels, Exception):
-                    error = str(pixels)
-                if error is not None:
-                    writer.add(_record(unit, run_id, error=error, seconds=per_image))
-                    summary.failed += 1
-                    summary.errors[unit.unit_id] = error
-                    bar.update(1)
-                    continue
-                parameters = _parameters(unit, sampler, fingerprints[name], spec)
-                pending.append((unit, pool.submit(_write_image, wd, unit, pixels, parameters, config, run_id, per_image)))
-            drain(False)
-            batches_since_flush += 1
-            if batches_since_flush >= config.part_every:
-                drain(True)
-                writer.flush()
-                batches_since_flush = 0
-        drain(True)
+            batch = _fit_batch(batch, queue, loop.batch_size)
+            _run_batch(run, loop, batch)
+            _drain(run, loop, everything=False)
+            loop.batches_since_flush += 1
+            if loop.batches_since_flush >= run.config.part_every:
+                _drain(run, loop, everything=True)
+                run.writer.flush()
+                loop.batches_since_flush = 0
+        _drain(run, loop, everything=True)
     finally:
-        drain(True)
-        pool.shutdown(wait=True)
-        bar.close()
+        _drain(run, loop, everything=True)
+        loop.pool.shutdown(wait=True)
+        loop.bar.close()
+
+
+def _switch_checkpoint(run: _Run, loop: _BatchLoop, batch: list[WorkUnit], queue: list) -> list:
+    """Load ``batch``'s checkpoint in place of the current one; return the queue left.
+
+    A checkpoint that fails to load fails every unit of it (this batch and the queued
+    ones), and the run goes on with the next checkpoint.
+    """
+    from evaluator.generation.checkpoints import CheckpointError
+
+    name = batch[0].checkpoint
+    _drain(run, loop, everything=True)
+    if loop.pipe is not None:  # release the previous checkpoint before loading the next
+        loop.pipe = None
+        _free_memory()
+    loop.current = name
+    t0 = time.perf_counter()
+    try:
+        loop.pipe = _load_pipeline(run, name)
+    except CheckpointError as exc:
+        error = f"checkpoint failed to load: {exc}"
+        loop.bar.write(f"error: {error}")
+        for other in [batch] + [b for b in queue if b[0].checkpoint == name]:
+            for unit in other:
+                _fail_unit(run, loop, unit, error)
+        return [b for b in queue if b[0].checkpoint != name]
+    run.timings[f"load:{name}"] = time.perf_counter() - t0
+    return queue
+
+
+def _load_pipeline(run: _Run, name: str):
+    from evaluator.generation.checkpoints import load_pipeline
+
+    config = run.config
+    pipe = load_pipeline(
+        run.specs[name], run.specs, device=run.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
+        attention=config.attention, offline=config.offline,
+    )
+    if config.compile:
+        import torch
+
+        pipe.unet = torch.compile(pipe.unet)
+    return pipe
+
+
+def _fit_batch(batch: list[WorkUnit], queue: list, size: int) -> list[WorkUnit]:
+    """A batch larger than what fits after an out-of-memory is cut; the rest is queued first."""
+    if len(batch) > size:
+        queue[0:0] = [batch[i : i + size] for i in range(size, len(batch), size)]
+        batch = batch[:size]
+    return batch
+
+
+def _run_batch(run: _Run, loop: _BatchLoop, batch: list[WorkUnit]) -> None:
+    """One pipeline call (halved on out-of-memory); the images go to the writer pool."""
+    from evaluator.generation.checkpoints import set_scheduler
+
+    name = batch[0].checkpoint
+    spec = run.specs[name]
+    sampler = _apply_scheduler(loop.pipe, batch[0].scheduler, spec, set_scheduler)
+    t0 = time.perf_counter()
+    results = run_with_backoff(batch, functools.partial(_generate_batch, loop.pipe), on_oom=loop.shrink)
+    per_image = (time.perf_counter() - t0) / max(1, len(batch))
+    for unit, pixels, error in results:
+        if error is None and isinstance(pixels, Exception):
+            error = str(pixels)
+        if error is not None:
+            _fail_unit(run, loop, unit, error, seconds=per_image)
+            continue
+        parameters = _parameters(unit, sampler, run.fingerprints[name], spec)
+        future = loop.pool.submit(_write_image, run.wd, unit, pixels, parameters, run.config, run.run_id, per_image)
+        loop.pending.append((unit, future))
+
+
+def _fail_unit(run: _Run, loop: _BatchLoop, unit: WorkUnit, error: str, seconds: float | None = None) -> None:
+    run.writer.add(image_record(unit, run.run_id, error=error, seconds=seconds))
+    run.summary.count_failure(unit.unit_id, error)
+    loop.bar.update(1)
+
+
+def _drain(run: _Run, loop: _BatchLoop, everything: bool) -> None:
+    """Record the images the writer pool has finished (every one when ``everything``)."""
+    for item in list(loop.pending):
+        unit, future = item
+        if everything or future.done():
+            loop.pending.remove(item)  # before a raise: the final drain must not record it again
+            run.writer.add(_written_record(run, unit, future))
+            loop.bar.update(1)
+
+
+def _written_record(run: _Run, unit: WorkUnit, future) -> dict:
+    """The record of one written image, or of its failure; a disk that refuses writes stops the run."""
+    try:
+        record = future.result()
+    except OSError as exc:
+        # Disk full, read-only or a file where a folder should be: the workdir's fault,
+        # not the unit's. Stop, and record no failure that a rerun would skip (records
+        # of images already written are kept).
+        raise GenerateError(
+            f"cannot write {run.wd.images / unit.relpath()}: {type(exc).__name__}: {exc}; "
+            "free space or fix permissions and rerun (nothing is recorded as failed)"
+        ) from exc
+    except Exception as exc:
+        error = f"writing the image failed: {type(exc).__name__}: {exc}"
+        run.summary.count_failure(unit.unit_id, error)
+        return image_record(unit, run.run_id, error=error)
+    run.summary.done += 1
+    return record
 
 
 def _apply_scheduler(pipe, unit_scheduler: str, spec, set_scheduler) -> str:
@@ -756,47 +810,43 @@ def _generate_batch(pipe, units: list[WorkUnit]) -> list:
     return images_to_uint8(output.images)
 
 
-def _parameters(unit: WorkUnit, sampler: str, fp: dict, spec) -> str:
-    from evaluator.generation.pngmeta import format_parameters
 
+
+def _parameters(unit: WorkUnit, sampler: str, fp: dict, spec) -> str:
+    """The A1111 infotext of a generated image (model hash: the quick fingerprint's head)."""
     model_hash = fp["fingerprint"].split(";")[0].split(":", 1)[1][:10]
     extra = {}
     if spec.lora:
         extra["Lora hashes"] = ", ".join(f"{a.path.stem}: {a.scale:g}" for a in spec.lora)
     extra["Version"] = "atelier"
-    return format_parameters(
+    return InfotextParams(
         unit.prompt, unit.negative_prompt, unit.steps, sampler, float(unit.guidance), unit.seed,
         unit.width, unit.height, model_hash=model_hash, model=unit.checkpoint, extra=extra,
-    )
+    ).text()
 
 
-def _write_run_record(wd, run_id, env, config, started, device, timings, summary, status, message, fingerprints) -> None:
-    from catalog.atomic import atomic_write_text
+def _write_run_record(run: _Run, status: str, message: str | None) -> None:
+    """``runs/<run_id>.json`` (``<run_id>.rank<R>.json`` per rank of a launch)."""
     from evaluator.generation.checkpoints import torch_dtype
 
+    config, summary = run.config, run.summary
     try:
-        dtype = str(torch_dtype(config.dtype, device)).removeprefix("torch.")
+        dtype = str(torch_dtype(config.dtype, run.device)).removeprefix("torch.")
     except Exception:
         dtype = config.dtype
-    record = {
-        "run_id": run_id,
-        "kind": "generate",
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": _utcnow().isoformat(timespec="seconds"),
-        "status": status,
-        "config": json.dumps({**asdict(config), "checkpoints": {k: v["fingerprint"] for k, v in fingerprints.items()}}),
-        "versions": json.dumps(package_versions()),
-        "git_rev": git_revision(),
-        "device": device,
-        "dtype": dtype,
-        "timings": json.dumps({k: round(v, 4) for k, v in timings.items()}),
-        "n_done": summary.done + summary.recovered,
-        "n_skipped": summary.skipped,
-        "n_failed": summary.failed,
-        "host": socket.gethostname(),
-        "message": message,
-        "rank": env.rank,
-        "world_size": env.world_size,
-    }
-    name = f"{run_id}.json" if env.world_size == 1 else f"{run_id}.rank{env.rank}.json"
-    atomic_write_text(wd.runs / name, json.dumps(record, indent=2))
+    RunRecord(
+        run_id=run.run_id,
+        kind="generate",
+        provenance=Provenance.collect(run.device, dtype),
+        started_at=run.started,
+        finished_at=utcnow(),
+        status=status,
+        config={**asdict(config), "checkpoints": {k: v["fingerprint"] for k, v in run.fingerprints.items()}},
+        timings={k: round(v, 4) for k, v in run.timings.items()},
+        n_done=summary.done + summary.recovered,
+        n_skipped=summary.skipped,
+        n_failed=summary.failed,
+        message=message,
+        rank=run.env.rank,
+        world_size=run.env.world_size,
+    ).write(run.wd)
