@@ -33,6 +33,7 @@ from catalog.schema import (  # noqa: F401  (re-exported: importers predate cata
 from catalog.units import LIST_SEPARATOR
 from catalog.validate import validate_catalog
 from evaluator.errors import InputError
+from evaluator.workspace import settings
 
 ENV_CATALOG = "ATELIER_CATALOG"
 # Shipped inside the package (a symlink to the repository's styles.csv; the wheel build
@@ -143,8 +144,6 @@ def artist_from_row(row: dict[str, str]) -> Artist:
 
 def default_catalog_path() -> Path:
     """``$ATELIER_CATALOG`` if set, else the packaged ``styles.csv`` (the repository's)."""
-    from evaluator.workspace import settings
-
     return settings.catalog_path() or PACKAGED_CATALOG_PATH
 
 
