@@ -257,27 +257,24 @@ def update_index(
 def record_index_run(workdir: Workdir, info: IndexInfo, config: IndexConfig, timeout: float = 120.0) -> str:
     """A ``runs`` row (kind='index') with the index's recall, written in one transaction,
     and its JSON under ``runs/``. Returns the run id."""
-    import socket
     import uuid
-    from datetime import UTC, datetime
 
     import pandas as pd
 
-    from catalog.atomic import atomic_write_text
+    from evaluator.workspace.records import Provenance, RunRecord, utcnow
     from evaluator.workspace.store import open_store, transaction, upsert_df
 
-    now = datetime.now(UTC).replace(tzinfo=None)
-    run_id = f"index-{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    row = {
-        "run_id": run_id, "kind": "index", "started_at": now, "finished_at": now, "status": "ok",
-        "config": json.dumps(asdict(config)), "timings": json.dumps({"seconds": round(info.seconds, 3)}),
-        "device": "cpu", "dtype": "float32", "n_done": info.added, "n_skipped": info.ntotal - info.added,
-        "n_failed": 0, "host": socket.gethostname(), "message": json.dumps(asdict(info)),
-    }
+    now = utcnow()
+    record = RunRecord(
+        run_id=f"index-{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}", kind="index",
+        provenance=Provenance.collect(device="cpu", dtype="float32"),  # FAISS runs on the CPU in float32
+        started_at=now, finished_at=now, config=asdict(config), timings={"seconds": round(info.seconds, 3)},
+        n_done=info.added, n_skipped=info.ntotal - info.added, message=json.dumps(asdict(info)),
+    )
     with open_store(workdir.store, timeout=timeout) as con, transaction(con):
-        upsert_df(con, "runs", pd.DataFrame([row]), ["run_id"])
-    atomic_write_text(workdir.runs / f"{run_id}.json", json.dumps(row, indent=2, default=str) + "\n")
-    return run_id
+        upsert_df(con, "runs", pd.DataFrame([record.row()]), ["run_id"])
+    record.write(workdir)
+    return record.run_id
 
 
 # ------------------------------------------------------------------ search

@@ -9,8 +9,13 @@ needs reference images, and its level:
 - ``artist``: one value per (checkpoint, artist) computed from all its images;
 - ``checkpoint``: one value per checkpoint.
 
+The registry drives the scoring run (``evaluator.scoring.aggregate``): it computes each
+level's metrics from :func:`list_metrics`, skips the ``needs_references`` ones when there
+are no reference images, and compares base and fine-tune on the ``per_seed`` ones (image
+metrics through their per-seed means, artist metrics through their ``seed_values``).
+
 The functions take plain numpy arrays so each can be checked against a naive loop.
-``evaluator.scoring.run`` builds an :class:`EvalInputs` and calls the registered functions.
+Reads and writes nothing: the scoring run builds an :class:`EvalInputs` and stores results.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from evaluator.errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,6 +45,14 @@ class Metric:
     # image metrics and per-seed artist metrics can be compared base vs fine-tune with
     # a paired bootstrap over seeds; the others have no per-seed value.
     per_seed: bool = True
+    # An artist metric's per-seed values: (checkpoint, artist_id, seed, value) rows, the
+    # observations its CI and the comparisons bootstrap over. Image metrics need none
+    # (their per-seed value is the mean of the seed's images).
+    seed_values: Callable[..., Any] | None = None
+
+
+class UnknownMetricError(InputError, KeyError):
+    """A metric name the registry does not know (still a KeyError for older callers)."""
 
 
 _REGISTRY: dict[str, Metric] = {}
@@ -50,22 +65,45 @@ def register_metric(
     needs_references: bool = False,
     level: str = "image",
     per_seed: bool = True,
+    *,
+    seed_values: Callable[..., Any] | None = None,
 ) -> Callable:
-    """Decorator: add a metric function to the registry under ``name``."""
+    """Decorator: add a metric function to the registry under ``name``.
+
+    Refuses a name already taken (two metrics would write the same rows) and a per-seed
+    artist metric without ``seed_values`` (the comparisons would have nothing to pair).
+    """
     if level not in LEVELS:
-        raise ValueError(f"level must be one of {', '.join(LEVELS)} but is {level!r}")
+        raise InputError(f"level must be one of {', '.join(LEVELS)} but is {level!r}")
+    if per_seed and level == "checkpoint":
+        raise InputError(f"metric {name!r}: a checkpoint metric has no per-seed value (pass per_seed=False)")
+    if per_seed and level == "artist" and seed_values is None:
+        raise InputError(f"metric {name!r}: a per-seed artist metric needs seed_values (or pass per_seed=False)")
 
     def decorate(fn: Callable) -> Callable:
         if name in _REGISTRY:
-            raise ValueError(f"metric {name!r} is already registered")
-        _REGISTRY[name] = Metric(name, definition, higher_is_better, needs_references, level, fn, per_seed)
+            raise InputError(f"metric {name!r} is already registered")
+        _REGISTRY[name] = Metric(name, definition, higher_is_better, needs_references, level, fn, per_seed, seed_values)
         return fn
 
     return decorate
 
 
-def list_metrics(level: str | None = None) -> list[Metric]:
-    return [m for m in _REGISTRY.values() if level is None or m.level == level]
+def list_metrics(level: str | None = None, *, has_references: bool = True) -> list[Metric]:
+    """The registered metrics of ``level`` (all levels: None), in registration order.
+
+    ``has_references=False`` leaves out the metrics that need reference images: with
+    none there is nothing for them to compute.
+    """
+    return [
+        m for m in _REGISTRY.values()
+        if (level is None or m.level == level) and (has_references or not m.needs_references)
+    ]
+
+
+def seed_metrics(level: str) -> list[Metric]:
+    """The metrics of ``level`` that have a value per seed (what comparisons pair)."""
+    return [m for m in list_metrics(level) if m.per_seed]
 
 
 def get_metric(name: str) -> Metric:
@@ -75,7 +113,7 @@ def get_metric(name: str) -> Metric:
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(_REGISTRY)}"
-        raise KeyError(f"unknown metric {name!r}{hint}") from None
+        raise UnknownMetricError(f"unknown metric {name!r}{hint}") from None
 
 
 def metrics_table() -> str:
@@ -522,7 +560,7 @@ def recognition_margins(inp: EvalInputs) -> pd.DataFrame:
     return out
 
 
-@register_metric("recognition_margin", "mean over seeds of [artist_similarity of the artist's images - that of the same-seed `null`-template baseline images]", True, level="artist")
+@register_metric("recognition_margin", "mean over seeds of [artist_similarity of the artist's images - that of the same-seed `null`-template baseline images]", True, level="artist", seed_values=recognition_margins)
 def _recognition_margin(inp: EvalInputs) -> pd.DataFrame:
     from evaluator.scoring.stats import grouped_bootstrap
 
