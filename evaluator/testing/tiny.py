@@ -52,20 +52,14 @@ def _text_config(hidden: int, vocab: int, projection: int | None = None, pad_id:
     )
 
 
-def build_tiny_components(kind: str = "sd1", seed: int = 0, size: str = "tiny") -> dict:
-    """The modules of a tiny pipeline (not saved), seeded so a rebuild is identical."""
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+# Width of the (first) tiny text encoder; the UNet's cross attention follows it.
+TEXT_HIDDEN = 32
 
-    from evaluator.generation.tokenizer import PAD_BANG, load_clip_tokenizer
 
-    _check(kind, size)
-    tokenizer = load_clip_tokenizer(n_merges=TINY_MERGES)
-    vocab = len(tokenizer)
-    hidden = 32
+def _unet_blocks(size: str) -> dict:
+    """UNet block layout: two small levels (tiny), or SD's four (bench)."""
     if size == "tiny":
-        unet_blocks = dict(
+        return dict(
             block_out_channels=(16, 32),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -73,50 +67,74 @@ def build_tiny_components(kind: str = "sd1", seed: int = 0, size: str = "tiny") 
             norm_num_groups=8,
             attention_head_dim=(2, 4),
         )
-    else:  # SD's layout: four levels, cross attention in the first three, 2 resnets each
-        unet_blocks = dict(
-            block_out_channels=(64, 128, 192, 192),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            layers_per_block=2,
-            norm_num_groups=32,
-            attention_head_dim=8,
-        )
+    # SD's layout: four levels, cross attention in the first three, 2 resnets each
+    return dict(
+        block_out_channels=(64, 128, 192, 192),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        layers_per_block=2,
+        norm_num_groups=32,
+        attention_head_dim=8,
+    )
+
+
+def _sd1_unet_and_text(tokenizer, size: str) -> tuple[object, dict]:
+    """(UNet, text components) of an SD 1.x pipeline; built in this order from the seeded RNG."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    vocab = len(tokenizer)
     latent = 32 if size == "tiny" else 16  # the default image: 64 px tiny, 128 px bench
-    torch.manual_seed(seed)
-    components: dict = {}
-    if kind == "sd1":
-        unet = UNet2DConditionModel(
-            sample_size=latent, in_channels=4, out_channels=4, cross_attention_dim=hidden, **unet_blocks
-        )
-        components["text_encoder"] = CLIPTextModel(_text_config(hidden, vocab, pad_id=vocab - 1))
-        components["tokenizer"] = tokenizer
-    else:
-        time_dim = 8
-        # The second encoder must be wider than the first (as in SDXL: 768 vs 1280):
-        # diffusers' single-file loader tells the two apart by their width.
-        hidden_2 = 48
-        unet = UNet2DConditionModel(
-            sample_size=latent,
-            in_channels=4,
-            out_channels=4,
-            cross_attention_dim=hidden + hidden_2,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=time_dim,
-            projection_class_embeddings_input_dim=hidden_2 + 6 * time_dim,
-            **unet_blocks,
-        )
-        components["text_encoder"] = CLIPTextModel(_text_config(hidden, vocab, pad_id=vocab - 1))
-        components["text_encoder_2"] = CLIPTextModelWithProjection(
-            _text_config(hidden_2, vocab, projection=hidden_2, pad_id=0)
-        )
-        components["tokenizer"] = tokenizer
-        components["tokenizer_2"] = load_clip_tokenizer(n_merges=TINY_MERGES, pad_token=PAD_BANG)
-    # tiny: 2 levels (latents at 1/2 of the image side, so 64 px -> 32x32 latents);
-    # bench: 4 levels like SD's VAE (1/8: 128 px -> 16x16 latents).
+    unet = UNet2DConditionModel(
+        sample_size=latent, in_channels=4, out_channels=4, cross_attention_dim=TEXT_HIDDEN, **_unet_blocks(size)
+    )
+    text = {
+        "text_encoder": CLIPTextModel(_text_config(TEXT_HIDDEN, vocab, pad_id=vocab - 1)),
+        "tokenizer": tokenizer,
+    }
+    return unet, text
+
+
+def _sdxl_unet_and_text(tokenizer, size: str) -> tuple[object, dict]:
+    """(UNet, text components) of an SDXL pipeline: two text encoders, time conditioning."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from evaluator.generation.tokenizer import PAD_BANG, load_clip_tokenizer
+
+    vocab = len(tokenizer)
+    latent = 32 if size == "tiny" else 16
+    time_dim = 8
+    # The second encoder must be wider than the first (as in SDXL: 768 vs 1280):
+    # diffusers' single-file loader tells the two apart by their width.
+    hidden_2 = 48
+    unet = UNet2DConditionModel(
+        sample_size=latent,
+        in_channels=4,
+        out_channels=4,
+        cross_attention_dim=TEXT_HIDDEN + hidden_2,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=hidden_2 + 6 * time_dim,
+        **_unet_blocks(size),
+    )
+    text = {
+        "text_encoder": CLIPTextModel(_text_config(TEXT_HIDDEN, vocab, pad_id=vocab - 1)),
+        "text_encoder_2": CLIPTextModelWithProjection(_text_config(hidden_2, vocab, projection=hidden_2, pad_id=0)),
+        "tokenizer": tokenizer,
+        "tokenizer_2": load_clip_tokenizer(n_merges=TINY_MERGES, pad_token=PAD_BANG),
+    }
+    return unet, text
+
+
+def _tiny_vae(size: str):
+    """tiny: 2 levels (latents at 1/2 of the image side, so 64 px -> 32x32 latents);
+    bench: 4 levels like SD's VAE (1/8: 128 px -> 16x16 latents)."""
+    from diffusers import AutoencoderKL
+
     vae_levels = 2 if size == "tiny" else 4
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         block_out_channels=(16, 32) if size == "tiny" else (16, 32, 32, 32),
         in_channels=3,
         out_channels=3,
@@ -127,14 +145,36 @@ def build_tiny_components(kind: str = "sd1", seed: int = 0, size: str = "tiny") 
         layers_per_block=1,
         sample_size=64 if size == "tiny" else 128,
     )
-    scheduler = EulerDiscreteScheduler(
+
+
+def _euler_scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         timestep_spacing="leading",
         steps_offset=1,
     )
-    components.update(unet=unet, vae=vae, scheduler=scheduler)
+
+
+def build_tiny_components(kind: str = "sd1", seed: int = 0, size: str = "tiny") -> dict:
+    """The modules of a tiny pipeline (not saved), seeded so a rebuild is identical.
+
+    The weights depend on the order the modules are made in (UNet, text encoders, VAE):
+    keep it, or every saved tiny model (and the demo store's digest) changes.
+    """
+    import torch
+
+    from evaluator.generation.tokenizer import load_clip_tokenizer
+
+    _check(kind, size)
+    tokenizer = load_clip_tokenizer(n_merges=TINY_MERGES)
+    torch.manual_seed(seed)
+    unet_and_text = _sd1_unet_and_text if kind == "sd1" else _sdxl_unet_and_text
+    unet, components = unet_and_text(tokenizer, size)
+    components.update(unet=unet, vae=_tiny_vae(size), scheduler=_euler_scheduler())
     return components
 
 
