@@ -102,10 +102,8 @@ def build_catalog(sources_dir: str | Path) -> tuple[list[Artist], BuildReport]:
 
 def default_sources_dir() -> Path:
     """``../shared/data/artist-sources`` beside the repository (the clone holding ``catalog/``)."""
-    import catalog
-
-    repository = Path(catalog.__file__).resolve().parent.parent
-    return repository.parent / "shared" / "data" / "artist-sources"
+    clone = Path(__file__).resolve().parents[2]  # <clone>/catalog/build/__init__.py
+    return clone.parent / "shared" / "data" / "artist-sources"
 
 
 def build_styles_csv(sources_dir: str | Path, out: str | Path, report_path: str | Path | None = None) -> BuildReport:
