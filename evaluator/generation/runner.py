@@ -1,5 +1,9 @@
 """The generation runner: work units in, PNG images + thumbnails + manifest shards out.
 
+Reads the units, a checkpoints TOML and the weights it names, and the workdir's earlier
+manifests and images; writes ``images/``, ``thumbs/``, ``manifests/<run_id>/``,
+``checkpoints/<name>.json`` and ``runs/<run_id>.json``. Never the store.
+
 One process (or one rank of ``torchrun`` / ``accelerate launch``) takes its share of the
 units (``catalog.units.shard``), skips those already made, loads each checkpoint once,
 and generates in batches of units that share settings. Every image gets its own CPU

@@ -16,6 +16,12 @@ Identity (see docs/ARCHITECTURE.md): the unit id hashes (checkpoint, artist, tem
 "import", prompt, seed or -1, size, steps 0, guidance 0, scheduler ""), with the file's
 SHA-256 in place of the prompt when there is none, so a rerun maps each file to the same
 row. The run writes a manifest shard, then ingests it into the store in one transaction.
+
+Reads a folder (and its labels CSV, the catalog, earlier manifests); writes
+``DIR/imported/``, ``DIR/thumbs/imported/``, one manifest shard, ``runs/<run_id>.json``,
+``checkpoints/<name>.json`` for model names never seen, and the store's ``images``,
+``runs`` and ``reference_images`` rows. ``import_images`` runs five numbered steps:
+read, decode, identify, write, ingest.
 """
 
 from __future__ import annotations
@@ -29,8 +35,12 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from catalog.units import WorkUnit
+from evaluator.errors import InputError
+from evaluator.generation.pngmeta import png_is_complete
+from evaluator.workspace.records import Provenance, RunRecord, image_record, utcnow
 from evaluator.workspace.workdir import Workdir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -169,22 +179,22 @@ def read_labels(path: Path, src_dir: Path) -> dict[str, Label]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc})") from exc
+        raise InputError(f"{path}: not UTF-8 text ({exc})") from exc
     reader = csv.DictReader(text.splitlines())
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if "file" not in columns:
-        raise ValueError(f"{path}: line 1: the header needs a 'file' column (found: {', '.join(columns) or 'nothing'})")
+        raise InputError(f"{path}: line 1: the header needs a 'file' column (found: {', '.join(columns) or 'nothing'})")
     if "artist" not in columns:
-        raise ValueError(f"{path}: line 1: the header needs an 'artist' column (found: {', '.join(columns)})")
+        raise InputError(f"{path}: line 1: the header needs an 'artist' column (found: {', '.join(columns)})")
     labels: dict[str, Label] = {}
     for number, row in enumerate(reader, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
         name = row.get("file", "")
         if not name:
-            raise ValueError(f"{path}: line {number}: empty 'file'")
+            raise InputError(f"{path}: line {number}: empty 'file'")
         key = Path(name).as_posix()
         if key in labels:
-            raise ValueError(f"{path}: line {number}: file {name!r} is already labelled on line {labels[key].line}")
+            raise InputError(f"{path}: line {number}: file {name!r} is already labelled on line {labels[key].line}")
         labels[key] = Label(number, row.get("artist") or None, row.get("checkpoint") or None, row.get("prompt") or None)
     return labels
 
@@ -278,9 +288,74 @@ def _identity(checkpoint: str | None, artist_id: str, prompt: str, seed: int, wi
     )
 
 
+@dataclass(frozen=True)
+class ImportOptions:
+    """The options of one import (``atelier import``'s flags)."""
+
+    labels_csv: str | Path | None = None  # file,artist[,checkpoint][,prompt]
+    checkpoint: str | None = None  # every image under this checkpoint name
+    as_reference: bool = False  # reference images of their artists, not a model's output
+    catalog_path: str | Path | None = None  # styles.csv for artist names (None: the project's)
+    progress: bool = True
+    thumb_size: int = 192
+
+    @property
+    def source_kind(self) -> str:
+        return "reference" if self.as_reference else "imported"
+
+
+class ImportSourceError(InputError, FileNotFoundError):
+    """The folder to import does not exist (still a FileNotFoundError for old callers)."""
+
+
+@dataclass
+class _Import:
+    """One import run: its inputs, what earlier imports made, and what this one made so far."""
+
+    src: Path
+    wd: Workdir
+    options: ImportOptions
+    forced: str | None  # the --checkpoint name
+    labels_path: Path | None
+    labels: dict[str, Label]
+    index: ArtistIndex
+    known: dict[int, tuple[str, str | None, str | None]]  # image_id -> (sha256, path, error)
+    summary: ImportSummary
+    started: datetime
+    records: list[dict] = field(default_factory=list)
+    seen_units: dict[str, tuple[str, str]] = field(default_factory=dict)  # unit_id -> (sha256, file)
+
+    @property
+    def run_id(self) -> str:
+        return self.summary.run_id
+
+
+@dataclass
+class _Decoded:
+    """Step 2's result for one file: the RGB image (None when it cannot be decoded)."""
+
+    image: Any
+    info: dict
+    notes: list[str]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class _Identified:
+    """Step 3's result for one file: its unit and the settings its row shows."""
+
+    unit: WorkUnit
+    checkpoint: str | None
+    prompt: str
+    seed: int
+    width: int
+    height: int
+
+
 def import_images(
     src_dir: str | Path,
     workdir: str | Path,
+    *,
     labels_csv: str | Path | None = None,
     checkpoint: str | None = None,
     as_reference: bool = False,
@@ -291,25 +366,30 @@ def import_images(
     """Import every image under ``src_dir`` into ``workdir`` and its store (see module doc)."""
     from tqdm import tqdm
 
-    from catalog.atomic import atomic_write_bytes
-    from evaluator.generation.pngmeta import encode_png, format_parameters
-    from evaluator.generation.runner import png_is_complete
-    from evaluator.workspace.manifest import read_manifests, write_shard
-    from evaluator.workspace.thumbs import write_thumbnail
+    options = ImportOptions(labels_csv, checkpoint, as_reference, catalog_path, progress, thumb_size)
+    job, images = _open_import(Path(src_dir), workdir, options)  # 1. read
+    for path in tqdm(images, desc="import", unit="img", disable=not options.progress):
+        _import_file(job, path)  # 2-4. decode, identify, write
+    _finish_import(job)  # 5. ingest
+    return job.summary
 
-    src = Path(src_dir).expanduser().resolve()
+
+def _open_import(src_dir: Path, workdir: str | Path, options: ImportOptions) -> tuple[_Import, list[Path]]:
+    """Step 1, read: the options checked, the labels, the catalog, the earlier imports, the files."""
+    from evaluator.workspace.manifest import read_manifests
+
+    src = src_dir.expanduser().resolve()
     if not src.is_dir():
-        raise FileNotFoundError(f"import source {src} is not a folder")
-    forced = checkpoint_name(checkpoint) if checkpoint else None
-    if checkpoint and forced != checkpoint:
-        raise ValueError(f"--checkpoint must match [A-Za-z0-9._-]+ but is {checkpoint!r} (try {forced!r})")
+        raise ImportSourceError(f"import source {src} is not a folder")
+    forced = checkpoint_name(options.checkpoint) if options.checkpoint else None
+    if options.checkpoint and forced != options.checkpoint:
+        raise InputError(f"--checkpoint must match [A-Za-z0-9._-]+ but is {options.checkpoint!r} (try {forced!r})")
     wd = Workdir.at(workdir)
-    labels_path = Path(labels_csv).resolve() if labels_csv else None
+    labels_path = Path(options.labels_csv).resolve() if options.labels_csv else None
     labels = read_labels(labels_path, src) if labels_path else {}
-    index = load_artist_index(catalog_path)
+    index = load_artist_index(options.catalog_path)
     run_id = f"import-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     summary = ImportSummary(run_id=run_id, source_dir=str(src))
-    source_kind = "reference" if as_reference else "imported"
 
     files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -322,124 +402,139 @@ def import_images(
     if len(existing):
         for row in existing[["image_id", "sha256", "path", "error"]].itertuples(index=False):
             known[int(row.image_id)] = (row.sha256, row.path, row.error if isinstance(row.error, str) else None)
+    job = _Import(src, wd, options, forced, labels_path, labels, index, known, summary, utcnow())
+    return job, images
 
-    records: list[dict] = []
-    seen_units: dict[str, tuple[str, str]] = {}
-    now = datetime.now(UTC).replace(tzinfo=None)
-    for path in tqdm(images, desc="import", unit="img", disable=not progress):
-        rel = path.relative_to(src).as_posix()
-        data = path.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        label = labels.get(rel) or labels.get(path.name)
-        try:
-            image, info, notes = _decode(path, data)
-            error = None
-        except ValueError as exc:
-            image, info, notes, error = None, None, [], str(exc)
-        info = info or {}
-        unit_info = info.get("unit") or {}
 
-        # artist: labels > our own chunk > nothing
-        artist_name = label.artist if label and label.artist else None
-        if artist_name:
-            artist_id = index.lookup(artist_name)
-            if artist_id is None:
-                summary.unknown_artists[artist_name] = summary.unknown_artists.get(artist_name, 0) + 1
-                artist_id = slugify(artist_name)
-        elif unit_info.get("artist_id"):
-            artist_id = str(unit_info["artist_id"])
-        elif index.lookup_in_prompt(info.get("prompt") or ""):
-            artist_id = index.lookup_in_prompt(info.get("prompt") or "")
-        else:
-            artist_id = "_unknown"
-            if error is None:
-                summary.unlabelled.append(rel)
-        # checkpoint: --checkpoint > labels > metadata model name
-        if as_reference:
-            ckpt = forced
-        else:
-            ckpt = forced or checkpoint_name(label.checkpoint if label else None) or checkpoint_name(
-                unit_info.get("checkpoint") or info.get("model")
-            )
-        prompt = (label.prompt if label and label.prompt else None) or info.get("prompt") or ""
-        negative = info.get("negative_prompt") or ""
-        seed = info.get("seed") if isinstance(info.get("seed"), int) else -1
-        width, height = (image.size if image is not None else (info.get("width") or 0, info.get("height") or 0))
+def _import_file(job: _Import, path: Path) -> None:
+    """One file through steps 2-4; its row joins ``job.records`` unless already imported."""
+    rel = path.relative_to(job.src).as_posix()
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        image, info, notes = _decode(path, data)
+        decoded = _Decoded(image, info or {}, notes, None)
+    except ValueError as exc:
+        decoded = _Decoded(None, {}, [], str(exc))
+    found = _identify(job, path, rel, sha, decoded)
+    if found is None:  # byte-identical copy of a file already taken: one row
+        return
+    record = _image_row(job, path, rel, sha, found, decoded)
+    previous = job.known.get(found.unit.image_id)
+    if previous is not None and previous[0] == sha and previous[2] == record["error"] and (
+        record["path"] is None or png_is_complete(job.wd.root / record["path"])
+    ):
+        job.summary.unchanged += 1
+        return
+    if decoded.error is None:
+        _write_copy(job, path, rel, record, decoded.image)
+    job.records.append(record)
 
-        if error is not None:
-            # unique per file and place: the content hash and the relative path
-            unit = _identity(ckpt, artist_id, f"error:{rel}", -1, 0, 0, sha)
-        else:
-            unit = _identity(ckpt, artist_id, prompt, seed, width, height, None if prompt else sha)
-            if unit.unit_id in seen_units and seen_units[unit.unit_id][0] != sha:  # same settings, other pixels
-                unit = _identity(ckpt, artist_id, prompt, seed, width, height, sha)
-        if unit.unit_id in seen_units:  # byte-identical copy of a file already taken: one row
-            summary.notes.append((rel, f"same content and labels as {seen_units[unit.unit_id][1]}: recorded once"))
-            continue
-        seen_units[unit.unit_id] = (sha, rel)
 
-        folder = ckpt or ("reference" if as_reference else "_unknown")
-        stem = NAME_SAFE.sub("-", path.stem).strip("-") or "image"
-        relpath = Path("imported") / folder / artist_id / f"{stem}-{unit.unit_id[:8]}.png"
-        thumb_rel = Path("thumbs") / relpath.with_suffix(".jpg")
-        record = {
-            "image_id": unit.image_id,
-            "unit_id": unit.unit_id,
-            "source": source_kind,
-            "checkpoint": ckpt,
-            "artist_id": artist_id,
-            "template": "import",
-            "prompt": prompt,
-            "negative_prompt": negative,
-            "seed": seed,
-            "width": width or None,
-            "height": height or None,
-            "steps": info.get("steps") or 0,
-            "guidance": float(info.get("guidance") or 0.0),
-            "scheduler": info.get("sampler") or "",
-            "path": None,
-            "thumb_path": None,
-            "sha256": sha,
-            "seconds": None,
-            "error": None,
-            "run_id": run_id,
-            "created_at": now,
-        }
-        if error is not None:
-            record["error"] = f"{rel}: {error}"
-            record["path"] = None
-            summary.failed.append((rel, error))
-        else:
-            record["path"] = relpath.as_posix()
-            record["thumb_path"] = thumb_rel.as_posix()
-            for note in notes:
-                summary.notes.append((rel, note))
-        previous = known.get(unit.image_id)
-        if previous is not None and previous[0] == sha and previous[2] == record["error"] and (
-            record["path"] is None or png_is_complete(wd.root / record["path"])
-        ):
-            summary.unchanged += 1
-            continue
-        if error is None:
-            parameters = format_parameters(
-                prompt, negative, int(record["steps"]), record["scheduler"] or "unknown", record["guidance"],
-                seed, width, height, model=ckpt, extra={"Imported from": rel},
-            )
-            meta = {**record, "created_at": now.isoformat(), "imported_from": str(path)}
-            atomic_write_bytes(wd.root / relpath, encode_png(image, parameters, meta, compress_level=IMPORT_PNG_LEVEL))
-            write_thumbnail(image, wd.root / thumb_rel, thumb_size)
-            image.close()
-            summary.imported += 1
-        records.append(record)
+def _identify(job: _Import, path: Path, rel: str, sha: str, decoded: _Decoded) -> _Identified | None:
+    """Step 3, identify: artist, checkpoint and unit of one file (None: a copy already taken)."""
+    label = job.labels.get(rel) or job.labels.get(path.name)
+    info = decoded.info
+    unit_info = info.get("unit") or {}
+    artist_id = _artist_of(job, label, info, unit_info, rel, decoded.error)
+    # checkpoint: --checkpoint > labels > metadata model name
+    if job.options.as_reference:
+        ckpt = job.forced
+    else:
+        ckpt = job.forced or checkpoint_name(label.checkpoint if label else None) or checkpoint_name(
+            unit_info.get("checkpoint") or info.get("model")
+        )
+    prompt = (label.prompt if label and label.prompt else None) or info.get("prompt") or ""
+    seed = info.get("seed") if isinstance(info.get("seed"), int) else -1
+    width, height = (decoded.image.size if decoded.image is not None else (info.get("width") or 0, info.get("height") or 0))
+    if decoded.error is not None:
+        # unique per file and place: the content hash and the relative path
+        unit = _identity(ckpt, artist_id, f"error:{rel}", -1, 0, 0, sha)
+    else:
+        unit = _identity(ckpt, artist_id, prompt, seed, width, height, None if prompt else sha)
+        if unit.unit_id in job.seen_units and job.seen_units[unit.unit_id][0] != sha:  # same settings, other pixels
+            unit = _identity(ckpt, artist_id, prompt, seed, width, height, sha)
+    if unit.unit_id in job.seen_units:
+        job.summary.notes.append((rel, f"same content and labels as {job.seen_units[unit.unit_id][1]}: recorded once"))
+        return None
+    job.seen_units[unit.unit_id] = (sha, rel)
+    return _Identified(unit, ckpt, prompt, seed, width, height)
 
-    if records:
-        _record_checkpoints(wd, records, src)
-        manifest = wd.manifests / run_id / "rank0-part00000.parquet"
-        write_shard(records, manifest)
-        summary.manifest_path = str(manifest)
-        _write_import_run(wd, run_id, src, summary, as_reference, checkpoint, labels_path)
-    summary.rows_ingested = _ingest(wd, records, as_reference, run_id) if records else 0
-    return summary
+
+def _artist_of(job: _Import, label: Label | None, info: dict, unit_info: dict, rel: str, error: str | None) -> str:
+    """The artist id: from the labels, else our own chunk, else a name in the prompt."""
+    summary = job.summary
+    artist_name = label.artist if label and label.artist else None
+    if artist_name:
+        artist_id = job.index.lookup(artist_name)
+        if artist_id is None:
+            summary.unknown_artists[artist_name] = summary.unknown_artists.get(artist_name, 0) + 1
+            artist_id = slugify(artist_name)
+        return artist_id
+    if unit_info.get("artist_id"):
+        return str(unit_info["artist_id"])
+    named = job.index.lookup_in_prompt(info.get("prompt") or "")
+    if named:
+        return named
+    if error is None:
+        summary.unlabelled.append(rel)
+    return "_unknown"
+
+
+def _image_row(job: _Import, path: Path, rel: str, sha: str, found: _Identified, decoded: _Decoded) -> dict:
+    """The ``images`` row of one file (with its error when it could not be decoded)."""
+    info, unit = decoded.info, found.unit
+    folder = found.checkpoint or ("reference" if job.options.as_reference else "_unknown")
+    stem = NAME_SAFE.sub("-", path.stem).strip("-") or "image"
+    relpath = Path("imported") / folder / unit.artist_id / f"{stem}-{unit.unit_id[:8]}.png"
+    record = image_record(
+        unit, job.run_id, source=job.options.source_kind, checkpoint=found.checkpoint, prompt=found.prompt,
+        negative_prompt=info.get("negative_prompt") or "", seed=found.seed, width=found.width or None,
+        height=found.height or None, steps=info.get("steps") or 0, guidance=float(info.get("guidance") or 0.0),
+        scheduler=info.get("sampler") or "", sha256=sha, created_at=job.started,
+    )
+    if decoded.error is not None:
+        record["error"] = f"{rel}: {decoded.error}"
+        job.summary.failed.append((rel, decoded.error))
+    else:
+        record["path"] = relpath.as_posix()
+        record["thumb_path"] = (Path("thumbs") / relpath.with_suffix(".jpg")).as_posix()
+        job.summary.notes.extend((rel, note) for note in decoded.notes)
+    return record
+
+
+def _write_copy(job: _Import, path: Path, rel: str, record: dict, image) -> None:
+    """Step 4, write: the RGB PNG copy (A1111 infotext + our chunk) and its thumbnail."""
+    from catalog.atomic import atomic_write_bytes
+    from evaluator.generation.pngmeta import InfotextParams, encode_png
+    from evaluator.workspace.thumbs import write_thumbnail
+
+    width, height = image.size
+    parameters = InfotextParams(
+        record["prompt"], record["negative_prompt"], int(record["steps"]), record["scheduler"] or "unknown",
+        record["guidance"], record["seed"], width, height, model=record["checkpoint"], extra={"Imported from": rel},
+    ).text()
+    meta = {**record, "created_at": job.started.isoformat(), "imported_from": str(path)}
+    encoded = encode_png(image, parameters, meta, compress_level=IMPORT_PNG_LEVEL)
+    atomic_write_bytes(job.wd.root / record["path"], encoded)
+    write_thumbnail(image, job.wd.root / record["thumb_path"], job.options.thumb_size)
+    image.close()
+    job.summary.imported += 1
+
+
+def _finish_import(job: _Import) -> None:
+    """Step 5, ingest: manifest shard, checkpoint and run records, then the store."""
+    from evaluator.workspace.manifest import write_shard
+
+    if not job.records:
+        job.summary.rows_ingested = 0
+        return
+    _record_checkpoints(job.wd, job.records, job.src)
+    manifest = job.wd.manifests / job.run_id / "rank0-part00000.parquet"
+    write_shard(job.records, manifest)
+    job.summary.manifest_path = str(manifest)
+    run = _write_import_run(job)
+    job.summary.rows_ingested = _ingest(job.wd, job.records, job.options.as_reference, run)
 
 
 def _record_checkpoints(wd: Workdir, records: list[dict], src: Path) -> None:
@@ -462,50 +557,45 @@ def _record_checkpoints(wd: Workdir, records: list[dict], src: Path) -> None:
             "dtype": None,
             "scheduler": None,
             "notes": f"images imported from {src}; weights unknown",
-            "added_at": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
+            "added_at": utcnow().isoformat(timespec="seconds"),
         }
         atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
 
 
-def _write_import_run(wd: Workdir, run_id: str, src: Path, summary: ImportSummary, as_reference: bool,
-                      checkpoint: str | None, labels_path: Path | None) -> None:
-    from catalog.atomic import atomic_write_text
-    from evaluator.workspace.records import git_revision, package_versions
-
-    now = datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
-    record = {
-        "run_id": run_id,
-        "kind": "import",
-        "started_at": now,
-        "finished_at": now,
-        "status": "ok" if not summary.failed else "failed-units",
-        "config": json.dumps({"source": str(src), "labels": str(labels_path) if labels_path else None,
-                              "checkpoint": checkpoint, "as_reference": as_reference}),
-        "versions": json.dumps(package_versions()),
-        "git_rev": git_revision(),
-        "device": None,
-        "dtype": None,
-        "timings": json.dumps({}),
-        "n_done": summary.imported,
-        "n_skipped": summary.unchanged,
-        "n_failed": len(summary.failed),
-        "host": None,
-        "message": "; ".join(f"{n}: {r}" for n, r in summary.failed[:20]) or None,
+def _write_import_run(job: _Import) -> RunRecord:
+    """``runs/<run_id>.json`` for the store's ``runs`` table."""
+    summary, options = job.summary, job.options
+    config = {
+        "source": str(job.src), "labels": str(job.labels_path) if job.labels_path else None,
+        "checkpoint": options.checkpoint, "as_reference": options.as_reference,
     }
-    atomic_write_text(wd.runs / f"{run_id}.json", json.dumps(record, indent=2))
+    run = RunRecord(
+        run_id=job.run_id,
+        kind="import",
+        provenance=Provenance.collect(),
+        started_at=job.started,
+        finished_at=utcnow(),
+        status="ok" if not summary.failed else "failed-units",
+        config=config,
+        n_done=summary.imported,
+        n_skipped=summary.unchanged,
+        n_failed=len(summary.failed),
+        message="; ".join(f"{n}: {r}" for n, r in summary.failed[:20]) or None,
+    )
+    run.write(job.wd)
+    return run
 
 
-def _ingest(wd: Workdir, records: list[dict], as_reference: bool, run_id: str) -> int:
+def _ingest(wd: Workdir, records: list[dict], as_reference: bool, run: RunRecord) -> int:
     """Manifests -> ``images`` (upsert), plus references and the run row, in one transaction."""
     import pandas as pd
 
     from evaluator.workspace.manifest import ingest_manifests
     from evaluator.workspace.store import open_store, transaction, upsert_df
 
-    run = json.loads((wd.runs / f"{run_id}.json").read_text())
     with open_store(wd.store) as con, transaction(con):
         written = ingest_manifests(con, wd.manifests)
-        upsert_df(con, "runs", pd.DataFrame([run]), key=["run_id"])
+        upsert_df(con, "runs", pd.DataFrame([run.to_json()]), key=["run_id"])
         if as_reference:
             refs = pd.DataFrame(
                 [{"artist_id": r["artist_id"], "image_id": r["image_id"]} for r in records if r["error"] is None]

@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from evaluator.errors import InputError
+
 if TYPE_CHECKING:
     import duckdb
     import pandas as pd
@@ -89,7 +91,7 @@ def read_manifests(manifests_dir: str | Path) -> pd.DataFrame:
         try:
             frame = pq.read_table(path, schema=manifest_schema()).to_pandas()
         except Exception as exc:  # a shard is written atomically, so this is real damage
-            raise ValueError(f"manifest shard {path} is unreadable: {exc}") from exc
+            raise InputError(f"manifest shard {path} is unreadable: {exc}") from exc
         _check_paths_inside(frame, path)
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
@@ -108,7 +110,7 @@ def _check_paths_inside(frame: pd.DataFrame, shard: Path) -> None:
         bad = values[values.str.startswith(("/", "\\")) | values.str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)|^[A-Za-z]:")]
         if len(bad):
             row = int(bad.index[0])
-            raise ValueError(
+            raise InputError(
                 f"manifest shard {shard}: row {row} (image_id {frame.at[row, 'image_id']}): {column} {bad.iloc[0]!r} "
                 f"is outside the workdir; paths must be relative to the workdir ({len(bad)} such rows)"
             )

@@ -11,6 +11,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from evaluator.errors import InputError
+
 # 192 px: two columns of a dashboard grid on a laptop screen; ~8 KB each as JPEG q85.
 DEFAULT_SIZE = 192
 QUALITY = 85
@@ -21,7 +23,7 @@ def thumbnail_bytes(image: Any, size: int = DEFAULT_SIZE, quality: int = QUALITY
     from PIL import Image
 
     if size < 8:
-        raise ValueError(f"thumbnail size must be >= 8 but is {size}")
+        raise InputError(f"thumbnail size must be >= 8 but is {size}")
     thumb = image.convert("RGB") if image.mode != "RGB" else image.copy()
     thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
@@ -30,6 +32,7 @@ def thumbnail_bytes(image: Any, size: int = DEFAULT_SIZE, quality: int = QUALITY
 
 
 def write_thumbnail(image: Any, path: str | Path, size: int = DEFAULT_SIZE) -> Path:
+    """Write ``image``'s thumbnail to ``path`` atomically; return the path."""
     from catalog.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, thumbnail_bytes(image, size))
