@@ -4,7 +4,7 @@
 Pages: Leaderboard, Compare, Gallery, Artist, Similarity, SQL, Runs (sidebar, and
 ``?page=Gallery`` in the URL). Every query lives in ``dashboard/queries.py`` and runs
 on a read-only connection opened and closed per query. This module never imports
-torch: text and image searches load the evaluator lazily, only when asked.
+torch: text and image searches run `atelier search` in a child process (dashboard.search).
 """
 
 from __future__ import annotations

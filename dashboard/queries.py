@@ -10,10 +10,11 @@ in the key: a committed write changes the stamp, so the cache drops by itself. I
 lock outlasts the wait, the last result of the same query is returned and a notice is
 queued for the page (``take_notices``), instead of an exception.
 
-All connections of this process use one DuckDB configuration (``READ_CONFIG``):
-external access off (no file outside the store can be read, not even by the SQL page),
-extension autoloading off, configuration locked. DuckDB refuses two connections to one
-file with different configurations, so no query here uses another.
+All connections of this process use one DuckDB configuration, the store's
+``READ_ONLY_CONFIG`` (``store.connect_read_only``): external access off (no file outside
+the store can be read, not even by the SQL page), extension autoloading off, configuration
+locked. DuckDB refuses two connections to one file with different configurations, so no
+query here uses another.
 
 This module never imports torch; pandas, duckdb and streamlit only.
 """
@@ -33,21 +34,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from catalog.schema import guard_formula
 from evaluator.errors import InputError, StateError
 from evaluator.workspace.settings import DEFAULT_DASHBOARD_LOCK_TIMEOUT
-from evaluator.workspace.store import StoreLockedError, connect
+from evaluator.workspace.store import READ_ONLY_CONFIG, StoreLockedError, connect_read_only
 from evaluator.workspace.workdir import STORE_NAME, Workdir
-
-READ_CONFIG: dict[str, object] = {
-    # The SQL page must not read /etc/passwd or the user's home: no file access at all
-    # beyond the store file itself (opened before the setting applies).
-    "enable_external_access": False,
-    # No network or disk fetches of extensions on a query's behalf.
-    "autoinstall_known_extensions": False,
-    "autoload_known_extensions": False,
-    # A query cannot `SET enable_external_access = true` behind our back.
-    "lock_configuration": True,
-}
 
 # How long a page waits for a writer to release the store before showing cached results.
 DEFAULT_LOCK_TIMEOUT = DEFAULT_DASHBOARD_LOCK_TIMEOUT
@@ -103,7 +94,7 @@ def _open(path: str, lock_timeout: float):
     deadline = time.monotonic() + lock_timeout
     while True:
         try:
-            return connect(path, read_only=True, timeout=lock_timeout, config=READ_CONFIG)
+            return connect_read_only(path, timeout=lock_timeout)
         except Exception as exc:  # noqa: BLE001 - only the transient kind is retried
             if _is_transient(exc) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -299,7 +290,7 @@ class ArtistFilter:
                 params.append(value)
         if self.recognized:
             if self.recognized_column not in ("recognized_sdxl", "recognized_sd1"):
-                raise ValueError(f"recognized_column must be recognized_sdxl or recognized_sd1 but is {self.recognized_column!r}")
+                raise InputError(f"recognized_column must be recognized_sdxl or recognized_sd1 but is {self.recognized_column!r}")
             clauses.append(f"coalesce({alias}.{self.recognized_column}, '') = ?")
             params.append("" if self.recognized == "blank" else self.recognized)
         if self.name.strip():
@@ -311,7 +302,7 @@ class ArtistFilter:
             params += [needle, needle, needle]
         if self.auto_recognized:
             if self.auto_recognized not in ("yes", "no") or not self.auto_checkpoint:
-                raise ValueError(f"auto_recognized must be yes or no with a checkpoint but is {self.auto_recognized!r}")
+                raise InputError(f"auto_recognized must be yes or no with a checkpoint but is {self.auto_recognized!r}")
             negate = "" if self.auto_recognized == "yes" else "NOT "
             clauses.append(
                 f"{alias}.artist_id {negate}IN (SELECT artist_id FROM artist_scores WHERE metric = 'recognized' "
@@ -466,12 +457,15 @@ def comparison_summary(store: Store, base: str, finetune: str, model: str, metri
 
 
 def comparison_table(store: Store, base: str, finetune: str, model: str, metric: str,
-                     filt: ArtistFilter = ArtistFilter(), verdict: str = "", order: str = "delta",
+                     filt: ArtistFilter = ArtistFilter(), *, verdict: str = "", order: str = "delta",
                      descending: bool = True, limit: int = 100, offset: int = 0) -> pd.DataFrame:
-    """Per-artist deltas, one page. ``order`` is a column name from a fixed list."""
+    """Per-artist deltas, one page. ``order`` is a column name from a fixed list.
+
+    The page settings after ``filt`` are keyword-only: a call reads as what it asks for.
+    """
     columns = {"delta", "base_value", "finetune_value", "name", "ci_low", "ci_high"}
     if order not in columns:
-        raise ValueError(f"order must be one of {sorted(columns)} but is {order!r}")
+        raise InputError(f"order must be one of {sorted(columns)} but is {order!r}")
     where, params = _compare_where(base, finetune, model, metric, filt)
     if verdict:
         where += " AND c.verdict = ?"
@@ -809,7 +803,7 @@ def check_user_sql(sql: str) -> str:
         raise UnsafeQueryError("the query is empty")
     if len(text) > SQL_MAX_CHARS:
         raise UnsafeQueryError(f"the query is {len(text)} characters long; the limit is {SQL_MAX_CHARS}")
-    parser = duckdb.connect(":memory:", config=READ_CONFIG)
+    parser = duckdb.connect(":memory:", config=READ_ONLY_CONFIG)
     try:
         try:
             statements = parser.extract_statements(text)
@@ -845,13 +839,13 @@ def run_user_sql(store: Store, sql: str, row_limit: int = SQL_ROW_LIMIT,
     import duckdb
 
     if row_limit < 1:
-        raise ValueError(f"row_limit must be >= 1 but is {row_limit}")
+        raise InputError(f"row_limit must be >= 1 but is {row_limit}")
     if time_limit <= 0:
-        raise ValueError(f"time_limit must be > 0 but is {time_limit}")
+        raise InputError(f"time_limit must be > 0 but is {time_limit}")
     query = check_user_sql(sql)
     if not store.path.is_file():
         raise FileNotFoundError(f"store {store.path} does not exist")
-    con = connect(store.path, read_only=True, timeout=store.lock_timeout, config=READ_CONFIG)
+    con = connect_read_only(store.path, timeout=store.lock_timeout)
     timer = threading.Timer(time_limit, con.interrupt)
     started = time.perf_counter()
     timer.start()
@@ -882,18 +876,13 @@ def run_user_sql(store: Store, sql: str, row_limit: int = SQL_ROW_LIMIT,
     return UserQueryResult(frame, truncated, time.perf_counter() - started, row_limit)
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
 def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     """Text cells a spreadsheet would run as formulas get a leading apostrophe (CSV injection)."""
     out = frame.copy()
     for column in out.columns:
         series = out[column]
         if series.dtype == object or pd.api.types.is_string_dtype(series):
-            out[column] = series.map(
-                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
-            )
+            out[column] = series.map(guard_formula)
     return out
 
 

@@ -1,15 +1,14 @@
 """The pages of the dashboard. Each takes the read-only ``Store`` and the chosen model.
 
 Only ``dashboard.queries`` touches the database; this module lays out widgets, tables
-and altair charts. Searches by text or image import the evaluator lazily (torch,
-open_clip, faiss) inside ``st.cache_resource``, never at import time.
+and altair charts. Searches by text or image run `atelier search` in a child process
+(``dashboard.search``): torch, open_clip and faiss never load into the dashboard.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import tempfile
 from pathlib import Path
 
 import altair as alt
@@ -17,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import queries as q
+from dashboard import search
 
 lower_is_better = q.lower_is_better
 VERDICT_COLORS = alt.Scale(domain=["gained", "kept", "lost"], range=["#2e7d32", "#9e9e9e", "#c62828"])
@@ -382,42 +382,22 @@ def page_artist(store: q.Store, model: str) -> None:
 
 # ------------------------------------------------------------------ Similarity
 
-@st.cache_resource(show_spinner="Loading the CLIP model…")
-def _clip_model(spec: str):
-    from evaluator.embedding.embed import load_clip  # torch/open_clip only on demand
-
-    return load_clip(spec)
-
-
-@st.cache_resource(show_spinner="Loading the FAISS index…", max_entries=4)
-def _faiss_index(workdir: str, model: str, stamp: float):
-    from evaluator.embedding.index import load_index
-    from evaluator.workspace.workdir import Workdir
-
-    return load_index(Workdir(Path(workdir)), model)[0]
+@st.cache_data(show_spinner="Searching (the CLIP model loads in a child process)…", max_entries=64)
+def _search_hits(workdir: str, model: str, spec: str, *, text: str, image_bytes: bytes | None, k: int,
+                 index_stamp: float) -> pd.DataFrame:
+    """(image_id, similarity) of a query; cached per query and version of the index file."""
+    query = search.SearchQuery(Path(workdir), model, spec, text=text, image_bytes=image_bytes, k=k)
+    return pd.DataFrame(search.run_search(query)["images"], columns=["image_id", "similarity"])
 
 
 def similarity_search(store: q.Store, model: str, spec: str, text: str = "", image_bytes: bytes | None = None,
                       k: int = 48):
     """(image hits, artist hits) for a text or an image, by the evaluator's FAISS index."""
-    from evaluator.embedding.embed import embed_image_files, embed_texts, text_cache_dir
-    from evaluator.embedding.index import search_by_vector
-
     index_path = store.wd.index(model)
     if not index_path.is_file():
         raise FileNotFoundError(f"no FAISS index for model {model!r} at {index_path}; run `atelier index` or `atelier score`")
-    clip = _clip_model(spec)
-    index = _faiss_index(str(store.workdir), model, index_path.stat().st_mtime)
-    if image_bytes is not None:
-        with tempfile.NamedTemporaryFile(suffix=".img") as handle:
-            handle.write(image_bytes)
-            handle.flush()
-            vec = embed_image_files(clip, [handle.name])
-    else:
-        vec = embed_texts(clip, [text], cache_dir=text_cache_dir(store.wd, clip.key))
-    sims, ids = search_by_vector(index, vec, k)
-    hits = pd.DataFrame({"image_id": ids[0], "similarity": sims[0]})
-    hits = hits[hits.image_id >= 0]
+    hits = _search_hits(str(store.workdir), model, spec, text=text, image_bytes=image_bytes, k=k,
+                        index_stamp=index_path.stat().st_mtime)
     rows = q.images_by_ids(store, hits.image_id.tolist()).merge(hits, on="image_id").sort_values("similarity", ascending=False)
     artists = (rows.groupby(["artist_id", "name"], dropna=False)["similarity"].agg(["max", "mean", "count"])
                .reset_index().sort_values("max", ascending=False))
