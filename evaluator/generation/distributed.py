@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from evaluator.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -30,9 +32,9 @@ def dist_env(rank: int | None = None, world_size: int | None = None) -> DistEnv:
     rank = rank if rank is not None else (env_rank if env_rank is not None else 0)
     world_size = world_size if world_size is not None else (env_world if env_world is not None else 1)
     if world_size < 1:
-        raise ValueError(f"world_size must be >= 1 but is {world_size}")
+        raise InputError(f"world_size must be >= 1 but is {world_size}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}) but is {rank}")
+        raise InputError(f"rank must be in [0, {world_size}) but is {rank}")
     return DistEnv(rank, world_size, local if local is not None else rank)
 
 

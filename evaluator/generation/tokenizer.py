@@ -19,6 +19,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from evaluator.errors import InputError, StateError
+
 # The full CLIP vocabulary: 49,152 - 256 - 2 merges (open_clip's slice) -> 49,408 tokens.
 FULL_MERGES = 49152 - 256 - 2
 START_TOKEN = "<|startoftext|>"
@@ -33,7 +35,7 @@ def bpe_vocab_path() -> Path:
     try:
         import open_clip.tokenizer as oct
     except ImportError as exc:  # pragma: no cover - open_clip is a dependency
-        raise RuntimeError(
+        raise StateError(
             "open_clip_torch is not installed, so its BPE vocabulary "
             "(open_clip/bpe_simple_vocab_16e6.txt.gz) is missing; `pip install open_clip_torch`"
         ) from exc
@@ -63,12 +65,12 @@ def clip_merges(n_merges: int | None = None) -> tuple[str, ...]:
     """The merge rules (``"a b"`` strings), the first ``n_merges`` of them if given."""
     count = FULL_MERGES if n_merges is None else int(n_merges)
     if not 0 <= count <= FULL_MERGES:
-        raise ValueError(f"n_merges must be in [0, {FULL_MERGES}] but is {n_merges}")
+        raise InputError(f"n_merges must be in [0, {FULL_MERGES}] but is {n_merges}")
     lines = gzip.open(bpe_vocab_path()).read().decode("utf-8").split("\n")
     merges = tuple(lines[1 : 1 + count])  # line 0 is the '#version' header
     bad = [m for m in merges if len(m.split()) != 2]
     if bad:
-        raise ValueError(f"{bpe_vocab_path()}: malformed merge line {bad[0]!r}")
+        raise InputError(f"{bpe_vocab_path()}: malformed merge line {bad[0]!r}")
     return merges
 
 

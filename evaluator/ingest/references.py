@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from evaluator.errors import InputError
+
 if TYPE_CHECKING:
     from evaluator.embedding.embed import LoadedClip
     from evaluator.workspace.workdir import Workdir
@@ -55,7 +57,7 @@ def _check_artist(workdir: Workdir, artist_id: str, catalog_path: str | Path | N
     if ids and artist_id not in set(ids):
         close = difflib.get_close_matches(artist_id, ids, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"artist {artist_id!r} is not in the catalog{hint}")
+        raise InputError(f"artist {artist_id!r} is not in the catalog{hint}")
 
 
 def add_references(
@@ -71,17 +73,17 @@ def add_references(
     import hashlib
     import tempfile
 
-    from evaluator.ingest.importer import IMAGE_SUFFIXES, import_images
+    from evaluator.ingest.importer import IMAGE_SUFFIXES, ImportSourceError, import_images
     from evaluator.workspace.manifest import read_manifests
 
     src = Path(folder).expanduser().resolve()
     if not src.is_dir():
-        raise FileNotFoundError(f"reference folder {src} does not exist")
+        raise ImportSourceError(f"reference folder {src} does not exist")
     if check_catalog:
         _check_artist(workdir, artist_id, catalog_path)
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
-        raise ValueError(f"reference folder {src} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"reference folder {src} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     # every file labelled with the artist: the importer's labels CSV (file, artist)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
