@@ -7,6 +7,9 @@ and runs plan -> generate -> embed -> index -> score -> comparisons into one wor
 Random weights make every score meaningless: the demo proves the machinery (files,
 tables, resumability, the dashboard), not a model. On a real machine the same stages
 take hub ids or checkpoint files (see the README).
+
+Reads the catalog shipped with atelier; writes ``models/``, ``checkpoints.toml``,
+``plan.parquet``, the images, embeddings, index and store of the workdir.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class DemoConfig:
 
 @dataclass
 class DemoResult:
+    """What a demo run made, and how long each stage took."""
+
     workdir: Path
     store: Path
     n_units: int
@@ -102,26 +107,9 @@ def build_demo_models(models_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def run_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) -> DemoResult:
-    """Run every stage into ``workdir``; a second run makes no image and adds no row."""
+def _write_checkpoints_file(wd: Workdir, paths: dict[str, Path]) -> Path:
+    """``checkpoints.toml`` naming the demo models; rewritten only when its text changes."""
     from catalog.atomic import atomic_write_text
-    from catalog.model import load_catalog
-    from catalog.plan import make_plan, write_plan
-    from catalog.select import select_artists
-    from catalog.templates import load_templates
-    from evaluator.generation.runner import GenerateConfig, generate
-    from evaluator.scoring.run import ScoreConfig, score
-
-    config = config or DemoConfig()
-    wd = Workdir.at(workdir)
-    import torch
-
-    torch.set_num_threads(config.torch_threads)
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    paths = build_demo_models(wd.root / "models")
-    timings["build_models"] = time.perf_counter() - t0
 
     checkpoints_file = wd.root / "checkpoints.toml"
     text = CHECKPOINTS_TOML.format(
@@ -129,8 +117,16 @@ def run_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) 
     )
     if not checkpoints_file.exists() or checkpoints_file.read_text() != text:
         atomic_write_text(checkpoints_file, text)
+    return checkpoints_file
 
-    t0 = time.perf_counter()
+
+def _plan_demo(wd: Workdir, config: DemoConfig, echo) -> list:
+    """Select the artists, write ``plan.parquet`` and say what it holds; returns the units."""
+    from catalog.model import load_catalog
+    from catalog.plan import make_plan, write_plan
+    from catalog.select import select_artists
+    from catalog.templates import load_templates
+
     artists = select_artists(
         load_catalog(config.catalog_path),
         sample=config.n_artists,
@@ -149,25 +145,40 @@ def run_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) 
         guidance=config.guidance,
     )
     write_plan(units, wd.root / "plan.parquet")
-    timings["plan"] = time.perf_counter() - t0
     subject = [name for name in config.templates if not templates[name].is_baseline]
     echo(f"plan: {len(units)} units = {len(artists)} artists x {len(subject)} templates "
          f"({', '.join(subject)}) x {len(config.seeds)} seeds x 3 checkpoints, plus the no-artist "
          f"baseline per seed and checkpoint -> {wd.root / 'plan.parquet'}")
+    return units
+
+
+def run_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) -> DemoResult:
+    """Run every stage into ``workdir``; a second run makes no image and adds no row."""
+    import torch
+
+    from evaluator.generation.runner import GenerateConfig, generate
+    from evaluator.scoring.run import ScoreConfig, score
+
+    config = config or DemoConfig()
+    wd = Workdir.at(workdir)
+    torch.set_num_threads(config.torch_threads)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    paths = build_demo_models(wd.root / "models")
+    timings["build_models"] = time.perf_counter() - t0
+    checkpoints_file = _write_checkpoints_file(wd, paths)
+
+    t0 = time.perf_counter()
+    units = _plan_demo(wd, config, echo)
+    timings["plan"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     summary = generate(units, checkpoints_file, wd.root, GenerateConfig(batch_size=config.batch_size))
     timings["generate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    score(
-        wd.root,
-        ScoreConfig(
-            model=str(paths["clip"]),
-            catalog_path=config.catalog_path,
-            bootstrap=config.bootstrap,
-        ),
-    )
+    score(wd.root, ScoreConfig(model=str(paths["clip"]), catalog_path=config.catalog_path, bootstrap=config.bootstrap))
     timings["score"] = time.perf_counter() - t0
 
     return DemoResult(

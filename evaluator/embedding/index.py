@@ -8,6 +8,9 @@ measured on a sample of queries and recorded in ``index/<model>.json``.
 Both are wrapped in ``IndexIDMap2`` (ids = image ids, ``reconstruct`` by id), new
 images are added without a rebuild (an IVF keeps its trained centroids), and the file
 is written atomically: a reader sees the old index or the new one, never half of one.
+
+Reads ``embeddings/<model>/part-*.parquet``; writes ``index/<model>.faiss`` and its
+``index/<model>.json``.
 """
 
 from __future__ import annotations

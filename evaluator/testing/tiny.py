@@ -11,6 +11,9 @@ is the one a real checkpoint takes.
 ``size="bench"`` builds a wider UNet with SD's real block layout (4 levels, cross
 attention in the first three), so that a benchmark ratio is dominated by the model,
 as it is on a GPU with real weights.
+
+Reads nothing but the tokenizer vocabulary shipped with open_clip; writes diffusers
+pipeline folders, LoRA / textual-inversion files and single-file checkpoints.
 """
 
 from __future__ import annotations

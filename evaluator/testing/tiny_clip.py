@@ -8,6 +8,8 @@ whose BPE vocabulary ships in the wheel, so text encoding works offline too.
 A tiny model (width 16, 2 layers, 32 px) embeds hundreds of images per second on one
 CPU core; a ``ViT-B-32``-sized one (``build_random_clip(..., base="ViT-B-32")``) has
 realistic compute for benchmarks.
+
+Reads nothing; writes a folder with ``open_clip_config.json`` and safetensors weights.
 """
 
 from __future__ import annotations
