@@ -91,7 +91,7 @@ class LazyGroup(click.Group):
         """The command list from the table's summaries, shortened as click would."""
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(len(name) for name in names)
-        rows = [(name, click.utils.make_default_short_help(COMMANDS[name].summary, limit)) for name in names]
+        rows = [(name, click.Command(name, help=COMMANDS[name].summary).get_short_help_str(limit)) for name in names]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
