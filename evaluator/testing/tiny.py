@@ -237,6 +237,29 @@ def _attention_modules(unet_state: dict) -> list[str]:
     return sorted(names)
 
 
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` with the metadata in the order given.
+
+    safetensors keeps the metadata in a hash map whose order changes from one process to
+    the next, so the same tensors gave different bytes, and with them a different
+    checkpoint fingerprint and "Model hash" in every image's PNG text. The header is
+    rewritten with the same keys in a fixed order (same length, so offsets hold).
+    """
+    import struct
+
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    header = {"__metadata__": dict(metadata), **{k: v for k, v in header.items() if k != "__metadata__"}}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > length:  # cannot happen for the same keys; keep the library's bytes
+        Path(path).write_bytes(data)
+        return
+    Path(path).write_bytes(data[:8] + text.ljust(length, b" ") + data[8 + length :])
+
+
 def build_tiny_lora(pipeline_dir: str | Path, out_file: str | Path, rank: int = 4, seed: int = 1, scale: float = 0.5) -> Path:
     """A LoRA (PEFT key format) on the UNet's attention projections of a saved pipeline.
 
@@ -245,7 +268,7 @@ def build_tiny_lora(pipeline_dir: str | Path, out_file: str | Path, rank: int = 
     to the layer's weights.
     """
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from catalog.atomic import atomic_path
 
@@ -263,7 +286,7 @@ def build_tiny_lora(pipeline_dir: str | Path, out_file: str | Path, rank: int = 
     if not lora:
         raise ValueError(f"{unet_file}: no attention projections found for a LoRA")
     with atomic_path(out_file) as tmp:
-        save_file(lora, str(tmp), metadata={"format": "pt", "atelier": "tiny-lora", "rank": str(rank)})
+        save_safetensors(lora, tmp, {"format": "pt", "atelier": "tiny-lora", "rank": str(rank)})
     return Path(out_file)
 
 
@@ -473,7 +496,7 @@ def save_single_file(pipeline_dir: str | Path, out_file: str | Path) -> Path:
     still needs the architecture configs; for a tiny pipeline, the pipeline folder itself
     (``config=pipeline_dir``).
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from catalog.atomic import atomic_path
 
@@ -492,5 +515,5 @@ def save_single_file(pipeline_dir: str | Path, out_file: str | Path) -> Path:
         state.update(_clip_to_ldm(text, "cond_stage_model.transformer."))
     state = {k: v.contiguous() for k, v in state.items()}
     with atomic_path(out_file) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "atelier": "single-file"})
+        save_safetensors(state, tmp, {"format": "pt", "atelier": "single-file"})
     return Path(out_file)
