@@ -58,6 +58,20 @@ def test_search_and_list_formats():
     assert len(result.stdout.strip().splitlines()) == 8  # header + 7 rows
 
 
+def test_limit_keeps_the_first_rows_of_the_selection():
+    full = run("catalog", "list", "--movement", "Impressionism", "--format", "csv")
+    limited = run("catalog", "list", "--movement", "Impressionism", "--format", "csv", "--limit", "3")
+    assert limited.exit_code == 0, limited.output
+    assert limited.stdout.splitlines() == full.stdout.splitlines()[:4]  # header + the first 3
+    assert run("catalog", "list", "--limit", "0").exit_code == 2
+
+
+def test_validate_without_a_path_checks_the_catalog_in_use():
+    result = run("catalog", "validate", env={"ATELIER_CATALOG": str(CORPUS / "duplicate_id.csv")})
+    assert result.exit_code == 1 and "duplicate_id.csv:4:1:" in result.output
+    assert run("catalog", "validate", "--quiet").output.strip().endswith("9672 row(s)")
+
+
 def test_catalog_path_from_env_and_option():
     env = {"ATELIER_CATALOG": str(CORPUS / "ok_full.csv")}
     result = run("catalog", "list", "--format", "csv", env=env)

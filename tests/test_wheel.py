@@ -8,6 +8,7 @@ not importable: whatever the installed commands read must be inside the wheel.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,8 +31,12 @@ def _run(args: list, cwd: Path, timeout: float = 600) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", root / "dist", REPO],
-                 cwd=root)
+    # Built from a copy (symlinks kept, as in a clone), so the build writes nothing into the repository.
+    source = root / "src"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "demo", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", "artifacts"))
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", root / "dist", source],
+         cwd=root)
     (wheel,) = (root / "dist").glob("atelier-*.whl")
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=root)

@@ -22,7 +22,7 @@ def _selection_options(function):
     """Filters shared by list, search and plan."""
     options = [
         click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False), default=None,
-                     help="Catalog CSV [default: $ATELIER_CATALOG or the repo's styles.csv]."),
+                     help="Catalog CSV [default: $ATELIER_CATALOG or the packaged styles.csv]."),
         click.option("--tag", default=None, help="Keep artists with this tag (exact, case-insensitive)."),
         click.option("--movement", default=None, help="Keep artists of this movement, e.g. Impressionism."),
         click.option("--medium", default=None, help="Keep artists with this medium, e.g. watercolor."),
@@ -142,17 +142,18 @@ def build_command(sources: str | None, out: str, report_path: str | None) -> Non
 
 
 @catalog_group.command("validate")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False), required=False)
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
-def validate_command(path: str, quiet: bool) -> None:
-    """List every problem of a catalog file with its line and column.
+def validate_command(path: str | None, quiet: bool) -> None:
+    """List every problem of a catalog file (default: the one atelier uses) with its line and column.
 
     Exits 1 when there are errors; warnings (a byte-order mark, extra columns, a formula
     character in a note) are printed but do not fail.
     """
+    from catalog.model import default_catalog_path
     from catalog.validate import validate_catalog
 
-    report = validate_catalog(path)
+    report = validate_catalog(path or default_catalog_path())
     text = report.format()
     if quiet:
         text = text.splitlines()[-1]
@@ -165,18 +166,20 @@ def validate_command(path: str, quiet: bool) -> None:
 @_selection_options
 @click.option("--text", default=None, help="Keep names, aliases or ids containing this text.")
 @click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True)
-def list_command(output_format: str, **selection: Any) -> None:
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show the first N artists only.")
+def list_command(output_format: str, limit: int | None, **selection: Any) -> None:
     """List artists, filtered and optionally sampled."""
-    _emit(_select(Selection(**selection)), output_format)
+    _emit(_select(Selection(**selection))[:limit], output_format)
 
 
 @catalog_group.command("search")
 @click.argument("text")
 @_selection_options
 @click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True)
-def search_command(output_format: str, **selection: Any) -> None:
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show the first N artists only.")
+def search_command(output_format: str, limit: int | None, **selection: Any) -> None:
     """Find artists whose name, alias or id contains TEXT (accents and case ignored)."""
-    _emit(_select(Selection(**selection)), output_format)
+    _emit(_select(Selection(**selection))[:limit], output_format)
 
 
 @click.command("templates")

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluator.errors import StateError
+from evaluator.errors import InputError, StateError
 
 STORE_NAME = "atelier.duckdb"
 
@@ -87,7 +87,7 @@ class Workdir:
         """Resolve a stored relative path, refusing anything that escapes the workdir."""
         path = (self.root / relpath).resolve()
         if path != self.root and self.root not in path.parents:
-            raise ValueError(f"path {relpath!r} escapes the workdir {self.root}")
+            raise InputError(f"path {relpath!r} escapes the workdir {self.root}")
         return path
 
 
