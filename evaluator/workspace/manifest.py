@@ -16,36 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evaluator.errors import InputError
+from evaluator.workspace.records import IMAGE_COLUMNS
 
 if TYPE_CHECKING:
     import duckdb
     import pandas as pd
     import pyarrow as pa
 
-# name -> arrow type name; kept as strings so this module imports without pyarrow.
-MANIFEST_COLUMNS: dict[str, str] = {
-    "image_id": "int64",
-    "unit_id": "string",
-    "source": "string",  # generated | imported | reference
-    "checkpoint": "string",
-    "artist_id": "string",
-    "template": "string",
-    "prompt": "string",
-    "negative_prompt": "string",
-    "seed": "int64",
-    "width": "int32",
-    "height": "int32",
-    "steps": "int32",
-    "guidance": "float64",
-    "scheduler": "string",
-    "path": "string",  # relative to the workdir
-    "thumb_path": "string",  # relative to the workdir
-    "sha256": "string",
-    "seconds": "float64",
-    "error": "string",  # null when the image is fine
-    "run_id": "string",
-    "created_at": "timestamp[us]",
-}
+# The manifest shard schema is the images table's (name -> Arrow type name): one
+# definition, in records.py.
+MANIFEST_COLUMNS: dict[str, str] = IMAGE_COLUMNS
 
 
 def manifest_schema() -> pa.Schema:

@@ -139,13 +139,34 @@ class RunRecord:
         return path
 
 
-# Columns of the ``images`` table and of every manifest shard, with their defaults.
-IMAGE_DEFAULTS: dict[str, Any] = {
-    "image_id": None, "unit_id": None, "source": "generated", "checkpoint": None, "artist_id": None,
-    "template": None, "prompt": None, "negative_prompt": "", "seed": None, "width": None, "height": None,
-    "steps": None, "guidance": None, "scheduler": None, "path": None, "thumb_path": None, "sha256": None,
-    "seconds": None, "error": None, "run_id": None, "created_at": None,
+# Columns of the ``images`` table and of every manifest shard: name -> Arrow type name,
+# kept as strings so this module imports without pyarrow.
+IMAGE_COLUMNS: dict[str, str] = {
+    "image_id": "int64",
+    "unit_id": "string",
+    "source": "string",  # generated | imported | reference
+    "checkpoint": "string",
+    "artist_id": "string",
+    "template": "string",
+    "prompt": "string",
+    "negative_prompt": "string",
+    "seed": "int64",
+    "width": "int32",
+    "height": "int32",
+    "steps": "int32",
+    "guidance": "float64",
+    "scheduler": "string",
+    "path": "string",  # relative to the workdir
+    "thumb_path": "string",  # relative to the workdir
+    "sha256": "string",
+    "seconds": "float64",
+    "error": "string",  # null when the image is fine
+    "run_id": "string",
+    "created_at": "timestamp[us]",
 }
+# Every column starts as null but these two: a row is generated unless the importer says
+# otherwise, and "no negative prompt" is the empty string (it is part of the unit id).
+IMAGE_DEFAULTS: dict[str, Any] = {name: None for name in IMAGE_COLUMNS} | {"source": "generated", "negative_prompt": ""}
 
 
 def image_record(unit, run_id: str, **fields: Any) -> dict[str, Any]:
