@@ -189,6 +189,9 @@ def build_tiny_pipeline(out_dir: str | Path, kind: str = "sd1", seed: int = 0, s
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from evaluator.generation.checkpoints import quiet_hf_libraries
+
+    quiet_hf_libraries()
     components = build_tiny_components(kind, seed=seed, size=size)
     if kind == "sd1":
         pipe = StableDiffusionPipeline(

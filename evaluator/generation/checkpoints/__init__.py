@@ -36,6 +36,7 @@ from evaluator.generation.checkpoints.load import (
     load_pipeline,
     pipeline_class,
     prepare_config_dir,
+    quiet_hf_libraries,
     set_scheduler,
     torch_dtype,
 )
@@ -68,6 +69,7 @@ from evaluator.generation.checkpoints.spec import (
 )
 
 __all__ = [
+    "quiet_hf_libraries",
     "CHECKPOINT_FIELDS", "CLASS_TO_SAMPLER", "CONFIGS_DIR", "DTYPES", "HUB_ID_PATTERN", "KIND_ALIASES",
     "KINDS", "LORA_FIELDS", "MIB", "NAME_PATTERN", "PICKLE_SUFFIXES", "SAFE_SUFFIXES", "SCHEDULER_NAMES",
     "SCHEDULERS", "TI_FIELDS", "CheckpointChangedError", "CheckpointError", "CheckpointSpec", "LoraSpec",

@@ -112,6 +112,21 @@ def set_scheduler(pipe, name: str | None) -> str:
     return label
 
 
+def quiet_hf_libraries() -> None:
+    """Silence diffusers' and transformers' own progress bars and notes.
+
+    A user reads "Loading pipeline components" bars, "Writing model shards" and "No LoRA
+    keys associated to CLIPTextModel" (a LoRA that trains the UNet only) as faults of
+    atelier's run; atelier reports progress and real problems itself. Errors still show.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
 def load_pipeline(
     spec: CheckpointSpec,
     specs: dict[str, CheckpointSpec],
@@ -132,6 +147,7 @@ def load_pipeline(
         from evaluator.workspace import settings
 
         offline = settings.hub_offline()
+    quiet_hf_libraries()
     chosen = torch_dtype(dtype or spec.dtype, device)
     origin = resolve_source(spec, specs)
     kind = detect_kind(spec, specs, allow_pickle) if origin.source_type != "hub" else spec.kind or origin.kind
