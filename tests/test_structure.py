@@ -176,3 +176,12 @@ def test_one_formula_guard():
             }:
                 places.append(_where(name, node))
     assert places == [p for p in places if p.startswith("catalog/schema.py")] and len(places) == 1, places
+
+
+def test_readme_lists_every_environment_variable():
+    from evaluator.workspace.settings import VARIABLES
+
+    readme = (REPO / "README.md").read_text()
+    names = [name.strip() for key in VARIABLES for name in key.split(",")]
+    missing = [name for name in names if f"`{name}`" not in readme]
+    assert not missing, f"README's environment table lacks {missing}"
