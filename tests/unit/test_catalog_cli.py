@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from catalog.plan import read_plan
 from evaluator.cli.main import main
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(__file__).resolve().parent / "corpus" / "catalogs"
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "catalogs"
 
 COMMANDS = [
     ["catalog"], ["catalog", "build"], ["catalog", "validate"], ["catalog", "list"],

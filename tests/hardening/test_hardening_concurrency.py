@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import pytest
-from hardening_helpers import (
+from support.hardening import (
     REPO,
     assert_same_tables,
     atelier_cmd,
@@ -26,6 +26,9 @@ from hardening_helpers import (
     score_args,
     tiny_models,
 )
+
+# Real subprocesses, kills, full disks: minutes in all, so outside the quick subset.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from catalog.units import WorkUnit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "corpus"
 SHARED_DATA = REPO.parent / "shared" / "data"
 

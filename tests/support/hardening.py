@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Four artists x (style + the null baseline) x 2 seeds x 2 checkpoints = 20 units:
 # enough for comparisons, neighbours and a bootstrap over seeds, seconds to generate.

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from gen_fixtures import CORPUS, tiny_lora, tiny_pipeline, tiny_single_file, write_toml
+from support.gen import CORPUS, tiny_lora, tiny_pipeline, tiny_single_file, write_toml
 
 from evaluator.generation.checkpoints import (
     CheckpointError,

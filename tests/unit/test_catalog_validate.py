@@ -12,7 +12,7 @@ from catalog.model import CatalogError, load_catalog
 from catalog.validate import MAX_FIELD_BYTES, validate_catalog, validate_text
 from evaluator.cli.main import main
 
-CORPUS = Path(__file__).resolve().parent / "corpus" / "catalogs"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "catalogs"
 CASES = tomllib.loads((CORPUS / "cases.toml").read_text(encoding="utf-8"))["case"]
 
 

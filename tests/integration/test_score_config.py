@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pytest
-from test_score_fixtures import make_workdir
+from support.scoring import make_workdir
 
 from evaluator.errors import InputError
 from evaluator.scoring.run import ScoreConfig, score

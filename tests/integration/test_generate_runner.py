@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gen_fixtures import (
+from PIL import Image
+from support.gen import (
     REPO,
     tiny_finetune,
     tiny_lora,
@@ -22,7 +23,6 @@ from gen_fixtures import (
     units_for,
     write_toml,
 )
-from PIL import Image
 
 from evaluator.generation.runner import GenerateConfig, GenerateError, generate
 from evaluator.workspace.records import load_checkpoint_records, load_run_records
@@ -267,6 +267,7 @@ lora = [{{ path = "style.safetensors" }}]
     assert summary.done == 2
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_makes_each_unit_once(tmp_path, checkpoints):
     """Kill a generating subprocess mid-run, rerun, and find every image exactly once."""
     from catalog.plan import write_plan

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from store_helpers import build_store, raw
 from streamlit.testing.v1 import AppTest
+from support.store import build_store, raw
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "dashboard" / "app.py")
 PAGES = ["Leaderboard", "Compare", "Gallery", "Artist", "Similarity", "SQL", "Runs"]
 
@@ -224,6 +224,7 @@ def hold(workdir: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", ["Leaderboard", "Runs"])
 def test_app_keeps_working_while_another_process_writes(workdir, monkeypatch, page):
     at = open_page(workdir, page, monkeypatch)

@@ -12,9 +12,9 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
-from store_helpers import build_store, make_store_module, raw
+from support.store import build_store, make_store_module, raw
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 

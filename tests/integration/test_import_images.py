@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from gen_fixtures import CORPUS, SHARED_DATA
 from PIL import Image
+from support.gen import CORPUS, SHARED_DATA
 
 from evaluator.generation.pngmeta import format_parameters, parse_comfyui, parse_parameters
 from evaluator.ingest.importer import import_images, read_labels
@@ -28,6 +28,7 @@ def data() -> Path:
     return SHARED_DATA / "images"
 
 
+@pytest.mark.slow
 def test_generated_sd15_folder_with_labels(tmp_path, data):
     src = data / "generated-sd15"
     summary = import_images(src, tmp_path, labels_csv=src / "labels.csv", progress=False)

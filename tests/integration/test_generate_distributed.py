@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from gen_fixtures import REPO, tiny_pipeline, units_for, write_toml
+from support.gen import REPO, tiny_pipeline, units_for, write_toml
 
 from evaluator.generation.distributed import dist_env
 
@@ -29,6 +29,7 @@ def test_dist_env_reads_launcher_variables(monkeypatch):
         dist_env()
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_make_every_unit_once(tmp_path, tmp_path_factory):
     from catalog.plan import write_plan
     from evaluator.workspace.manifest import read_manifests, shard_paths

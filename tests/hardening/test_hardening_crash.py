@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hardening_helpers import (
+from support.hardening import (
     REPO,
     TABLE_KEYS,
     assert_same_tables,
@@ -44,6 +44,9 @@ from hardening_helpers import (
     temporaries,
     tiny_models,
 )
+
+# Real subprocesses, kills, full disks: minutes in all, so outside the quick subset.
+pytestmark = pytest.mark.slow
 
 GENERATED = ("images", "thumbs", "manifests", "checkpoints", "runs", "styles.csv", "checkpoints.toml", "plan.parquet")
 

@@ -24,9 +24,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from store_helpers import build_store
+from support.store import build_store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 
@@ -234,5 +234,5 @@ def test_every_other_page_renders_without_an_exception_in_the_browser(served, tm
         assert seen[page]["charts"] >= charts and seen[page]["tables"] >= tables, (page, seen[page])
 
 
-if __name__ == "__main__":  # pragma: no cover - run by hand: python tests/test_dashboard_browser.py
+if __name__ == "__main__":  # pragma: no cover - run by hand: python tests/integration/test_dashboard_browser.py
     sys.exit(pytest.main([__file__, "-v"]))

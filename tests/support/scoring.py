@@ -1,4 +1,4 @@
-"""Builders shared by the evaluator tests: a tiny CLIP, a catalog, images and manifests.
+"""Builders of the scoring tests: a catalog, seeded images and their manifest shards.
 
 Everything is made here, seeded: no other stage's code is needed to test scoring.
 """
@@ -73,9 +73,3 @@ def make_workdir(
         write_shard(rows, root / "manifests" / run_id / f"{ckpt}-rank0-part0.parquet")
         records.extend(rows)
     return records
-
-
-def test_fixture_builds_a_workdir(tmp_path):
-    records = make_workdir(tmp_path, checkpoints=("base",), seeds=(0,))
-    assert len(records) == len(ARTISTS) * 2 + 1
-    assert all((tmp_path / r["path"]).is_file() for r in records)

@@ -13,14 +13,14 @@ from pathlib import Path
 import duckdb
 import pytest
 from click.testing import CliRunner
-from test_score_fixtures import ARTISTS, make_workdir, write_catalog
+from support.scoring import ARTISTS, make_workdir, write_catalog
 
 from evaluator.cli.main import main
 from evaluator.scoring.run import ScoreConfig, score
 from evaluator.testing.tiny_clip import build_tiny_clip
 from evaluator.workspace.store import migrate, open_store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAINTINGS = REPO.parent / "shared" / "data" / "images" / "paintings"
 KEYS = {
     "images": ["image_id"],
@@ -229,6 +229,7 @@ def _spawn(tmp_path, clip_dir, catalog):
     )
 
 
+@pytest.mark.slow
 def test_two_score_runs_at_once_queue_and_do_not_corrupt(clip_dir, tmp_path):
     make_workdir(tmp_path, seeds=(0, 1))
     catalog = write_catalog(tmp_path / "styles.csv")
@@ -245,6 +246,7 @@ def test_two_score_runs_at_once_queue_and_do_not_corrupt(clip_dir, tmp_path):
     assert got == want
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_gives_exactly_the_expected_rows(clip_dir, tmp_path):
     make_workdir(tmp_path, seeds=tuple(range(8)))
     catalog = write_catalog(tmp_path / "styles.csv")
