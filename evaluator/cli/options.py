@@ -3,9 +3,9 @@
 Reads nothing and writes nothing: these are click decorators. ``--workdir`` is spelled
 ``--workdir`` and ``-w`` on every command; ``--quiet``/``-q`` turns progress bars off
 (``--no-progress``, the old spelling of some commands, still works but is not listed).
-The CLIP options read ``ATELIER_CLIP_MODEL`` / ``ATELIER_CLIP_PRETRAINED`` through
-click's ``envvar`` (the variables are documented in ``evaluator.workspace.settings``).
-Only click is imported, so `atelier --help` stays instant.
+The CLIP options default to ``ATELIER_CLIP_MODEL`` / ``ATELIER_CLIP_PRETRAINED``, read
+when a command runs through ``evaluator.workspace.settings`` (stdlib only), so
+`atelier --help` stays instant.
 """
 
 from __future__ import annotations
@@ -58,20 +58,34 @@ def quiet_option(*, help: str = "No progress bars (logs, CI).") -> Decorator:
     )
 
 
+def _from_settings(reader_name: str, variable: str, required: bool) -> Callable[..., Any]:
+    """An option callback: the value given, else the environment variable (via settings)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        from evaluator.workspace import settings
+
+        value = value or getattr(settings, reader_name)()
+        if value is None and required:
+            raise click.MissingParameter(f"(or set {variable})", ctx=ctx, param=param)
+        return value
+
+    return callback
+
+
 def model_option(*, required: bool = True, help: str | None = None) -> Decorator:
     """``--model/-m``: the open_clip model (architecture, hf-hub id, or a local folder)."""
     return click.option(
-        "--model", "-m", envvar="ATELIER_CLIP_MODEL", required=required, default=None,
-        help=help or ("open_clip model: architecture (ViT-B-32) with --pretrained, hf-hub:<id>, "
-                      "or a local folder. Env: ATELIER_CLIP_MODEL."),
+        "--model", "-m", default=None, callback=_from_settings("clip_model", "ATELIER_CLIP_MODEL", required),
+        help=(help or "open_clip model: architecture (ViT-B-32) with --pretrained, hf-hub:<id>, or a local folder.")
+        + ("  [required, or set ATELIER_CLIP_MODEL]" if required else "  Env: ATELIER_CLIP_MODEL."),
     )
 
 
 def pretrained_option() -> Decorator:
     """``--pretrained``: a pretrained tag of the architecture, or a local weights file."""
     return click.option(
-        "--pretrained", envvar="ATELIER_CLIP_PRETRAINED", default=None,
-        help="Pretrained tag (needs network, e.g. laion2b_s34b_b79k) or a local weights file.",
+        "--pretrained", default=None, callback=_from_settings("clip_pretrained", "ATELIER_CLIP_PRETRAINED", False),
+        help="Pretrained tag (needs network, e.g. laion2b_s34b_b79k) or a local weights file. Env: ATELIER_CLIP_PRETRAINED.",
     )
 
 

@@ -72,6 +72,14 @@ def dashboard_lock_timeout(environ: Mapping[str, str] | None = None) -> float:
     return value
 
 
+def clip_model(environ: Mapping[str, str] | None = None) -> str | None:
+    return _get("ATELIER_CLIP_MODEL", environ)
+
+
+def clip_pretrained(environ: Mapping[str, str] | None = None) -> str | None:
+    return _get("ATELIER_CLIP_PRETRAINED", environ)
+
+
 def hub_offline(environ: Mapping[str, str] | None = None) -> bool:
     return (_get("HF_HUB_OFFLINE", environ) or "").lower() in ("1", "true", "yes")
 

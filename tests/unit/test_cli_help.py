@@ -44,3 +44,19 @@ def test_help_imports_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_clip_model_comes_from_the_option_else_the_environment(tmp_path):
+    """ATELIER_CLIP_MODEL is read through evaluator.workspace.settings when --model is absent."""
+    from click.testing import CliRunner
+
+    from evaluator.cli.main import main
+
+    (tmp_path / "wd").mkdir()
+    args = ["embed", "-w", str(tmp_path / "wd")]
+    missing = CliRunner().invoke(main, args, env={"ATELIER_CLIP_MODEL": ""})
+    assert missing.exit_code == 2 and "ATELIER_CLIP_MODEL" in missing.output
+    from_env = CliRunner().invoke(main, args, env={"ATELIER_CLIP_MODEL": "no-such-arch"})
+    assert from_env.exit_code == 1 and "no-such-arch" in from_env.output
+    given = CliRunner().invoke(main, [*args, "--model", "other-arch"], env={"ATELIER_CLIP_MODEL": "no-such-arch"})
+    assert given.exit_code == 1 and "other-arch" in given.output
