@@ -196,6 +196,38 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        3,
+        "honest numbers: undecided verdicts with a reason, what a CI is over, AUC class counts",
+        [
+            # seeds | images | seeds+images | artists: what the bootstrap resampled
+            "ALTER TABLE artist_scores ADD COLUMN IF NOT EXISTS ci_over VARCHAR",
+            "ALTER TABLE checkpoint_scores ADD COLUMN IF NOT EXISTS ci_over VARCHAR",
+            "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS ci_over VARCHAR",
+            # why a value is NULL or has no interval (e.g. 'n_seeds < 2')
+            "ALTER TABLE artist_scores ADD COLUMN IF NOT EXISTS reason VARCHAR",
+            "ALTER TABLE checkpoint_scores ADD COLUMN IF NOT EXISTS reason VARCHAR",
+            "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS verdict_reason VARCHAR",
+            # paired over shared seeds, or two-sample; the units on each side
+            "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS paired BOOLEAN",
+            "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS n_base INTEGER",
+            "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS n_finetune INTEGER",
+            # labelled artists of each class behind an AUC
+            "ALTER TABLE checkpoint_scores ADD COLUMN IF NOT EXISTS n_pos INTEGER",
+            "ALTER TABLE checkpoint_scores ADD COLUMN IF NOT EXISTS n_neg INTEGER",
+            # a 'kept' stored without an interval was never decided: say so
+            """UPDATE comparisons SET verdict = 'undecided',
+                   verdict_reason = 'no CI (scored before undecided verdicts; rerun atelier score)'
+               WHERE verdict = 'kept' AND (ci_low IS NULL OR ci_high IS NULL OR isnan(ci_low) OR isnan(ci_high))""",
+            # likewise a 0/1 `recognized` decided on the point value
+            """UPDATE artist_scores SET value = NULL,
+                   reason = 'decided without a recognition_margin CI before migration 3; rerun atelier score'
+               WHERE metric = 'recognized' AND EXISTS (
+                   SELECT 1 FROM artist_scores m WHERE m.metric = 'recognition_margin'
+                     AND m.checkpoint = artist_scores.checkpoint AND m.artist_id = artist_scores.artist_id
+                     AND m.model = artist_scores.model AND (m.ci_low IS NULL OR isnan(m.ci_low)))""",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
