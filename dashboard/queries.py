@@ -1,4 +1,8 @@
-"""Every SQL statement of the dashboard, and the read-only connections that run them.
+"""The dashboard's SQL, and the read-only connections that run them.
+
+The statements that `atelier serve` runs too live in ``evaluator.workspace.queries``
+(one place for each) and are re-exported here under their old names; this module keeps
+the dashboard-only ones, the cached ``Store`` and its sessions.
 
 DuckDB lets no process open a file while another holds it for writing, so the
 dashboard never keeps a connection across reruns: a page run opens the store read-only
@@ -24,7 +28,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -34,10 +37,34 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from catalog.schema import guard_formula
-from evaluator.errors import InputError, StateError
+from evaluator.errors import StateError
+from evaluator.workspace.queries import (  # noqa: F401 - re-exported: the pages' names
+    SQL_MAX_CHARS,
+    SQL_ROW_LIMIT,
+    SQL_TIME_LIMIT,
+    ArtistFilter,
+    UnsafeQueryError,
+    UserQueryResult,
+    artist_neighbors_of,
+    check_user_sql,
+    checkpoint_names,
+    checkpoint_provenance,
+    comparison_pairs,
+    comparison_summary,
+    comparison_table,
+    csv_bytes,
+    image_detail,
+    image_file,
+    images_by_ids,
+    leaderboard,
+    models,
+    neutralize_formulas,
+    overview,
+    run_user_sql,
+)
+from evaluator.workspace.queries import compare_where as _compare_where
 from evaluator.workspace.settings import DEFAULT_DASHBOARD_LOCK_TIMEOUT
-from evaluator.workspace.store import READ_ONLY_CONFIG, StoreLockedError, connect_read_only
+from evaluator.workspace.store import StoreLockedError, connect_read_only
 from evaluator.workspace.workdir import STORE_NAME, Workdir
 
 # How long a page waits for a writer to release the store before showing cached results.
@@ -49,11 +76,6 @@ def lock_timeout_from_env(environ: dict | None = None) -> float:
     from evaluator.workspace import settings
 
     return settings.dashboard_lock_timeout(environ)
-# Limits of the SQL page: 10,000 rows is more than a person reads and keeps the page
-# light; 10 s stops a runaway cross join long before it eats the machine.
-SQL_ROW_LIMIT = 10_000
-SQL_TIME_LIMIT = 10.0
-SQL_MAX_CHARS = 20_000
 
 _LAST_RESULTS: collections.OrderedDict[tuple, pd.DataFrame] = collections.OrderedDict()
 _LAST_LOCK = threading.Lock()
@@ -63,10 +85,6 @@ _NOTICES = threading.local()
 
 class StoreBusyError(StateError):
     """The store stayed locked by a writer and no earlier result of this query exists."""
-
-
-class UnsafeQueryError(InputError):
-    """A query the SQL page refuses to run (a write, several statements, a file read...)."""
 
 
 def take_notices() -> list[str]:
@@ -267,50 +285,6 @@ def workdir_from_args(argv: list[str], environ: dict) -> str | None:
 
 # ---------------------------------------------------------------- filters
 
-@dataclass(frozen=True)
-class ArtistFilter:
-    """Catalog filters shared by Compare and Gallery; empty fields filter nothing."""
-
-    tag: str = ""
-    movement: str = ""
-    medium: str = ""
-    recognized_column: str = "recognized_sdxl"  # or recognized_sd1
-    recognized: str = ""  # yes | no | unsure | "" (any)
-    name: str = ""
-    # The scorer's automatic verdict (metric `recognized` >= 0.5) for one checkpoint.
-    auto_recognized: str = ""  # yes | no | "" (any)
-    auto_checkpoint: str = ""
-    auto_model: str = ""
-
-    def where(self, alias: str = "ar") -> tuple[str, list]:
-        clauses, params = ["TRUE"], []
-        for column, value in (("tags", self.tag), ("movements", self.movement), ("mediums", self.medium)):
-            if value:
-                clauses.append(f"list_contains(string_split(coalesce({alias}.{column}, ''), '; '), ?)")
-                params.append(value)
-        if self.recognized:
-            if self.recognized_column not in ("recognized_sdxl", "recognized_sd1"):
-                raise InputError(f"recognized_column must be recognized_sdxl or recognized_sd1 but is {self.recognized_column!r}")
-            clauses.append(f"coalesce({alias}.{self.recognized_column}, '') = ?")
-            params.append("" if self.recognized == "blank" else self.recognized)
-        if self.name.strip():
-            needle = self.name.strip().lower()
-            clauses.append(
-                f"(contains(lower({alias}.name), ?) OR contains({alias}.artist_id, ?) "
-                f"OR contains(lower(coalesce({alias}.aliases, '')), ?))"
-            )
-            params += [needle, needle, needle]
-        if self.auto_recognized:
-            if self.auto_recognized not in ("yes", "no") or not self.auto_checkpoint:
-                raise InputError(f"auto_recognized must be yes or no with a checkpoint but is {self.auto_recognized!r}")
-            negate = "" if self.auto_recognized == "yes" else "NOT "
-            clauses.append(
-                f"{alias}.artist_id {negate}IN (SELECT artist_id FROM artist_scores WHERE metric = 'recognized' "
-                "AND checkpoint = ? AND model = ? AND value >= 0.5)"
-            )
-            params += [self.auto_checkpoint, self.auto_model]
-        return " AND ".join(clauses), params
-
 
 def filter_options(store: Store) -> dict[str, list[str]]:
     """Distinct tags, movements and mediums of the catalog (split on "; ")."""
@@ -325,66 +299,8 @@ def filter_options(store: Store) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------- overview
 
-def overview(store: Store) -> dict[str, int]:
-    frame = store.df(
-        """SELECT (SELECT count(*) FROM images WHERE source <> 'reference') AS images,
-                  (SELECT count(*) FROM images WHERE error IS NOT NULL) AS errors,
-                  (SELECT count(*) FROM artists) AS artists,
-                  (SELECT count(*) FROM checkpoints) AS checkpoints,
-                  (SELECT count(*) FROM runs) AS runs"""
-    )
-    return {k: int(v) for k, v in frame.iloc[0].items()}
-
-
-def models(store: Store) -> list[str]:
-    """Embedding models that scored something, the most used first."""
-    frame = store.df(
-        "SELECT model, sum(n) AS n FROM checkpoint_scores GROUP BY model ORDER BY n DESC NULLS LAST, model"
-    )
-    if frame.empty:
-        frame = store.df("SELECT DISTINCT model FROM artist_scores ORDER BY model")
-    return frame["model"].tolist()
-
-
-def checkpoint_names(store: Store) -> list[str]:
-    """Checkpoints, bases first: the order of the gallery columns."""
-    frame = store.df(
-        """SELECT name FROM (SELECT name, base FROM checkpoints
-                             UNION SELECT DISTINCT checkpoint, NULL FROM artist_scores
-                             WHERE checkpoint NOT IN (SELECT name FROM checkpoints))
-           ORDER BY base IS NOT NULL, name"""
-    )
-    return frame["name"].tolist()
-
 
 # ---------------------------------------------------------------- leaderboard
-
-def leaderboard(store: Store, model: str) -> pd.DataFrame:
-    """checkpoint_scores of one model, long form (checkpoint, metric, value, n, ci)."""
-    return store.df(
-        """SELECT checkpoint, metric, value, ci_low, ci_high, n FROM checkpoint_scores
-           WHERE model = ? ORDER BY checkpoint, metric""",
-        (model,),
-    )
-
-
-def checkpoint_provenance(store: Store) -> pd.DataFrame:
-    """Checkpoints with their source, fingerprint and the runs that made their images."""
-    return store.df(
-        """WITH per_run AS (
-               SELECT checkpoint, run_id, count(*) AS images FROM images
-               WHERE checkpoint IS NOT NULL GROUP BY ALL),
-           latest AS (
-               SELECT p.checkpoint, r.run_id, r.started_at, r.git_rev, r.device, r.dtype AS run_dtype,
-                      r.versions, r.config,
-                      row_number() OVER (PARTITION BY p.checkpoint ORDER BY r.started_at DESC NULLS LAST) AS k
-               FROM per_run p JOIN runs r USING (run_id))
-           SELECT c.name AS checkpoint, c.kind, c.base, c.source, c.fingerprint, c.dtype, c.scheduler,
-                  c.adapters::VARCHAR AS adapters, l.run_id AS last_run, l.started_at, l.git_rev, l.device,
-                  l.versions::VARCHAR AS versions, l.config::VARCHAR AS settings, c.notes
-           FROM checkpoints c LEFT JOIN latest l ON l.checkpoint = c.name AND l.k = 1
-           ORDER BY c.base IS NOT NULL, c.name"""
-    )
 
 
 def score_runs(store: Store) -> pd.DataFrame:
@@ -422,62 +338,6 @@ def _bin_edges(frame: pd.DataFrame, bins: int) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- compare
-
-def comparison_pairs(store: Store) -> pd.DataFrame:
-    """(base, finetune, model, metric) combinations present in `comparisons`."""
-    return store.df(
-        "SELECT DISTINCT base, finetune, model, metric FROM comparisons ORDER BY base, finetune, model, metric"
-    )
-
-
-def _compare_where(base: str, finetune: str, model: str, metric: str, filt: ArtistFilter) -> tuple[str, list]:
-    where, params = filt.where("ar")
-    return (
-        f"c.base = ? AND c.finetune = ? AND c.model = ? AND c.metric = ? AND {where}",
-        [base, finetune, model, metric, *params],
-    )
-
-
-def comparison_summary(store: Store, base: str, finetune: str, model: str, metric: str,
-                       filt: ArtistFilter = ArtistFilter()) -> dict[str, float]:
-    where, params = _compare_where(base, finetune, model, metric, filt)
-    frame = store.df(
-        f"""SELECT count(*) FILTER (WHERE verdict = 'gained') AS gained,
-                   count(*) FILTER (WHERE verdict = 'lost') AS lost,
-                   count(*) FILTER (WHERE verdict = 'kept') AS kept,
-                   count(*) AS artists, avg(delta) AS mean_delta
-            FROM comparisons c JOIN artists ar USING (artist_id) WHERE {where}""",
-        params,
-    )
-    row = frame.iloc[0]
-    summary = {k: int(row[k]) for k in ("gained", "lost", "kept", "artists")}
-    mean = row["mean_delta"]
-    summary["mean_delta"] = float(mean) if pd.notna(mean) else float("nan")
-    return summary
-
-
-def comparison_table(store: Store, base: str, finetune: str, model: str, metric: str,
-                     filt: ArtistFilter = ArtistFilter(), *, verdict: str = "", order: str = "delta",
-                     descending: bool = True, limit: int = 100, offset: int = 0) -> pd.DataFrame:
-    """Per-artist deltas, one page. ``order`` is a column name from a fixed list.
-
-    The page settings after ``filt`` are keyword-only: a call reads as what it asks for.
-    """
-    columns = {"delta", "base_value", "finetune_value", "name", "ci_low", "ci_high"}
-    if order not in columns:
-        raise InputError(f"order must be one of {sorted(columns)} but is {order!r}")
-    where, params = _compare_where(base, finetune, model, metric, filt)
-    if verdict:
-        where += " AND c.verdict = ?"
-        params.append(verdict)
-    direction = "DESC" if descending else "ASC"
-    return store.df(
-        f"""SELECT ar.name, c.artist_id, c.base_value, c.finetune_value, c.delta, c.ci_low, c.ci_high,
-                   c.n, c.verdict, ar.movements, ar.mediums, ar.tags, ar.recognized_sdxl, ar.recognized_sd1
-            FROM comparisons c JOIN artists ar USING (artist_id)
-            WHERE {where} ORDER BY {order} {direction} NULLS LAST, c.artist_id LIMIT ? OFFSET ?""",
-        [*params, int(limit), int(offset)],
-    )
 
 
 def comparison_points(store: Store, base: str, finetune: str, model: str, metric: str,
@@ -553,20 +413,6 @@ def gallery_images(store: Store, artist_ids: list[str], template: str, seed: int
     return store.df(sql + " ORDER BY artist_id, checkpoint", params)
 
 
-def image_detail(store: Store, image_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One image's row (with the artist's name) and its per-image scores."""
-    row = store.df(
-        """SELECT i.*, ar.name AS artist_name FROM images i LEFT JOIN artists ar USING (artist_id)
-           WHERE i.image_id = ?""",
-        (int(image_id),),
-    )
-    scores = store.df(
-        "SELECT model, metric, value FROM image_scores WHERE image_id = ? ORDER BY model, metric",
-        (int(image_id),),
-    )
-    return row, scores
-
-
 # ---------------------------------------------------------------- artist
 
 def artist_search(store: Store, text: str, limit: int = 200) -> pd.DataFrame:
@@ -606,15 +452,6 @@ def artist_scores_of(store: Store, artist_id: str, model: str) -> pd.DataFrame:
     return store.df(
         """SELECT checkpoint, metric, value, ci_low, ci_high, n FROM artist_scores
            WHERE artist_id = ? AND model = ? ORDER BY metric, checkpoint""",
-        (artist_id, model),
-    )
-
-
-def artist_neighbors_of(store: Store, artist_id: str, model: str) -> pd.DataFrame:
-    return store.df(
-        """SELECT n.checkpoint, n.rank, n.neighbor_id, ar.name AS neighbor, n.similarity
-           FROM artist_neighbors n LEFT JOIN artists ar ON ar.artist_id = n.neighbor_id
-           WHERE n.artist_id = ? AND n.model = ? ORDER BY n.checkpoint, n.rank""",
         (artist_id, model),
     )
 
@@ -667,17 +504,6 @@ def similarity_matrix(store: Store, checkpoint: str, model: str, artist_ids: lis
            WHERE n.checkpoint = ? AND n.model = ? AND n.artist_id IN (SELECT unnest(?))
              AND n.neighbor_id IN (SELECT unnest(?))""",
         (checkpoint, model, list(artist_ids), list(artist_ids)),
-    )
-
-
-def images_by_ids(store: Store, image_ids: list[int]) -> pd.DataFrame:
-    if not image_ids:
-        return pd.DataFrame(columns=["image_id", "checkpoint", "artist_id", "name", "template", "seed",
-                                     "thumb_path", "path"])
-    return store.df(
-        """SELECT i.image_id, i.checkpoint, i.artist_id, ar.name, i.template, i.seed, i.thumb_path, i.path
-           FROM images i LEFT JOIN artists ar USING (artist_id) WHERE i.image_id IN (SELECT unnest(?))""",
-        (list(int(i) for i in image_ids),),
     )
 
 
@@ -780,119 +606,6 @@ EXAMPLE_QUERIES: dict[str, str] = {
 }
 
 
-@dataclass
-class UserQueryResult:
-    frame: pd.DataFrame
-    truncated: bool
-    seconds: float
-    row_limit: int
-
-
-def check_user_sql(sql: str) -> str:
-    """The one statement of ``sql`` if the SQL page may run it, else UnsafeQueryError.
-
-    Allowed: one SELECT (incl. WITH, FROM-first, VALUES, DESCRIBE, SHOW, SUMMARIZE, which
-    DuckDB parses as SELECT) or an EXPLAIN of one. Everything else (CREATE, COPY, ATTACH,
-    SET, PRAGMA, CALL, INSTALL/LOAD, EXPORT, transactions) is refused by name; file reads
-    inside a SELECT are refused by the connection (external access disabled).
-    """
-    import duckdb
-
-    text = (sql or "").strip()
-    if not text:
-        raise UnsafeQueryError("the query is empty")
-    if len(text) > SQL_MAX_CHARS:
-        raise UnsafeQueryError(f"the query is {len(text)} characters long; the limit is {SQL_MAX_CHARS}")
-    parser = duckdb.connect(":memory:", config=READ_ONLY_CONFIG)
-    try:
-        try:
-            statements = parser.extract_statements(text)
-        except duckdb.Error as exc:
-            raise UnsafeQueryError(f"the query does not parse: {exc}") from exc
-        if len(statements) != 1:
-            raise UnsafeQueryError(f"one statement at a time, please (got {len(statements)})")
-        statement = statements[0]
-        kind = statement.type.name
-        if kind == "EXPLAIN":
-            # EXPLAIN ANALYZE runs its statement: allow it only around a SELECT
-            inner = re.sub(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?", "", statement.query, count=1, flags=re.I)
-            inner_statements = parser.extract_statements(inner) if inner.strip() else []
-            if len(inner_statements) != 1 or inner_statements[0].type.name != "SELECT":
-                raise UnsafeQueryError("EXPLAIN is allowed only for a SELECT query")
-        elif kind != "SELECT":
-            raise UnsafeQueryError(
-                f"only read-only queries (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) may run here; "
-                f"this is a {kind} statement"
-            )
-        return statement.query
-    finally:
-        parser.close()
-
-
-def run_user_sql(store: Store, sql: str, row_limit: int = SQL_ROW_LIMIT,
-                 time_limit: float = SQL_TIME_LIMIT) -> UserQueryResult:
-    """Run a user's query read-only with a row limit and a time limit (never cached).
-
-    The time limit interrupts the connection from a timer thread; the row limit stops
-    reading Arrow batches once ``row_limit`` rows are in, so a huge result is never built.
-    """
-    import duckdb
-
-    if row_limit < 1:
-        raise InputError(f"row_limit must be >= 1 but is {row_limit}")
-    if time_limit <= 0:
-        raise InputError(f"time_limit must be > 0 but is {time_limit}")
-    query = check_user_sql(sql)
-    if not store.path.is_file():
-        raise FileNotFoundError(f"store {store.path} does not exist")
-    con = connect_read_only(store.path, timeout=store.lock_timeout)
-    timer = threading.Timer(time_limit, con.interrupt)
-    started = time.perf_counter()
-    timer.start()
-    try:
-        try:
-            relation = con.sql(query)
-            if relation is None:
-                raise UnsafeQueryError("the statement returned no result")
-            reader = relation.to_arrow_reader(2048)
-            batches, rows = [], 0
-            for batch in reader:
-                batches.append(batch)
-                rows += batch.num_rows
-                if rows > row_limit:
-                    break
-        except duckdb.InterruptException as exc:
-            raise TimeoutError(f"the query ran longer than the {time_limit:g} s limit and was stopped") from exc
-        except duckdb.PermissionException as exc:
-            raise UnsafeQueryError(f"the SQL page cannot read files outside the store: {exc}") from exc
-        import pyarrow as pa
-
-        table = pa.Table.from_batches(batches, schema=reader.schema) if batches else reader.schema.empty_table()
-        truncated = table.num_rows > row_limit
-        frame = table.slice(0, row_limit).to_pandas()
-    finally:
-        timer.cancel()
-        con.close()
-    return UserQueryResult(frame, truncated, time.perf_counter() - started, row_limit)
-
-
-def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text cells a spreadsheet would run as formulas get a leading apostrophe (CSV injection)."""
-    out = frame.copy()
-    for column in out.columns:
-        series = out[column]
-        if series.dtype == object or pd.api.types.is_string_dtype(series):
-            out[column] = series.map(guard_formula)
-    return out
-
-
-def csv_bytes(frame: pd.DataFrame) -> bytes:
-    """CSV with formula cells neutralized; every text cell quoted (a lone CR stays in its cell)."""
-    import csv
-
-    return neutralize_formulas(frame).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC).encode("utf-8")
-
-
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
@@ -901,12 +614,3 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 # ---------------------------------------------------------------- files
 
-def image_file(workdir: str | Path, relpath: str | None) -> Path | None:
-    """An image file of the workdir by its stored relative path, or None (missing, escaping)."""
-    if not relpath or not isinstance(relpath, str):
-        return None
-    try:
-        path = Workdir(Path(workdir).resolve()).resolve_inside(relpath)
-    except ValueError:
-        return None
-    return path if path.is_file() else None
