@@ -17,24 +17,30 @@ from evaluator.cli.options import quiet_option, workdir_option
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @workdir_option(help="The workdir (images, thumbs, manifests, runs; DIR/atelier.duckdb).")
 @click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="CSV with columns file,artist[,checkpoint][,prompt] (default: SRC/labels.csv when present).")
+              help="CSV with columns file,artist[,checkpoint][,prompt][,seed][,template][,negative_prompt] "
+                   "(default: SRC/labels.csv when present); a file's own parameters win. A row with template "
+                   "null and an empty artist is a no-artist baseline image.")
 @click.option("--checkpoint", default=None, help="Checkpoint name for every image (overrides labels and PNG metadata).")
 @click.option("--reference", "as_reference", is_flag=True, help="These are real artworks (reference images), not generations.")
 @click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="styles.csv to map artist names to ids (default: the project's catalog).")
+@click.option("--seed-from-filename", "seed_regex", default=None, metavar="REGEX",
+              help=r"Read each image's seed from its file name: a regex with one capture group, e.g. '-s(\d+)\.png$' "
+                   "(metadata and a labels seed win).")
 @quiet_option()
 def import_cmd(src: Path, workdir: Path, labels_csv: Path | None, checkpoint: str | None, as_reference: bool,
-               catalog_path: Path | None, quiet: bool) -> None:
+               catalog_path: Path | None, seed_regex: str | None, quiet: bool) -> None:
     """Import images made elsewhere (A1111/ComfyUI PNGs, labelled folders, references).
 
     Undecodable files are reported and recorded with their error; the store is updated
-    in one transaction; a rerun adds nothing twice.
+    in one transaction; a rerun adds nothing twice. Images without a seed cannot be
+    compared over seeds: `atelier score` then bootstraps over images, or says undecided.
     """
     from evaluator.ingest.importer import import_images
 
     if labels_csv is None and (src / "labels.csv").is_file():
         labels_csv = src / "labels.csv"
     summary = import_images(src, workdir, labels_csv=labels_csv, checkpoint=checkpoint, as_reference=as_reference,
-                            catalog_path=catalog_path, progress=not quiet)
+                            catalog_path=catalog_path, progress=not quiet, seed_from_filename=seed_regex)
     for line in summary.report_lines():
         click.echo(line)

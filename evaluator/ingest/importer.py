@@ -2,7 +2,11 @@
 
 Each file becomes one ``images`` row. Its settings come from the PNG ``parameters``
 chunk (A1111 and friends) or ComfyUI's ``prompt`` graph when present, else from a labels
-CSV (``file,artist[,checkpoint][,prompt]``). Artist names are mapped to catalog ids
+CSV (``file,artist[,checkpoint][,prompt][,seed][,template][,negative_prompt]``; the file's
+own parameters win over the CSV's prompt, seed and negative prompt), and a seed can be
+read from the file name (``seed_from_filename``, one capture group). A row with
+``template = null`` and an empty ``artist`` (or ``artist = _baseline``) is a no-artist
+baseline image, what the recognition metrics compare with. Artist names are mapped to catalog ids
 (NFC + casefold on names and aliases, then accent-insensitive); a name the catalog does
 not know is kept under a slug of the name and reported.
 
@@ -37,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from catalog.units import WorkUnit
+from catalog.units import BASELINE_ARTIST_ID, WorkUnit
 from evaluator.errors import InputError
 from evaluator.generation.pngmeta import png_is_complete
 from evaluator.workspace.records import Provenance, RunRecord, image_record, utcnow
@@ -64,6 +68,8 @@ class ImportSummary:
     unlabelled: list[str] = field(default_factory=list)  # files with neither labels nor metadata
     missing: list[str] = field(default_factory=list)  # labels rows whose file does not exist
     ignored: list[str] = field(default_factory=list)  # non-image files in the folder
+    seedless: list[str] = field(default_factory=list)  # files --seed-from-filename did not match
+    no_seed: int = 0  # generated images recorded without a seed (-1)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (file, what was converted)
     rows_ingested: int = 0
     manifest_path: str | None = None
@@ -81,6 +87,12 @@ class ImportSummary:
             lines.append(f"  labels name a missing file: {name}")
         if self.unlabelled:
             lines.append(f"  {len(self.unlabelled)} files without labels or metadata (artist unknown): {', '.join(self.unlabelled[:5])}")
+        if self.seedless:
+            lines.append(f"  {len(self.seedless)} files whose name --seed-from-filename does not match (seed unknown): "
+                         f"{', '.join(self.seedless[:5])}")
+        if self.no_seed:
+            lines.append(f"  {self.no_seed} images have no seed (no metadata, labels `seed` column or "
+                         "--seed-from-filename): `atelier score` bootstraps them over images, not seeds")
         if self.ignored:
             lines.append(f"  {len(self.ignored)} non-image files ignored: {', '.join(self.ignored[:5])}")
         for name, note in self.notes[:20]:
@@ -166,12 +178,48 @@ def load_artist_index(catalog_path: str | Path | None) -> ArtistIndex:
         return ArtistIndex(None)
 
 
+# The labels CSV's template value that marks a no-artist baseline image (the `null`
+# template of atelier's own plans).
+BASELINE_TEMPLATE = "null"
+IMPORT_TEMPLATE = "import"  # the template of an imported image whose labels name none
+
+
 @dataclass
 class Label:
     line: int
     artist: str | None
     checkpoint: str | None
     prompt: str | None
+    seed: int | None = None
+    template: str | None = None
+    negative_prompt: str | None = None
+
+    @property
+    def baseline(self) -> bool:
+        return self.template == BASELINE_TEMPLATE or self.artist == BASELINE_ARTIST_ID
+
+
+def _label_seed(path: Path, number: int, raw: str) -> int | None:
+    """The labels' ``seed`` cell: empty = unknown, else a non-negative integer."""
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise InputError(f"{path}: line {number}: seed must be a non-negative integer but is {raw!r}")
+    return int(raw)
+
+
+def _label_row(path: Path, number: int, row: dict[str, str]) -> Label:
+    """One labels row as a Label; a contradictory baseline row is an error naming its line."""
+    template = row.get("template") or None
+    artist = row.get("artist") or None
+    if template == BASELINE_TEMPLATE and artist not in (None, BASELINE_ARTIST_ID):
+        raise InputError(f"{path}: line {number}: template 'null' is the no-artist baseline, so 'artist' must be "
+                         f"empty but is {artist!r}")
+    if artist == BASELINE_ARTIST_ID and template not in (None, BASELINE_TEMPLATE):
+        raise InputError(f"{path}: line {number}: artist {BASELINE_ARTIST_ID!r} is the no-artist baseline, so "
+                         f"'template' must be empty or 'null' but is {template!r}")
+    return Label(number, artist, row.get("checkpoint") or None, row.get("prompt") or None,
+                 _label_seed(path, number, row.get("seed", "")), template, row.get("negative_prompt") or None)
 
 
 def read_labels(path: Path, src_dir: Path) -> dict[str, Label]:
@@ -195,8 +243,33 @@ def read_labels(path: Path, src_dir: Path) -> dict[str, Label]:
         key = Path(name).as_posix()
         if key in labels:
             raise InputError(f"{path}: line {number}: file {name!r} is already labelled on line {labels[key].line}")
-        labels[key] = Label(number, row.get("artist") or None, row.get("checkpoint") or None, row.get("prompt") or None)
+        labels[key] = _label_row(path, number, row)
     return labels
+
+
+def seed_pattern(regex: str | None) -> re.Pattern | None:
+    """``--seed-from-filename``: a regular expression with exactly one capture group."""
+    if not regex:
+        return None
+    try:
+        pattern = re.compile(regex)
+    except re.error as exc:
+        raise InputError(f"--seed-from-filename {regex!r} is not a regular expression: {exc}") from exc
+    if pattern.groups != 1:
+        raise InputError(f"--seed-from-filename needs exactly one capture group (the seed) but {regex!r} has "
+                         f"{pattern.groups}, e.g. '-s(\\d+)\\.png$'")
+    return pattern
+
+
+def seed_from_name(pattern: re.Pattern | None, name: str) -> int | None:
+    """The seed the pattern captures in a file name; None when it does not match."""
+    match = pattern.search(name) if pattern is not None else None
+    if match is None:
+        return None
+    text = match.group(1)
+    if text is None or not text.isdigit():
+        raise InputError(f"--seed-from-filename captured {text!r} from {name!r}, which is not a non-negative integer")
+    return int(text)
 
 
 def checkpoint_name(raw: str | None) -> str | None:
@@ -272,11 +345,12 @@ def _decode(path: Path, data: bytes):
     return image, info, notes
 
 
-def _identity(checkpoint: str | None, artist_id: str, prompt: str, seed: int, width: int, height: int, salt: str | None) -> WorkUnit:
+def _identity(checkpoint: str | None, artist_id: str, prompt: str, seed: int, width: int, height: int, salt: str | None,
+              *, template: str = IMPORT_TEMPLATE) -> WorkUnit:
     return WorkUnit(
         checkpoint=checkpoint or "",
         artist_id=artist_id,
-        template="import",
+        template=template,
         prompt=prompt if salt is None else f"{prompt}\x00sha256:{salt}",
         negative_prompt="",
         seed=seed,
@@ -292,12 +366,13 @@ def _identity(checkpoint: str | None, artist_id: str, prompt: str, seed: int, wi
 class ImportOptions:
     """The options of one import (``atelier import``'s flags)."""
 
-    labels_csv: str | Path | None = None  # file,artist[,checkpoint][,prompt]
+    labels_csv: str | Path | None = None  # file,artist[,checkpoint][,prompt][,seed][,template][,negative_prompt]
     checkpoint: str | None = None  # every image under this checkpoint name
     as_reference: bool = False  # reference images of their artists, not a model's output
     catalog_path: str | Path | None = None  # styles.csv for artist names (None: the project's)
     progress: bool = True
     thumb_size: int = 192
+    seed_from_filename: str | None = None  # a regex with one capture group: the seed in the file name
 
     @property
     def source_kind(self) -> str:
@@ -322,6 +397,7 @@ class _Import:
     known: dict[int, tuple[str, str | None, str | None]]  # image_id -> (sha256, path, error)
     summary: ImportSummary
     started: datetime
+    seed_regex: re.Pattern | None = None
     records: list[dict] = field(default_factory=list)
     seen_units: dict[str, tuple[str, str]] = field(default_factory=dict)  # unit_id -> (sha256, file)
 
@@ -350,6 +426,7 @@ class _Identified:
     seed: int
     width: int
     height: int
+    negative_prompt: str = ""
 
 
 def import_images(
@@ -362,11 +439,12 @@ def import_images(
     catalog_path: str | Path | None = None,
     progress: bool = True,
     thumb_size: int = 192,
+    seed_from_filename: str | None = None,
 ) -> ImportSummary:
     """Import every image under ``src_dir`` into ``workdir`` and its store (see module doc)."""
     from tqdm import tqdm
 
-    options = ImportOptions(labels_csv, checkpoint, as_reference, catalog_path, progress, thumb_size)
+    options = ImportOptions(labels_csv, checkpoint, as_reference, catalog_path, progress, thumb_size, seed_from_filename)
     job, images = _open_import(Path(src_dir), workdir, options)  # 1. read
     for path in tqdm(images, desc="import", unit="img", disable=not options.progress):
         _import_file(job, path)  # 2-4. decode, identify, write
@@ -384,6 +462,7 @@ def _open_import(src_dir: Path, workdir: str | Path, options: ImportOptions) -> 
     forced = checkpoint_name(options.checkpoint) if options.checkpoint else None
     if options.checkpoint and forced != options.checkpoint:
         raise InputError(f"--checkpoint must match [A-Za-z0-9._-]+ but is {options.checkpoint!r} (try {forced!r})")
+    seed_regex = seed_pattern(options.seed_from_filename)
     wd = Workdir.at(workdir)
     labels_path = Path(options.labels_csv).resolve() if options.labels_csv else None
     labels = read_labels(labels_path, src) if labels_path else {}
@@ -402,7 +481,7 @@ def _open_import(src_dir: Path, workdir: str | Path, options: ImportOptions) -> 
     if len(existing):
         for row in existing[["image_id", "sha256", "path", "error"]].itertuples(index=False):
             known[int(row.image_id)] = (row.sha256, row.path, row.error if isinstance(row.error, str) else None)
-    job = _Import(src, wd, options, forced, labels_path, labels, index, known, summary, utcnow())
+    job = _Import(src, wd, options, forced, labels_path, labels, index, known, summary, utcnow(), seed_regex=seed_regex)
     return job, images
 
 
@@ -444,26 +523,52 @@ def _identify(job: _Import, path: Path, rel: str, sha: str, decoded: _Decoded) -
         ckpt = job.forced or checkpoint_name(label.checkpoint if label else None) or checkpoint_name(
             unit_info.get("checkpoint") or info.get("model")
         )
-    prompt = (label.prompt if label and label.prompt else None) or info.get("prompt") or ""
-    seed = info.get("seed") if isinstance(info.get("seed"), int) else -1
+    # the file's own parameters win over the labels, the labels over the file name
+    prompt = info.get("prompt") or (label.prompt if label else None) or ""
+    negative = info.get("negative_prompt") or (label.negative_prompt if label else None) or ""
+    seed = _seed_of(job, label, info, path.name)
+    template = _template_of(label, artist_id)
     width, height = (decoded.image.size if decoded.image is not None else (info.get("width") or 0, info.get("height") or 0))
     if decoded.error is not None:
         # unique per file and place: the content hash and the relative path
-        unit = _identity(ckpt, artist_id, f"error:{rel}", -1, 0, 0, sha)
+        unit = _identity(ckpt, artist_id, f"error:{rel}", -1, 0, 0, sha, template=template)
     else:
-        unit = _identity(ckpt, artist_id, prompt, seed, width, height, None if prompt else sha)
+        unit = _identity(ckpt, artist_id, prompt, seed, width, height, None if prompt else sha, template=template)
         if unit.unit_id in job.seen_units and job.seen_units[unit.unit_id][0] != sha:  # same settings, other pixels
-            unit = _identity(ckpt, artist_id, prompt, seed, width, height, sha)
+            unit = _identity(ckpt, artist_id, prompt, seed, width, height, sha, template=template)
     if unit.unit_id in job.seen_units:
         job.summary.notes.append((rel, f"same content and labels as {job.seen_units[unit.unit_id][1]}: recorded once"))
         return None
     job.seen_units[unit.unit_id] = (sha, rel)
-    return _Identified(unit, ckpt, prompt, seed, width, height)
+    if seed < 0 and decoded.error is None and not job.options.as_reference:
+        job.summary.no_seed += 1
+    return _Identified(unit, ckpt, prompt, seed, width, height, negative)
+
+
+def _seed_of(job: _Import, label: Label | None, info: dict, name: str) -> int:
+    """The file's own seed, else the labels' seed, else the one in its name, else -1 (unknown)."""
+    if isinstance(info.get("seed"), int) and info["seed"] >= 0:
+        return info["seed"]
+    if label is not None and label.seed is not None:
+        return label.seed
+    found = seed_from_name(job.seed_regex, name)
+    if found is None and job.seed_regex is not None:
+        job.summary.seedless.append(name)
+    return -1 if found is None else found
+
+
+def _template_of(label: Label | None, artist_id: str) -> str:
+    """The labels' template; a baseline image's is `null`; else `import`."""
+    if artist_id == BASELINE_ARTIST_ID:
+        return BASELINE_TEMPLATE
+    return (label.template if label else None) or IMPORT_TEMPLATE
 
 
 def _artist_of(job: _Import, label: Label | None, info: dict, unit_info: dict, rel: str, error: str | None) -> str:
     """The artist id: from the labels, else our own chunk, else a name in the prompt."""
     summary = job.summary
+    if label is not None and label.baseline:
+        return BASELINE_ARTIST_ID
     artist_name = label.artist if label and label.artist else None
     if artist_name:
         artist_id = job.index.lookup(artist_name)
@@ -489,7 +594,7 @@ def _image_row(job: _Import, path: Path, rel: str, sha: str, found: _Identified,
     relpath = Path("imported") / folder / unit.artist_id / f"{stem}-{unit.unit_id[:8]}.png"
     record = image_record(
         unit, job.run_id, source=job.options.source_kind, checkpoint=found.checkpoint, prompt=found.prompt,
-        negative_prompt=info.get("negative_prompt") or "", seed=found.seed, width=found.width or None,
+        negative_prompt=found.negative_prompt, seed=found.seed, width=found.width or None,
         height=found.height or None, steps=info.get("steps") or 0, guidance=float(info.get("guidance") or 0.0),
         scheduler=info.get("sampler") or "", sha256=sha, created_at=job.started,
     )
@@ -568,6 +673,7 @@ def _write_import_run(job: _Import) -> RunRecord:
     config = {
         "source": str(job.src), "labels": str(job.labels_path) if job.labels_path else None,
         "checkpoint": options.checkpoint, "as_reference": options.as_reference,
+        "seed_from_filename": options.seed_from_filename,
     }
     run = RunRecord(
         run_id=job.run_id,

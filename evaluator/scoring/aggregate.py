@@ -10,8 +10,13 @@ the store; writes nothing (``evaluator.scoring.write`` stores the :class:`ScoreT
 3. checkpoint level (the leaderboard): image metrics over all artist images, artist
    metrics averaged over artists (CI over artists), plus the checkpoint metrics;
 4. artist neighbours per checkpoint (cosine of image centroids);
-5. comparisons base vs fine-tune: paired bootstrap over shared seeds, on the metrics
-   the registry marks ``per_seed``.
+5. comparisons base vs fine-tune on the metrics the registry marks ``per_seed``: paired
+   bootstrap over shared seeds; else two-sample over each side's seeds, or images where
+   no seed is known (``ci_over``); no interval -> ``undecided`` with ``verdict_reason``.
+
+Images without a known seed (imported sets) are bootstrapped over images, never
+pooled into one "seed" that gives no interval; ``score_warnings`` lists what is NULL
+or undecided and why.
 
 Metrics that need reference images are skipped when there are none.
 """
@@ -28,8 +33,16 @@ if TYPE_CHECKING:
     from evaluator.scoring.metrics import EvalInputs
     from evaluator.scoring.stats import BootstrapConfig
 
-ARTIST_SCORE_COLUMNS = ["checkpoint", "artist_id", "model", "metric", "value", "n", "n_seeds", "ci_low", "ci_high"]
-CHECKPOINT_SCORE_COLUMNS = ["checkpoint", "model", "metric", "value", "n", "n_seeds", "ci_low", "ci_high"]
+ARTIST_SCORE_COLUMNS = ["checkpoint", "artist_id", "model", "metric", "value", "n", "n_seeds", "ci_low", "ci_high",
+                        "ci_over", "reason"]
+CHECKPOINT_SCORE_COLUMNS = ["checkpoint", "model", "metric", "value", "n", "n_seeds", "ci_low", "ci_high",
+                            "ci_over", "reason", "n_pos", "n_neg"]
+COMPARISON_COLUMNS = ["base", "finetune", "artist_id", "model", "metric", "base_value", "finetune_value", "delta",
+                      "ci_low", "ci_high", "n", "verdict", "higher_is_better", "ci_over", "paired", "n_base",
+                      "n_finetune", "verdict_reason"]
+# The optional columns of a metric's rows, and what they are when it does not give them.
+OPTIONAL_COLUMNS = {"n_seeds": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "ci_over": None,
+                    "reason": None, "n_pos": float("nan"), "n_neg": float("nan")}
 NEIGHBOR_COLUMNS = ["checkpoint", "model", "artist_id", "rank", "neighbor_id", "similarity"]
 
 
@@ -58,6 +71,8 @@ class ScoreTables:
     comparisons: pd.DataFrame | None = None
     # artist metric name -> its (checkpoint, artist_id, value, n, ...) rows, for step 3
     artist_metrics: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    # what the numbers cannot say (undecided verdicts, NULL metrics and why): `score` prints them
+    warnings: list[str] = field(default_factory=list)
 
     def get(self, table: str) -> pd.DataFrame | None:
         return getattr(self, table) if table in {f.name for f in fields(self)} else None
@@ -79,6 +94,9 @@ def compute_scores(batch: ScoringBatch) -> ScoreTables:
     _checkpoint_level(batch, long, tables)  # 3.
     tables.artist_neighbors = artist_neighbors(batch.inputs, batch.model, batch.k_neighbors)  # 4.
     tables.comparisons = comparisons(batch, long)  # 5.
+    from evaluator.scoring.notices import score_warnings
+
+    tables.warnings = score_warnings(batch.inputs, tables)
     return tables
 
 
@@ -112,6 +130,7 @@ def _new_images(inputs: EvalInputs, new_mask: np.ndarray) -> EvalInputs:
         template=inputs.template[idx],
         seed=inputs.seed[idx],
         prompt_vecs=None if inputs.prompt_vecs is None else inputs.prompt_vecs[idx],
+        has_prompt=None if inputs.has_prompt is None else inputs.has_prompt[idx],
         cache={},
     )
 
@@ -138,14 +157,18 @@ def _image_level(batch: ScoringBatch, tables: ScoreTables) -> pd.DataFrame:
 
 
 def _with_ci_columns(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    """A metric's rows named ``name``, with NaN for the CI columns it does not give."""
-    import numpy as np
-
-    frame = frame.copy()
-    for col in ("n_seeds", "ci_low", "ci_high"):
-        if col not in frame:
-            frame[col] = np.nan
+    """A metric's rows named ``name``, with NaN/None for the optional columns it does not give."""
+    frame = _fill_optional(frame)
     frame["metric"] = name
+    return frame
+
+
+def _fill_optional(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with NaN/None in each optional column it lacks."""
+    frame = frame.copy()
+    for col, missing in OPTIONAL_COLUMNS.items():
+        if col not in frame:
+            frame[col] = missing
     return frame
 
 
@@ -156,14 +179,14 @@ def _artist_level(batch: ScoringBatch, long: pd.DataFrame, tables: ScoreTables) 
     from evaluator.scoring.metrics import list_metrics
     from evaluator.scoring.stats import grouped_bootstrap
 
-    parts = [grouped_bootstrap(long, ["checkpoint", "artist_id", "metric"], config=batch.bootstrap)]
+    parts = [grouped_bootstrap(long, ["checkpoint", "artist_id", "metric"], config=batch.bootstrap, image_col="image_id")]
     for m in list_metrics("artist", has_references=batch.inputs.has_references()):
         frame = m.fn(batch.inputs)
         if frame is None or frame.empty:
             continue
         frame = _with_ci_columns(frame, m.name)
         tables.artist_metrics[m.name] = frame
-        parts.append(frame[["checkpoint", "artist_id", "metric", "value", "n", "n_seeds", "ci_low", "ci_high"]])
+        parts.append(frame[[c for c in ARTIST_SCORE_COLUMNS if c != "model"]])
     artist_scores = pd.concat(parts, ignore_index=True)
     artist_scores["model"] = batch.model
     tables.artist_scores = artist_scores[ARTIST_SCORE_COLUMNS]
@@ -177,16 +200,24 @@ def _bootstrap_over_rows(frame: pd.DataFrame, group_col: str, value_col: str, cf
     from evaluator.scoring.stats import bootstrap_mean_ci
 
     data = frame[frame[value_col].notna()]
-    if data.empty:
-        return data.iloc[0:0][[group_col]].assign(value=[], n=[], ci_low=[], ci_high=[])
     keys = sorted(data[group_col].unique())
-    sizes = data.groupby(group_col)[value_col].size()
-    matrix = np.full((len(keys), int(sizes.max())), np.nan)
+    matrix = np.full((len(keys), max([int((data[group_col] == k).sum()) for k in keys], default=1)), np.nan)
     for i, key in enumerate(keys):
         vals = data.loc[data[group_col] == key, value_col].to_numpy(dtype=np.float64)
         matrix[i, : len(vals)] = vals
     mean, n, lo, hi = bootstrap_mean_ci(matrix, cfg)
-    return pd.DataFrame({group_col: keys, "value": mean, "n": n, "ci_low": lo, "ci_high": hi})
+    out = pd.DataFrame({group_col: keys, "value": mean, "n": n, "ci_low": lo, "ci_high": hi,
+                        "ci_over": "artists", "reason": None})
+    # a group whose every row is NULL (e.g. `recognized` undecided for every artist)
+    # still gets its NULL row, with the artists' reason
+    empty = sorted(set(frame[group_col].unique()) - set(keys))
+    if not empty:
+        return out
+    reasons = frame["reason"] if "reason" in frame else pd.Series(None, index=frame.index, dtype=object)
+    why = {k: r.dropna().iloc[0] if r.notna().any() else "every value is NULL" for k, r in reasons.groupby(frame[group_col])}
+    nulls = pd.DataFrame({group_col: empty, "value": np.nan, "n": 0, "ci_low": np.nan, "ci_high": np.nan,
+                          "ci_over": None, "reason": [f"no artist has a value ({why[k]})" for k in empty]})
+    return pd.concat([out, nulls], ignore_index=True) if len(out) else nulls
 
 
 def _checkpoint_level(batch: ScoringBatch, long: pd.DataFrame, tables: ScoreTables) -> None:
@@ -199,7 +230,7 @@ def _checkpoint_level(batch: ScoringBatch, long: pd.DataFrame, tables: ScoreTabl
     from evaluator.scoring.stats import grouped_bootstrap
 
     not_base = long[long["artist_id"] != batch.inputs.baseline_artist]
-    parts = [grouped_bootstrap(not_base, ["checkpoint", "metric"], config=batch.bootstrap)]
+    parts = [grouped_bootstrap(not_base, ["checkpoint", "metric"], config=batch.bootstrap, image_col="image_id")]
     for name, frame in tables.artist_metrics.items():
         agg = _bootstrap_over_rows(frame, "checkpoint", "value", batch.bootstrap)
         agg["metric"] = name
@@ -210,7 +241,8 @@ def _checkpoint_level(batch: ScoringBatch, long: pd.DataFrame, tables: ScoreTabl
         if frame is None or frame.empty:
             continue
         parts.append(_with_ci_columns(frame, m.name))
-    ck = pd.concat([p[["checkpoint", "metric", "value", "n", "n_seeds", "ci_low", "ci_high"]] for p in parts], ignore_index=True)
+    cols = [c for c in CHECKPOINT_SCORE_COLUMNS if c != "model"]
+    ck = pd.concat([_fill_optional(p)[cols] for p in parts], ignore_index=True)
     ck["model"] = batch.model
     tables.checkpoint_scores = ck[CHECKPOINT_SCORE_COLUMNS]
 
@@ -246,68 +278,126 @@ def artist_neighbors(inputs: EvalInputs, model: str, k: int) -> pd.DataFrame:
 
 
 def per_seed_values(inputs: EvalInputs, long: pd.DataFrame) -> pd.DataFrame:
-    """(checkpoint, artist_id, metric, seed, value) of every metric the registry marks
-    ``per_seed``: image metrics as the mean of the seed's images, artist metrics from
-    their ``seed_values``."""
+    """(checkpoint, artist_id, metric, _unit, _known, value) of every metric the registry
+    marks ``per_seed``: the mean of each unit's images, a unit being a known seed or,
+    for an image without one, the image itself (see ``stats.with_units``). Artist
+    metrics give their ``image_values`` (else their known-seed ``seed_values``)."""
     import pandas as pd
 
     from evaluator.scoring.metrics import seed_metrics
+    from evaluator.scoring.stats import UNKNOWN_SEED, with_units
 
+    cols = ["checkpoint", "artist_id", "metric", "image_id", "seed", "value"]
     image_names = [m.name for m in seed_metrics("image")]
-    images = long[long["metric"].isin(image_names)]
-    parts = [images.groupby(["checkpoint", "artist_id", "metric", "seed"], sort=True)["value"].mean().reset_index()]
+    parts = [long.loc[long["metric"].isin(image_names), cols]]
     for m in seed_metrics("artist"):
         if m.needs_references and not inputs.has_references():
             continue
-        values = m.seed_values(inputs)
+        if m.image_values is not None:
+            values = m.image_values(inputs).assign(metric=m.name)
+        else:  # one value per seed: only known seeds are units
+            values = m.seed_values(inputs).assign(metric=m.name, image_id=0)
+            values = values[values["seed"] != UNKNOWN_SEED]
         if not values.empty:
-            parts.append(values.assign(metric=m.name))
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+            parts.append(values[cols])
+    rows = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
+    rows = with_units(rows[rows["value"].notna()])
+    keys = ["checkpoint", "artist_id", "metric", "_unit", "_known"]
+    return rows.groupby(keys, sort=True, observed=True)["value"].mean().reset_index()
 
 
-def _compare_pair(per_seed: pd.DataFrame, base: str, ft: str, model: str, boot: BootstrapConfig) -> pd.DataFrame | None:
-    """One (base, finetune) pair's comparison rows; None when they share no seed."""
+def _paired_rows(b: pd.DataFrame, f: pd.DataFrame, boot: BootstrapConfig) -> pd.DataFrame:
+    """Groups sharing at least 2 known seeds: paired bootstrap of the per-seed deltas."""
+    from evaluator.scoring.stats import CI_OVER_SEEDS, grouped_bootstrap
+
+    keys = ["artist_id", "metric"]
+    paired = b[b["_known"]].merge(f[f["_known"]], on=[*keys, "_unit"], suffixes=("_base", "_ft"))
+    shared = paired.groupby(keys)["_unit"].transform("size")
+    paired = paired[shared >= 2].assign(delta=lambda x: x["value_ft"] - x["value_base"])
+    res = grouped_bootstrap(paired, keys, value_col="delta", seed_col="_unit", config=boot)
+    means = paired.groupby(keys, sort=True)[["value_base", "value_ft"]].mean().reset_index()
+    res = res.merge(means, on=keys)
+    res = res.assign(n_base=res["n_seeds"], n_finetune=res["n_seeds"], n_shared=res["n_seeds"], paired=True,
+                     ci_over=CI_OVER_SEEDS)
+    return res.drop(columns=["n", "n_seeds"])
+
+
+def _unpaired_rows(b: pd.DataFrame, f: pd.DataFrame, groups: pd.DataFrame, boot: BootstrapConfig) -> pd.DataFrame:
+    """Groups sharing fewer than 2 seeds: two-sample bootstrap over each side's units
+    (seeds, or images without seeds); fewer than 2 units on a side -> no CI."""
+    import numpy as np
+
+    from evaluator.scoring.stats import CI_OVER_IMAGES, CI_OVER_MIXED, CI_OVER_SEEDS, two_sample_ci
+
+    keys = ["artist_id", "metric"]
+    if groups.empty:
+        return groups.assign(value=[], ci_low=[], ci_high=[], value_base=[], value_ft=[], n_base=[], n_finetune=[],
+                             paired=[], ci_over=[])
+    sides = {}
+    for name, side in (("base", b), ("ft", f)):
+        side = side.merge(groups[keys], on=keys)
+        agg = side.groupby(keys, sort=True).agg(values=("value", list), known=("_known", "all"), some=("_known", "any"))
+        sides[name] = agg.reindex(groups.set_index(keys).index)
+    base_vals = [np.asarray(v, dtype=np.float64) for v in sides["base"]["values"]]
+    ft_vals = [np.asarray(v, dtype=np.float64) for v in sides["ft"]["values"]]
+    delta, lo, hi = two_sample_ci(base_vals, ft_vals, boot)
+    every = (sides["base"]["known"] & sides["ft"]["known"]).to_numpy(dtype=bool)
+    none = ~(sides["base"]["some"] | sides["ft"]["some"]).to_numpy(dtype=bool)
+    return groups.assign(
+        value=delta, ci_low=lo, ci_high=hi,
+        value_base=[v.mean() for v in base_vals], value_ft=[v.mean() for v in ft_vals],
+        n_base=[len(v) for v in base_vals], n_finetune=[len(v) for v in ft_vals], paired=False,
+        ci_over=np.select([every, none], [CI_OVER_SEEDS, CI_OVER_IMAGES], CI_OVER_MIXED).astype(object),
+    )
+
+
+def _compare_pair(units: pd.DataFrame, base: str, ft: str, model: str, boot: BootstrapConfig) -> pd.DataFrame | None:
+    """One (base, finetune) pair's comparison rows, one per (artist, metric) both have;
+    None when they have none in common.
+
+    Paired bootstrap over the seeds both share when there are at least 2; otherwise a
+    two-sample bootstrap over each side's units (seeds, or images without seeds); with
+    fewer than 2 units the verdict is ``undecided`` and ``verdict_reason`` says why.
+    """
     import pandas as pd
 
     from evaluator.scoring.metrics import get_metric
-    from evaluator.scoring.stats import grouped_bootstrap, verdict
+    from evaluator.scoring.stats import missing_ci_reason, verdict
 
-    b = per_seed[per_seed["checkpoint"] == base].drop(columns="checkpoint")
-    f = per_seed[per_seed["checkpoint"] == ft].drop(columns="checkpoint")
-    paired = b.merge(f, on=["artist_id", "metric", "seed"], suffixes=("_base", "_ft"))
-    if paired.empty:
+    keys = ["artist_id", "metric"]
+    b = units[units["checkpoint"] == base].drop(columns="checkpoint")
+    f = units[units["checkpoint"] == ft].drop(columns="checkpoint")
+    groups = b[keys].drop_duplicates().merge(f[keys].drop_duplicates(), on=keys)
+    if groups.empty:
         return None
-    paired["delta"] = paired["value_ft"] - paired["value_base"]
-    res = grouped_bootstrap(paired, ["artist_id", "metric"], value_col="delta", config=boot)
-    means = paired.groupby(["artist_id", "metric"], sort=True)[["value_base", "value_ft"]].mean().reset_index()
-    res = res.merge(means, on=["artist_id", "metric"])
+    paired = _paired_rows(b, f, boot)
+    rest = groups.merge(paired[keys], on=keys, how="left", indicator=True)
+    rest = rest.loc[rest["_merge"] == "left_only", keys]
+    shared = b[b["_known"]].merge(f[f["_known"]], on=[*keys, "_unit"]).groupby(keys).size().rename("n_shared")
+    unpaired = _unpaired_rows(b, f, rest, boot).merge(shared.reset_index(), on=keys, how="left")
+    unpaired["n_shared"] = unpaired["n_shared"].fillna(0)
+    res = pd.concat([p for p in (paired, unpaired) if len(p)], ignore_index=True).sort_values(keys, ignore_index=True)
     res["higher_is_better"] = [get_metric(m).higher_is_better for m in res["metric"]]
     res["verdict"] = [verdict(lo, hi, h) for lo, hi, h in zip(res["ci_low"], res["ci_high"], res["higher_is_better"], strict=True)]
-    return pd.DataFrame({
-        "base": base,
-        "finetune": ft,
-        "artist_id": res["artist_id"],
-        "model": model,
-        "metric": res["metric"],
-        "base_value": res["value_base"],
-        "finetune_value": res["value_ft"],
-        "delta": res["value"],
-        "ci_low": res["ci_low"],
-        "ci_high": res["ci_high"],
-        "n": res["n_seeds"],
-        "verdict": res["verdict"],
-        "higher_is_better": res["higher_is_better"],
-    })
+    res["verdict_reason"] = [missing_ci_reason(c) if v == "undecided" else None
+                             for c, v in zip(res["ci_over"], res["verdict"], strict=True)]
+    out = res.rename(columns={"value_base": "base_value", "value_ft": "finetune_value", "value": "delta",
+                              "n_shared": "n"})
+    out = out.assign(base=base, finetune=ft, model=model)
+    for col in ("n", "n_base", "n_finetune"):
+        out[col] = out[col].astype("int64")
+    out["paired"] = out["paired"].astype(bool)
+    return out[COMPARISON_COLUMNS]
 
 
 def comparisons(batch: ScoringBatch, long: pd.DataFrame) -> pd.DataFrame:
-    """Fine-tune vs base on every per-seed metric: paired bootstrap over shared seeds."""
+    """Fine-tune vs base on every per-seed metric (see :func:`_compare_pair`)."""
     import pandas as pd
 
-    per_seed = per_seed_values(batch.inputs, long)
-    parts = [_compare_pair(per_seed, base, ft, batch.model, batch.bootstrap) for base, ft in batch.pairs]
+    units = per_seed_values(batch.inputs, long)
+    parts = [_compare_pair(units, base, ft, batch.model, batch.bootstrap) for base, ft in batch.pairs]
     parts = [p for p in parts if p is not None]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COMPARISON_COLUMNS)
 
 
 def reference_tables(refs: pd.DataFrame, vectors_of, model: str) -> tuple[pd.DataFrame, pd.DataFrame]:

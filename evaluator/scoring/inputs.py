@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 ART_BY_FALLBACK = "artwork by {name}"
 OWN_RUN_KINDS = ("score", "index")  # written to the store by score / index build themselves
 CHECKPOINT_COLUMNS = ("name", "source", "kind", "base", "adapters", "fingerprint", "dtype", "scheduler", "notes")
+# Bumped when a metric's definition changes what an image's stored value is (2: no
+# clip_score for an image without a prompt): the next run rescores every image.
+METRIC_DEFINITIONS_VERSION = 2
 # The image columns image scores depend on: a change in any of them is news.
 IMAGE_KEY_COLUMNS = ["image_id", "sha256", "error", "checkpoint", "artist_id", "template", "seed", "prompt", "path"]
 
@@ -318,6 +321,7 @@ def fingerprint(
         "art_by": inputs.art_by,
         "refs": sha(sorted(refs["image_id"].astype(int).tolist()) + sorted(refs["artist_id"].tolist())),
         "retrieval_k": retrieval_k,
+        "definitions": METRIC_DEFINITIONS_VERSION,
     }
     digests = {
         "context": sha(context),
@@ -341,7 +345,8 @@ class TextVectors:
     """The text embeddings the metrics compare images with."""
 
     artist_text: np.ndarray  # float32 [A, D]: the `art-by` text of each catalog artist
-    prompt: np.ndarray  # float32 [N, D]: each scored image's own prompt
+    prompt: np.ndarray  # float32 [N, D]: each scored image's own prompt (zeros: none)
+    has_prompt: np.ndarray | None = None  # bool [N]: the image has a prompt
 
 
 def embed_text_inputs(wd: Workdir, clip: LoadedClip, inputs: ScoreInputs, embedded: Embedded, progress: bool) -> TextVectors:
@@ -355,12 +360,15 @@ def embed_text_inputs(wd: Workdir, clip: LoadedClip, inputs: ScoreInputs, embedd
     art_by = Template("art-by", inputs.art_by)
     artist_text = embed_texts(clip, [art_by.render(n) for n in inputs.artist_names], cache_dir=cache, progress=progress)
     prompts = embedded.scored_rows["prompt"].fillna("").astype(str)
-    unique = sorted(set(prompts.tolist()))
-    empty = np.zeros((0, clip.embed_dim), np.float32)
-    unique_vecs = embed_texts(clip, unique, cache_dir=cache, progress=progress) if unique else empty
+    has_prompt = (prompts.str.strip() != "").to_numpy(dtype=bool)
+    # an image without a prompt has no CLIPScore: the empty text is not its prompt
+    unique = sorted(set(prompts[has_prompt].tolist()))
+    unique_vecs = embed_texts(clip, unique, cache_dir=cache, progress=progress) if unique else None
     row_of = {p: i for i, p in enumerate(unique)}
-    prompt = unique_vecs[[row_of[p] for p in prompts]] if len(prompts) else empty
-    return TextVectors(artist_text, prompt)
+    prompt = np.zeros((len(prompts), clip.embed_dim), np.float32)
+    if unique_vecs is not None:
+        prompt[has_prompt] = unique_vecs[[row_of[p] for p in prompts[has_prompt]]]
+    return TextVectors(artist_text, prompt, has_prompt)
 
 
 def recognition_labels(artists: pd.DataFrame) -> dict[str, dict[str, bool]]:
@@ -394,6 +402,7 @@ def eval_inputs(
         template=rows["template"].fillna("").astype(object).to_numpy(),
         seed=rows["seed"].fillna(-1).to_numpy(dtype=np.int64),
         prompt_vecs=texts.prompt,
+        has_prompt=texts.has_prompt,
         catalog_ids=inputs.catalog_ids,
         artist_text_vecs=texts.artist_text,
         ref_vecs=embedded.vectors_of(refs) if len(refs) else None,

@@ -49,6 +49,9 @@ class Metric:
     # observations its CI and the comparisons bootstrap over. Image metrics need none
     # (their per-seed value is the mean of the seed's images).
     seed_values: Callable[..., Any] | None = None
+    # An artist metric's per-image values: (checkpoint, artist_id, image_id, seed, value)
+    # rows. With them, images without a seed can still be compared (bootstrap over images).
+    image_values: Callable[..., Any] | None = None
 
 
 class UnknownMetricError(InputError, KeyError):
@@ -67,6 +70,7 @@ def register_metric(
     per_seed: bool = True,
     *,
     seed_values: Callable[..., Any] | None = None,
+    image_values: Callable[..., Any] | None = None,
 ) -> Callable:
     """Decorator: add a metric function to the registry under ``name``.
 
@@ -83,7 +87,8 @@ def register_metric(
     def decorate(fn: Callable) -> Callable:
         if name in _REGISTRY:
             raise InputError(f"metric {name!r} is already registered")
-        _REGISTRY[name] = Metric(name, definition, higher_is_better, needs_references, level, fn, per_seed, seed_values)
+        _REGISTRY[name] = Metric(name, definition, higher_is_better, needs_references, level, fn, per_seed, seed_values,
+                                 image_values)
         return fn
 
     return decorate
@@ -378,6 +383,12 @@ class EvalInputs:
     retrieval_k: int = 10
     recognized_threshold: float = 0.0
     bootstrap: Any = None  # stats.BootstrapConfig
+    # bool [N]: the image has a prompt (None: all have). An imported image without one
+    # has no clip_score: the empty prompt's embedding is not its prompt.
+    has_prompt: np.ndarray | None = None
+    # An AUC from 65 positives against 2 negatives is noise: below this many of either
+    # class it is NULL, with the counts in the row.
+    min_auc_class: int = 5
     cache: dict = field(default_factory=dict)
 
     @property
@@ -428,13 +439,16 @@ class EvalInputs:
 # ------------------------------------------------------------------ image metrics
 
 
-@register_metric("clip_score", "100 * max(cos(image, its own prompt), 0): CLIPScore", True)
+@register_metric("clip_score", "100 * max(cos(image, its own prompt), 0): CLIPScore; NULL for an image without a prompt", True)
 def _clip_score(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 
     if inp.prompt_vecs is None:
         return np.full(inp.n, np.nan)
-    return clip_score_values(inp.vecs, inp.prompt_vecs)
+    values = clip_score_values(inp.vecs, inp.prompt_vecs)
+    if inp.has_prompt is not None:
+        values = np.where(inp.has_prompt, values, np.nan)
+    return values
 
 
 @register_metric("artist_similarity", "cos(image, text of the `art-by` template for its artist): style without subject", True)
@@ -523,93 +537,153 @@ def _content_leak(inp: EvalInputs) -> pd.DataFrame:
     return content_leak_values(inp.vecs[keep], inp.checkpoint[keep], inp.artist_id[keep], inp.template[keep])
 
 
-def recognition_margins(inp: EvalInputs) -> pd.DataFrame:
-    """Per (checkpoint, artist, seed): mean artist_similarity of the artist's images of
-    that seed minus that of the checkpoint's baseline (`null` template) images of the
-    same seed against the same artist text; the seed's baseline missing, all of them."""
+MARGIN_IMAGE_COLUMNS = ["checkpoint", "artist_id", "image_id", "seed", "value"]
+
+
+def _baseline_rows(base_sims: np.ndarray, base_seed: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+    """Mean baseline similarity per known seed, plus the overall mean as the last row."""
+    import numpy as np
+
+    seeds = [s for s in np.unique(base_seed).tolist() if s >= 0]
+    rows = [base_sims[base_seed == s].mean(axis=0) for s in seeds] + [base_sims.mean(axis=0)]
+    return np.vstack(rows), {s: i for i, s in enumerate(seeds)}
+
+
+def recognition_margin_images(inp: EvalInputs) -> pd.DataFrame:
+    """Per image of an artist: its artist_similarity minus the mean similarity of the
+    checkpoint's baseline (`null` template) images of the same seed to the same artist
+    text; all baseline images when the seed has none or is unknown. A checkpoint
+    without baseline images has no margins (``missing_baselines`` names it)."""
     import numpy as np
     import pandas as pd
 
-    if "margins" in inp.cache:
-        return inp.cache["margins"]
-    sim = inp.artist_sim()
-    idx = inp.true_index()
+    if "margin_images" in inp.cache:
+        return inp.cache["margin_images"]
+    sim, idx = inp.artist_sim(), inp.true_index()
     is_base = inp.artist_id == inp.baseline_artist
-    rows = []
+    parts = []
     for ckpt in sorted(set(inp.checkpoint.tolist())):
         in_ckpt = inp.checkpoint == ckpt
-        base = in_ckpt & is_base
-        arts = in_ckpt & ~is_base & (idx >= 0)
+        base, arts = in_ckpt & is_base, in_ckpt & ~is_base & (idx >= 0)
         if not base.any() or not arts.any():
             continue
-        art_frame = pd.DataFrame({"artist_id": inp.artist_id[arts], "seed": inp.seed[arts], "a": idx[arts], "sim": sim[arts]})
-        per = art_frame.groupby(["artist_id", "seed"], sort=True).agg(a=("a", "first"), sim=("sim", "mean")).reset_index()
-        classes = np.unique(per["a"].to_numpy())
-        base_sims = inp.vecs[base] @ inp.artist_text_vecs[classes].T  # [n_base, n_classes]
-        base_seed = inp.seed[base]
-        col = {c: j for j, c in enumerate(classes.tolist())}
-        overall = base_sims.mean(axis=0)
-        seed_means = {s: base_sims[base_seed == s].mean(axis=0) for s in np.unique(base_seed).tolist()}
-        cols = per["a"].map(col).to_numpy()
-        baseline = np.array([seed_means.get(s, overall)[c] for s, c in zip(per["seed"].tolist(), cols, strict=True)])
-        per["checkpoint"] = ckpt
-        per["value"] = per["sim"].to_numpy() - baseline
-        rows.append(per[["checkpoint", "artist_id", "seed", "value"]])
-    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["checkpoint", "artist_id", "seed", "value"])
-    inp.cache["margins"] = out
+        classes, col = np.unique(idx[arts], return_inverse=True)
+        table, row_of = _baseline_rows(inp.vecs[base] @ inp.artist_text_vecs[classes].T, inp.seed[base])
+        seeds = inp.seed[arts]
+        row = np.array([row_of.get(s, len(table) - 1) for s in seeds.tolist()], dtype=np.int64)
+        parts.append(pd.DataFrame({
+            "checkpoint": ckpt, "artist_id": inp.artist_id[arts], "image_id": inp.image_ids[arts],
+            "seed": seeds, "value": sim[arts] - table[row, col],
+        }))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=MARGIN_IMAGE_COLUMNS)
+    inp.cache["margin_images"] = out
     return out
 
 
-@register_metric("recognition_margin", "mean over seeds of [artist_similarity of the artist's images - that of the same-seed `null`-template baseline images]", True, level="artist", seed_values=recognition_margins)
+def recognition_margins(inp: EvalInputs) -> pd.DataFrame:
+    """Per (checkpoint, artist, seed): the mean margin of that seed's images (unknown
+    seeds pooled under -1)."""
+    per_image = recognition_margin_images(inp)
+    if per_image.empty:
+        return per_image.drop(columns="image_id")
+    return per_image.groupby(["checkpoint", "artist_id", "seed"], sort=True)["value"].mean().reset_index()
+
+
+def missing_baselines(inp: EvalInputs) -> list[str]:
+    """Checkpoints with artist images but no baseline images: no recognition metrics."""
+    is_base = inp.artist_id == inp.baseline_artist
+    with_art = set(inp.checkpoint[~is_base & (inp.true_index() >= 0)].tolist())
+    return sorted(str(c) for c in with_art - set(inp.checkpoint[is_base].tolist()))
+
+
+@register_metric("recognition_margin", "mean over seeds of [artist_similarity of the artist's images - that of the same-seed `null`-template baseline images] (over images when no seed is known); needs baseline images", True, level="artist", seed_values=recognition_margins, image_values=recognition_margin_images)
 def _recognition_margin(inp: EvalInputs) -> pd.DataFrame:
     from evaluator.scoring.stats import grouped_bootstrap
 
-    margins = recognition_margins(inp)
+    margins = recognition_margin_images(inp)
     if margins.empty:
-        return margins.assign(n=[], n_seeds=[], ci_low=[], ci_high=[]).drop(columns="seed")
-    out = grouped_bootstrap(margins, ["checkpoint", "artist_id"], config=inp.bootstrap)
-    # n counts seeds here: each per-seed margin is one observation
-    return out
+        return margins.assign(n=[], n_seeds=[], ci_low=[], ci_high=[], ci_over=[], reason=[]).drop(columns=["seed", "image_id"])
+    # n counts images, n_seeds the known seeds; the CI is over seeds (or images without seeds)
+    return grouped_bootstrap(margins, ["checkpoint", "artist_id"], config=inp.bootstrap, image_col="image_id")
 
 
-@register_metric("recognized", "1 if the recognition_margin CI lies above the threshold (the point value when there is no CI), else 0: 'this checkpoint knows this artist'", True, level="artist", per_seed=False)
+@register_metric("recognized", "1 if the recognition_margin CI lies above the threshold, else 0; NULL (undecided) when the margin has no CI: 'this checkpoint knows this artist'", True, level="artist", per_seed=False)
 def _recognized(inp: EvalInputs) -> pd.DataFrame:
     import numpy as np
 
     margin = _recognition_margin(inp).copy()
     if margin.empty:
         return margin
-    decided_by = np.where(np.isnan(margin["ci_low"]), margin["value"], margin["ci_low"])
-    margin["value"] = (decided_by > inp.recognized_threshold).astype(float)
+    no_ci = margin["ci_low"].isna()
+    margin["value"] = np.where(no_ci, np.nan, (margin["ci_low"] > inp.recognized_threshold).astype(float))
+    margin["reason"] = [f"recognition_margin has no CI ({r})" if m else None
+                        for r, m in zip(margin["reason"], no_ci, strict=True)]
     margin["ci_low"] = np.nan
     margin["ci_high"] = np.nan
+    margin["ci_over"] = None
     return margin
 
 
 # ------------------------------------------------------------------ checkpoint metrics
 
 
+def auc_bootstrap_ci(scores: np.ndarray, labels: np.ndarray, config: Any = None) -> tuple[float, float]:
+    """Percentile CI of the ROC AUC, resampling positives and negatives separately
+    (stratified: every resample keeps both classes, so every resample has an AUC)."""
+    import numpy as np
+
+    from evaluator.scoring.stats import BootstrapConfig, percentile_ci
+
+    cfg = config or BootstrapConfig()
+    labels = np.asarray(labels).astype(bool)
+    pos, neg = np.asarray(scores, dtype=np.float64)[labels], np.asarray(scores, dtype=np.float64)[~labels]
+    rng = np.random.default_rng(cfg.seed)
+    y = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    boot = np.empty(cfg.n_boot)
+    for b in range(cfg.n_boot):
+        sample = np.r_[pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))]]
+        boot[b] = roc_auc(sample, y)
+    lo, hi = percentile_ci(boot[None, :], cfg.alpha)
+    return float(lo[0]), float(hi[0])
+
+
+AUC_COLUMNS = ["checkpoint", "value", "n", "n_pos", "n_neg", "ci_low", "ci_high", "ci_over", "reason"]
+
+
 def _auc_for(inp: EvalInputs, label: str) -> pd.DataFrame:
+    """Per checkpoint: AUC of the artists' margins against a human label, with the class
+    counts and a CI over artists; NULL (with the reason) below ``min_auc_class`` of a class."""
+    import numpy as np
     import pandas as pd
 
     margin = _recognition_margin(inp)
     labels = inp.labels.get(label, {})
     rows = []
     if margin.empty or not labels:
-        return pd.DataFrame(columns=["checkpoint", "value", "n"])
+        return pd.DataFrame(columns=AUC_COLUMNS)
     for ckpt, part in margin.groupby("checkpoint", sort=True):
-        known = part[part["artist_id"].isin(labels)]
+        known = part[part["artist_id"].isin(labels) & part["value"].notna()]
         y = known["artist_id"].map(labels).astype(bool).to_numpy()
-        rows.append({"checkpoint": ckpt, "value": roc_auc(known["value"].to_numpy(), y), "n": len(known)})
-    return pd.DataFrame(rows)
+        scores = known["value"].to_numpy(dtype=np.float64)
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        row = {"checkpoint": ckpt, "value": np.nan, "n": len(known), "n_pos": n_pos, "n_neg": n_neg,
+               "ci_low": np.nan, "ci_high": np.nan, "ci_over": None, "reason": None}
+        if min(n_pos, n_neg) < inp.min_auc_class:
+            row["reason"] = f"n_pos = {n_pos}, n_neg = {n_neg}: fewer than {inp.min_auc_class} labelled artists of a class"
+        else:
+            row["value"] = roc_auc(scores, y)
+            row["ci_low"], row["ci_high"] = auc_bootstrap_ci(scores, y, inp.bootstrap)
+            row["ci_over"] = "artists"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=AUC_COLUMNS)
 
 
-@register_metric("recognized_auc_sdxl", "ROC AUC of recognition_margin against the catalog's human recognized_sdxl labels (Yes vs No)", True, level="checkpoint", per_seed=False)
+@register_metric("recognized_auc_sdxl", "ROC AUC of recognition_margin against the catalog's human recognized_sdxl labels (Yes vs No), CI over artists; NULL below 5 of either class", True, level="checkpoint", per_seed=False)
 def _auc_sdxl(inp: EvalInputs) -> pd.DataFrame:
     return _auc_for(inp, "recognized_sdxl")
 
 
-@register_metric("recognized_auc_sd1", "ROC AUC of recognition_margin against the catalog's human recognized_sd1 labels (Yes vs No)", True, level="checkpoint", per_seed=False)
+@register_metric("recognized_auc_sd1", "ROC AUC of recognition_margin against the catalog's human recognized_sd1 labels (Yes vs No), CI over artists; NULL below 5 of either class", True, level="checkpoint", per_seed=False)
 def _auc_sd1(inp: EvalInputs) -> pd.DataFrame:
     return _auc_for(inp, "recognized_sd1")
 

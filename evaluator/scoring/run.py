@@ -28,15 +28,20 @@ or ``tiny-clip@<fp8>``; every score row is per model):
 - ``artist_scores (checkpoint, artist_id, model, metric, value, n, n_seeds, ci_low,
   ci_high)``: image metrics as the mean of per-seed means, CI = percentile bootstrap
   over seeds; artist metrics (diversity, content_leak: no CI; recognition_margin: CI
-  over seeds; recognized: 0/1). ``n`` = images (seeds for recognition_margin).
+  over seeds, or images without seeds: ``ci_over``; recognized: 0/1, NULL without a
+  margin CI, with ``reason``). ``n`` = images, ``n_seeds`` = known seeds.
 - ``checkpoint_scores``: the leaderboard: image metrics over all artist images (CI over
   seeds), artist metrics averaged over artists (CI over artists), recognized_auc_sdxl/
-  sd1 and fd_clip (no CI).
+  sd1 (``n_pos``/``n_neg``, CI over artists, NULL below 5 of a class, with ``reason``)
+  and fd_clip (no CI).
 - ``artist_neighbors (checkpoint, model, artist_id, rank, neighbor_id, similarity)``:
   top-k artists by cosine of image centroids; replaced per model on each write.
 - ``comparisons (base, finetune, artist_id, model, metric, base_value, finetune_value,
-  delta, ci_low, ci_high, n, verdict, higher_is_better)``: paired bootstrap over the
-  seeds both share (``n``); verdict gained/lost only when the CI excludes 0.
+  delta, ci_low, ci_high, n, verdict, higher_is_better, ci_over, paired, n_base,
+  n_finetune, verdict_reason)``: paired bootstrap over the seeds both share (``n``);
+  else two-sample over each side's seeds, or images where no seed is known
+  (``ci_over``); verdict gained/lost only when the CI excludes 0, kept when it holds 0,
+  undecided (with ``verdict_reason``) when there is no CI.
 - ``embedding_errors (image_id, model, error, run_id)``: images that could not be read.
 - ``reference_images``, ``reference_prototypes (artist_id, model, n, embedding)``.
 - ``score_state (model, fingerprint)``: what the last write was computed from.
@@ -166,6 +171,8 @@ class ScoreSummary:
     rows: dict[str, int] = field(default_factory=dict)
     index: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # undecided verdicts, NULL metrics and their reasons (evaluator.scoring.notices)
+    warnings: list[str] = field(default_factory=list)
 
 
 class _Clock:
@@ -312,10 +319,13 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
     run = ScoreRun(record, model, info, asdict(cfg.index), clock.start)
     summary.rows = write_all(wd, _store_rows(prepared, tables, run_id), run, store_timeout=cfg.store_timeout)
     summary.seconds = clock.timings
+    summary.warnings = list(tables.warnings)
     say(
         f"scored {summary.n_scored} new images ({summary.n_skipped} already scored, {summary.n_failed} unreadable) "
         f"with {model}; wrote {sum(summary.rows.values())} rows to {wd.store} (run {run_id})"
     )
+    for line in summary.warnings:
+        say(line)
     return summary
 
 

@@ -6,6 +6,9 @@ the unit of replication. Per-seed values (the mean over that seed's templates) a
 resampled with replacement; a paired comparison resamples the seeds both checkpoints
 share, so the composition noise cancels in the delta.
 
+Seedless images (imported without a seed) are their own units instead: one unknown
+"seed" would give no interval at all (:func:`with_units`, ``ci_over`` says which).
+
 Vectorised: groups with the same number of seeds share one matrix of multinomial
 resampling weights ``W [B, n]``, and all their bootstrap means are one matmul
 ``values [G, n] @ W.T / n``. Each group's interval is marginally exact; sharing the
@@ -114,31 +117,145 @@ def seed_matrix(
     return groups, matrix, n_images
 
 
+# A seed the image does not record (imported images without metadata or a seed label).
+UNKNOWN_SEED = -1
+# What a CI resamples: the seeds (the unit of replication), or, when no seed is known,
+# the images themselves; ``seeds+images`` when a group mixes both.
+CI_OVER_SEEDS, CI_OVER_IMAGES, CI_OVER_MIXED = "seeds", "images", "seeds+images"
+# Why an interval (and so a verdict) could not be computed.
+REASON_FEW_SEEDS = "n_seeds < 2"
+REASON_FEW_IMAGES = "no seeds and n_images < 2"
+
+
+def with_units(frame: pd.DataFrame, seed_col: str = "seed", image_col: str = "image_id") -> pd.DataFrame:
+    """``frame`` plus ``_unit`` (what is resampled) and ``_known`` (the seed is known).
+
+    A known seed is the unit of its images; an image without a seed is its own unit,
+    so a set with no seeds at all is bootstrapped over images instead of giving one
+    "seed" and no interval.
+    """
+    import numpy as np
+    import pandas as pd
+
+    seeds = frame[seed_col].fillna(UNKNOWN_SEED).to_numpy(dtype=np.int64)
+    known = seeds >= 0
+    images = frame[image_col].to_numpy(dtype=np.int64)
+    kind = (~known).astype(np.int64)
+    key = np.where(known, seeds, images)
+    codes, _ = pd.MultiIndex.from_arrays([kind, key]).factorize()
+    return frame.assign(_unit=np.asarray(codes, dtype=np.int64), _known=known)
+
+
+def ci_over_of(known: pd.Series) -> str:
+    """``seeds`` / ``images`` / ``seeds+images`` from the ``_known`` flags of a group's rows."""
+    if known.all():
+        return CI_OVER_SEEDS
+    if not known.any():
+        return CI_OVER_IMAGES
+    return CI_OVER_MIXED
+
+
+def missing_ci_reason(ci_over: str) -> str:
+    """Why a group with this kind of unit has no interval: fewer than 2 units."""
+    return REASON_FEW_IMAGES if ci_over == CI_OVER_IMAGES else REASON_FEW_SEEDS
+
+
 def grouped_bootstrap(
     frame: pd.DataFrame,
     group_cols: list[str],
     value_col: str = "value",
     seed_col: str = "seed",
     config: BootstrapConfig | None = None,
+    *,
+    image_col: str | None = None,
 ) -> pd.DataFrame:
-    """Group keys + ``value, n, n_seeds, ci_low, ci_high`` (bootstrap over seeds)."""
-    groups, matrix, n_images = seed_matrix(frame, group_cols, value_col, seed_col)
-    mean, n_seeds, lo, hi = bootstrap_mean_ci(matrix, config)
-    out = groups.copy()
-    out["value"] = mean
-    out["n"] = n_images
-    out["n_seeds"] = n_seeds
-    out["ci_low"] = lo
-    out["ci_high"] = hi
-    return out
+    """Group keys + ``value, n, n_seeds, ci_low, ci_high`` (bootstrap over seeds).
+
+    With ``image_col``, images without a known seed are their own units (see
+    :func:`with_units`), ``n_seeds`` counts the known seeds only, and the result also has
+    ``ci_over`` and ``reason`` (why there is no interval, else None).
+    """
+    import numpy as np
+
+    if image_col is None:
+        groups, matrix, n_images = seed_matrix(frame, group_cols, value_col, seed_col)
+        mean, n_seeds, lo, hi = bootstrap_mean_ci(matrix, config)
+        out = groups.copy()
+        out["value"] = mean
+        out["n"] = n_images
+        out["n_seeds"] = n_seeds
+        out["ci_low"] = lo
+        out["ci_high"] = hi
+        return out
+    data = with_units(frame[frame[value_col].notna()], seed_col, image_col)
+    out = grouped_bootstrap(data, group_cols, value_col, "_unit", config)
+    if out.empty:
+        return out.assign(ci_over=[], reason=[])
+    flags = data.groupby(group_cols, sort=True, observed=True)["_known"]
+    known = data[data["_known"]].groupby(group_cols, sort=True, observed=True)[seed_col].nunique()
+    out = out.set_index(group_cols)
+    out["n_seeds"] = known.reindex(out.index).fillna(0).astype(np.int64)
+    every, some = flags.all().reindex(out.index), flags.any().reindex(out.index)
+    out["ci_over"] = np.select([every, ~some], [CI_OVER_SEEDS, CI_OVER_IMAGES], CI_OVER_MIXED).astype(object)
+    no_ci = out["ci_low"].isna()
+    out["reason"] = [missing_ci_reason(c) if m else None for c, m in zip(out["ci_over"], no_ci, strict=True)]
+    return out.reset_index()
+
+
+def _packed(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of different lengths, left-packed into a NaN-padded matrix, and their lengths."""
+    import numpy as np
+
+    n = np.array([len(v) for v in values], dtype=np.int64)
+    matrix = np.full((len(values), max(int(n.max()) if len(n) else 0, 1)), np.nan)
+    for i, v in enumerate(values):
+        matrix[i, : len(v)] = v
+    return matrix, n
+
+
+def two_sample_ci(
+    base: list[np.ndarray], other: list[np.ndarray], config: BootstrapConfig | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Delta of means (other − base) and its percentile CI, per group, for two unpaired samples.
+
+    Each side is resampled with replacement on its own (the two-sample bootstrap): the
+    comparison of a fine-tune with its base when they share no seeds, e.g. imported sets.
+    Groups with fewer than 2 values on a side get a NaN interval.
+    """
+    import numpy as np
+
+    cfg = config or BootstrapConfig()
+    g = len(base)
+    delta = np.array([np.mean(o) - np.mean(b) if len(b) and len(o) else np.nan for b, o in zip(base, other, strict=True)])
+    lo, hi = np.full(g, np.nan), np.full(g, np.nan)
+    if g == 0:
+        return delta, lo, hi
+    mb, nb = _packed(base)
+    mo, no = _packed(other)
+    rng = np.random.default_rng(cfg.seed)
+    weights: dict[int, np.ndarray] = {}
+    for size in sorted(set(nb[nb >= 2].tolist()) | set(no[no >= 2].tolist())):
+        weights[size] = rng.multinomial(size, np.full(size, 1.0 / size), size=cfg.n_boot).astype(np.float64)
+    ok = (nb >= 2) & (no >= 2)
+    for sb, so in sorted({(int(a), int(b)) for a, b in zip(nb[ok], no[ok], strict=True)}):
+        rows = np.flatnonzero(ok & (nb == sb) & (no == so))
+        for s in range(0, len(rows), cfg.chunk):
+            chunk = rows[s : s + cfg.chunk]
+            boot = mo[chunk, :so] @ weights[so].T / so - mb[chunk, :sb] @ weights[sb].T / sb
+            lo[chunk], hi[chunk] = percentile_ci(boot, cfg.alpha)
+    return delta, lo, hi
+
+
+VERDICTS = ("gained", "lost", "kept", "undecided")
 
 
 def verdict(ci_low: float, ci_high: float, higher_is_better: bool) -> str:
-    """gained / lost when the CI of the delta excludes 0, else kept (also with no CI)."""
+    """gained / lost when the CI of the delta excludes 0, kept when it holds 0, and
+    undecided when there is no CI: no interval says nothing either way."""
     import math
 
     if ci_low is None or ci_high is None or math.isnan(ci_low) or math.isnan(ci_high):
-        return "kept"
+        return "undecided"
     if ci_low > 0:
         return "gained" if higher_is_better else "lost"
     if ci_high < 0:

@@ -89,4 +89,6 @@ def test_verdict_is_decided_by_the_ci_not_the_point_value():
     assert verdict(lo[0], hi[0], True) == "gained"
     assert verdict(lo[0], hi[0], False) == "lost"  # e.g. artist_rank going up is a loss
     assert verdict(-0.3, -0.1, True) == "lost"
-    assert verdict(float("nan"), float("nan"), True) == "kept"
+    # no interval is no decision (issue 11): undecided, never a silent "kept"
+    assert verdict(float("nan"), float("nan"), True) == "undecided"
+    assert verdict(None, None, False) == "undecided"

@@ -1,0 +1,81 @@
+"""What a scoring run's numbers cannot say, as lines `atelier score` prints.
+
+Reads the score tables of one run (``aggregate.ScoreTables``) and its metric inputs;
+writes nothing. A verdict without an interval is ``undecided`` and a metric without
+what it needs is NULL: both are in the store with their reason, and these lines say
+how many there are, why, and what to do about it, so none passes unnoticed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evaluator.scoring.aggregate import ScoreTables
+    from evaluator.scoring.metrics import EvalInputs
+
+SEED_HINT = ("give imported images their seeds (a `seed` column in the labels CSV, or `atelier import "
+             "--seed-from-filename REGEX`), or generate with 2 or more seeds")
+BASELINE_HINT = ("generate them (`atelier catalog plan --templates style,null ...` then `atelier generate`) "
+                 "or import them (labels CSV rows with template = null and an empty artist)")
+
+
+def _counted(reasons) -> str:
+    return "; ".join(f"{why}: {n}" for why, n in sorted(Counter(reasons).items()))
+
+
+def comparison_notices(tables: ScoreTables) -> list[str]:
+    """Undecided comparisons (how many, why) and those decided over images."""
+    cmp = tables.comparisons
+    if cmp is None or cmp.empty:
+        return []
+    lines = []
+    undecided = cmp[cmp["verdict"] == "undecided"]
+    if len(undecided):
+        lines.append(f"warning: {len(undecided)} of {len(cmp)} comparisons are undecided, no interval "
+                     f"({_counted(undecided['verdict_reason'])}); {SEED_HINT}")
+    over_images = cmp[(cmp["ci_over"] != "seeds") & (cmp["verdict"] != "undecided")]
+    if len(over_images):
+        lines.append(f"note: {len(over_images)} of {len(cmp)} comparisons bootstrap over images, not seeds "
+                     "(no seed known: images of one seed are not independent, so these intervals may be too narrow)")
+    return lines
+
+
+def artist_notices(tables: ScoreTables) -> list[str]:
+    """`recognized` left NULL for want of a margin interval."""
+    frame = tables.artist_metrics.get("recognized")
+    if frame is None or frame.empty:
+        return []
+    null = frame[frame["value"].isna()]
+    if null.empty:
+        return []
+    return [f"warning: recognized is NULL (undecided) for {len(null)} of {len(frame)} (checkpoint, artist) "
+            f"({_counted(null['reason'])}); {SEED_HINT}"]
+
+
+def checkpoint_notices(tables: ScoreTables) -> list[str]:
+    """Checkpoint metrics left NULL (an AUC with too few labelled artists of a class)."""
+    ck = tables.checkpoint_scores
+    if ck is None or ck.empty:
+        return []
+    null = ck[ck["value"].isna() & ck["reason"].notna() & ck["metric"].str.startswith("recognized_auc")]
+    return [f"warning: {r.metric} is NULL for {r.checkpoint}: {r.reason}" for r in null.itertuples(index=False)]
+
+
+def baseline_notices(inputs: EvalInputs) -> list[str]:
+    """Checkpoints whose recognition metrics are missing because they have no baseline images."""
+    from evaluator.scoring.metrics import missing_baselines
+
+    lacking = missing_baselines(inputs)
+    if not lacking:
+        return []
+    return [f"warning: no baseline (no-artist, `null` template) images for {len(lacking)} checkpoint(s): "
+            f"{', '.join(lacking)}; recognition_margin, recognized and recognized_auc_* are not computed for "
+            f"them; {BASELINE_HINT}"]
+
+
+def score_warnings(inputs: EvalInputs, tables: ScoreTables) -> list[str]:
+    """Every notice of one run, most consequential first."""
+    return [*comparison_notices(tables), *artist_notices(tables), *checkpoint_notices(tables),
+            *baseline_notices(inputs)]
