@@ -135,9 +135,9 @@ def checkpoint_names(store: Reader) -> list[str]:
 # ---------------------------------------------------------------- leaderboard
 
 def leaderboard(store: Reader, model: str) -> pd.DataFrame:
-    """checkpoint_scores of one model, long form (checkpoint, metric, value, n, ci)."""
+    """checkpoint_scores of one model, long form (checkpoint, metric, value, n, ci, and why a value is NULL)."""
     return store.df(
-        """SELECT checkpoint, metric, value, ci_low, ci_high, n FROM checkpoint_scores
+        """SELECT checkpoint, metric, value, ci_low, ci_high, n, n_pos, n_neg, reason FROM checkpoint_scores
            WHERE model = ? ORDER BY checkpoint, metric""",
         (model,),
     )
@@ -186,12 +186,13 @@ def comparison_summary(store: Reader, base: str, finetune: str, model: str, metr
         f"""SELECT count(*) FILTER (WHERE verdict = 'gained') AS gained,
                    count(*) FILTER (WHERE verdict = 'lost') AS lost,
                    count(*) FILTER (WHERE verdict = 'kept') AS kept,
+                   count(*) FILTER (WHERE verdict = 'undecided') AS undecided,
                    count(*) AS artists, avg(delta) AS mean_delta
             FROM comparisons c JOIN artists ar USING (artist_id) WHERE {where}""",
         params,
     )
     row = frame.iloc[0]
-    summary = {k: int(row[k]) for k in ("gained", "lost", "kept", "artists")}
+    summary = {k: int(row[k]) for k in ("gained", "lost", "kept", "undecided", "artists")}
     mean = row["mean_delta"]
     summary["mean_delta"] = float(mean) if pd.notna(mean) else float("nan")
     return summary
