@@ -59,6 +59,8 @@ COMMANDS: dict[str, CommandEntry] = {
                            "Nearest images (or artists) to a text, an image file, or an indexed image."),
     "sql": CommandEntry("evaluator.cli.query:sql_cmd",
                         "Run a read-only SQL query on DIR/atelier.duckdb (waits briefly while a writer holds it)."),
+    "serve": CommandEntry("evaluator.cli.serve:serve_cmd",
+                          "Serve a read-only HTTP API (JSON) over DIR: scores, comparisons, images, search, SQL."),
     "dashboard": CommandEntry("dashboard.cli:dashboard_command",
                               "Serve the Streamlit dashboard (read-only) for a workdir."),
     "report": CommandEntry("dashboard.cli:report_command",
