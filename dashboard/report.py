@@ -22,7 +22,7 @@ import pandas as pd
 from dashboard import queries as q
 from evaluator.errors import InputError
 
-VERDICT_COLOR = {"gained": "#2e7d32", "kept": "#9e9e9e", "lost": "#c62828"}
+VERDICT_COLOR = {"gained": "#2e7d32", "kept": "#9e9e9e", "lost": "#c62828", "undecided": "#f9a825"}
 PREFERRED_METRICS = ("artist_similarity", "top1", "mrr", "clip_score")
 
 
@@ -157,12 +157,14 @@ def _cell(value) -> str:
 
 
 def leaderboard_table(long: pd.DataFrame) -> pd.DataFrame:
-    """checkpoint x metric, each cell "value [low, high]"."""
+    """checkpoint x metric, each cell "value [low, high]", or "NULL (why)"."""
     if long.empty:
         return pd.DataFrame()
+    reasons = long["reason"] if "reason" in long else pd.Series(None, index=long.index, dtype=object)
     cells = long.assign(cell=[
+        f"NULL ({why})" if pd.isna(v) and pd.notna(why) else
         f"{_cell(v)} [{_cell(lo)}, {_cell(hi)}]" if pd.notna(lo) and pd.notna(hi) else _cell(v)
-        for v, lo, hi in zip(long.value, long.ci_low, long.ci_high, strict=True)
+        for v, lo, hi, why in zip(long.value, long.ci_low, long.ci_high, reasons, strict=True)
     ])
     return cells.pivot(index="checkpoint", columns="metric", values="cell").reset_index().rename_axis(columns=None)
 
@@ -242,13 +244,16 @@ def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list
             s = q.comparison_summary(store, base, finetune, model, cmp_metric)
             title = f"{finetune} vs {base}"
             line = (f"{cmp_metric}: {s['gained']:,} gained · {s['lost']:,} lost · {s['kept']:,} kept "
+                    f"· {s['undecided']:,} undecided (no interval) "
                     f"of {s['artists']:,} artists (mean Δ {_cell(s['mean_delta'])})")
             html_parts.append(f"<h2>{_esc(title)}</h2><p>{_esc(line)}</p>")
             md_parts.append(f"\n## {title}\n\n{line}\n")
             for other in sorted(metrics - {cmp_metric}):
                 o = q.comparison_summary(store, base, finetune, model, other)
-                html_parts.append(f"<p class='muted'>{_esc(other)}: {o['gained']:,} gained · {o['lost']:,} lost · {o['kept']:,} kept</p>")
-                md_parts.append(f"- {other}: {o['gained']:,} gained · {o['lost']:,} lost · {o['kept']:,} kept\n")
+                counts = (f"{o['gained']:,} gained · {o['lost']:,} lost · {o['kept']:,} kept · "
+                          f"{o['undecided']:,} undecided")
+                html_parts.append(f"<p class='muted'>{_esc(other)}: {counts}</p>")
+                md_parts.append(f"- {other}: {counts}\n")
             hist = q.delta_histogram(store, base, finetune, model, cmp_metric)
             points = q.comparison_points(store, base, finetune, model, cmp_metric, limit=config.scatter_points)
             h_svg = svg_histogram(hist, f"Δ {cmp_metric} ({finetune} − {base})")

@@ -19,7 +19,8 @@ from dashboard import queries as q
 from dashboard import search
 
 lower_is_better = q.lower_is_better
-VERDICT_COLORS = alt.Scale(domain=["gained", "kept", "lost"], range=["#2e7d32", "#9e9e9e", "#c62828"])
+VERDICT_COLORS = alt.Scale(domain=["gained", "kept", "lost", "undecided"],
+                           range=["#2e7d32", "#9e9e9e", "#c62828", "#f9a825"])
 ANY = "(any)"
 
 
@@ -117,6 +118,7 @@ def page_leaderboard(store: q.Store, model: str) -> None:
     st.dataframe(table, hide_index=True, key="lb-table")
     st.caption("Values are means over artists; CI = 95% interval. "
                f"Lower is better for: {', '.join(m for m in metrics if lower_is_better(m)) or 'none'}.")
+    _null_reasons(long)
 
     chosen = long[long.metric == sort_metric]
     order = table.checkpoint.tolist()  # the table's order, best first
@@ -141,6 +143,17 @@ def page_leaderboard(store: q.Store, model: str) -> None:
         st.dataframe(score_runs, hide_index=True, key="lb-score-runs")
 
 
+def _null_reasons(long: pd.DataFrame) -> None:
+    """Say why a leaderboard value is NULL (e.g. an AUC over too few labelled artists)."""
+    if "reason" not in long:
+        return
+    null = long[long["value"].isna() & long["reason"].notna()]
+    if null.empty:
+        return
+    lines = [f"- **{r.checkpoint}** · {r.metric}: {r.reason}" for r in null.itertuples(index=False)]
+    st.warning("Not computed (NULL):\n" + "\n".join(lines))
+
+
 # ------------------------------------------------------------------ Compare
 
 def page_compare(store: q.Store, model: str) -> None:
@@ -159,13 +172,19 @@ def page_compare(store: q.Store, model: str) -> None:
     filt = artist_filter_widgets(store, "cmp", model, base)
 
     summary = q.comparison_summary(store, base, finetune, model, metric, filt)
-    cols = st.columns(5)
+    cols = st.columns(6)
     cols[0].metric("Artists", f"{summary['artists']:,}")
     cols[1].metric("Gained", f"{summary['gained']:,}")
     cols[2].metric("Lost", f"{summary['lost']:,}")
     cols[3].metric("Kept", f"{summary['kept']:,}")
-    cols[4].metric("Mean Δ", _fmt(summary["mean_delta"]))
-    st.caption("Gained / lost: the 95% bootstrap interval of the per-artist delta lies wholly above / below zero.")
+    cols[4].metric("Undecided", f"{summary['undecided']:,}")
+    cols[5].metric("Mean Δ", _fmt(summary["mean_delta"]))
+    st.caption("Gained / lost: the 95% bootstrap interval of the per-artist delta lies wholly above / below zero; "
+               "kept: it holds zero; undecided: there is no interval (fewer than 2 seeds, or 2 images where no "
+               "seed is known), so no conclusion.")
+    if summary["undecided"]:
+        st.warning(f"{summary['undecided']:,} of {summary['artists']:,} artists are undecided: no interval. "
+                   "Give the images seeds (labels `seed` column, `--seed-from-filename`) or several images each.")
     if summary["artists"] == 0:
         st.info("No artist matches the filters.")
         return
