@@ -28,13 +28,25 @@ def _run(args: list, cwd: Path, timeout: float = 600) -> subprocess.CompletedPro
     return result
 
 
+# Checkout-local folders that are not part of the source (the top-level ones only:
+# evaluator/demo/ is source, ./demo is a demo run's output).
+TOP_LEVEL_SKIPPED = {".venv", ".git", "build", "demo", ".pytest_cache", ".ruff_cache", "bench"}
+ANYWHERE_SKIPPED = shutil.ignore_patterns("__pycache__", "*.egg-info", "artifacts", "results")
+
+
+def _not_source(folder: str, names: list[str]) -> set[str]:
+    skipped = set(ANYWHERE_SKIPPED(folder, names))
+    if Path(folder) == REPO:
+        skipped |= TOP_LEVEL_SKIPPED & set(names)
+    return skipped
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("wheel")
     # Built from a copy (symlinks kept, as in a clone), so the build writes nothing into the repository.
     source = root / "src"
-    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "build", "demo", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", "artifacts"))
+    shutil.copytree(REPO, source, symlinks=True, ignore=_not_source)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", root / "dist", source],
          cwd=root)
     (wheel,) = (root / "dist").glob("atelier-*.whl")
@@ -53,6 +65,10 @@ def test_wheel_contains_the_catalog_and_configs(installed):
     assert "catalog/data/styles.csv" in names
     assert "catalog/data/templates.toml" in names
     assert "evaluator/generation/configs/sd1/unet/config.json" in names
+    modules = {str(path.relative_to(REPO)) for package in ("catalog", "evaluator", "dashboard")
+               for path in (REPO / package).rglob("*.py")}
+    missing = sorted(modules - set(names))
+    assert not missing, f"source modules the wheel lacks: {missing}"
     shipped = zipfile.ZipFile(installed["wheel"]).read("catalog/data/styles.csv")
     assert shipped == (REPO / "styles.csv").read_bytes(), "the wheel's catalog differs from the repository's styles.csv"
 
