@@ -71,7 +71,8 @@ class ScoreTables:
     comparisons: pd.DataFrame | None = None
     # artist metric name -> its (checkpoint, artist_id, value, n, ...) rows, for step 3
     artist_metrics: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
-    # what the numbers cannot say (undecided verdicts, NULL metrics and why): `score` prints them
+    # what the numbers cannot say (undecided verdicts, NULL metrics and why): filled by
+    # `run` from evaluator.scoring.notices, which `score` prints
     warnings: list[str] = field(default_factory=list)
 
     def get(self, table: str) -> pd.DataFrame | None:
@@ -94,9 +95,6 @@ def compute_scores(batch: ScoringBatch) -> ScoreTables:
     _checkpoint_level(batch, long, tables)  # 3.
     tables.artist_neighbors = artist_neighbors(batch.inputs, batch.model, batch.k_neighbors)  # 4.
     tables.comparisons = comparisons(batch, long)  # 5.
-    from evaluator.scoring.notices import score_warnings
-
-    tables.warnings = score_warnings(batch.inputs, tables)
     return tables
 
 

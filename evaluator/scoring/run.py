@@ -283,6 +283,7 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
         embed_text_inputs,
         eval_inputs,
     )
+    from evaluator.scoring.notices import score_warnings
     from evaluator.scoring.stats import BootstrapConfig
     from evaluator.scoring.write import ScoreRun, write_all
     from evaluator.workspace.records import Provenance, RunRecord
@@ -304,6 +305,7 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
                          BootstrapConfig(n_boot=cfg.bootstrap, alpha=cfg.ci_alpha, seed=cfg.bootstrap_seed),
                          cfg.k_neighbors)
     tables = compute_scores(batch) if len(rows) else ScoreTables()
+    tables.warnings = score_warnings(metric_inputs, tables) if len(rows) else []
     clock.lap("metrics")
     # 6. one transaction
     info = embedded.index_info
