@@ -233,15 +233,19 @@ def two_sample_ci(
     mb, nb = _packed(base)
     mo, no = _packed(other)
     rng = np.random.default_rng(cfg.seed)
-    weights: dict[int, np.ndarray] = {}
-    for size in sorted(set(nb[nb >= 2].tolist()) | set(no[no >= 2].tolist())):
-        weights[size] = rng.multinomial(size, np.full(size, 1.0 / size), size=cfg.n_boot).astype(np.float64)
     ok = (nb >= 2) & (no >= 2)
+
+    def draws(sizes: np.ndarray) -> dict[int, np.ndarray]:
+        return {n: rng.multinomial(n, np.full(n, 1.0 / n), size=cfg.n_boot).astype(np.float64)
+                for n in sorted(set(sizes[ok].tolist()))}
+
+    # each side its own draws: shared draws for equal sizes would pair the two samples
+    w_base, w_other = draws(nb), draws(no)
     for sb, so in sorted({(int(a), int(b)) for a, b in zip(nb[ok], no[ok], strict=True)}):
         rows = np.flatnonzero(ok & (nb == sb) & (no == so))
         for s in range(0, len(rows), cfg.chunk):
             chunk = rows[s : s + cfg.chunk]
-            boot = mo[chunk, :so] @ weights[so].T / so - mb[chunk, :sb] @ weights[sb].T / sb
+            boot = mo[chunk, :so] @ w_other[so].T / so - mb[chunk, :sb] @ w_base[sb].T / sb
             lo[chunk], hi[chunk] = percentile_ci(boot, cfg.alpha)
     return delta, lo, hi
 
