@@ -55,6 +55,11 @@ def main() -> None:
     notices = st.empty()
     try:
         with store.session():  # one connection for this run, closed before the next
+            behind = store.schema_behind()
+            if behind is not None:
+                st.error(f"This store has schema version {behind}, older than this atelier reads. "
+                         f"Update it in place (keeps every row): `atelier migrate --workdir {root}`")
+                return
             model = views.sidebar_model(store)
             PAGES[page](store, model)
     except q.StoreBusyError as exc:

@@ -205,6 +205,14 @@ class Store:
                 parts += [0, 0]
         return tuple(parts)
 
+    def schema_behind(self) -> int | None:
+        """The store's schema version when older than this atelier's (then pages would fail), else None."""
+        from evaluator.workspace.store import SCHEMA_VERSION
+
+        frame = self.df("SELECT max(version) AS version FROM schema_migrations")
+        version = int(frame["version"].iloc[0]) if len(frame) and pd.notna(frame["version"].iloc[0]) else 0
+        return version if version < SCHEMA_VERSION else None
+
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
         """Share one read-only connection among the queries of a block (one page run)."""

@@ -61,6 +61,8 @@ COMMANDS: dict[str, CommandEntry] = {
                         "Run a read-only SQL query on DIR/atelier.duckdb (waits briefly while a writer holds it)."),
     "serve": CommandEntry("evaluator.cli.serve:serve_cmd",
                           "Serve a read-only HTTP API (JSON) over DIR: scores, comparisons, images, search, SQL."),
+    "migrate": CommandEntry("evaluator.cli.store:migrate_cmd",
+                            "Update the store's schema in place (keeps every row; safe to rerun)."),
     "dashboard": CommandEntry("dashboard.cli:dashboard_command",
                               "Serve the Streamlit dashboard (read-only) for a workdir."),
     "report": CommandEntry("dashboard.cli:report_command",

@@ -178,8 +178,11 @@ def run_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) 
     timings["generate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    score(wd.root, ScoreConfig(model=str(paths["clip"]), catalog_path=config.catalog_path, bootstrap=config.bootstrap))
+    scored = score(wd.root, ScoreConfig(model=str(paths["clip"]), catalog_path=config.catalog_path,
+                                        bootstrap=config.bootstrap))
     timings["score"] = time.perf_counter() - t0
+    for line in scored.warnings:  # NULL AUCs, undecided verdicts: said, never hidden
+        echo(line)
 
     return DemoResult(
         workdir=wd.root,

@@ -89,10 +89,11 @@ class ArtistFilter:
         if self.auto_recognized:
             if self.auto_recognized not in ("yes", "no") or not self.auto_checkpoint:
                 raise InputError(f"auto_recognized must be yes or no with a checkpoint but is {self.auto_recognized!r}")
-            negate = "" if self.auto_recognized == "yes" else "NOT "
+            # "no" is a decided no (value < 0.5): an undecided artist (NULL) is neither.
+            test = ">= 0.5" if self.auto_recognized == "yes" else "< 0.5"
             clauses.append(
-                f"{alias}.artist_id {negate}IN (SELECT artist_id FROM artist_scores WHERE metric = 'recognized' "
-                "AND checkpoint = ? AND model = ? AND value >= 0.5)"
+                f"{alias}.artist_id IN (SELECT artist_id FROM artist_scores WHERE metric = 'recognized' "
+                f"AND checkpoint = ? AND model = ? AND value {test})"
             )
             params += [self.auto_checkpoint, self.auto_model]
         return " AND ".join(clauses), params

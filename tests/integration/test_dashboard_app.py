@@ -312,3 +312,34 @@ def test_pages_before_scoring_show_images_and_say_what_is_missing(tmp_path, monk
         if page == "Compare":
             assert any("No comparisons yet" in i.value for i in at.info)
     assert any("No scores yet" in i.value for i in at.sidebar.info)
+
+
+def test_a_store_of_an_older_schema_says_how_to_migrate_and_migrate_fixes_it(tmp_path, monkeypatch):
+    import duckdb
+    from click.testing import CliRunner
+
+    from evaluator.cli.main import main
+    from evaluator.workspace.store import MIGRATIONS, SCHEMA_VERSION
+
+    con = duckdb.connect(str(tmp_path / "atelier.duckdb"))  # a store written before the last migration
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description VARCHAR, "
+                "applied_at TIMESTAMP DEFAULT current_timestamp)")
+    for version, description, statements in MIGRATIONS[:-1]:
+        for statement in statements:
+            con.execute(statement)
+        con.execute("INSERT INTO schema_migrations (version, description) VALUES (?, ?)", [version, description])
+    con.close()
+
+    monkeypatch.setenv("ATELIER_WORKDIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("atelier migrate" in e.value for e in at.error), [e.value for e in at.error]
+
+    first = CliRunner().invoke(main, ["migrate", "-w", str(tmp_path)])
+    assert first.exit_code == 0 and f"-> {SCHEMA_VERSION}" in first.output, first.output
+    again = CliRunner().invoke(main, ["migrate", "-w", str(tmp_path)])
+    assert again.exit_code == 0 and "already current" in again.output
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception and not [e for e in at.error if "atelier migrate" in e.value]

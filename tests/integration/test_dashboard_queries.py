@@ -309,3 +309,30 @@ def test_a_page_session_shares_one_connection_and_releases_it_at_the_end(workdir
     assert writer() == "wrote"
     store.df("SELECT 1 AS one")  # outside a session: opened and closed at once
     assert writer() == "wrote"
+
+
+def test_auto_recognized_no_means_decided_no_not_undecided(tmp_path):
+    """An artist whose `recognized` is NULL (undecided) is in neither the yes nor the no filter."""
+    from evaluator.workspace.queries import ArtistFilter
+
+    build_store(tmp_path, n_artists=12, n_templates=1, n_seeds=2, n_checkpoints=2, with_images=False)
+    con = duckdb.connect(str(tmp_path / "atelier.duckdb"))
+    checkpoint, model = con.execute(
+        "SELECT checkpoint, model FROM artist_scores WHERE metric = 'recognized' LIMIT 1").fetchone()
+    undecided = con.execute(
+        "SELECT artist_id FROM artist_scores WHERE metric = 'recognized' AND checkpoint = ? AND model = ? "
+        "ORDER BY artist_id LIMIT 1", [checkpoint, model]).fetchone()[0]
+    con.execute("UPDATE artist_scores SET value = NULL WHERE metric = 'recognized' AND checkpoint = ? "
+                "AND model = ? AND artist_id = ?", [checkpoint, model, undecided])
+
+    def chosen(answer: str) -> set[str]:
+        where, params = ArtistFilter(auto_recognized=answer, auto_checkpoint=checkpoint, auto_model=model).where("ar")
+        return {r[0] for r in con.execute(f"SELECT ar.artist_id FROM artists ar WHERE {where}", params).fetchall()}
+
+    yes, no = chosen("yes"), chosen("no")
+    scored = {r[0] for r in con.execute(
+        "SELECT artist_id FROM artist_scores WHERE metric = 'recognized' AND checkpoint = ? AND model = ? "
+        "AND value IS NOT NULL", [checkpoint, model]).fetchall()}
+    con.close()
+    assert undecided not in yes | no
+    assert yes | no == scored and not yes & no
