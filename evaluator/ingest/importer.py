@@ -55,6 +55,15 @@ NAME_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # zlib level 1: imports re-encode photos and finished generations, whose noise barely
 # compresses; level 1 is ~4x faster than 4-6 for files ~10 % larger.
 IMPORT_PNG_LEVEL = 1
+# Names that become path components are capped (a 245-character stem plus the unit id
+# overflows the 255-byte name limit of most file systems): a longer one keeps its first
+# characters plus 8 hex digits of its SHA-256, so the same name always maps the same way.
+MAX_STEM = 80
+MAX_NAME = 100
+INT32_RANGE = (-(2**31), 2**31 - 1)
+INT64_RANGE = (-(2**63), 2**63 - 1)  # images.seed is int64; ComfyUI draws up to 2**64 - 1
+UNKNOWN_ARTIST = "_unknown"  # no labels, no metadata
+INVALID_ID = "_invalid"  # the stand-in of an identifier refused as unsafe (its file's error says which)
 
 
 @dataclass
@@ -100,11 +109,21 @@ class ImportSummary:
         return lines
 
 
+def short_name(name: str, limit: int) -> str:
+    """``name`` if at most ``limit`` characters, else its head plus ``-`` and 8 hex digits of
+    its SHA-256: deterministic, and still [A-Za-z0-9._-] / slug-shaped when ``name`` was."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-._')}-{digest}"
+
+
 def slugify(name: str) -> str:
-    """``Jean-Honoré Fragonard`` -> ``jean-honore-fragonard``: the catalog's own slug rule."""
+    """``Jean-Honoré Fragonard`` -> ``jean-honore-fragonard``: the catalog's own slug rule
+    (capped at MAX_NAME characters, as it becomes a folder name)."""
     from catalog.names import slugify as catalog_slug
 
-    return catalog_slug(name) or "unknown"
+    return short_name(catalog_slug(name) or "unknown", MAX_NAME)
 
 
 def _name_keys(name: str) -> list[str]:
@@ -277,7 +296,31 @@ def checkpoint_name(raw: str | None) -> str | None:
     if not raw:
         return None
     name = NAME_SAFE.sub("-", unicodedata.normalize("NFC", raw).strip()).strip("-.")
-    return name or None
+    return short_name(name, MAX_NAME) if name else None
+
+
+def unsafe_identifiers(artist_id: str, checkpoint: str | None, template: str) -> list[tuple[str, str]]:
+    """(field, reason) for each identifier that would be an unsafe path component or id.
+
+    Artist ids follow the catalog's slug rule (or are one of the importer's own ``_`` ids),
+    checkpoint names the checkpoints' NAME_PATTERN (no ``.``/``..``/hidden names), templates
+    the template name rule; each at most MAX_NAME characters. Checked before any write.
+    """
+    from catalog.schema import ARTIST_ID_PATTERN
+    from catalog.templates import TEMPLATE_NAME_PATTERN
+    from evaluator.generation.checkpoints.spec import NAME_PATTERN
+
+    problems = []
+    internal = (BASELINE_ARTIST_ID, UNKNOWN_ARTIST)
+    if artist_id not in internal and (len(artist_id) > MAX_NAME or not ARTIST_ID_PATTERN.match(artist_id)):
+        problems.append(("artist_id", f"artist id {artist_id[:120]!r} is not a catalog slug "
+                                      f"([a-z0-9]+(-[a-z0-9]+)*, at most {MAX_NAME} characters)"))
+    if checkpoint is not None and (len(checkpoint) > MAX_NAME or not NAME_PATTERN.match(checkpoint)):
+        problems.append(("checkpoint", f"checkpoint name {checkpoint[:120]!r} must match [A-Za-z0-9._-]+, not start "
+                                       f"with '.', at most {MAX_NAME} characters"))
+    if len(template) > MAX_NAME or template.startswith(".") or not TEMPLATE_NAME_PATTERN.match(template):
+        problems.append(("template", f"template {template[:120]!r} must match [A-Za-z0-9._-]+ and not start with '.'"))
+    return problems
 
 
 def _decode(path: Path, data: bytes):
@@ -300,6 +343,7 @@ def _decode(path: Path, data: bytes):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 image = Image.open(io.BytesIO(data))
+                _check_text_chunks(image, data, notes)
                 info = read_generation_info(image)
                 frames = getattr(image, "n_frames", 1)
                 if frames > 1:
@@ -313,6 +357,8 @@ def _decode(path: Path, data: bytes):
                 raise ValueError(f"not an image Pillow can read (starts with {head!r})") from exc
             except OSError as exc:
                 raise ValueError(f"corrupt or truncated image ({exc})") from exc
+            except MetadataError:
+                raise
             except (SyntaxError, ValueError) as exc:
                 raise ValueError(f"corrupt image ({exc})") from exc
     finally:
@@ -343,6 +389,64 @@ def _decode(path: Path, data: bytes):
             image = image.convert("RGB")
             notes.append(f"{mode} converted to RGB")
     return image, info, notes
+
+
+class MetadataError(ValueError):
+    """A file's text chunks cannot be used (its recorded error, as is)."""
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _broken_itxt(data: bytes) -> dict[str, tuple[str, int]]:
+    """iTXt chunks whose text is not valid UTF-8 (Pillow drops them silently): keyword ->
+    (the text with undecodable bytes as U+FFFD, how many were replaced)."""
+    import zlib
+
+    from PIL.PngImagePlugin import MAX_TEXT_CHUNK
+
+    found: dict[str, tuple[str, int]] = {}
+    if not data.startswith(PNG_SIGNATURE):
+        return found
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IEND":
+            break
+        if kind != b"iTXt" or body.count(b"\0") < 3:
+            continue
+        key, rest = body.split(b"\0", 1)
+        compressed, rest = rest[:1] == b"\x01", rest[2:]
+        _lang, _translated, text = rest.split(b"\0", 2)
+        if compressed:
+            try:
+                text = zlib.decompressobj().decompress(text, MAX_TEXT_CHUNK)
+            except zlib.error:
+                continue
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError:
+            decoded = text.decode("utf-8", "replace")
+            found[key.decode("latin-1")] = (decoded, decoded.count("\ufffd") - text.decode("utf-8", "ignore").count("\ufffd"))
+    return found
+
+
+def _check_text_chunks(image, data: bytes, notes: list[str]) -> None:
+    """Keep what decodes of an iTXt chunk that is not UTF-8 (noted), and refuse a text chunk
+    with a NUL byte (PNG forbids them; a NUL ends C strings and paths downstream)."""
+    text = getattr(image, "text", None)
+    if not isinstance(text, dict):
+        return
+    for key, (value, bad) in _broken_itxt(data).items():
+        if key not in text:
+            text[key] = value
+            notes.append(f"iTXt chunk {key!r} is not valid UTF-8: {bad} undecodable byte sequence(s) kept as U+FFFD")
+    for key, value in text.items():
+        if "\0" in str(key) or "\0" in str(value):
+            raise MetadataError(f"text chunk {str(key)[:40]!r} contains a NUL byte (at {str(value).find(chr(0))}); "
+                             "PNG text may not, so the file's metadata cannot be trusted")
 
 
 def _identity(checkpoint: str | None, artist_id: str, prompt: str, seed: int, width: int, height: int, salt: str | None,
@@ -460,9 +564,12 @@ def _open_import(src_dir: Path, workdir: str | Path, options: ImportOptions) -> 
     if not src.is_dir():
         raise ImportSourceError(f"import source {src} is not a folder")
     forced = checkpoint_name(options.checkpoint) if options.checkpoint else None
-    if options.checkpoint and forced != options.checkpoint:
-        raise InputError(f"--checkpoint must match [A-Za-z0-9._-]+ but is {options.checkpoint!r} (try {forced!r})")
+    if options.checkpoint and (forced != options.checkpoint or unsafe_identifiers(UNKNOWN_ARTIST, forced, IMPORT_TEMPLATE)):
+        hint = f" (try {forced!r})" if forced else ""
+        raise InputError(f"--checkpoint must match [A-Za-z0-9._-]+, not start with '.' and have at most {MAX_NAME} "
+                         f"characters, but is {options.checkpoint!r}{hint}")
     seed_regex = seed_pattern(options.seed_from_filename)
+    _check_not_nested(src, Path(workdir).expanduser().resolve())
     wd = Workdir.at(workdir)
     labels_path = Path(options.labels_csv).resolve() if options.labels_csv else None
     labels = read_labels(labels_path, src) if labels_path else {}
@@ -485,6 +592,18 @@ def _open_import(src_dir: Path, workdir: str | Path, options: ImportOptions) -> 
     return job, images
 
 
+def _check_not_nested(src: Path, root: Path) -> None:
+    """Refuse a source inside the workdir (it would re-import its own copies and thumbnails,
+    more on every run) or a workdir inside the source (the same, one run later)."""
+    if src == root or src.is_relative_to(root):
+        where = "is the workdir" if src == root else f"is inside the workdir {root}"
+        raise InputError(f"import source {src} {where}: its copies and thumbnails would be "
+                         "imported again; import from a folder outside the workdir")
+    if root.is_relative_to(src):
+        raise InputError(f"the workdir {root} is inside the import source {src}: the next import would take its "
+                         "copies and thumbnails again; use a workdir outside the source folder")
+
+
 def _import_file(job: _Import, path: Path) -> None:
     """One file through steps 2-4; its row joins ``job.records`` unless already imported."""
     rel = path.relative_to(job.src).as_posix()
@@ -505,9 +624,22 @@ def _import_file(job: _Import, path: Path) -> None:
     ):
         job.summary.unchanged += 1
         return
-    if decoded.error is None:
-        _write_copy(job, path, rel, record, decoded.image)
+    if record["error"] is None:
+        try:
+            _write_copy(job, path, rel, record, decoded.image)
+        except (OSError, ValueError) as exc:  # e.g. a name the file system refuses: this file's error
+            _unwrite(job, record)
+            reason = f"cannot write its copy: {exc}"
+            record.update(error=f"{rel}: {reason}", path=None, thumb_path=None)
+            job.summary.failed.append((rel, reason))
     job.records.append(record)
+
+
+def _unwrite(job: _Import, record: dict) -> None:
+    """Remove what a failed ``_write_copy`` left (the copy without its thumbnail)."""
+    for key in ("path", "thumb_path"):
+        if record.get(key):
+            (job.wd.root / record[key]).unlink(missing_ok=True)
 
 
 def _identify(job: _Import, path: Path, rel: str, sha: str, decoded: _Decoded) -> _Identified | None:
@@ -528,6 +660,7 @@ def _identify(job: _Import, path: Path, rel: str, sha: str, decoded: _Decoded) -
     negative = info.get("negative_prompt") or (label.negative_prompt if label else None) or ""
     seed = _seed_of(job, label, info, path.name)
     template = _template_of(label, artist_id)
+    artist_id, ckpt, template, seed = _refuse_unsafe(decoded, artist_id, ckpt, template, seed)
     width, height = (decoded.image.size if decoded.image is not None else (info.get("width") or 0, info.get("height") or 0))
     if decoded.error is not None:
         # unique per file and place: the content hash and the relative path
@@ -543,6 +676,24 @@ def _identify(job: _Import, path: Path, rel: str, sha: str, decoded: _Decoded) -
     if seed < 0 and decoded.error is None and not job.options.as_reference:
         job.summary.no_seed += 1
     return _Identified(unit, ckpt, prompt, seed, width, height, negative)
+
+
+def _refuse_unsafe(decoded: _Decoded, artist_id: str, ckpt: str | None, template: str,
+                   seed: int) -> tuple[str, str | None, str, int]:
+    """Unsafe identifiers and a seed the store cannot hold make the file's error (before any
+    write); the offending values are replaced by stand-ins so nothing unsafe is recorded."""
+    problems = [reason for _, reason in unsafe_identifiers(artist_id, ckpt, template)]
+    fields = {name for name, _ in unsafe_identifiers(artist_id, ckpt, template)}
+    if not INT64_RANGE[0] <= seed <= INT64_RANGE[1]:
+        # Recorded as this file's error rather than mapped: images.seed is int64 and any
+        # mapping into it would collide with -1 (unknown) or with real seeds.
+        problems.append(f"seed {seed} does not fit the store's seed column (signed 64-bit, at most {INT64_RANGE[1]})")
+        seed = -1
+    if problems:
+        decoded.error = "; ".join(([decoded.error] if decoded.error else []) + problems)
+        decoded.image = None
+    return (INVALID_ID if "artist_id" in fields else artist_id, None if "checkpoint" in fields else ckpt,
+            IMPORT_TEMPLATE if "template" in fields else template, seed)
 
 
 def _seed_of(job: _Import, label: Label | None, info: dict, name: str) -> int:
@@ -583,19 +734,24 @@ def _artist_of(job: _Import, label: Label | None, info: dict, unit_info: dict, r
         return named
     if error is None:
         summary.unlabelled.append(rel)
-    return "_unknown"
+    return UNKNOWN_ARTIST
 
 
 def _image_row(job: _Import, path: Path, rel: str, sha: str, found: _Identified, decoded: _Decoded) -> dict:
     """The ``images`` row of one file (with its error when it could not be decoded)."""
     info, unit = decoded.info, found.unit
-    folder = found.checkpoint or ("reference" if job.options.as_reference else "_unknown")
-    stem = NAME_SAFE.sub("-", path.stem).strip("-") or "image"
+    folder = found.checkpoint or ("reference" if job.options.as_reference else UNKNOWN_ARTIST)
+    stem = short_name(NAME_SAFE.sub("-", path.stem).strip("-") or "image", MAX_STEM)
     relpath = Path("imported") / folder / unit.artist_id / f"{stem}-{unit.unit_id[:8]}.png"
+    numbers = {"width": found.width or None, "height": found.height or None, "steps": info.get("steps") or 0}
+    for key, value in numbers.items():  # a header or infotext value the int32 columns cannot hold: unknown
+        if value is not None and not INT32_RANGE[0] <= value <= INT32_RANGE[1]:
+            numbers[key] = None
+            if decoded.error is None:
+                decoded.error = f"{key} {value} does not fit the store's {key} column (signed 32-bit)"
     record = image_record(
         unit, job.run_id, source=job.options.source_kind, checkpoint=found.checkpoint, prompt=found.prompt,
-        negative_prompt=found.negative_prompt, seed=found.seed, width=found.width or None,
-        height=found.height or None, steps=info.get("steps") or 0, guidance=float(info.get("guidance") or 0.0),
+        negative_prompt=found.negative_prompt, seed=found.seed, **numbers, guidance=float(info.get("guidance") or 0.0),
         scheduler=info.get("sampler") or "", sha256=sha, created_at=job.started,
     )
     if decoded.error is not None:

@@ -12,6 +12,7 @@ latest record wins. The columns are those of the ``images`` table.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
 MANIFEST_COLUMNS: dict[str, str] = IMAGE_COLUMNS
 
 
+# A path that is absolute (POSIX, UNC or a drive letter) or steps out with a ``..`` part.
+OUTSIDE_PATH = re.compile(r"^[/\\]|^[A-Za-z]:|(?:^|[/\\])\.\.(?:[/\\]|$)")
+PATH_COLUMNS = ("path", "thumb_path")
+
+
 def manifest_schema() -> pa.Schema:
     import pyarrow as pa
 
@@ -41,6 +47,12 @@ def write_shard(records: list[dict], path: str | Path) -> None:
 
     from catalog.atomic import atomic_path
 
+    for number, record in enumerate(records):  # never leave a shard that every later read refuses
+        for column in PATH_COLUMNS:
+            value = record.get(column)
+            if value is not None and OUTSIDE_PATH.search(str(value)):
+                raise InputError(f"manifest shard {path} not written: record {number} (image_id "
+                                 f"{record.get('image_id')}): {column} {value!r} is outside the workdir")
     schema = manifest_schema()
     columns = {name: [record.get(name) for record in records] for name in schema.names}
     table = pa.table(columns, schema=schema)
@@ -85,9 +97,9 @@ def _check_paths_inside(frame: pd.DataFrame, shard: Path) -> None:
     Every stage writes paths relative to the workdir; anything else is a tampered or
     foreign shard, and embedding or serving it would read files outside the workdir.
     """
-    for column in ("path", "thumb_path"):
+    for column in PATH_COLUMNS:
         values = frame[column].dropna().astype(str)
-        bad = values[values.str.startswith(("/", "\\")) | values.str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)|^[A-Za-z]:")]
+        bad = values[values.str.contains(OUTSIDE_PATH.pattern)]
         if len(bad):
             row = int(bad.index[0])
             raise InputError(

@@ -38,7 +38,9 @@ from typing import Any
 
 from evaluator.errors import InputError
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+# A path component: [A-Za-z0-9._-]+, never ".", ".." or any name starting with "." (hidden,
+# or a step out of its folder).
+NAME_PATTERN = re.compile(r"^(?!\.)[A-Za-z0-9._-]+$")
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 KINDS = ("sd1", "sd2", "sdxl")
 # Spellings people use for the same architectures.
@@ -189,7 +191,8 @@ def load_checkpoints(path: str | Path, allow_pickle: bool = False) -> dict[str, 
         if name is None:
             raise CheckpointError(f"{label}: field 'name' is missing")
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise CheckpointError(f"{label}, field 'name': {name!r} must match [A-Za-z0-9._-]+ (it is used in paths)")
+            raise CheckpointError(f"{label}, field 'name': {name!r} must match [A-Za-z0-9._-]+ and not start "
+                                  "with '.' (it is used in paths)")
         if name in raw:
             raise CheckpointError(f"{file}: checkpoint {name!r} is defined twice (#{list(raw).index(name) + 1} and #{position})")
         for key in table:
