@@ -17,6 +17,7 @@ import streamlit as st
 
 from dashboard import queries as q
 from dashboard import views
+from dashboard.report import md_text
 
 PAGES = {
     "Leaderboard": views.page_leaderboard,
@@ -63,12 +64,12 @@ def main() -> None:
             model = views.sidebar_model(store)
             PAGES[page](store, model)
     except q.StoreBusyError as exc:
-        st.warning(str(exc))
-    except FileNotFoundError as exc:
-        st.error(str(exc))
+        st.warning(md_text(exc))
+    except FileNotFoundError as exc:  # may name a stored model or path: shown as text
+        st.error(md_text(exc))
     stale = q.take_notices()
     if stale:
-        notices.warning(" ".join(stale))
+        notices.warning(md_text(" ".join(stale)))
     st.sidebar.caption(f"workdir: `{root}`")
 
 

@@ -14,6 +14,7 @@ import base64
 import datetime as _dt
 import html
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,25 @@ class ReportConfig:
 
 def _esc(value) -> str:
     return html.escape("" if value is None else str(value), quote=True)
+
+
+# Markdown punctuation that can start a link, image, emphasis, code, table cell, heading,
+# Streamlit directive (`:red[..]`, `:material/x:`, emoji) or LaTeX (`$`); `://` and `@`
+# start GFM autolinks; `.` before a letter (www.x, evil.example), a list / rule marker
+# (`- `, `+ `, `---`, `===`). Digits' dots (0.123) stay readable.
+_MD_SPECIAL = re.compile(r"[\\`*_{}\[\]()#!|~:$^@]|[-+=](?=[\s\-+=]|$)|\.(?!\d)")
+
+
+def md_text(value) -> str:
+    """Stored text (catalog, PNG metadata, prompts, names) made inert inside Markdown.
+
+    HTML-escaped (no tag reaches a renderer that allows HTML), Markdown punctuation
+    backslash-escaped (no image, link, emphasis or directive), line breaks made spaces
+    (no new block): rendered, it reads exactly as the stored text.
+    """
+    text = "" if value is None else str(value)
+    text = " ".join(text.splitlines())
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), html.escape(text, quote=False))
 
 
 def svg_bars(labels: list[str], values: list[float], lows: list[float], highs: list[float], title: str,
@@ -142,7 +162,7 @@ def _html_table(frame: pd.DataFrame, css_class: str = "") -> str:
 def _md_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_none_\n"
-    esc = lambda v: _cell(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    esc = lambda v: md_text(_cell(v))  # noqa: E731
     lines = ["| " + " | ".join(esc(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
@@ -217,13 +237,13 @@ def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list
     summary = (f"{stats['checkpoints']} checkpoints · {stats['artists']:,} artists · {stats['images']:,} images "
                f"({stats['errors']:,} failed) · {stats['runs']} runs")
     html_parts.append(f"<h1>atelier report</h1><p class='muted'>{_esc(store.workdir)} · {now}</p><p>{_esc(summary)}</p>")
-    md_parts.append(f"# atelier report\n\n`{store.workdir}` · {now}\n\n{summary}\n")
+    md_parts.append(f"# atelier report\n\n{md_text(store.workdir)} · {now}\n\n{md_text(summary)}\n")
 
     models = q.models(store)
     for model in models:
         long = q.leaderboard(store, model)
         html_parts.append(f"<h2>Leaderboard · <code>{_esc(model)}</code></h2>")
-        md_parts.append(f"\n## Leaderboard · `{model}`\n")
+        md_parts.append(f"\n## Leaderboard · {md_text(model)}\n")
         table = leaderboard_table(long)
         html_parts.append(_html_table(table, "leaderboard"))
         md_parts.append(_md_table(table))
@@ -234,7 +254,7 @@ def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list
             svg = svg_bars(rows.checkpoint.tolist(), rows.value.tolist(), rows.ci_low.tolist(), rows.ci_high.tolist(),
                            f"{metric} by checkpoint")
             html_parts.append(f"<div class='plots'>{svg}</div>")
-            md_parts.append(f"\n![{metric} by checkpoint]({_svg_data_uri(svg)})\n")
+            md_parts.append(f"\n![{md_text(metric)} by checkpoint]({_svg_data_uri(svg)})\n")
 
         pairs = q.comparison_pairs(store)
         pairs = pairs[pairs.model == model]
@@ -247,13 +267,13 @@ def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list
                     f"· {s['undecided']:,} undecided (no interval) "
                     f"of {s['artists']:,} artists (mean Δ {_cell(s['mean_delta'])})")
             html_parts.append(f"<h2>{_esc(title)}</h2><p>{_esc(line)}</p>")
-            md_parts.append(f"\n## {title}\n\n{line}\n")
+            md_parts.append(f"\n## {md_text(title)}\n\n{md_text(line)}\n")
             for other in sorted(metrics - {cmp_metric}):
                 o = q.comparison_summary(store, base, finetune, model, other)
                 counts = (f"{o['gained']:,} gained · {o['lost']:,} lost · {o['kept']:,} kept · "
                           f"{o['undecided']:,} undecided")
                 html_parts.append(f"<p class='muted'>{_esc(other)}: {counts}</p>")
-                md_parts.append(f"- {other}: {counts}\n")
+                md_parts.append(f"- {md_text(other)}: {counts}\n")
             hist = q.delta_histogram(store, base, finetune, model, cmp_metric)
             points = q.comparison_points(store, base, finetune, model, cmp_metric, limit=config.scatter_points)
             h_svg = svg_histogram(hist, f"Δ {cmp_metric} ({finetune} − {base})")
@@ -300,7 +320,7 @@ def _gallery_strip(store: q.Store, n_artists: int) -> tuple[str, str]:
     images = q.gallery_images(store, artists.artist_id.tolist(), template, seed, checkpoints)
     cells = {(r.artist_id, r.checkpoint): r.thumb_path for r in images.itertuples(index=False)}
     head = "<tr><th>artist</th>" + "".join(f"<th>{_esc(c)}</th>" for c in checkpoints) + "</tr>"
-    md = ["| artist | " + " | ".join(checkpoints) + " |", "|---|" + "---|" * len(checkpoints)]
+    md = ["| artist | " + " | ".join(md_text(c) for c in checkpoints) + " |", "|---|" + "---|" * len(checkpoints)]
     rows = []
     for artist in artists.itertuples(index=False):
         tds, mds = [], []
@@ -313,9 +333,9 @@ def _gallery_strip(store: q.Store, n_artists: int) -> tuple[str, str]:
             uri = _image_data_uri(path)
             alt = f"{artist.name} · {checkpoint}"
             tds.append(f"<td><img src='{uri}' alt='{_esc(alt)}'></td>")
-            mds.append(f"![{alt}]({uri})")
+            mds.append(f"![{md_text(alt)}]({uri})")
         rows.append(f"<tr><td>{_esc(artist.name)}</td>{''.join(tds)}</tr>")
-        md.append(f"| {artist.name} | " + " | ".join(mds) + " |")
+        md.append(f"| {md_text(artist.name)} | " + " | ".join(mds) + " |")
     caption = f"<p class='muted'>template <code>{_esc(template)}</code>, seed {seed}</p>"
     return (caption + f"<table class='strip'>{head}{''.join(rows)}</table>",
-            f"template `{template}`, seed {seed}\n\n" + "\n".join(md) + "\n")
+            f"template {md_text(template)}, seed {md_text(seed)}\n\n" + "\n".join(md) + "\n")

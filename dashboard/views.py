@@ -17,6 +17,7 @@ import streamlit as st
 
 from dashboard import queries as q
 from dashboard import search
+from dashboard.report import md_text
 
 lower_is_better = q.lower_is_better
 VERDICT_COLORS = alt.Scale(domain=["gained", "kept", "lost", "undecided"],
@@ -31,7 +32,7 @@ def sidebar_model(store: q.Store) -> str:
         st.sidebar.info("No scores yet: run `atelier score`.")
         return ""
     if len(models) == 1:
-        st.sidebar.caption(f"model: `{models[0]}`")
+        st.sidebar.caption(f"model: {md_text(models[0])}")
         return models[0]
     return st.sidebar.selectbox("Embedding model", models, key="model")
 
@@ -53,7 +54,7 @@ def artist_filter_widgets(store: q.Store, key: str, model: str = "", checkpoint:
         recognized = c5.selectbox("Recognized (label)", [ANY, "yes", "no", "unsure", "blank"], key=f"{key}-rec")
         auto = ANY
         if model and checkpoint:
-            auto = c6.selectbox(f"Recognized by {checkpoint} (auto)", [ANY, "yes", "no"], key=f"{key}-auto")
+            auto = c6.selectbox(f"Recognized by {md_text(checkpoint)} (auto)", [ANY, "yes", "no"], key=f"{key}-auto")
         name = c7.text_input("Name contains", key=f"{key}-name")
     return q.ArtistFilter(
         tag="" if tag == ANY else tag,
@@ -77,6 +78,7 @@ def _fmt(value: float) -> str:
 def _show_image(container, workdir: Path, relpath: str | None, caption: str | None = None,
                 width: int | str = "content") -> bool:
     path = q.image_file(workdir, relpath)
+    caption = md_text(caption) if caption else None  # names, templates, errors: stored text
     if path is None:
         container.caption(f"{caption or ''} (no image)")
         return False
@@ -97,7 +99,7 @@ def page_leaderboard(store: q.Store, model: str) -> None:
         return
     long = q.leaderboard(store, model)
     if long.empty:
-        st.info(f"No checkpoint scores for model {model!r} yet.")
+        st.info(f"No checkpoint scores for model {md_text(model)} yet.")
         return
     metrics = sorted(long["metric"].unique())
     c1, c2 = st.columns([2, 1])
@@ -117,7 +119,7 @@ def page_leaderboard(store: q.Store, model: str) -> None:
     table = table.sort_values(sort_metric, ascending=ascending).reset_index()
     st.dataframe(table, hide_index=True, key="lb-table")
     st.caption("Values are means over artists; CI = 95% interval. "
-               f"Lower is better for: {', '.join(m for m in metrics if lower_is_better(m)) or 'none'}.")
+               f"Lower is better for: {md_text(', '.join(m for m in metrics if lower_is_better(m)) or 'none')}.")
     _null_reasons(long)
 
     chosen = long[long.metric == sort_metric]
@@ -127,7 +129,7 @@ def page_leaderboard(store: q.Store, model: str) -> None:
     rules = alt.Chart(chosen).mark_rule(color="black").encode(x="ci_low:Q", x2="ci_high:Q", y=alt.Y("checkpoint:N", sort=order))
     st.altair_chart(bars + rules, width="stretch")
 
-    st.subheader(f"Distribution of {sort_metric} over artists")
+    st.subheader(f"Distribution of {md_text(sort_metric)} over artists")
     hist = q.metric_histogram(store, model, sort_metric)
     if not hist.empty:
         chart = alt.Chart(hist).mark_bar(opacity=0.6).encode(
@@ -150,7 +152,7 @@ def _null_reasons(long: pd.DataFrame) -> None:
     null = long[long["value"].isna() & long["reason"].notna()]
     if null.empty:
         return
-    lines = [f"- **{r.checkpoint}** · {r.metric}: {r.reason}" for r in null.itertuples(index=False)]
+    lines = [f"- **{md_text(r.checkpoint)}** · {md_text(r.metric)}: {md_text(r.reason)}" for r in null.itertuples(index=False)]
     st.warning("Not computed (NULL):\n" + "\n".join(lines))
 
 
@@ -198,7 +200,7 @@ def page_compare(store: q.Store, model: str) -> None:
         y=alt.Y("finetune_value:Q", title=f"{finetune}", scale=alt.Scale(domain=[lo, hi])),
         color=alt.Color("verdict:N", scale=VERDICT_COLORS), tooltip=["name", "base_value", "finetune_value", "delta", "verdict"])
     diagonal = alt.Chart(pd.DataFrame({"x": [lo, hi], "y": [lo, hi]})).mark_line(color="black", strokeDash=[4, 4]).encode(x="x:Q", y="y:Q")
-    left.subheader(f"{metric}: base vs fine-tune")
+    left.subheader(f"{md_text(metric)}: base vs fine-tune")
     left.altair_chart(scatter + diagonal, width="stretch")
     hist = q.delta_histogram(store, base, finetune, model, metric, filt)
     right.subheader("Distribution of Δ")
@@ -303,24 +305,24 @@ def page_gallery(store: q.Store, model: str) -> None:
     header = st.columns([1] + [1] * len(chosen))
     header[0].markdown("**artist**")
     for col, name in zip(header[1:], chosen, strict=True):
-        col.markdown(f"**{name}**")
+        col.markdown(f"**{md_text(name)}**")
     for artist in artists.itertuples(index=False):
         cols = st.columns([1] + [1] * len(chosen))
-        cols[0].markdown(f"{artist.name}  \n`{artist.artist_id}`")
+        cols[0].markdown(f"{md_text(artist.name)}  \n{md_text(artist.artist_id)}")
         for col, checkpoint in zip(cols[1:], chosen, strict=True):
             cell = by_cell.get((artist.artist_id, checkpoint))
             if cell is None:
                 col.caption("—")
                 continue
             if cell.error is not None and not isinstance(cell.error, float):
-                col.caption(f"failed: {cell.error[:60]}")
+                col.caption(f"failed: {md_text(cell.error[:60])}")
                 continue
             if _show_image(col, store.workdir, cell.thumb_path):
                 shown += 1
             if col.button("View", key=f"gal-view-{cell.image_id}"):
                 st.session_state["gal-image"] = int(cell.image_id)
                 st.rerun()
-    st.caption(f"{shown} thumbnails · template `{template}` · seed {seed} · page {page} of {pages}")
+    st.caption(f"{shown} thumbnails · template {md_text(template)} · seed {md_text(seed)} · page {page} of {pages}")
 
 
 # ------------------------------------------------------------------ Artist
@@ -343,11 +345,14 @@ def page_artist(store: q.Store, model: str) -> None:
 
     living = bool(a["living"]) if pd.notna(a["living"]) else False
     years = f"({year(a['born'])}–{'' if living else year(a['died'])})" if pd.notna(a["born"]) or pd.notna(a["died"]) else ""
-    st.subheader(f"{a['name']} {years}")
+    st.subheader(f"{md_text(a['name'])} {years}")
+    def field(name: str) -> str:  # catalog text, shown as text (a cell may hold Markdown or HTML)
+        return md_text(a[name]) if pd.notna(a[name]) and a[name] else "—"
+
     st.markdown(
-        f"**Movements:** {a['movements'] or '—'} · **Mediums:** {a['mediums'] or '—'} · **Tags:** {a['tags'] or '—'}  \n"
-        f"**Nationality:** {a['nationality'] or '—'} · **Recognized (SDXL / SD1 labels):** "
-        f"{a['recognized_sdxl'] or '—'} / {a['recognized_sd1'] or '—'} · **Sources:** {a['sources'] or '—'}"
+        f"**Movements:** {field('movements')} · **Mediums:** {field('mediums')} · **Tags:** {field('tags')}  \n"
+        f"**Nationality:** {field('nationality')} · **Recognized (SDXL / SD1 labels):** "
+        f"{field('recognized_sdxl')} / {field('recognized_sd1')} · **Sources:** {field('sources')}"
     )
 
     if model:
@@ -391,7 +396,7 @@ def page_artist(store: q.Store, model: str) -> None:
     for i, image in enumerate(images.itertuples(index=False)):
         col = cols[i % 6]
         if isinstance(image.error, str):
-            col.caption(f"{image.checkpoint} · failed: {image.error[:60]}")
+            col.caption(f"{md_text(image.checkpoint)} · failed: {md_text(image.error[:60])}")
             continue
         _show_image(col, store.workdir, image.thumb_path, f"{image.checkpoint} · {image.template} · seed {image.seed}")
         if col.button("View", key=f"art-view-{image.image_id}"):
@@ -451,7 +456,7 @@ def page_similarity(store: q.Store, model: str) -> None:
         try:
             rows, artists = similarity_search(store, model, spec, text=text, image_bytes=upload.getvalue() if upload else None)
         except Exception as exc:  # noqa: BLE001 - a failed search is a message, not a crash
-            st.error(f"Search failed: {exc}")
+            st.error(f"Search failed: {md_text(exc)}")
         else:
             st.markdown("**Nearest artists** (by their images among the hits)")
             st.dataframe(artists, hide_index=True, key="sim-artists")
@@ -504,31 +509,58 @@ def page_sql(store: q.Store, model: str) -> None:
         st.session_state["sql-last-example"] = example
         st.session_state["sql-text"] = q.EXAMPLE_QUERIES[example]
     sql = st.text_area("Query", key="sql-text", height=160)
-    c1, c2 = st.columns(2)
-    row_limit = int(c1.number_input("Row limit", min_value=1, max_value=1_000_000, value=q.SQL_ROW_LIMIT, key="sql-rows"))
-    time_limit = float(c2.number_input("Time limit (s)", min_value=0.1, max_value=300.0, value=q.SQL_TIME_LIMIT, key="sql-time"))
-    if not st.button("Run", key="sql-run", type="primary"):
+    row_limit, time_limit = sql_limits()
+    if st.button("Run", key="sql-run", type="primary"):
+        st.session_state.pop("sql-result", None)
+        try:
+            result = q.run_user_sql(store, sql, row_limit=row_limit, time_limit=time_limit)
+        except q.UnsafeQueryError as exc:
+            st.error(f"Refused: {md_text(exc)}")
+            return
+        except TimeoutError as exc:
+            st.error(md_text(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a SQL error is the user's to read
+            st.error(f"Query failed: {md_text(exc)}")
+            return
+        st.session_state["sql-result"] = (sql, result)
+    shown = st.session_state.get("sql-result")
+    if shown is None or shown[0] != sql:  # nothing run yet, or the query was edited since
         return
-    try:
-        result = q.run_user_sql(store, sql, row_limit=row_limit, time_limit=time_limit)
-    except q.UnsafeQueryError as exc:
-        st.error(f"Refused: {exc}")
-        return
-    except TimeoutError as exc:
-        st.error(str(exc))
-        return
-    except Exception as exc:  # noqa: BLE001 - a SQL error is the user's to read
-        st.error(f"Query failed: {exc}")
-        return
+    result = shown[1]
     note = f"{len(result.frame):,} rows in {result.seconds:.2f} s"
     if result.truncated:
         note += f" — truncated at the row limit of {result.row_limit:,}"
     st.caption(note)
-    st.dataframe(result.frame, hide_index=True, key="sql-result")
+    st.dataframe(result.frame, hide_index=True, key="sql-result-table")
+    _sql_downloads(result.frame)
+
+
+def sql_limits() -> tuple[int, float]:
+    """The row and time limits of this run: the widgets may only lower the server's limits.
+
+    The server's limits are ``evaluator.workspace.queries.SQL_ROW_LIMIT`` / ``SQL_TIME_LIMIT``:
+    a visitor's widget value above them (or a crafted session value) is capped, not obeyed.
+    """
     c1, c2 = st.columns(2)
-    c1.download_button("Download CSV", q.csv_bytes(result.frame), file_name="atelier-query.csv", mime="text/csv", key="sql-csv")
-    c2.download_button("Download Parquet", q.parquet_bytes(result.frame), file_name="atelier-query.parquet",
-                       mime="application/octet-stream", key="sql-parquet")
+    rows = c1.number_input(f"Row limit (at most {q.SQL_ROW_LIMIT:,})", min_value=1, max_value=q.SQL_ROW_LIMIT,
+                           value=q.SQL_ROW_LIMIT, key="sql-rows")
+    seconds = c2.number_input(f"Time limit (s, at most {q.SQL_TIME_LIMIT:g})", min_value=0.1,
+                              max_value=float(q.SQL_TIME_LIMIT), value=float(q.SQL_TIME_LIMIT), key="sql-time")
+    row_limit = min(max(int(rows or 1), 1), q.SQL_ROW_LIMIT)
+    time_limit = float(seconds) if seconds and math.isfinite(float(seconds)) else q.SQL_TIME_LIMIT
+    return row_limit, min(max(time_limit, 0.1), q.SQL_TIME_LIMIT)
+
+
+def _sql_downloads(frame: pd.DataFrame) -> None:
+    """CSV / Parquet bytes are built only when asked: a button, then the download (not per result)."""
+    c1, c2 = st.columns(2)
+    if c1.button("Prepare CSV download", key="sql-csv-make"):
+        c1.download_button("Download CSV", q.csv_bytes(frame), file_name="atelier-query.csv", mime="text/csv",
+                           key="sql-csv", on_click="ignore")
+    if c2.button("Prepare Parquet download", key="sql-parquet-make"):
+        c2.download_button("Download Parquet", q.parquet_bytes(frame), file_name="atelier-query.parquet",
+                           mime="application/octet-stream", key="sql-parquet", on_click="ignore")
 
 
 # ------------------------------------------------------------------ Runs
@@ -559,7 +591,7 @@ def page_runs(store: q.Store, model: str) -> None:
         if not scored.empty:
             made = progress.groupby("checkpoint", as_index=False).agg(images=("images", "sum"), failed=("failed", "sum"))
             scored = made.merge(scored, on="checkpoint", how="outer").fillna(0)
-            st.caption(f"Scored images per checkpoint (model `{model}`)")
+            st.caption(f"Scored images per checkpoint (model {md_text(model)})")
             st.dataframe(scored, hide_index=True, key="runs-scored")
     embed_errors = q.embedding_errors(store)
     if not embed_errors.empty:
