@@ -3,13 +3,15 @@
 ``search`` reads a model's FAISS index (and embeds the query text or image with the
 model), then the matching rows of DIR/atelier.duckdb; ``--format json`` is what the
 dashboard's Similarity page runs, so the Streamlit process never loads torch.
-``sql`` runs one query on a read-only connection (``store.connect_read_only``) that can
-read no other file. Both write nothing. Only click is imported at module level.
+``sql`` runs one query through ``workspace.queries.run_user_sql`` (one read-only statement,
+no file beyond the store, memory, time, row and byte limits) and prints it without
+terminal control characters. Both write nothing. Only click is imported at module level.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,46 +193,79 @@ def search_cmd(fmt: str, **request: Any) -> None:
         echo_search_table(result)
 
 
-def _write_csv(frame) -> None:
-    """CSV on stdout; a cell a spreadsheet would run as a formula gets a leading apostrophe."""
+# Terminal control sequences a stored cell must not send to the terminal: OSC (title,
+# hyperlinks, clipboard), CSI (colours, cursor moves), other ESC pairs, and every C0/C1
+# control character except tab and newline.
+_CONTROL = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-?]*[ -/]*[@-~]?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]?"
+                      r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_controls(value: Any) -> Any:
+    """``value`` without terminal escape sequences or control characters (tab and newline stay)."""
+    return _CONTROL.sub("", value) if isinstance(value, str) else value
+
+
+def _printable(frame):
+    """A copy of ``frame`` whose text cells and column names carry no control characters."""
     from pandas.api.types import is_object_dtype, is_string_dtype
 
-    from catalog.schema import guard_formula
-
+    frame = frame.rename(columns=lambda c: strip_controls(str(c)))
     for column in frame.columns:
         if is_object_dtype(frame[column]) or is_string_dtype(frame[column]):
-            frame[column] = frame[column].map(guard_formula)
-    frame.to_csv(sys.stdout, index=False)
+            frame[column] = frame[column].map(strip_controls)
+    return frame
+
+
+def _write_csv(frame) -> None:
+    """CSV on stdout; a cell a spreadsheet would run as a formula gets a leading apostrophe."""
+    from evaluator.workspace.queries import neutralize_formulas
+
+    neutralize_formulas(_printable(frame)).to_csv(sys.stdout, index=False)
+
+
+@dataclass(frozen=True)
+class _StoreFile:
+    """What ``run_user_sql`` needs of a store: its file and how long to wait for a writer."""
+
+    path: Path
+    lock_timeout: float = 30.0
 
 
 @click.command("sql")
 @workdir_option()
 @click.argument("query")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "csv", "json"]))
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1), help="Rows shown at most (table format).")
-def sql_cmd(workdir: Path, query: str, fmt: str, limit: int) -> None:
-    """Run a read-only SQL query on DIR/atelier.duckdb (waits briefly while a writer holds it)."""
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Rows fetched at most, in every format (the query stops there; the rest is never read).")
+@click.option("--time-limit", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds the query may run before it is interrupted.")
+def sql_cmd(workdir: Path, query: str, fmt: str, limit: int, time_limit: float) -> None:
+    """Run a read-only SQL query on DIR/atelier.duckdb (waits briefly while a writer holds it).
+
+    One statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN), the same guard and
+    limits as the dashboard's SQL page: no file beyond the store, DuckDB memory and
+    threads capped, at most 64 MB of results. Control characters in cells are not printed.
+    """
     import duckdb
 
-    from evaluator.workspace.store import connect_read_only
+    from evaluator.workspace.queries import run_user_sql
     from evaluator.workspace.workdir import Workdir
 
     wd = Workdir.at(workdir, create=False)
-    con = connect_read_only(wd.store)  # no file beyond the store, no extension downloads
     try:
-        frame = con.execute(query).df()
-    except duckdb.PermissionException as exc:
-        raise click.ClickException(f"refused: `atelier sql` reads only the store {wd.store}, no other file: {exc}") from exc
+        result = run_user_sql(_StoreFile(wd.store), query, row_limit=limit, time_limit=time_limit)
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from exc
     except duckdb.Error as exc:
         raise click.ClickException(f"SQL error: {exc}") from exc
-    finally:
-        con.close()
+    frame = result.frame
     if fmt == "csv":
         _write_csv(frame)
     elif fmt == "json":
         click.echo(frame.to_json(orient="records", date_format="iso"))
     else:
-        shown = frame.head(limit)
+        shown = _printable(frame)
         click.echo(shown.to_string(index=False) if len(shown) else "(no rows)")
-        if len(frame) > limit:
-            click.echo(f"... {len(frame) - limit} more rows (use --limit or --format csv)")
+    if result.truncated:
+        more = "use --limit" if result.truncated_by == "rows" else "select fewer or smaller columns"
+        click.echo(f"... {result.note} ({more})", err=fmt != "table")

@@ -267,11 +267,13 @@ def query_routes(state: State) -> APIRouter:
                 result = queries.run_user_sql(store, body.query, row_limit=body.row_limit or queries.SQL_ROW_LIMIT)
             except (InputError, TimeoutError, duckdb.Error) as exc:
                 raise ApiError(str(exc), field="query") from exc
-        headers = {"X-Truncated": str(result.truncated).lower(), "X-Row-Limit": str(result.row_limit)}
+        headers = {"X-Truncated": str(result.truncated).lower(), "X-Row-Limit": str(result.row_limit),
+                   "X-Truncated-By": result.truncated_by or "none"}
         if body.format == "csv":
             return Response(queries.csv_bytes(result.frame), media_type="text/csv; charset=utf-8", headers=headers)
         return ApiJSON({"columns": list(result.frame.columns), "rows": records(result.frame),
-                        "truncated": result.truncated, "row_limit": result.row_limit,
+                        "truncated": result.truncated, "truncated_by": result.truncated_by or None,
+                        "row_limit": result.row_limit, "byte_limit": result.byte_limit,
                         "seconds": round(result.seconds, 4)}, headers=headers)
 
     @router.post("/search", summary="Nearest images to a text or an indexed image (optional filters).")

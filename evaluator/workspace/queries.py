@@ -6,8 +6,10 @@ or the server's per-request reader. Writes nothing. Each statement lives here on
 dashboard's ``queries`` module re-exports these names, so its pages and tests keep them.
 
 The SQL page's guard (``check_user_sql`` / ``run_user_sql``) is here too: one statement,
-SELECT only, on a ``READ_ONLY_CONFIG`` connection (no file beyond the store), with a row
-limit and a time limit. pandas and duckdb only; never torch.
+SELECT only, on a ``USER_SQL_CONFIG`` connection (no file beyond the store, DuckDB memory
+and threads capped) in a child process with a capped address space (this module run as
+``python -m evaluator.workspace.queries``), with row, byte and time limits. The child
+writes only its stdout. pandas and duckdb only; never torch.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 
 from catalog.schema import guard_formula
 from evaluator.errors import InputError
-from evaluator.workspace.store import READ_ONLY_CONFIG, connect_read_only
+from evaluator.workspace.store import READ_ONLY_CONFIG, connect
 from evaluator.workspace.workdir import Workdir
 
 # Limits of a user's SQL: 10,000 rows is more than a person reads and keeps a page or a
@@ -31,6 +33,26 @@ from evaluator.workspace.workdir import Workdir
 SQL_ROW_LIMIT = 10_000
 SQL_TIME_LIMIT = 10.0
 SQL_MAX_CHARS = 20_000
+# 64 MB of Arrow data is far more than a page shows, and its CSV/Parquet copies stay small.
+SQL_BYTE_LIMIT = 64 << 20
+# DuckDB's own budget for a user query: sorts, joins and aggregates past it fail fast
+# (no spilling to disk: a read-only query writes nothing, not even temporaries).
+SQL_MEMORY_LIMIT = "1GB"
+SQL_THREADS = 2
+# The worker process's memory: DuckDB does not count a value a function builds (a string
+# of repeat()), so a watchdog ends the worker past 1.5 GB resident, and its address space
+# (~2.2 GB mapped before any result: libraries, allocator arenas) is capped at 4 GB.
+SQL_RSS_LIMIT = 3 << 29
+SQL_ADDRESS_LIMIT = 4 << 30
+
+# The connection of a user's query: the read-only configuration plus the resource caps,
+# all fixed at connect time (lock_configuration keeps a query from raising them).
+USER_SQL_CONFIG: dict[str, object] = {
+    **READ_ONLY_CONFIG,
+    "memory_limit": SQL_MEMORY_LIMIT,
+    "threads": SQL_THREADS,
+    "temp_directory": "",
+}
 
 
 class Reader(Protocol):
@@ -338,10 +360,25 @@ def images_by_ids(store: Reader, image_ids: list[int]) -> pd.DataFrame:
 
 @dataclass
 class UserQueryResult:
+    """A user query's rows; ``truncated_by`` says which limit cut them ("rows", "bytes" or "")."""
+
     frame: pd.DataFrame
     truncated: bool
     seconds: float
     row_limit: int
+    truncated_by: str = ""
+    byte_limit: int = SQL_BYTE_LIMIT
+    nbytes: int = 0
+
+    @property
+    def note(self) -> str:
+        """One line for a page or a terminal: rows, time and the limit that cut them, if any."""
+        text = f"{len(self.frame):,} rows in {self.seconds:.2f} s"
+        if self.truncated_by == "rows":
+            text += f" — truncated at the row limit of {self.row_limit:,}"
+        elif self.truncated_by == "bytes":
+            text += f" — truncated at the size limit of {self.byte_limit / (1 << 20):g} MB"
+        return text
 
 
 def check_user_sql(sql: str) -> str:
@@ -386,50 +423,210 @@ def check_user_sql(sql: str) -> str:
 
 
 def run_user_sql(store: Reader, sql: str, row_limit: int = SQL_ROW_LIMIT,
-                 time_limit: float = SQL_TIME_LIMIT) -> UserQueryResult:
-    """Run a user's query read-only with a row limit and a time limit (never cached).
+                 time_limit: float = SQL_TIME_LIMIT, *, byte_limit: int = SQL_BYTE_LIMIT) -> UserQueryResult:
+    """Run a user's query read-only under row, byte, time and memory limits (never cached).
 
-    The time limit interrupts the connection from a timer thread; the row limit stops
-    reading Arrow batches once ``row_limit`` rows are in, so a huge result is never built.
+    The query runs in a child process (``python -m evaluator.workspace.queries``) whose
+    address space is capped at ``SQL_ADDRESS_LIMIT``: DuckDB's ``memory_limit`` does not
+    count a string a function builds (``repeat('x', 1e9)`` took 1 GB past a 1 GB limit),
+    and only a process limit bounds that. The child interrupts DuckDB at ``time_limit``
+    and exits a second later if the query ignores the interrupt; the parent kills it past
+    that. It stops reading once ``row_limit`` rows or ``byte_limit`` bytes are in, so a
+    huge result is never built, here or there.
     """
-    import duckdb
-
     if row_limit < 1:
         raise InputError(f"row_limit must be >= 1 but is {row_limit}")
     if time_limit <= 0:
         raise InputError(f"time_limit must be > 0 but is {time_limit}")
+    if byte_limit < 1:
+        raise InputError(f"byte_limit must be >= 1 but is {byte_limit}")
     query = check_user_sql(sql)
     if not store.path.is_file():
         raise FileNotFoundError(f"store {store.path} does not exist")
-    con = connect_read_only(store.path, timeout=store.lock_timeout)
-    timer = threading.Timer(time_limit, con.interrupt)
+    job = {"path": str(store.path), "query": query, "row_limit": row_limit, "time_limit": time_limit,
+           "byte_limit": byte_limit, "lock_timeout": store.lock_timeout}
     started = time.perf_counter()
-    timer.start()
+    header, payload = _run_worker(job, deadline=store.lock_timeout + time_limit + 5.0)
+    if "error" in header:
+        _raise_worker_error(header, time_limit)
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(payload).read_all()
+    return UserQueryResult(table.to_pandas(), bool(header["truncated_by"]), time.perf_counter() - started,
+                           row_limit, truncated_by=header["truncated_by"], byte_limit=byte_limit,
+                           nbytes=int(header["nbytes"]))
+
+
+class QueryLimitError(InputError):
+    """A user query stopped for using more memory than user SQL may (``SQL_MEMORY_LIMIT``)."""
+
+
+def _memory_message(detail: str) -> str:
+    first = (detail.strip().splitlines() or ["no detail"])[0][:300]
+    return (f"the query used more than the memory user SQL may ({SQL_MEMORY_LIMIT} in DuckDB, "
+            f"{SQL_RSS_LIMIT / (1 << 30):g} GB for its process) and was stopped "
+            f"(ask for fewer or smaller values, e.g. left(column, 1000)): {first}")
+
+
+def _run_worker(job: dict, *, deadline: float) -> tuple[dict, bytes]:
+    """(header, Arrow IPC bytes) from one run of the worker; a worker past ``deadline`` s is killed."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "evaluator.workspace.queries"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        try:
-            relation = con.sql(query)
-            if relation is None:
-                raise UnsafeQueryError("the statement returned no result")
-            reader = relation.to_arrow_reader(2048)
-            batches, rows = [], 0
-            for batch in reader:
-                batches.append(batch)
-                rows += batch.num_rows
-                if rows > row_limit:
-                    break
-        except duckdb.InterruptException as exc:
-            raise TimeoutError(f"the query ran longer than the {time_limit:g} s limit and was stopped") from exc
-        except duckdb.PermissionException as exc:
-            raise UnsafeQueryError(f"the SQL page cannot read files outside the store: {exc}") from exc
+        out, err = proc.communicate(json.dumps(job).encode("utf-8"), timeout=deadline)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise TimeoutError(f"the query ran longer than the {job['time_limit']:g} s limit and was killed") from None
+    line, _, payload = out.partition(b"\n")
+    try:
+        header = json.loads(line)
+    except ValueError:
+        # No header: the worker died before it could say why (an allocation past its
+        # address-space cap can abort it outright).
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise QueryLimitError(_memory_message(tail[0])) from None
+    return header, payload
+
+
+def _raise_worker_error(header: dict, time_limit: float) -> None:
+    """Raise in this process what the worker reported, as the same kind of error."""
+    import duckdb
+
+    from evaluator.workspace.store import StoreLockedError
+
+    kind, message = header["error"], header["message"]
+    if kind == "timeout":
+        raise TimeoutError(f"the query ran longer than the {time_limit:g} s limit and was stopped")
+    if kind == "memory":
+        raise QueryLimitError(_memory_message(message))
+    if kind == "permission":
+        raise UnsafeQueryError(f"the SQL page cannot read files outside the store: {message}")
+    if kind == "locked":
+        raise StoreLockedError(message)
+    if kind == "missing":
+        raise FileNotFoundError(message)
+    error = getattr(duckdb, header.get("class", ""), None)
+    if not (isinstance(error, type) and issubclass(error, duckdb.Error)):
+        error = duckdb.Error
+    raise error(message)
+
+
+def _fit_bytes(batch, budget: int):
+    """The longest head of ``batch`` whose Arrow size fits ``budget`` bytes (bisection)."""
+    low, high = 0, batch.num_rows
+    while low < high:
+        mid = (low + high + 1) // 2
+        if batch.slice(0, mid).nbytes <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return batch.slice(0, low)
+
+
+def _fetch_limited(con, job: dict) -> tuple[list, Any, str, int]:
+    """(batches, schema, truncated_by, bytes): read Arrow batches until a row or byte limit."""
+    reader = con.sql(job["query"]).to_arrow_reader(256)
+    batches, rows, size, truncated_by = [], 0, 0, ""
+    for batch in reader:
+        if rows + batch.num_rows > job["row_limit"]:
+            batch, truncated_by = batch.slice(0, job["row_limit"] - rows), "rows"
+        if size + batch.nbytes > job["byte_limit"]:
+            batch, truncated_by = _fit_bytes(batch, job["byte_limit"] - size), "bytes"
+        batches.append(batch)
+        rows, size = rows + batch.num_rows, size + batch.nbytes
+        if truncated_by:
+            break
+    else:
+        truncated_by = ""
+    return batches, reader.schema, truncated_by, size
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    """(kind, class name) of an error inside the worker, for the parent to raise again."""
+    import duckdb
+
+    from evaluator.workspace.store import StoreLockedError
+
+    if isinstance(exc, duckdb.InterruptException):
+        return "timeout", type(exc).__name__
+    if isinstance(exc, (duckdb.OutOfMemoryException, MemoryError)) or "Out of Memory" in str(exc):
+        return "memory", type(exc).__name__
+    if isinstance(exc, duckdb.PermissionException):
+        return "permission", type(exc).__name__
+    if isinstance(exc, StoreLockedError):
+        return "locked", type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        return "missing", type(exc).__name__
+    return "duckdb", type(exc).__name__
+
+
+def _rss_bytes() -> int:
+    """This process's resident set (Linux /proc; 0 where there is none)."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _worker_main() -> None:
+    """The child of ``run_user_sql``: cap this process, run the job from stdin, write the result.
+
+    stdout: one JSON header line, then (on success) the result as an Arrow IPC stream.
+    Three guards besides DuckDB's own limits: an address-space cap, a watchdog that ends
+    the process once its resident memory passes ``SQL_RSS_LIMIT``, and a hard stop a
+    second after the interrupt of ``time_limit``.
+    """
+    import json
+    import os
+    import resource
+    import sys
+
+    resource.setrlimit(resource.RLIMIT_AS, (SQL_ADDRESS_LIMIT, SQL_ADDRESS_LIMIT))
+    job = json.loads(sys.stdin.buffer.read())
+    out, lock, done = sys.stdout.buffer, threading.Lock(), threading.Event()
+
+    def finish(data: bytes, status: int = 0) -> None:
+        with lock:  # one writer of the header: the query, the watchdog or the hard stop
+            out.write(data)
+            out.flush()
+            os._exit(status)  # no teardown: a query still unwinding cannot hold the exit
+
+    def error(kind: str, message: str, name: str = "") -> bytes:
+        return json.dumps({"error": kind, "class": name, "message": message}).encode("utf-8") + b"\n"
+
+    def watch() -> None:
+        while not done.wait(0.01):
+            rss = _rss_bytes()
+            if rss > SQL_RSS_LIMIT:
+                finish(error("memory", f"the query process reached {rss / (1 << 30):.2f} GB resident"), 3)
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        con = connect(job["path"], read_only=True, timeout=job["lock_timeout"], config=USER_SQL_CONFIG)
+        threading.Timer(job["time_limit"], con.interrupt).start()
+        hard_stop = threading.Timer(job["time_limit"] + 1.0, finish, (error("timeout", "killed"), 3))
+        hard_stop.daemon = True
+        hard_stop.start()
+        batches, schema, truncated_by, size = _fetch_limited(con, job)
         import pyarrow as pa
 
-        table = pa.Table.from_batches(batches, schema=reader.schema) if batches else reader.schema.empty_table()
-        truncated = table.num_rows > row_limit
-        frame = table.slice(0, row_limit).to_pandas()
-    finally:
-        timer.cancel()
-        con.close()
-    return UserQueryResult(frame, truncated, time.perf_counter() - started, row_limit)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+        header = json.dumps({"truncated_by": truncated_by, "nbytes": size}).encode("utf-8")
+        finish(header + b"\n" + sink.getvalue().to_pybytes())
+    except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent by kind
+        kind, name = _classify(exc)
+        finish(error(kind, str(exc), name))
 
 
 def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
@@ -460,3 +657,7 @@ def image_file(workdir: str | Path, relpath: str | None) -> Path | None:
     except ValueError:
         return None
     return path if path.is_file() else None
+
+
+if __name__ == "__main__":
+    _worker_main()
