@@ -248,12 +248,15 @@ def sql_cmd(workdir: Path, query: str, fmt: str, limit: int, time_limit: float) 
     """
     import duckdb
 
-    from evaluator.workspace.queries import run_user_sql
+    from evaluator.workspace.queries import UnsafeQueryError, run_user_sql
     from evaluator.workspace.workdir import Workdir
 
     wd = Workdir.at(workdir, create=False)
     try:
         result = run_user_sql(_StoreFile(wd.store), query, row_limit=limit, time_limit=time_limit)
+    except UnsafeQueryError as exc:
+        raise click.ClickException(f"refused: `atelier sql` reads only the store {wd.store} (one read-only "
+                                   f"statement, no other file, settings locked): {exc}") from exc
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from exc
     except duckdb.Error as exc:

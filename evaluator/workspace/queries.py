@@ -45,6 +45,8 @@ SQL_THREADS = 2
 SQL_RSS_LIMIT = 3 << 29
 SQL_ADDRESS_LIMIT = 4 << 30
 
+_WORKER_SLOT = threading.BoundedSemaphore(1)
+
 # The connection of a user's query: the read-only configuration plus the resource caps,
 # all fixed at connect time (lock_configuration keeps a query from raising them).
 USER_SQL_CONFIG: dict[str, object] = {
@@ -426,13 +428,14 @@ def run_user_sql(store: Reader, sql: str, row_limit: int = SQL_ROW_LIMIT,
                  time_limit: float = SQL_TIME_LIMIT, *, byte_limit: int = SQL_BYTE_LIMIT) -> UserQueryResult:
     """Run a user's query read-only under row, byte, time and memory limits (never cached).
 
-    The query runs in a child process (``python -m evaluator.workspace.queries``) whose
-    address space is capped at ``SQL_ADDRESS_LIMIT``: DuckDB's ``memory_limit`` does not
-    count a string a function builds (``repeat('x', 1e9)`` took 1 GB past a 1 GB limit),
-    and only a process limit bounds that. The child interrupts DuckDB at ``time_limit``
-    and exits a second later if the query ignores the interrupt; the parent kills it past
-    that. It stops reading once ``row_limit`` rows or ``byte_limit`` bytes are in, so a
-    huge result is never built, here or there.
+    The query runs in a child process (``python -m evaluator.workspace.queries``), one at
+    a time per process: DuckDB's ``memory_limit`` does not count a string a function
+    builds (``repeat('x', 1e9)`` took 1 GB past a 1 GB limit), so the child also ends
+    itself past ``SQL_RSS_LIMIT`` resident (``QueryLimitError``), which no limit inside
+    this process could do. The child interrupts DuckDB at ``time_limit`` and exits a
+    second later if the query ignores the interrupt; the parent kills it past that. It
+    stops reading once ``row_limit`` rows or ``byte_limit`` bytes are in, so a huge result
+    is never built, here or there. Signature as before; ``byte_limit`` is keyword-only.
     """
     if row_limit < 1:
         raise InputError(f"row_limit must be >= 1 but is {row_limit}")
@@ -446,7 +449,13 @@ def run_user_sql(store: Reader, sql: str, row_limit: int = SQL_ROW_LIMIT,
     job = {"path": str(store.path), "query": query, "row_limit": row_limit, "time_limit": time_limit,
            "byte_limit": byte_limit, "lock_timeout": store.lock_timeout}
     started = time.perf_counter()
-    header, payload = _run_worker(job, deadline=store.lock_timeout + time_limit + 5.0)
+    # One worker at a time per process: two visitors cannot double the memory ceiling.
+    if not _WORKER_SLOT.acquire(timeout=time_limit):
+        raise TimeoutError(f"another query held user SQL for the whole {time_limit:g} s limit; try again")
+    try:
+        header, payload = _run_worker(job, deadline=store.lock_timeout + time_limit + 5.0)
+    finally:
+        _WORKER_SLOT.release()
     if "error" in header:
         _raise_worker_error(header, time_limit)
     import pyarrow as pa
@@ -541,8 +550,6 @@ def _fetch_limited(con, job: dict) -> tuple[list, Any, str, int]:
         rows, size = rows + batch.num_rows, size + batch.nbytes
         if truncated_by:
             break
-    else:
-        truncated_by = ""
     return batches, reader.schema, truncated_by, size
 
 
