@@ -15,6 +15,12 @@ an RGB PNG (EXIF rotation applied; CMYK, 16-bit, palette, grey and alpha convert
 animations keep their first frame), with a thumbnail. A file that cannot be decoded
 (empty, truncated, not an image, a decompression bomb) is reported and still recorded,
 with its reason in ``error`` and an id from its SHA-256 and path: nothing is dropped.
+So is, before anything is written, a file whose artist id, checkpoint or template would be
+an unsafe path component (``unsafe_identifiers``), whose seed does not fit the int64
+``seed`` column (ComfyUI's seeds reach 2**64-1: recorded as an error, not mapped), or whose
+text chunk holds a NUL; an iTXt chunk that is not UTF-8 keeps what decodes (noted). Long
+stems and names are capped with a hash suffix (``short_name``). A source inside the
+workdir, or a workdir inside the source, is refused.
 
 Identity (see docs/ARCHITECTURE.md): the unit id hashes (checkpoint, artist, template
 "import", prompt, seed or -1, size, steps 0, guidance 0, scheduler ""), with the file's
