@@ -28,7 +28,8 @@ from catalog.templates import Template, get_templates
 from catalog.units import BASELINE_ARTIST_ID, WorkUnit
 from evaluator.errors import InputError
 
-CHECKPOINT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+# No leading dot: "." and ".." would climb out of DIR/images/ (names become folders).
+CHECKPOINT_NAME_PATTERN = re.compile(r"^(?!\.)[A-Za-z0-9._-]+$")
 MAX_SEED = 2**63 - 1  # seeds are stored as int64 (Parquet, DuckDB)
 PLAN_COLUMNS = [f.name for f in fields(WorkUnit)] + ["unit_id", "image_id"]
 
@@ -101,7 +102,7 @@ def _check_inputs(
         raise PlanError("at least one checkpoint is needed")
     for name in checkpoints:
         if not isinstance(name, str) or not CHECKPOINT_NAME_PATTERN.match(name):
-            raise PlanError(f"checkpoint name must match [A-Za-z0-9._-]+ but is {name!r}")
+            raise PlanError(f"checkpoint name must match [A-Za-z0-9._-]+ and not start with '.' but is {name!r}")
     if len(set(checkpoints)) != len(checkpoints):
         raise PlanError(f"checkpoint names repeat: {list(checkpoints)}")
     if not seeds:

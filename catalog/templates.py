@@ -33,7 +33,8 @@ from evaluator.errors import InputError
 
 PLACEHOLDERS = ("name",)
 # Template names end up in file paths (images/<ckpt>/<artist>/<template>-<seed>-...).
-TEMPLATE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+# No leading dot: template names become file-name parts.
+TEMPLATE_NAME_PATTERN = re.compile(r"^(?!\.)[A-Za-z0-9._-]+$")
 DEFAULT_TEMPLATES_PATH = Path(__file__).resolve().parent / "data" / "templates.toml"
 
 

@@ -154,3 +154,13 @@ def test_parse_seeds():
         parse_seeds("3-1")
     with pytest.raises(PlanError, match="'x'"):
         parse_seeds("1,x")
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden"])
+def test_a_checkpoint_name_with_a_leading_dot_is_refused(name):
+    from catalog.model import Artist
+    from catalog.plan import PlanError, make_plan
+    from catalog.templates import load_templates
+
+    with pytest.raises(PlanError, match="not start with"):
+        make_plan([Artist("claude-monet", "Claude Monet")], load_templates(), ["style"], [0], [name])
