@@ -41,7 +41,11 @@ try:
 except Exception as exc:
     outcome.update(error=type(exc).__name__, message=str(exc))
 outcome["seconds"] = time.perf_counter() - started
-outcome["self_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM is this process's own peak: ru_maxrss of RUSAGE_SELF keeps the peak of the process
+# that forked it across exec (pytest's, over 1 GB in a full run), so it would measure pytest.
+with open("/proc/self/status") as status:
+    hwm = next(line for line in status if line.startswith("VmHWM:"))
+outcome["self_mb"] = int(hwm.split()[1]) / 1024
 outcome["children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps(outcome))
 """

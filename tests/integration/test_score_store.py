@@ -139,7 +139,7 @@ def test_references_from_real_paintings_give_reference_metrics(clip_dir, tmp_pat
     make_workdir(tmp_path, seeds=(0, 1))
     artists = [*ARTISTS, ("vincent-van-gogh", "Vincent van Gogh", "Yes")]
     catalog = write_catalog(tmp_path / "styles.csv", artists)
-    ref_dir = tmp_path / "vg"
+    ref_dir = tmp_path.parent / f"{tmp_path.name}-vg"  # outside the workdir: a nested source is refused
     ref_dir.mkdir()
     with open(PAINTINGS / "labels.csv", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
