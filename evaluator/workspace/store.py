@@ -27,7 +27,8 @@ from evaluator.errors import StateError
 if TYPE_CHECKING:  # duckdb is light, but keep `atelier --help` free of it anyway
     import duckdb
 
-# (version, description, statements). Append only; never edit a released migration.
+# (version, description, statements), kept in version order. Append only; never edit a
+# released migration. Versions are applied by membership, so each may land independently.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
         1,
@@ -230,7 +231,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ),
 ]
 
-SCHEMA_VERSION = MIGRATIONS[-1][0]
+SCHEMA_VERSION = max(version for version, _, _ in MIGRATIONS)
 
 LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked")
 
