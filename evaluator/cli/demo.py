@@ -5,6 +5,7 @@ Writes tiny models, a plan, images and a scored store into the workdir; reads no
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -39,13 +40,31 @@ def demo_command(workdir: Path, n_artists: int, seeds: int) -> None:
     click.echo("atelier demo: tiny RANDOM-WEIGHT models, so every score below is meaningless;")
     click.echo("it exercises the pipeline and fills a store to browse.\n")
     result = run_demo(workdir, DemoConfig(n_artists=n_artists, seeds=tuple(range(seeds))), echo=click.echo)
+    from evaluator.demo.summary import format_summaries, summarize_store
+
     click.echo(
         f"\nunits {result.n_units}: generated {result.generated}, already there {result.skipped}, "
         f"failed {result.failed}"
     )
     click.echo("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
-    click.echo(f"store: {result.store}")
-    click.echo(f"open the dashboard:  atelier dashboard --workdir {result.workdir}")
-    click.echo(f"or query it:         atelier sql --workdir {result.workdir} \"SELECT * FROM checkpoint_scores\"")
+    click.echo(f"store: {result.store}\n")
+    click.echo("what each fine-tune kept, gained and lost (meaningless here: random weights):")
+    for line in format_summaries(summarize_store(result.store)):
+        click.echo("  " + line)
+    click.echo("\nnext steps (each runs as printed):")
+    for line in next_steps(result.workdir):
+        click.echo("  " + line)
     click.echo("\n" + REAL_MODELS_HINT)
 
+
+def next_steps(workdir: Path) -> list[str]:
+    """The commands a user runs after the demo; the demo's CLIP model is its own folder."""
+    clip = shlex.quote(str(Path(workdir) / "models" / "clip"))
+    where = shlex.quote(str(workdir))
+    return [
+        f"atelier dashboard --workdir {where}",
+        f"atelier search --workdir {where} --model {clip} --text 'a portrait in the style of an impressionist'",
+        f"atelier sql --workdir {where} \"SELECT finetune, verdict, count(*) AS n FROM comparisons "
+        f"GROUP BY ALL ORDER BY ALL\"",
+        f"atelier score --workdir {where} --model {clip}",
+    ]

@@ -9,6 +9,7 @@ torch, diffusers and the rest load inside the commands, so `atelier --help` stay
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,19 @@ def generate_cmd(plan_path: Path, checkpoints_file: Path, workdir: Path, quiet: 
         click.echo(f"  failed {unit_id}: {error}", err=True)
     if len(summary.errors) > ERRORS_SHOWN:
         click.echo(f"  ... and {len(summary.errors) - ERRORS_SHOWN} more (see the manifests' error column)", err=True)
-    click.echo(f"next: atelier score -w {workdir} (ingests the manifests into the store)")
+    click.echo(score_hint(workdir))
+
+
+def score_hint(workdir: Path) -> str:
+    """The next command; runnable as printed when ATELIER_CLIP_MODEL names the CLIP model."""
+    from evaluator.workspace.settings import clip_model
+
+    model = clip_model()
+    where = shlex.quote(str(workdir))
+    if model:
+        return f"next: atelier score -w {where}  (scores with ATELIER_CLIP_MODEL={model})"
+    return (f"next: atelier score -w {where} --model MODEL  (MODEL: an open_clip architecture with "
+            "--pretrained, hf-hub:<id>, or a local model folder; or set ATELIER_CLIP_MODEL)")
 
 
 @click.group("checkpoints")

@@ -113,7 +113,7 @@ def main() -> None:
 
     \b
     Pipeline:  catalog -> plan -> generate -> embed -> index -> score -> dashboard
-    Quick look: atelier demo --workdir demo   (tiny random-weight models, ~3 minutes on CPU)
+    Quick look: atelier demo --workdir demo   (tiny random-weight models, ~1.5 minutes on 2 CPU cores)
     """
 
 

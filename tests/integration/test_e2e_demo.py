@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import duckdb
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -87,3 +92,70 @@ def test_second_demo_run_makes_no_image_and_adds_no_row(pipeline_workdir):
         assert after[table] == before[table], table
     images_after = {p: p.stat().st_mtime_ns for p in (pipeline_workdir / "images").rglob("*.png")}
     assert images_after == images_before
+
+
+def test_demo_ends_with_the_verdict_counts_the_store_holds(pipeline_workdir):
+    from evaluator.demo.summary import summarize_store
+
+    output = (pipeline_workdir / "demo-output.txt").read_text()
+    summaries = summarize_store(pipeline_workdir / "atelier.duckdb")
+    assert {s.finetune for s in summaries} == {"ft-lora", "ft-weights"}
+    con = duckdb.connect(str(pipeline_workdir / "atelier.duckdb"), read_only=True)
+    try:
+        for s in summaries:
+            total = con.execute("SELECT count(*) FROM comparisons WHERE finetune = ? AND metric = ?",
+                                [s.finetune, s.metric]).fetchone()[0]
+            assert sum(s.counts.values()) == total > 0
+            row = f"{s.finetune} vs {s.base}"
+            line = next(line for line in output.splitlines() if line.strip().startswith(row))
+            assert line.split()[-4:] == [str(s.counts[v]) for v in ("gained", "lost", "kept", "undecided")]
+    finally:
+        con.close()
+
+
+def _printed_next_steps(output: str) -> list[list[str]]:
+    import shlex
+
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("next steps"))
+    steps = []
+    for line in lines[start + 1:]:
+        if not line.startswith("  atelier "):
+            break
+        steps.append(shlex.split(line.strip()))
+    return steps
+
+
+@pytest.mark.slow
+def test_every_next_step_the_demo_prints_runs_as_printed(pipeline_workdir):
+    """Each printed command runs with exit 0; the dashboard serves its health page."""
+    output = (pipeline_workdir / "demo-output.txt").read_text()
+    steps = _printed_next_steps(output)
+    assert [step[1] for step in steps] == ["dashboard", "search", "sql", "score"]
+    atelier = str(Path(sys.executable).with_name("atelier"))
+    for step in steps:
+        if step[1] == "dashboard":
+            _serves_health(atelier, step)
+            continue
+        done = subprocess.run([atelier, *step[1:]], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (step, done.stdout, done.stderr)
+
+
+def _serves_health(atelier: str, step: list[str]) -> None:
+    import urllib.request
+
+    process = subprocess.Popen([atelier, *step[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8501/_stcore/health", timeout=2) as reply:
+                    assert reply.status == 200
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("the dashboard did not answer on 127.0.0.1:8501 within 90 s")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
