@@ -229,6 +229,122 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                      AND m.model = artist_scores.model AND (m.ci_low IS NULL OR isnan(m.ci_low)))""",
         ],
     ),
+    (
+        4,
+        "training (issue 13): runs, the split per image, saved steps, their validation images and metrics",
+        [
+            # one `atelier train` run: what it trained, from what, on which data
+            """CREATE TABLE IF NOT EXISTS training_runs (
+                run VARCHAR PRIMARY KEY,
+                output_name VARCHAR NOT NULL,
+                method VARCHAR,
+                base VARCHAR,
+                config JSON,
+                dataset VARCHAR,
+                dataset_fingerprint VARCHAR,
+                n_train INTEGER,
+                n_validation INTEGER,
+                created TIMESTAMP DEFAULT current_timestamp
+            )""",
+            # every image of the dataset and its side; group_key = its near-duplicate group
+            """CREATE TABLE IF NOT EXISTS training_split (
+                run VARCHAR NOT NULL,
+                sha256 VARCHAR NOT NULL,
+                path VARCHAR,
+                side VARCHAR NOT NULL,
+                group_key VARCHAR,
+                PRIMARY KEY (run, sha256)
+            )""",
+            # one saved step; checkpoint = '<output_name>@step-NNNNNN'; error = what failed in its validation
+            """CREATE TABLE IF NOT EXISTS training_steps (
+                run VARCHAR NOT NULL,
+                step INTEGER NOT NULL,
+                train_loss DOUBLE,
+                val_loss DOUBLE,
+                lr DOUBLE,
+                seconds DOUBLE,
+                checkpoint VARCHAR,
+                step_dir VARCHAR,
+                validation_status VARCHAR,
+                validation_error VARCHAR,
+                recorded_at TIMESTAMP DEFAULT current_timestamp,
+                PRIMARY KEY (run, step)
+            )""",
+            # the validation images made at each step (paths relative to the workdir)
+            """CREATE TABLE IF NOT EXISTS training_images (
+                run VARCHAR NOT NULL,
+                step INTEGER NOT NULL,
+                image_id BIGINT NOT NULL,
+                checkpoint VARCHAR,
+                prompt VARCHAR,
+                seed BIGINT,
+                path VARCHAR,
+                thumb_path VARCHAR,
+                error VARCHAR,
+                PRIMARY KEY (run, step, image_id)
+            )""",
+            # style, memorization and prompt-adherence figures per step; reason says why a value is NULL
+            """CREATE TABLE IF NOT EXISTS training_metrics (
+                run VARCHAR NOT NULL,
+                step INTEGER NOT NULL,
+                model VARCHAR NOT NULL,
+                metric VARCHAR NOT NULL,
+                value DOUBLE,
+                n INTEGER,
+                reason VARCHAR,
+                PRIMARY KEY (run, step, model, metric)
+            )""",
+            # each validation image's most similar training image (memorization)
+            """CREATE TABLE IF NOT EXISTS training_memorization (
+                run VARCHAR NOT NULL,
+                step INTEGER NOT NULL,
+                model VARCHAR NOT NULL,
+                image_id BIGINT NOT NULL,
+                nearest_sha256 VARCHAR,
+                nearest_path VARCHAR,
+                similarity DOUBLE,
+                PRIMARY KEY (run, step, model, image_id)
+            )""",
+        ],
+    ),
+    (
+        6,
+        "honest numbers 2: n_images / n_seeds / n_artists say what n counts, n_classes, imported images' source",
+        [
+            # `n` stays as it was for older readers; these name what is counted
+            "ALTER TABLE artist_scores ADD COLUMN IF NOT EXISTS n_images INTEGER",
+            "ALTER TABLE checkpoint_scores ADD COLUMN IF NOT EXISTS n_images INTEGER",
+            "ALTER TABLE checkpoint_scores ADD COLUMN IF NOT EXISTS n_artists INTEGER",
+            "ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS n_seeds INTEGER",
+            # an identification metric's number of candidate classes N (chance 1/N)
+            "ALTER TABLE artist_scores ADD COLUMN IF NOT EXISTS n_classes INTEGER",
+            "ALTER TABLE checkpoint_scores ADD COLUMN IF NOT EXISTS n_classes INTEGER",
+            # an imported image's original file (relative to the import root) and its bytes' SHA-256
+            "ALTER TABLE images ADD COLUMN IF NOT EXISTS source_path VARCHAR",
+            "ALTER TABLE images ADD COLUMN IF NOT EXISTS source_sha256 VARCHAR",
+            # an import's sha256 always was its source file's (the copy is re-encoded)
+            """UPDATE images SET source_sha256 = sha256
+               WHERE source IN ('imported', 'reference') AND source_sha256 IS NULL""",
+            "UPDATE artist_scores SET n_images = n WHERE n_images IS NULL",
+            "UPDATE comparisons SET n_seeds = n WHERE n_seeds IS NULL",
+            """UPDATE checkpoint_scores SET n_artists = n WHERE n_artists IS NULL AND (ci_over = 'artists'
+                   OR metric IN ('diversity', 'content_leak', 'recognition_margin', 'recognized',
+                                 'recognized_auc_sdxl', 'recognized_auc_sd1'))""",
+            "UPDATE checkpoint_scores SET n_images = n WHERE n_images IS NULL AND n_artists IS NULL",
+        ],
+    ),
+    (
+        7,
+        "catalog kinds: artist or character, Danbooru tag, post count, franchise (issue 15)",
+        [
+            # every row stored before kinds existed was an artist
+            "ALTER TABLE artists ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'artist'",
+            "ALTER TABLE artists ADD COLUMN IF NOT EXISTS tag VARCHAR",
+            "ALTER TABLE artists ADD COLUMN IF NOT EXISTS post_count INTEGER",
+            "ALTER TABLE artists ADD COLUMN IF NOT EXISTS franchise VARCHAR",
+            "UPDATE artists SET kind = 'artist' WHERE kind IS NULL",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = max(version for version, _, _ in MIGRATIONS)
