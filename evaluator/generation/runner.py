@@ -187,6 +187,18 @@ def validate_units(units: Iterable[WorkUnit], specs: dict) -> None:
             close = difflib.get_close_matches(unit.scheduler, SCHEDULER_NAMES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(SCHEDULER_NAMES)}"
             raise GenerateError(f"{where}: unknown scheduler {unit.scheduler!r}{hint}")
+        _check_prompt_syntax(unit, where)
+
+
+def _check_prompt_syntax(unit: WorkUnit, where: str) -> None:
+    """A prompt in A1111 syntax must parse (a prompt without brackets always does)."""
+    from evaluator.generation.weighting import prompt_nodes
+
+    for label in ("prompt", "negative_prompt"):
+        try:
+            prompt_nodes(getattr(unit, label), f"{where}: {label}")
+        except InputError as exc:
+            raise GenerateError(str(exc)) from None
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -541,10 +553,11 @@ def _start_run(
     Returns the run and this rank's units to make and to recover from disk. Nothing is
     recorded as a run when this fails: no image was touched.
     """
-    from evaluator.generation.checkpoints import load_checkpoints
+    from evaluator.generation.checkpoints import load_checkpoints, with_workdir_checkpoints
 
     started, t_start = utcnow(), time.perf_counter()
     specs = load_checkpoints(checkpoints_file, allow_pickle=config.allow_pickle)
+    specs = with_workdir_checkpoints(specs, wd.root, allow_pickle=config.allow_pickle)
     unique: dict[str, WorkUnit] = {}
     for unit in units:
         unique.setdefault(unit.unit_id, unit)
@@ -802,8 +815,7 @@ def _generate_batch(pipe, units: list[WorkUnit]) -> list:
     generators = [torch.Generator("cpu").manual_seed(int(u.seed)) for u in units]
     with torch.inference_mode():
         output = pipe(
-            prompt=[u.prompt for u in units],
-            negative_prompt=[first.negative_prompt] * len(units) if first.negative_prompt else None,
+            **_prompt_arguments(pipe, units),
             num_inference_steps=first.steps,
             guidance_scale=float(first.guidance),
             width=first.width,
@@ -814,6 +826,17 @@ def _generate_batch(pipe, units: list[WorkUnit]) -> list:
     return images_to_uint8(output.images)
 
 
+def _prompt_arguments(pipe, units: list[WorkUnit]) -> dict:
+    """The prompts as text when they have no A1111 syntax (the path every plain prompt has
+    always taken), else embeddings weighted and switched per step (generation.weighting)."""
+    from evaluator.generation.weighting import plain_prompt, weighted_call_arguments
+
+    first = units[0]
+    plain = [plain_prompt(u.prompt) for u in units]
+    negative = plain_prompt(first.negative_prompt) if first.negative_prompt else ""
+    if all(p is not None for p in plain) and negative is not None:
+        return {"prompt": plain, "negative_prompt": [negative] * len(units) if negative else None}
+    return weighted_call_arguments(pipe, [u.prompt for u in units], first.negative_prompt, first.steps)
 
 
 def _parameters(unit: WorkUnit, sampler: str, fp: dict, spec) -> str:
