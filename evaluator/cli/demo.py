@@ -22,7 +22,7 @@ With real weights (on a machine that reaches the model hub, or with local files)
 
 
 @click.command("demo")
-@workdir_option(help="Where the models, images and store go.", default=Path("demo"))
+@workdir_option(help="Where the models, images and store go.", default=Path("demo"), create=True)
 @click.option("--artists", "n_artists", type=click.IntRange(2, 2000), default=24, show_default=True,
               help="How many artists to sample, stratified over movements.")
 @click.option("--seeds", type=click.IntRange(1, 16), default=3, show_default=True,

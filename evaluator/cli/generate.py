@@ -25,7 +25,7 @@ ERRORS_SHOWN = 10
               help="Plan file from `atelier plan` (.parquet or .jsonl).")
 @click.option("--checkpoints", "checkpoints_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Checkpoints TOML ([[checkpoint]] tables; see `atelier checkpoints list`).")
-@workdir_option(help="The workdir (images, thumbs, manifests, runs; DIR/atelier.duckdb).")
+@workdir_option(help="The workdir (images, thumbs, manifests, runs; DIR/atelier.duckdb).", create=True)
 @batch_size_option(default=4, help="Images per pipeline call; halved automatically on out-of-memory.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda (each rank takes cuda:LOCAL_RANK), cuda:1, mps.")
 @dtype_option(default=None, help="Default: float32 on CPU, float16 on CUDA.")

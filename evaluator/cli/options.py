@@ -1,7 +1,9 @@
 """The options several commands share, defined once, and the one error helper.
 
 Reads nothing and writes nothing: these are click decorators. ``--workdir`` is spelled
-``--workdir`` and ``-w`` on every command; ``--quiet``/``-q`` turns progress bars off
+``--workdir`` and ``-w`` on every command, and must name an existing workdir unless the
+command makes one (``create=True``: generate, import, references add, demo), so
+`atelier score -w typo` says so instead of scoring an empty new store; ``--quiet``/``-q`` turns progress bars off
 (``--no-progress``, the old spelling of some commands, still works but is not listed).
 The CLIP options default to ``ATELIER_CLIP_MODEL`` / ``ATELIER_CLIP_PRETRAINED``, read
 when a command runs through ``evaluator.workspace.settings`` (stdlib only), so
@@ -42,11 +44,22 @@ class AliasedOption(click.Option):
             self.opts = shown
 
 
-def workdir_option(*, help: str = WORKDIR_HELP, default: Path | None = None) -> Decorator:
-    """``--workdir/-w DIR``: required unless the command has a default (``atelier demo``)."""
+def _existing_workdir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """The option callback of a command that reads a workdir: it must exist."""
+    from evaluator.workspace.workdir import missing_workdir_message
+
+    if value is not None and not value.expanduser().is_dir():
+        raise click.BadParameter(missing_workdir_message(value.expanduser().absolute()), ctx=ctx, param=param)
+    return value
+
+
+def workdir_option(*, help: str = WORKDIR_HELP, default: Path | None = None, create: bool = False) -> Decorator:
+    """``--workdir/-w DIR``: required unless the command has a default (``atelier demo``);
+    an existing folder unless the command makes one (``create``)."""
     return click.option(
         "--workdir", "-w", required=default is None, default=default, show_default=default is not None,
         type=click.Path(file_okay=False, path_type=Path), help=help,
+        callback=None if create else _existing_workdir,
     )
 
 

@@ -21,7 +21,7 @@ def references_group() -> None:
 @references_group.command("add")
 @click.argument("artist")
 @click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@workdir_option()
+@workdir_option(create=True)
 @model_option(required=False, help="Also embed them now and store the prototype (else `atelier score` does).")
 @pretrained_option()
 @click.option("--catalog", "catalog_path", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Catalog to check ARTIST against.")

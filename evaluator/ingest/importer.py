@@ -39,9 +39,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 import unicodedata
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,7 +69,12 @@ IMPORT_PNG_LEVEL = 1
 MAX_STEM = 80
 MAX_NAME = 100
 INT32_RANGE = (-(2**31), 2**31 - 1)
-INT64_RANGE = (-(2**63), 2**63 - 1)  # images.seed is int64; ComfyUI draws up to 2**64 - 1
+# ComfyUI draws seeds up to 2**64 - 1: every seed of [0, 2**64) is kept exactly (seed_text;
+# ``seed`` holds it when it fits int64), a larger one is that file's error.
+MAX_SEED = 2**64 - 1
+# A file larger than this is refused before a byte is read (a link to an 8 GB file, a
+# disk image named .png): 512 MiB is above any 100-megapixel 16-bit PNG (~300 MB).
+MAX_FILE_BYTES = 512 * 2**20
 UNKNOWN_ARTIST = "_unknown"  # no labels, no metadata
 INVALID_ID = "_invalid"  # the stand-in of an identifier refused as unsafe (its file's error says which)
 
@@ -86,7 +93,10 @@ class ImportSummary:
     seedless: list[str] = field(default_factory=list)  # files --seed-from-filename did not match
     no_seed: int = 0  # generated images recorded without a seed (-1)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (file, what was converted)
+    skipped_links: list[tuple[str, str]] = field(default_factory=list)  # (file, why the link was not followed)
     rows_ingested: int = 0
+    rows_recovered: int = 0  # rows earlier (killed) imports had written to manifests but not to the store
+    swept: int = 0  # temporaries of killed imports removed
     manifest_path: str | None = None
 
     def report_lines(self) -> list[str]:
@@ -94,6 +104,13 @@ class ImportSummary:
             f"import {self.source_dir}: {self.imported} imported, {self.unchanged} already there, "
             f"{len(self.failed)} failed (recorded with their error), {self.rows_ingested} rows written to the store"
         ]
+        if self.rows_recovered:
+            lines.append(f"  {self.rows_recovered} of these rows were recorded by an earlier import that stopped before "
+                         "the store was written: the store is up to date with the manifests again")
+        if self.swept:
+            lines.append(f"  removed {self.swept} temporary file(s) a killed import had left")
+        for name, reason in self.skipped_links:
+            lines.append(f"  skipped: {name}: {reason}")
         for name, reason in self.failed:
             lines.append(f"  failed: {name}: {reason}")
         for name, count in sorted(self.unknown_artists.items()):
@@ -359,8 +376,7 @@ def _decode(path: Path, data: bytes):
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ValueError(f"decompression bomb refused ({exc})") from exc
             except UnidentifiedImageError as exc:
-                head = data[:16]
-                raise ValueError(f"not an image Pillow can read (starts with {head!r})") from exc
+                raise ValueError(f"not an image Pillow can read ({_describe_head(data)})") from exc
             except OSError as exc:
                 raise ValueError(f"corrupt or truncated image ({exc})") from exc
             except MetadataError:
@@ -395,6 +411,19 @@ def _decode(path: Path, data: bytes):
             image = image.convert("RGB")
             notes.append(f"{mode} converted to RGB")
     return image, info, notes
+
+
+def _describe_head(data: bytes) -> str:
+    """What a file that is not an image looks like, without quoting its content (the
+    error is stored and shown: a file could be a secret), e.g. ``looks like text``."""
+    head = data[:256]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "looks like HTML" if text.lstrip().lower().startswith(("<!doctype", "<html", "<?xml")) else "looks like text"
+    return f"starts with bytes {head[:4].hex(' ')}"
 
 
 class MetadataError(ValueError):
@@ -483,6 +512,9 @@ class ImportOptions:
     progress: bool = True
     thumb_size: int = 192
     seed_from_filename: str | None = None  # a regex with one capture group: the seed in the file name
+    follow_links: bool = False  # import files that symbolic links outside the source point to
+    max_file_bytes: int = MAX_FILE_BYTES  # a larger file is its recorded error, never read
+    lock_timeout: float = 600.0  # wait this long for another import of the same workdir
 
     @property
     def source_kind(self) -> str:
@@ -550,22 +582,34 @@ def import_images(
     progress: bool = True,
     thumb_size: int = 192,
     seed_from_filename: str | None = None,
+    follow_links: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> ImportSummary:
-    """Import every image under ``src_dir`` into ``workdir`` and its store (see module doc)."""
+    """Import every image under ``src_dir`` into ``workdir`` and its store (see module doc).
+
+    Holds ``DIR/.import.lock`` throughout, so it can sweep what a killed import left
+    (temporaries) and bring the store up to date with every manifest, whatever an
+    earlier import got to before it was killed or timed out on the store.
+    """
     from tqdm import tqdm
 
-    options = ImportOptions(labels_csv, checkpoint, as_reference, catalog_path, progress, thumb_size, seed_from_filename)
-    job, images = _open_import(Path(src_dir), workdir, options)  # 1. read
-    for path in tqdm(images, desc="import", unit="img", disable=not options.progress):
-        _import_file(job, path)  # 2-4. decode, identify, write
-    _finish_import(job)  # 5. ingest
+    from evaluator.workspace.workdir import workdir_lock
+
+    options = ImportOptions(labels_csv, checkpoint, as_reference, catalog_path, progress, thumb_size,
+                            seed_from_filename, follow_links)
+    src, wd, forced, seed_regex = _check_places(Path(src_dir), workdir, options)
+    with workdir_lock(wd, options.lock_timeout, echo=echo, name="import"):
+        swept = sweep_import_temporaries(wd)
+        job, images = _open_import(src, wd, options, forced, seed_regex)  # 1. read
+        job.summary.swept = swept
+        for path in tqdm(images, desc="import", unit="img", disable=not options.progress):
+            _import_file(job, path)  # 2-4. decode, identify, write
+        _finish_import(job)  # 5. ingest
     return job.summary
 
 
-def _open_import(src_dir: Path, workdir: str | Path, options: ImportOptions) -> tuple[_Import, list[Path]]:
-    """Step 1, read: the options checked, the labels, the catalog, the earlier imports, the files."""
-    from evaluator.workspace.manifest import read_manifests
-
+def _check_places(src_dir: Path, workdir: str | Path, options: ImportOptions) -> tuple[Path, Workdir, str | None, Any]:
+    """The source, the options and the workdir checked before anything is created."""
     src = src_dir.expanduser().resolve()
     if not src.is_dir():
         raise ImportSourceError(f"import source {src} is not a folder")
@@ -576,17 +620,25 @@ def _open_import(src_dir: Path, workdir: str | Path, options: ImportOptions) -> 
                          f"characters, but is {options.checkpoint!r}{hint}")
     seed_regex = seed_pattern(options.seed_from_filename)
     _check_not_nested(src, Path(workdir).expanduser().resolve())
-    wd = Workdir.at(workdir)
+    return src, Workdir.at(workdir), forced, seed_regex
+
+
+def _open_import(src: Path, wd: Workdir, options: ImportOptions, forced: str | None,
+                 seed_regex: re.Pattern | None) -> tuple[_Import, list[Path]]:
+    """Step 1, read: the labels, the catalog, the earlier imports, the files."""
+    from evaluator.workspace.manifest import read_manifests
+
     labels_path = Path(options.labels_csv).resolve() if options.labels_csv else None
     labels = read_labels(labels_path, src) if labels_path else {}
     index = load_artist_index(options.catalog_path)
     run_id = f"import-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     summary = ImportSummary(run_id=run_id, source_dir=str(src))
 
-    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files, summary.skipped_links = source_files(src, options.follow_links)
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     summary.ignored = [p.relative_to(src).as_posix() for p in files if p.suffix.lower() not in IMAGE_SUFFIXES and p != labels_path]
     present = {p.relative_to(src).as_posix() for p in images} | {p.name for p in images}
+    present |= {name for name, _ in summary.skipped_links} | {Path(name).name for name, _ in summary.skipped_links}
     summary.missing = [name for name in labels if name not in present]
 
     existing = read_manifests(wd.manifests)
@@ -596,6 +648,78 @@ def _open_import(src_dir: Path, workdir: str | Path, options: ImportOptions) -> 
             known[int(row.image_id)] = (row.sha256, row.path, row.error if isinstance(row.error, str) else None)
     job = _Import(src, wd, options, forced, labels_path, labels, index, known, summary, utcnow(), seed_regex=seed_regex)
     return job, images
+
+
+def source_files(src: Path, follow_links: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The regular files under ``src`` (hidden names skipped), sorted, and the symbolic
+    links not followed with the reason: a link whose target leaves ``src`` (unless
+    ``follow_links``), a loop, or one to something other than a file or folder.
+
+    Folders reached through links are walked only with ``follow_links``, each real folder
+    once (a link back to a parent is a loop, not an endless walk).
+    """
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    pending = [src]
+    while pending:
+        folder = pending.pop()
+        real = folder.resolve()
+        if real in seen:
+            skipped.append((folder.relative_to(src).as_posix(), f"folder link to {real}, already walked (a loop)"))
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((folder.relative_to(src).as_posix() or ".", f"cannot list the folder: {exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            reason = _link_refusal(src, path, follow_links) if entry.is_symlink() else None
+            if reason is not None:
+                skipped.append((path.relative_to(src).as_posix(), reason))
+            elif entry.is_dir():  # follows the link when there is one (and it was allowed)
+                pending.append(path)
+            elif entry.is_file():
+                files.append(path)
+    return sorted(files), sorted(skipped)
+
+
+def _link_refusal(src: Path, link: Path, follow_links: bool) -> str | None:
+    """Why the symbolic link ``link`` is not followed, or None to follow it."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        return f"symbolic link that cannot be resolved (broken or a loop: {exc.__class__.__name__})"
+    if not (target.is_file() or target.is_dir()):
+        return f"symbolic link to {target}, which is neither a file nor a folder"
+    if not follow_links and target != src and not target.is_relative_to(src):
+        return f"symbolic link to {target}, outside the source folder (--follow-links imports it)"
+    return None
+
+
+def sweep_import_temporaries(wd: Workdir) -> int:
+    """Delete the ``.<name>.<rand>.tmp`` files killed imports left (catalog.atomic writes a
+    temporary, then renames) among the copies, thumbnails, import shards and run records.
+
+    Called under the import lock, so no other import is writing them; only import
+    places are touched (``thumbs/imported/<ckpt>/<artist>/``, not a generated checkpoint
+    that happens to be called ``imported``), never generate's or score's files.
+    """
+    patterns = [(wd.imported, "*/*/.*.tmp"), (wd.thumbs / "imported", "*/*/.*.tmp"),
+                (wd.manifests, "import-*/.*.tmp"), (wd.runs, ".import-*.tmp")]
+    removed = 0
+    for folder, pattern in patterns:
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _check_not_nested(src: Path, root: Path) -> None:
@@ -613,13 +737,17 @@ def _check_not_nested(src: Path, root: Path) -> None:
 def _import_file(job: _Import, path: Path) -> None:
     """One file through steps 2-4; its row joins ``job.records`` unless already imported."""
     rel = path.relative_to(job.src).as_posix()
-    data = path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
     try:
-        image, info, notes = _decode(path, data)
-        decoded = _Decoded(image, info or {}, notes, None)
-    except ValueError as exc:
-        decoded = _Decoded(None, {}, [], str(exc))
+        data = _read_capped(path, job.options.max_file_bytes)
+    except (OSError, ValueError) as exc:  # too large, vanished, unreadable: this file's error, nothing read
+        data, sha, decoded = None, None, _Decoded(None, {}, [], str(exc))
+    if data is not None:
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            image, info, notes = _decode(path, data)
+            decoded = _Decoded(image, info or {}, notes, None)
+        except ValueError as exc:
+            decoded = _Decoded(None, {}, [], str(exc))
     found = _identify(job, path, rel, sha, decoded)
     if found is None:  # byte-identical copy of a file already taken: one row
         return
@@ -633,7 +761,7 @@ def _import_file(job: _Import, path: Path) -> None:
     if record["error"] is None:
         try:
             _write_copy(job, path, rel, record, decoded.image)
-        except (OSError, ValueError) as exc:  # e.g. a name the file system refuses: this file's error
+        except (OSError, ValueError) as exc:  # a name the file system refuses, a link out: this file's error
             _unwrite(job, record)
             reason = f"cannot write its copy: {exc}"
             record.update(error=f"{rel}: {reason}", path=None, thumb_path=None)
@@ -641,11 +769,27 @@ def _import_file(job: _Import, path: Path) -> None:
     job.records.append(record)
 
 
+def _read_capped(path: Path, limit: int) -> bytes:
+    """The file's bytes, refusing one over ``limit`` before reading it (and one that grows
+    past it while read: never more than ``limit`` + 1 bytes are read)."""
+    size = path.stat().st_size
+    if size > limit:
+        raise ValueError(f"file is {size:,} bytes, over the import limit of {limit:,} bytes: not read")
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"file grew past the import limit of {limit:,} bytes while read: not imported")
+    return data
+
+
 def _unwrite(job: _Import, record: dict) -> None:
     """Remove what a failed ``_write_copy`` left (the copy without its thumbnail)."""
     for key in ("path", "thumb_path"):
         if record.get(key):
-            (job.wd.root / record[key]).unlink(missing_ok=True)
+            try:
+                job.wd.write_path(record[key]).unlink(missing_ok=True)
+            except (OSError, ValueError):  # never delete through a link that leaves the workdir
+                continue
 
 
 def _identify(job: _Import, path: Path, rel: str, sha: str, decoded: _Decoded) -> _Identified | None:
@@ -690,10 +834,9 @@ def _refuse_unsafe(decoded: _Decoded, artist_id: str, ckpt: str | None, template
     write); the offending values are replaced by stand-ins so nothing unsafe is recorded."""
     problems = [reason for _, reason in unsafe_identifiers(artist_id, ckpt, template)]
     fields = {name for name, _ in unsafe_identifiers(artist_id, ckpt, template)}
-    if not INT64_RANGE[0] <= seed <= INT64_RANGE[1]:
-        # Recorded as this file's error rather than mapped: images.seed is int64 and any
-        # mapping into it would collide with -1 (unknown) or with real seeds.
-        problems.append(f"seed {seed} does not fit the store's seed column (signed 64-bit, at most {INT64_RANGE[1]})")
+    if seed > MAX_SEED:
+        # Recorded as this file's error rather than cut: no generator draws such a seed.
+        problems.append(f"seed {seed} does not fit the store's seed columns (unsigned 64-bit, at most {MAX_SEED})")
         seed = -1
     if problems:
         decoded.error = "; ".join(([decoded.error] if decoded.error else []) + problems)
@@ -777,31 +920,41 @@ def _write_copy(job: _Import, path: Path, rel: str, record: dict, image) -> None
     from evaluator.workspace.thumbs import write_thumbnail
 
     width, height = image.size
+    seed = int(record["seed_text"]) if record.get("seed_text") else -1  # exact, also past int64
     parameters = InfotextParams(
         record["prompt"], record["negative_prompt"], int(record["steps"]), record["scheduler"] or "unknown",
-        record["guidance"], record["seed"], width, height, model=record["checkpoint"], extra={"Imported from": rel},
+        record["guidance"], seed, width, height, model=record["checkpoint"], extra={"Imported from": rel},
     ).text()
     meta = {**record, "created_at": job.started.isoformat(), "imported_from": str(path)}
     encoded = encode_png(image, parameters, meta, compress_level=IMPORT_PNG_LEVEL)
-    atomic_write_bytes(job.wd.root / record["path"], encoded)
-    write_thumbnail(image, job.wd.root / record["thumb_path"], job.options.thumb_size)
+    # folders resolved inside the workdir: a link in it pointing out is refused, not written through
+    atomic_write_bytes(job.wd.write_path(record["path"]), encoded)
+    write_thumbnail(image, job.wd.write_path(record["thumb_path"]), job.options.thumb_size)
     image.close()
     job.summary.imported += 1
 
 
 def _finish_import(job: _Import) -> None:
-    """Step 5, ingest: manifest shard, checkpoint and run records, then the store."""
+    """Step 5, ingest: checkpoint records, the run record (``interrupted`` until the shard
+    is written), the manifest shard, the final run record, then the store, which is
+    brought up to date with every manifest (what killed imports left too)."""
     from evaluator.workspace.manifest import write_shard
+    from evaluator.workspace.store import StoreLockedError
 
-    if not job.records:
-        job.summary.rows_ingested = 0
-        return
-    _record_checkpoints(job.wd, job.records, job.src)
-    manifest = job.wd.manifests / job.run_id / "rank0-part00000.parquet"
-    write_shard(job.records, manifest)
-    job.summary.manifest_path = str(manifest)
-    run = _write_import_run(job)
-    job.summary.rows_ingested = _ingest(job.wd, job.records, job.options.as_reference, run)
+    run = None
+    if job.records:
+        _record_checkpoints(job.wd, job.records, job.src)
+        _write_import_run(job, status="interrupted")
+        manifest = job.wd.write_path(Path("manifests") / job.run_id / "rank0-part00000.parquet")
+        write_shard(job.records, manifest)
+        job.summary.manifest_path = str(manifest)
+        run = _write_import_run(job)
+    try:
+        job.summary.rows_ingested, job.summary.rows_recovered = _ingest(job.wd, job.run_id)
+    except StoreLockedError as exc:
+        kept = f"this import's rows are in {job.summary.manifest_path}" if run else "nothing new was imported"
+        raise StoreLockedError(f"{exc}; {kept}: the next `atelier import` or `atelier score` of {job.wd.root} "
+                               "writes them to the store") from exc
 
 
 def _record_checkpoints(wd: Workdir, records: list[dict], src: Path) -> None:
@@ -829,45 +982,78 @@ def _record_checkpoints(wd: Workdir, records: list[dict], src: Path) -> None:
         atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
 
 
-def _write_import_run(job: _Import) -> RunRecord:
-    """``runs/<run_id>.json`` for the store's ``runs`` table."""
+def _write_import_run(job: _Import, status: str | None = None) -> RunRecord:
+    """``runs/<run_id>.json`` for the store's ``runs`` table; ``status`` overrides the
+    final one (``interrupted``: written before the shard, replaced once it is)."""
     summary, options = job.summary, job.options
     config = {
         "source": str(job.src), "labels": str(job.labels_path) if job.labels_path else None,
         "checkpoint": options.checkpoint, "as_reference": options.as_reference,
-        "seed_from_filename": options.seed_from_filename,
+        "seed_from_filename": options.seed_from_filename, "follow_links": options.follow_links,
     }
+    message = "; ".join(f"{n}: {r}" for n, r in summary.failed[:20]) or None
+    if status == "interrupted":
+        message = "stopped before its manifest shard was complete; a rerun of the import finishes it"
     run = RunRecord(
         run_id=job.run_id,
         kind="import",
         provenance=Provenance.collect(),
         started_at=job.started,
-        finished_at=utcnow(),
-        status="ok" if not summary.failed else "failed-units",
+        finished_at=None if status else utcnow(),
+        status=status or ("ok" if not summary.failed else "failed-units"),
         config=config,
         n_done=summary.imported,
         n_skipped=summary.unchanged,
         n_failed=len(summary.failed),
-        message="; ".join(f"{n}: {r}" for n, r in summary.failed[:20]) or None,
+        message=message,
     )
     run.write(job.wd)
     return run
 
 
-def _ingest(wd: Workdir, records: list[dict], as_reference: bool, run: RunRecord) -> int:
-    """Manifests -> ``images`` (upsert), plus references and the run row, in one transaction."""
-    import pandas as pd
-
-    from evaluator.workspace.manifest import ingest_manifests
+def _ingest(wd: Workdir, run_id: str) -> tuple[int, int]:
+    """Bring the store up to date with every manifest in one transaction: the ``images``
+    rows it lacks (or holds in an older version), the import runs it lacks, and a
+    ``reference_images`` row for every reference image. Returns (rows written, of which
+    from other runs than ``run_id``): a killed or lock-timed-out import is finished here."""
+    from evaluator.workspace.manifest import read_manifests
     from evaluator.workspace.store import open_store, transaction, upsert_df
 
+    frame = read_manifests(wd.manifests)
+    if frame.empty:
+        return 0, 0
     with open_store(wd.store) as con, transaction(con):
-        written = ingest_manifests(con, wd.manifests)
-        upsert_df(con, "runs", pd.DataFrame([run.to_json()]), key=["run_id"])
-        if as_reference:
-            refs = pd.DataFrame(
-                [{"artist_id": r["artist_id"], "image_id": r["image_id"]} for r in records if r["error"] is None]
-            )
-            if len(refs):
-                upsert_df(con, "reference_images", refs, key=["artist_id", "image_id"])
-    return written
+        stale = _not_in_store(con, frame, "images", ["image_id", "run_id", "created_at"])
+        written = upsert_df(con, "images", stale, key=["image_id"])
+        runs = _import_runs(wd)
+        upsert_df(con, "runs", _not_in_store(con, runs, "runs", ["run_id", "status"]), key=["run_id"])
+        refs = frame[(frame["source"] == "reference") & frame["error"].isna() & frame["path"].notna()
+                     & frame["artist_id"].notna()][["artist_id", "image_id"]]
+        upsert_df(con, "reference_images", _not_in_store(con, refs, "reference_images", ["artist_id", "image_id"]),
+                  key=["artist_id", "image_id"])
+    return written, int((stale["run_id"] != run_id).sum())
+
+
+def _not_in_store(con, frame, table: str, columns: list[str]):
+    """The rows of ``frame`` with no row of ``table`` equal on ``columns``."""
+    if frame.empty:
+        return frame
+    incoming = frame[columns].assign(_row=range(len(frame)))
+    con.register("_incoming", incoming)
+    try:
+        match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM f."{c}"' for c in columns)
+        missing = con.execute(f"SELECT _row FROM _incoming f WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
+                              ).fetchall()
+    finally:
+        con.unregister("_incoming")
+    return frame.iloc[sorted(row[0] for row in missing)]
+
+
+def _import_runs(wd: Workdir):
+    """The ``runs`` rows of every import run recorded under ``runs/`` (JSON columns as text)."""
+    import pandas as pd
+
+    from evaluator.workspace.records import RUN_COLUMNS, load_run_records
+
+    rows = [{c: r.get(c) for c in RUN_COLUMNS} for r in load_run_records(wd.root) if r.get("kind") == "import"]
+    return pd.DataFrame(rows, columns=list(RUN_COLUMNS))

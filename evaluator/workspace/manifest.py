@@ -75,7 +75,7 @@ def read_manifests(manifests_dir: str | Path) -> pd.DataFrame:
     frames = []
     for path in paths:
         try:
-            frame = pq.read_table(path, schema=manifest_schema()).to_pandas()
+            frame = _seeds_exact(pq.read_table(path, schema=manifest_schema()))
         except Exception as exc:  # a shard is written atomically, so this is real damage
             raise InputError(f"manifest shard {path} is unreadable: {exc}") from exc
         _check_paths_inside(frame, path)
@@ -83,6 +83,21 @@ def read_manifests(manifests_dir: str | Path) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True)
     frame = frame.sort_values(["created_at", "image_id"], kind="stable")
     return frame.drop_duplicates("image_id", keep="last").reset_index(drop=True)
+
+
+def _seeds_exact(table: pa.Table) -> pd.DataFrame:
+    """The shard as a DataFrame with its seeds exact: a ``seed`` column with NULLs (a seed
+    above int64) stays integer (pandas would make it float64 and round every seed past
+    2**53), and a shard written before ``seed_text`` existed gets it from ``seed``."""
+    import pandas as pd
+
+    frame = table.to_pandas()
+    if table.column("seed").null_count:
+        frame["seed"] = table.column("seed").to_pandas(types_mapper={table.schema.field("seed").type: pd.Int64Dtype()}.get)
+    old = (frame["seed_text"].isna() & (frame["seed"].fillna(-1) >= 0)).to_numpy(dtype=bool)
+    if old.any():
+        frame.loc[old, "seed_text"] = frame.loc[old, "seed"].astype("int64").astype(str)
+    return frame
 
 
 def _check_paths_inside(frame: pd.DataFrame, shard: Path) -> None:

@@ -150,6 +150,7 @@ IMAGE_COLUMNS: dict[str, str] = {
     "template": "string",
     "prompt": "string",
     "negative_prompt": "string",
+    # -1 = unknown; NULL when the seed does not fit int64 (ComfyUI's reach 2**64 - 1)
     "seed": "int64",
     "width": "int32",
     "height": "int32",
@@ -163,7 +164,11 @@ IMAGE_COLUMNS: dict[str, str] = {
     "error": "string",  # null when the image is fine
     "run_id": "string",
     "created_at": "timestamp[us]",
+    # the seed exactly, in decimal (any of [0, 2**64)); null when unknown (migration 8)
+    "seed_text": "string",
 }
+INT64_MAX = 2**63 - 1
+UNKNOWN_SEED = -1
 # Every column starts as null but these two: a row is generated unless the importer says
 # otherwise, and "no negative prompt" is the empty string (it is part of the unit id).
 IMAGE_DEFAULTS: dict[str, Any] = {name: None for name in IMAGE_COLUMNS} | {"source": "generated", "negative_prompt": ""}
@@ -182,7 +187,36 @@ def image_record(unit, run_id: str, **fields: Any) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"image_record got fields the images table does not have: {sorted(unknown)}")
     record.update(fields)
+    record.update(seed_columns(record["seed"]))
     return record
+
+
+def seed_columns(seed: int | None) -> dict[str, Any]:
+    """``seed`` and ``seed_text`` of a seed: a seed above int64 keeps its exact value in
+    ``seed_text`` and NULL in ``seed`` (mapping it into int64 would collide with -1 =
+    unknown or with another seed); an unknown seed is -1 and NULL."""
+    if seed is None or seed < 0:
+        return {"seed": UNKNOWN_SEED, "seed_text": None}
+    return {"seed": seed if seed <= INT64_MAX else None, "seed_text": str(seed)}
+
+
+def seed_pairing_keys(frame) -> Any:
+    """int64 keys that pair images by seed (equal iff the seeds are equal; -1 = unknown),
+    for the scorers' arrays. The seeds themselves when all fit int64 (every generated
+    set); else every known seed is replaced by its rank among the distinct seeds, an
+    order-keeping map, so groupings, pairings and bootstrap draws are unchanged."""
+    import numpy as np
+    import pandas as pd
+
+    seed = pd.to_numeric(frame["seed"], errors="coerce") if "seed" in frame else pd.Series(np.nan, index=frame.index)
+    text = frame["seed_text"] if "seed_text" in frame else pd.Series(None, index=frame.index, dtype=object)
+    big = seed.isna() & text.notna()
+    if not big.any():
+        return seed.fillna(UNKNOWN_SEED).to_numpy(dtype=np.int64)
+    exact = [int(t) if isinstance(t, str) and t else (int(s) if pd.notna(s) and s >= 0 else None)
+             for s, t in zip(seed.tolist(), text.tolist(), strict=True)]
+    rank = {value: i for i, value in enumerate(sorted({v for v in exact if v is not None}))}
+    return np.array([UNKNOWN_SEED if v is None else rank[v] for v in exact], dtype=np.int64)
 
 
 def _read_json(path: Path, what: str) -> Any:

@@ -345,6 +345,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "UPDATE artists SET kind = 'artist' WHERE kind IS NULL",
         ],
     ),
+    (
+        8,
+        "seeds of [0, 2**64): seed_text holds every known seed exactly (issue 12)",
+        [
+            # ComfyUI draws seeds up to 2**64 - 1; `seed` (BIGINT) keeps -1 = unknown and
+            # is NULL for a seed above int64, whose exact value only seed_text holds
+            "ALTER TABLE images ADD COLUMN IF NOT EXISTS seed_text VARCHAR",
+            "UPDATE images SET seed_text = CAST(seed AS VARCHAR) WHERE seed_text IS NULL AND seed >= 0",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = max(version for version, _, _ in MIGRATIONS)

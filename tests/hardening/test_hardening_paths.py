@@ -54,7 +54,7 @@ def _rows(wd: Path) -> dict[str, dict]:
     """Store rows by source file name (from the error text or the copy's 'Imported from')."""
     con = duckdb.connect(str(wd / "atelier.duckdb"), read_only=True)
     try:
-        cursor = con.execute("SELECT artist_id, checkpoint, template, seed, path, error FROM images")
+        cursor = con.execute("SELECT artist_id, checkpoint, template, seed, seed_text, path, error FROM images")
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
     finally:
@@ -142,8 +142,16 @@ def test_huge_seeds_long_names_and_nul_text_are_their_files_errors(tmp_path, cat
     assert result.exit_code == 0, result.output
     rows = _rows(wd)
     assert rows["max63.png"]["seed"] == 2**63 - 1 and rows["max63.png"]["path"]
-    for name, text in [("seed63.png", f"seed {2**63} does not fit"), ("seed64.png", f"seed {2**64 - 1} does not fit"),
-                       ("comfy.png", f"seed {2**64 - 1} does not fit"), ("label-seed.png", f"seed {2**64} does not fit"),
+    assert rows["max63.png"]["seed_text"] == str(2**63 - 1)
+    # seeds of [2**63, 2**64) are imported exactly (seed_text), seed is NULL: never -1 = unknown
+    for name, seed in [("seed63.png", 2**63), ("seed64.png", 2**64 - 1), ("comfy.png", 2**64 - 1)]:
+        row = rows[name]
+        assert row["error"] is None and row["path"] and row["seed"] is None and row["seed_text"] == str(seed), row
+        from PIL import Image
+
+        with Image.open(wd / row["path"]) as image:  # the copy's infotext keeps the exact seed
+            assert f"Seed: {seed}," in image.text["parameters"]
+    for name, text in [("label-seed.png", f"seed {2**64} does not fit"),
                        ("steps.png", "steps 99999999999 does not fit"), ("nul.png", "contains a NUL byte")]:
         assert rows[name]["path"] is None and text in rows[name]["error"], (name, rows[name])
         assert f"failed: {name}: " in result.output
