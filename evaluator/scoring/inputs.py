@@ -206,7 +206,11 @@ def read_inputs(
     import pandas as pd
 
     from evaluator.workspace.manifest import MANIFEST_COLUMNS, read_manifests
-    from evaluator.workspace.records import load_checkpoint_records, load_run_records
+    from evaluator.workspace.records import (
+        load_checkpoint_records,
+        load_run_records,
+        seed_pairing_keys,
+    )
 
     manifest = read_manifests(wd.manifests)
     state = read_store_state(wd, model, store_timeout)
@@ -217,6 +221,8 @@ def read_inputs(
             images = pd.concat([manifest, extra[list(MANIFEST_COLUMNS)]], ignore_index=True)
     usable = images["error"].isna() & images["path"].notna()
     scored_rows = images[usable & (images["source"] != "reference") & images["checkpoint"].notna()]
+    # the scorers pair by int64 seed: keys equal iff seeds are, also past int64 (seed_text)
+    scored_rows = scored_rows.assign(seed=seed_pairing_keys(scored_rows))
     return ScoreInputs(
         images=images,
         store=state,
