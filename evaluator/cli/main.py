@@ -53,6 +53,8 @@ COMMANDS: dict[str, CommandEntry] = {
     "score": CommandEntry("evaluator.cli.score:score_cmd",
                           "Ingest manifests, embed, index and score every image into DIR/atelier.duckdb."),
     "metrics": CommandEntry("evaluator.cli.score:metrics_group", "The metrics registry."),
+    "models": CommandEntry("evaluator.cli.models:models_group",
+                           "CLIP models for offline use: a random-weight folder to score with."),
     "references": CommandEntry("evaluator.cli.references:references_group",
                                "Reference works of an artist (real paintings) for reference_similarity, mAP@k, fd_clip."),
     "search": CommandEntry("evaluator.cli.query:search_cmd",

@@ -41,7 +41,9 @@ def parse_pair(text: str) -> tuple[str, str]:
 @click.option("--compare", "compare", multiple=True, metavar="BASE:FINETUNE", help="Compare a fine-tune with its base (repeatable); checkpoint records' `base` are compared anyway.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=1), help="Bootstrap resamples over seeds.")
 @click.option("--k-neighbors", default=10, show_default=True, type=click.IntRange(min=1), help="Nearest artists stored per artist.")
-@click.option("--retrieval-k", default=10, show_default=True, type=click.IntRange(min=1), help="k of retrieval_map@k.")
+@click.option("--retrieval-k", "retrieval_ks", multiple=True, default=(1, 5, 10), show_default=True, type=click.IntRange(min=1), help="A k of retrieval_map@k (repeatable; each k is stored as its own metric).")
+@click.option("--readout", default="cosine", show_default=True, type=click.Choice(["cosine", "csls"]), help="Identification readout: raw cosine, or CSLS (marks down 'hub' artists close to many images).")
+@click.option("--csls-k", default=10, show_default=True, type=click.IntRange(min=1), help="CSLS: nearest scored images behind each artist's hubness term.")
 @click.option("--ivf-threshold", default=200_000, show_default=True, type=click.IntRange(min=1), help="FAISS: exact search below, IVF from here.")
 @device_option()
 @dtype_option()
@@ -62,6 +64,7 @@ def score_cmd(workdir: Path, compare: tuple[str, ...], ivf_threshold: int, quiet
     from evaluator.embedding.index import IndexConfig
     from evaluator.scoring.run import ScoreConfig, score
 
+    settings["retrieval_ks"] = tuple(sorted(set(settings["retrieval_ks"])))
     config = ScoreConfig(base_pairs=[parse_pair(c) for c in compare] or None,
                          index=IndexConfig(ivf_threshold=ivf_threshold), progress=not quiet, **settings)
     try:

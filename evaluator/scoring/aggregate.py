@@ -33,16 +33,20 @@ if TYPE_CHECKING:
     from evaluator.scoring.metrics import EvalInputs
     from evaluator.scoring.stats import BootstrapConfig
 
+# `n` is kept as it was (images in artist_scores, shared seeds in comparisons, images or
+# artists in checkpoint_scores) for readers of older stores; n_images, n_seeds and
+# n_artists (migration 6) say what is counted. n_classes: an identification metric's N.
 ARTIST_SCORE_COLUMNS = ["checkpoint", "artist_id", "model", "metric", "value", "n", "n_seeds", "ci_low", "ci_high",
-                        "ci_over", "reason"]
+                        "ci_over", "reason", "n_images", "n_classes"]
 CHECKPOINT_SCORE_COLUMNS = ["checkpoint", "model", "metric", "value", "n", "n_seeds", "ci_low", "ci_high",
-                            "ci_over", "reason", "n_pos", "n_neg"]
+                            "ci_over", "reason", "n_pos", "n_neg", "n_images", "n_artists", "n_classes"]
 COMPARISON_COLUMNS = ["base", "finetune", "artist_id", "model", "metric", "base_value", "finetune_value", "delta",
                       "ci_low", "ci_high", "n", "verdict", "higher_is_better", "ci_over", "paired", "n_base",
-                      "n_finetune", "verdict_reason"]
+                      "n_finetune", "verdict_reason", "n_seeds"]
 # The optional columns of a metric's rows, and what they are when it does not give them.
 OPTIONAL_COLUMNS = {"n_seeds": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "ci_over": None,
-                    "reason": None, "n_pos": float("nan"), "n_neg": float("nan")}
+                    "reason": None, "n_pos": float("nan"), "n_neg": float("nan"), "n_images": float("nan"),
+                    "n_artists": float("nan"), "n_classes": float("nan")}
 NEIGHBOR_COLUMNS = ["checkpoint", "model", "artist_id", "rank", "neighbor_id", "similarity"]
 
 
@@ -185,9 +189,19 @@ def _artist_level(batch: ScoringBatch, long: pd.DataFrame, tables: ScoreTables) 
         frame = _with_ci_columns(frame, m.name)
         tables.artist_metrics[m.name] = frame
         parts.append(frame[[c for c in ARTIST_SCORE_COLUMNS if c != "model"]])
-    artist_scores = pd.concat(parts, ignore_index=True)
+    artist_scores = _fill_optional(pd.concat(parts, ignore_index=True))
     artist_scores["model"] = batch.model
-    tables.artist_scores = artist_scores[ARTIST_SCORE_COLUMNS]
+    artist_scores["n_images"] = artist_scores["n"]  # every artist_scores `n` counts images
+    tables.artist_scores = _with_class_counts(artist_scores, batch.inputs)[ARTIST_SCORE_COLUMNS]
+
+
+def _with_class_counts(frame: pd.DataFrame, inputs: EvalInputs) -> pd.DataFrame:
+    """``n_classes`` of each identification metric's rows (N: chance is 1/N)."""
+    from evaluator.scoring.metrics import list_metrics
+
+    counts = {m.name: m.n_classes(inputs) for m in list_metrics() if m.n_classes is not None}
+    frame["n_classes"] = frame["metric"].map(counts).astype("float64")
+    return frame
 
 
 def _bootstrap_over_rows(frame: pd.DataFrame, group_col: str, value_col: str, cfg: BootstrapConfig) -> pd.DataFrame:
@@ -228,11 +242,13 @@ def _checkpoint_level(batch: ScoringBatch, long: pd.DataFrame, tables: ScoreTabl
     from evaluator.scoring.stats import grouped_bootstrap
 
     not_base = long[long["artist_id"] != batch.inputs.baseline_artist]
-    parts = [grouped_bootstrap(not_base, ["checkpoint", "metric"], config=batch.bootstrap, image_col="image_id")]
+    images = grouped_bootstrap(not_base, ["checkpoint", "metric"], config=batch.bootstrap, image_col="image_id")
+    parts = [images.assign(n_images=images["n"])]
     for name, frame in tables.artist_metrics.items():
         agg = _bootstrap_over_rows(frame, "checkpoint", "value", batch.bootstrap)
         agg["metric"] = name
         agg["n_seeds"] = np.nan
+        agg["n_artists"] = agg["n"]
         parts.append(agg)
     for m in list_metrics("checkpoint", has_references=batch.inputs.has_references()):
         frame = m.fn(batch.inputs)
@@ -242,7 +258,7 @@ def _checkpoint_level(batch: ScoringBatch, long: pd.DataFrame, tables: ScoreTabl
     cols = [c for c in CHECKPOINT_SCORE_COLUMNS if c != "model"]
     ck = pd.concat([_fill_optional(p)[cols] for p in parts], ignore_index=True)
     ck["model"] = batch.model
-    tables.checkpoint_scores = ck[CHECKPOINT_SCORE_COLUMNS]
+    tables.checkpoint_scores = _with_class_counts(ck, batch.inputs)[CHECKPOINT_SCORE_COLUMNS]
 
 
 def artist_neighbors(inputs: EvalInputs, model: str, k: int) -> pd.DataFrame:
@@ -384,6 +400,7 @@ def _compare_pair(units: pd.DataFrame, base: str, ft: str, model: str, boot: Boo
     out = out.assign(base=base, finetune=ft, model=model)
     for col in ("n", "n_base", "n_finetune"):
         out[col] = out[col].astype("int64")
+    out["n_seeds"] = out["n"]  # `n` of a comparison counts the seeds both sides share
     out["paired"] = out["paired"].astype(bool)
     return out[COMPARISON_COLUMNS]
 

@@ -33,8 +33,9 @@ ART_BY_FALLBACK = "artwork by {name}"
 OWN_RUN_KINDS = ("score", "index")  # written to the store by score / index build themselves
 CHECKPOINT_COLUMNS = ("name", "source", "kind", "base", "adapters", "fingerprint", "dtype", "scheduler", "notes")
 # Bumped when a metric's definition changes what an image's stored value is (2: no
-# clip_score for an image without a prompt): the next run rescores every image.
-METRIC_DEFINITIONS_VERSION = 2
+# clip_score for an image without a prompt; 3: retrieval_map@1/5/10 and prototype_*
+# replace retrieval_map@k): the next run rescores every image.
+METRIC_DEFINITIONS_VERSION = 3
 # The image columns image scores depend on: a change in any of them is news.
 IMAGE_KEY_COLUMNS = ["image_id", "sha256", "error", "checkpoint", "artist_id", "template", "seed", "prompt", "path"]
 
@@ -316,19 +317,24 @@ def load_and_index(wd: Workdir, model: str, inputs: ScoreInputs, index_config: I
 
 
 def fingerprint(
-    inputs: ScoreInputs, embedded: Embedded, errors: dict[int, str], *, model: str, retrieval_k: int, config_digest: str
+    inputs: ScoreInputs, embedded: Embedded, errors: dict[int, str], *, model: str, config_digest: str,
+    identification: dict | None = None,
 ) -> dict:
     """What a write is computed from: the scoring context (what image scores depend on:
-    model, catalog, `art-by` text, references) and a digest of every input."""
+    model, catalog, `art-by` text, references, retrieval ks, readout) and a digest of
+    every input. Under the CSLS readout an image's ranks depend on every scored image
+    (the hubness term's pool), so the images join the context: any change rescores."""
     refs = embedded.reference_rows
     context = {
         "model": model,
         "catalog": sha(list(zip(inputs.catalog_ids, inputs.artist_names, strict=True))),
         "art_by": inputs.art_by,
         "refs": sha(sorted(refs["image_id"].astype(int).tolist()) + sorted(refs["artist_id"].tolist())),
-        "retrieval_k": retrieval_k,
+        "identification": identification or {},
         "definitions": METRIC_DEFINITIONS_VERSION,
     }
+    if (identification or {}).get("readout", "cosine") != "cosine":
+        context["csls_pool"] = sha(sorted(embedded.scored_rows["image_id"].astype(int).tolist()))
     digests = {
         "context": sha(context),
         "images": frame_digest(inputs.images[IMAGE_KEY_COLUMNS].sort_values("image_id")),
@@ -390,7 +396,7 @@ def recognition_labels(artists: pd.DataFrame) -> dict[str, dict[str, bool]]:
 
 
 def eval_inputs(
-    inputs: ScoreInputs, embedded: Embedded, texts: TextVectors, *, embed_dim: int, retrieval_k: int, recognized_threshold: float
+    inputs: ScoreInputs, embedded: Embedded, texts: TextVectors, *, embed_dim: int, recognized_threshold: float
 ) -> EvalInputs:
     """The metrics' inputs, one row per scored image (sorted by image id)."""
     import numpy as np
@@ -415,6 +421,5 @@ def eval_inputs(
         ref_artist=refs["artist_id"].astype(object).to_numpy() if len(refs) else None,
         labels=recognition_labels(inputs.artists),
         baseline_artist=BASELINE_ARTIST_ID,
-        retrieval_k=retrieval_k,
         recognized_threshold=recognized_threshold,
     )

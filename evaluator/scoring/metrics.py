@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 LEVELS = ("image", "artist", "checkpoint")
+# Identification readouts: raw cosine, or cross-domain similarity local scaling.
+READOUTS = ("cosine", "csls")
+# Ranking against one prototype is always rank 1: identification needs two classes.
+MIN_PROTOTYPE_CLASSES = 2
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,13 @@ class Metric:
     # An artist metric's per-image values: (checkpoint, artist_id, image_id, seed, value)
     # rows. With them, images without a seed can still be compared (bootstrap over images).
     image_values: Callable[..., Any] | None = None
+    # What the metric needs besides images (references, prompt, baselines, seeds,
+    # labels, catalog): `atelier metrics list` and the README say so, and `score` names
+    # the metrics a run could not compute for want of one (evaluator.scoring.notices).
+    needs: tuple[str, ...] = ()
+    # An identification metric's number of candidate classes N (chance = 1/N), stored
+    # beside its rows as ``n_classes``: a top-1 means nothing without it.
+    n_classes: Callable[..., int | None] | None = None
 
 
 class UnknownMetricError(InputError, KeyError):
@@ -71,6 +82,8 @@ def register_metric(
     *,
     seed_values: Callable[..., Any] | None = None,
     image_values: Callable[..., Any] | None = None,
+    needs: tuple[str, ...] = (),
+    n_classes: Callable[..., int | None] | None = None,
 ) -> Callable:
     """Decorator: add a metric function to the registry under ``name``.
 
@@ -87,8 +100,9 @@ def register_metric(
     def decorate(fn: Callable) -> Callable:
         if name in _REGISTRY:
             raise InputError(f"metric {name!r} is already registered")
+        wants = tuple(dict.fromkeys((*(("references",) if needs_references else ()), *needs)))
         _REGISTRY[name] = Metric(name, definition, higher_is_better, needs_references, level, fn, per_seed, seed_values,
-                                 image_values)
+                                 image_values, wants, n_classes)
         return fn
 
     return decorate
@@ -123,13 +137,15 @@ def get_metric(name: str) -> Metric:
 
 def metrics_table() -> str:
     """The registry as a fixed-width text table (``atelier metrics list``)."""
-    rows = [("name", "level", "better", "refs", "definition")]
+    rows = [("name", "level", "better", "refs", "needs", "definition")]
     for m in _REGISTRY.values():
-        rows.append((m.name, m.level, "higher" if m.higher_is_better else "lower", "yes" if m.needs_references else "no", m.definition))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((m.name, m.level, "higher" if m.higher_is_better else "lower", "yes" if m.needs_references else "no",
+                     ",".join(m.needs) or "-", m.definition))
+    cols = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(cols)]
     lines = []
     for i, r in enumerate(rows):
-        lines.append("  ".join(r[j].ljust(widths[j]) for j in range(4)) + "  " + r[4])
+        lines.append("  ".join(r[j].ljust(widths[j]) for j in range(cols)) + "  " + r[cols])
         if i == 0:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 10)
     return "\n".join(lines)
@@ -153,19 +169,22 @@ def clip_score_values(image_vecs: np.ndarray, text_vecs: np.ndarray) -> np.ndarr
 
 
 def identification_ranks(
-    image_vecs: np.ndarray, class_vecs: np.ndarray, true_idx: np.ndarray, chunk: int = 2048
+    image_vecs: np.ndarray, class_vecs: np.ndarray, true_idx: np.ndarray, chunk: int = 2048,
+    class_penalty: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rank (1 = best) of each image's true class among all classes; NaN where unknown.
 
     One matmul per chunk of images against every class; ties count in the image's
     favour (rank = 1 + number of classes strictly more similar), so identical text
     embeddings do not punish an image. ``true_idx`` < 0 marks images of no catalog class.
+    With ``class_penalty`` (:func:`csls_penalty`) the readout is CSLS instead of cosine.
     """
     import numpy as np
 
     n = len(image_vecs)
     ranks = np.full(n, np.nan)
     classes = np.ascontiguousarray(class_vecs, dtype=np.float32).T
+    penalty = None if class_penalty is None else np.asarray(class_penalty, dtype=np.float32)[None, :]
     true_idx = np.asarray(true_idx)
     for s in range(0, n, chunk):
         sl = slice(s, s + chunk)
@@ -174,6 +193,8 @@ def identification_ranks(
         if not ok.any():
             continue
         sims = np.ascontiguousarray(image_vecs[sl][ok], dtype=np.float32) @ classes
+        if penalty is not None:  # CSLS: 2 cos(x, c) - r(c); the image's own r(x) ranks nothing
+            sims = 2 * sims - penalty
         true = sims[np.arange(len(sims)), idx[ok]]
         part = ranks[sl]
         part[ok] = 1 + (sims > true[:, None]).sum(axis=1)
@@ -193,29 +214,91 @@ def average_precision_at_k(
     AP@k = (1 / min(k, R)) · Σ_{i ≤ k} precision@i · rel(i), R = relevant items in the
     database. NaN when the query's label has no item in the database.
     """
-    import numpy as np
-
     if k < 1:
         raise ValueError(f"k must be >= 1 but is {k}")
+    return average_precision_at_ks(query_vecs, query_labels, db_vecs, db_labels, (k,))[k]
+
+
+def csls_penalty(class_vecs: np.ndarray, pool_vecs: np.ndarray, k: int = 10, chunk: int = 2048) -> np.ndarray:
+    """CSLS's hubness term r(c): the mean cosine of each class to its ``k`` nearest pool vectors.
+
+    CSLS(x, c) = 2 cos(x, c) - r(c) - r(x) (Conneau et al. 2018): a "hub" class, close
+    to many images at once, is marked down by its own neighbourhood density. r(x) is the
+    same for every class of one image, so ranking needs only r(c). float64 [C]; zeros
+    with an empty pool. The pool is read in chunks, keeping each class's best ``k``.
+    """
+    import numpy as np
+
+    classes = np.ascontiguousarray(class_vecs, dtype=np.float32)
+    pool = np.asarray(pool_vecs, dtype=np.float32)
+    k = min(int(k), len(pool))
+    if k < 1 or len(classes) == 0:
+        return np.zeros(len(classes))
+    best = np.empty((len(classes), 0), dtype=np.float32)
+    for s in range(0, len(pool), chunk):
+        both = np.concatenate([best, classes @ np.ascontiguousarray(pool[s : s + chunk]).T], axis=1)
+        best = np.partition(both, both.shape[1] - k, axis=1)[:, -k:] if both.shape[1] > k else both
+    return best.mean(axis=1, dtype=np.float64)
+
+
+def average_precision_at_ks(
+    query_vecs: np.ndarray, query_labels: np.ndarray, db_vecs: np.ndarray, db_labels: np.ndarray, ks: tuple[int, ...]
+) -> dict[int, np.ndarray]:
+    """:func:`average_precision_at_k` for several k from one sort of the database."""
+    import numpy as np
+
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k must be >= 1 but ks are {list(ks)}")
     nq = len(query_vecs)
-    out = np.full(nq, np.nan)
-    if nq == 0 or len(db_vecs) == 0:
+    out = {k: np.full(nq, np.nan) for k in ks}
+    if nq == 0 or len(db_vecs) == 0 or not ks:
         return out
     db_labels = np.asarray(db_labels, dtype=object)
     query_labels = np.asarray(query_labels, dtype=object)
-    kk = min(k, len(db_vecs))
+    kmax = min(max(ks), len(db_vecs))
     sims = np.asarray(query_vecs, dtype=np.float32) @ np.asarray(db_vecs, dtype=np.float32).T
     # stable order: ties broken by database position, as the naive sort does
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :kmax]
     rel = (db_labels[top] == query_labels[:, None]).astype(np.float64)
     labels, counts = np.unique(db_labels, return_counts=True)
     total = dict(zip(labels.tolist(), counts.tolist(), strict=True))
     r = np.array([total.get(q, 0) for q in query_labels], dtype=np.float64)
-    precision = np.cumsum(rel, axis=1) / np.arange(1, kk + 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = (precision * rel).sum(axis=1) / np.minimum(k, r)
-    out[r > 0] = ap[r > 0]
+    hits = np.cumsum(rel * (np.cumsum(rel, axis=1) / np.arange(1, kmax + 1)), axis=1)
+    for k in ks:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ap = hits[:, min(k, kmax) - 1] / np.minimum(k, r)
+        out[k][r > 0] = ap[r > 0]
     return out
+
+
+def discrimination_gaps(ref_vecs: np.ndarray, ref_artist: np.ndarray) -> dict[str, np.ndarray]:
+    """Per artist with references: each reference work's mean cosine to the artist's other
+    works minus its mean cosine to every other artist's works (float64 per work).
+
+    Their mean is the *discrimination gap*: mean same-artist similarity minus mean
+    different-artist similarity over reference works (each work has the same number of
+    partners on each side, so the mean of per-work gaps is the mean over pairs).
+    Negative: this encoder places the artist's works no closer to each other than to
+    other artists'; it cannot tell the artist apart. NaN for an artist with one work,
+    or when no other artist has references. From group sums, no pair matrix.
+    """
+    import numpy as np
+
+    vecs = np.asarray(ref_vecs, dtype=np.float64)
+    labels = np.asarray(ref_artist, dtype=object)
+    names, codes = np.unique(labels, return_inverse=True)
+    sums = group_sums(vecs, codes, len(names))
+    counts = np.bincount(codes, minlength=len(names)).astype(np.float64)
+    total, n_total = sums.sum(axis=0), float(len(vecs))
+    self_sim = np.einsum("ij,ij->i", vecs, vecs)
+    own = np.einsum("ij,ij->i", vecs, sums[codes])
+    other = vecs @ total - own
+    with np.errstate(invalid="ignore", divide="ignore"):
+        same = (own - self_sim) / (counts[codes] - 1)
+        cross = other / (n_total - counts[codes])
+    gap = same - cross
+    gap[(counts[codes] < 2) | (n_total - counts[codes] < 1)] = np.nan
+    return {str(a): gap[codes == i] for i, a in enumerate(names)}
 
 
 def group_sums(vecs: np.ndarray, codes: np.ndarray, n_groups: int, chunk: int = 65536) -> np.ndarray:
@@ -380,8 +463,15 @@ class EvalInputs:
     ref_artist: np.ndarray | None = None  # object [R]
     labels: dict[str, dict[str, bool]] = field(default_factory=dict)  # label name -> artist -> bool
     baseline_artist: str = "_baseline"
-    retrieval_k: int = 10
     recognized_threshold: float = 0.0
+    # The k of retrieval_map@k stored side by side (retrieval_map@1, @5, @10).
+    retrieval_ks: tuple[int, ...] = (1, 5, 10)
+    # How identification ranks classes: raw cosine, or CSLS (hubness-corrected, see
+    # csls_penalty) with each class's r(c) over its csls_k nearest images of csls_pool
+    # (every scored image of the run; None: the images at hand).
+    readout: str = "cosine"
+    csls_k: int = 10
+    csls_pool: np.ndarray | None = None
     bootstrap: Any = None  # stats.BootstrapConfig
     # bool [N]: the image has a prompt (None: all have). An imported image without one
     # has no clip_score: the empty prompt's embedding is not its prompt.
@@ -417,8 +507,43 @@ class EvalInputs:
 
     def ranks(self) -> np.ndarray:
         if "ranks" not in self.cache:
-            self.cache["ranks"] = identification_ranks(self.vecs, self.artist_text_vecs, self.true_index())
+            self.cache["ranks"] = identification_ranks(self.vecs, self.artist_text_vecs, self.true_index(),
+                                                       class_penalty=self.readout_penalty(self.artist_text_vecs))
         return self.cache["ranks"]
+
+    def readout_penalty(self, class_vecs: np.ndarray) -> np.ndarray | None:
+        """None for the cosine readout; CSLS's r(c) of each class for ``readout = 'csls'``."""
+        if self.readout == "cosine":
+            return None
+        if self.readout != "csls":
+            raise InputError(f"readout must be one of {', '.join(READOUTS)} but is {self.readout!r}")
+        pool = self.csls_pool if self.csls_pool is not None else self.vecs
+        return csls_penalty(class_vecs, pool, self.csls_k)
+
+    def prototype_classes(self) -> tuple[list[str], np.ndarray]:
+        """The artists with references (sorted) and their prototypes as a [N, D] matrix."""
+        import numpy as np
+
+        protos = self.prototypes()
+        names = sorted(protos)
+        dim = self.vecs.shape[1] if self.vecs.ndim == 2 else 0
+        return names, np.stack([protos[a] for a in names]) if names else np.zeros((0, dim), np.float32)
+
+    def prototype_ranks(self) -> np.ndarray:
+        """Rank of each image's own artist among the prototypes of every artist with
+        references (NaN: its artist has none, or fewer than 2 artists have any)."""
+        import numpy as np
+
+        if "prototype_ranks" not in self.cache:
+            names, protos = self.prototype_classes()
+            if len(names) < MIN_PROTOTYPE_CLASSES:
+                self.cache["prototype_ranks"] = np.full(self.n, np.nan)
+            else:
+                pos = {a: i for i, a in enumerate(names)}
+                true = np.array([pos.get(a, -1) for a in self.artist_id], dtype=np.int64)
+                self.cache["prototype_ranks"] = identification_ranks(
+                    self.vecs, protos, true, class_penalty=self.readout_penalty(protos))
+        return self.cache["prototype_ranks"]
 
     def prototypes(self) -> dict[str, np.ndarray]:
         import numpy as np
@@ -439,7 +564,11 @@ class EvalInputs:
 # ------------------------------------------------------------------ image metrics
 
 
-@register_metric("clip_score", "100 * max(cos(image, its own prompt), 0): CLIPScore; NULL for an image without a prompt", True)
+def _catalog_count(inp: EvalInputs) -> int:
+    return len(inp.artist_text_vecs)
+
+
+@register_metric("clip_score", "100 * max(cos(image, its own prompt), 0): CLIPScore; NULL for an image without a prompt", True, needs=("prompt",))
 def _clip_score(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 
@@ -451,17 +580,17 @@ def _clip_score(inp: EvalInputs) -> np.ndarray:
     return values
 
 
-@register_metric("artist_similarity", "cos(image, text of the `art-by` template for its artist): style without subject", True)
+@register_metric("artist_similarity", "cos(image, text of the `art-by` template for its artist): style without subject", True, needs=("catalog",))
 def _artist_similarity(inp: EvalInputs) -> np.ndarray:
     return inp.artist_sim()
 
 
-@register_metric("artist_rank", "rank (1 = best) of the true artist among every catalog artist, by cos(image, `art-by` text)", False)
+@register_metric("artist_rank", "rank (1 = best) of the true artist among every catalog artist, by cos(image, `art-by` text)", False, needs=("catalog",), n_classes=_catalog_count)
 def _artist_rank(inp: EvalInputs) -> np.ndarray:
     return inp.ranks()
 
 
-@register_metric("top1", "1 if the true artist ranks first among every catalog artist (chance 1/N)", True)
+@register_metric("top1", "1 if the true artist ranks first among every catalog artist (chance 1/N)", True, needs=("catalog",), n_classes=_catalog_count)
 def _top1(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 
@@ -469,7 +598,7 @@ def _top1(inp: EvalInputs) -> np.ndarray:
     return np.where(np.isnan(r), np.nan, (r <= 1).astype(float))
 
 
-@register_metric("top5", "1 if the true artist ranks in the first 5 among every catalog artist (chance 5/N)", True)
+@register_metric("top5", "1 if the true artist ranks in the first 5 among every catalog artist (chance 5/N)", True, needs=("catalog",), n_classes=_catalog_count)
 def _top5(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 
@@ -477,7 +606,7 @@ def _top5(inp: EvalInputs) -> np.ndarray:
     return np.where(np.isnan(r), np.nan, (r <= 5).astype(float))
 
 
-@register_metric("mrr", "1 / artist_rank; its mean is the mean reciprocal rank", True)
+@register_metric("mrr", "1 / artist_rank; its mean is the mean reciprocal rank", True, needs=("catalog",), n_classes=_catalog_count)
 def _mrr(inp: EvalInputs) -> np.ndarray:
     return 1.0 / inp.ranks()
 
@@ -494,16 +623,70 @@ def _reference_similarity(inp: EvalInputs) -> np.ndarray:
     return out
 
 
-@register_metric("retrieval_map@k", "AP@k of the image as a query over all reference works (relevant = the artist's); its mean is mAP@k (WikiArt protocol)", True, needs_references=True)
-def _retrieval_map(inp: EvalInputs) -> np.ndarray:
+def _retrieval_maps(inp: EvalInputs) -> dict[int, np.ndarray]:
+    """AP@k of every image for each k of ``inp.retrieval_ks``, from one sort (cached)."""
     import numpy as np
 
-    out = np.full(inp.n, np.nan)
-    if not inp.has_references():
-        return out
-    rows = np.isin(inp.artist_id, np.unique(inp.ref_artist))
-    out[rows] = average_precision_at_k(inp.vecs[rows], inp.artist_id[rows], inp.ref_vecs, inp.ref_artist, inp.retrieval_k)
-    return out
+    if "retrieval_maps" not in inp.cache:
+        out = {k: np.full(inp.n, np.nan) for k in inp.retrieval_ks}
+        if inp.has_references():
+            rows = np.isin(inp.artist_id, np.unique(inp.ref_artist))
+            aps = average_precision_at_ks(inp.vecs[rows], inp.artist_id[rows], inp.ref_vecs, inp.ref_artist,
+                                          tuple(inp.retrieval_ks))
+            for k, values in aps.items():
+                out[k][rows] = values
+        inp.cache["retrieval_maps"] = out
+    return inp.cache["retrieval_maps"]
+
+
+DEFAULT_RETRIEVAL_KS = (1, 5, 10)
+
+
+def register_retrieval_map(k: int) -> str:
+    """Register ``retrieval_map@k`` (once; a run computes the ks of its ``retrieval_ks``)."""
+    if not isinstance(k, int) or k < 1:
+        raise InputError(f"retrieval k must be an integer >= 1 but is {k!r}")
+    name = f"retrieval_map@{k}"
+    if name not in _REGISTRY:
+        def values(inp: EvalInputs) -> np.ndarray:
+            import numpy as np
+
+            return _retrieval_maps(inp)[k] if k in inp.retrieval_ks else np.full(inp.n, np.nan)
+
+        register_metric(
+            name, f"AP@{k} of the image as a query over all reference works (relevant = its artist's), divided by "
+            f"min({k}, R), R = the artist's reference count; its mean is mAP@{k} (WikiArt protocol)", True,
+            needs_references=True)(values)
+    return name
+
+
+for _k in DEFAULT_RETRIEVAL_KS:
+    register_retrieval_map(_k)
+
+
+def _prototype_count(inp: EvalInputs) -> int:
+    return len(inp.prototypes())
+
+
+@register_metric("prototype_top1", "1 if the image's own artist has the most similar reference prototype among every artist with references (chance 1/N, N = n_classes); readout cosine or csls", True, needs_references=True, n_classes=_prototype_count)
+def _prototype_top1(inp: EvalInputs) -> np.ndarray:
+    import numpy as np
+
+    r = inp.prototype_ranks()
+    return np.where(np.isnan(r), np.nan, (r <= 1).astype(float))
+
+
+@register_metric("prototype_top5", "1 if the image's own artist's prototype ranks in the first 5 among every artist with references (chance 5/N)", True, needs_references=True, n_classes=_prototype_count)
+def _prototype_top5(inp: EvalInputs) -> np.ndarray:
+    import numpy as np
+
+    r = inp.prototype_ranks()
+    return np.where(np.isnan(r), np.nan, (r <= 5).astype(float))
+
+
+@register_metric("prototype_mrr", "1 / rank of the image's own artist among the reference prototypes; its mean is the mean reciprocal rank (chance ~ ln(N)/N)", True, needs_references=True, n_classes=_prototype_count)
+def _prototype_mrr(inp: EvalInputs) -> np.ndarray:
+    return 1.0 / inp.prototype_ranks()
 
 
 # ------------------------------------------------------------------ artist metrics
@@ -535,6 +718,46 @@ def _diversity(inp: EvalInputs) -> pd.DataFrame:
 def _content_leak(inp: EvalInputs) -> pd.DataFrame:
     keep, _ = _artist_frame(inp)
     return content_leak_values(inp.vecs[keep], inp.checkpoint[keep], inp.artist_id[keep], inp.template[keep])
+
+
+GAP_COLUMNS = ["checkpoint", "artist_id", "value", "n", "n_seeds", "ci_low", "ci_high", "ci_over", "reason"]
+
+
+def _gap_reason(n_refs: int, others: int) -> str | None:
+    if n_refs < 2:
+        return f"{n_refs} reference work: the gap needs 2 or more"
+    if others == 0:
+        return "no other artist has reference works"
+    return None
+
+
+@register_metric("discrimination_gap", "over reference works: mean same-artist cosine minus mean different-artist cosine, CI over the artist's works; < 0 = this encoder cannot tell the artist apart (the same for every checkpoint)", True, needs_references=True, level="artist", per_seed=False)
+def _discrimination_gap(inp: EvalInputs) -> pd.DataFrame:
+    """One row per (checkpoint, artist) the checkpoint has images of: the reference
+    works do not depend on the checkpoint, so each of its artists carries its own gap."""
+    import numpy as np
+    import pandas as pd
+
+    from evaluator.scoring.stats import bootstrap_mean_ci
+
+    if not inp.has_references():
+        return pd.DataFrame(columns=GAP_COLUMNS)
+    gaps = discrimination_gaps(inp.ref_vecs, inp.ref_artist)
+    names = sorted(gaps)
+    values = [gaps[a][~np.isnan(gaps[a])] for a in names]
+    matrix = np.full((len(names), max([len(v) for v in values], default=1) or 1), np.nan)
+    for i, v in enumerate(values):
+        matrix[i, : len(v)] = v
+    mean, _, lo, hi = bootstrap_mean_ci(matrix, inp.bootstrap)
+    counts = {a: len(gaps[a]) for a in names}
+    per_artist = pd.DataFrame({
+        "artist_id": names, "value": mean, "n": [counts[a] for a in names], "n_seeds": np.nan,
+        "ci_low": lo, "ci_high": hi, "ci_over": "references",
+        "reason": [_gap_reason(counts[a], len(inp.ref_artist) - counts[a]) for a in names],
+    })
+    drawn = pd.DataFrame({"checkpoint": inp.checkpoint, "artist_id": inp.artist_id}).drop_duplicates()
+    out = drawn.merge(per_artist, on="artist_id").sort_values(["checkpoint", "artist_id"], ignore_index=True)
+    return out[GAP_COLUMNS]
 
 
 MARGIN_IMAGE_COLUMNS = ["checkpoint", "artist_id", "image_id", "seed", "value"]
@@ -596,7 +819,7 @@ def missing_baselines(inp: EvalInputs) -> list[str]:
     return sorted(str(c) for c in with_art - set(inp.checkpoint[is_base].tolist()))
 
 
-@register_metric("recognition_margin", "mean over seeds of [artist_similarity of the artist's images - that of the same-seed `null`-template baseline images] (over images when no seed is known); needs baseline images", True, level="artist", seed_values=recognition_margins, image_values=recognition_margin_images)
+@register_metric("recognition_margin", "mean over seeds of [artist_similarity of the artist's images - that of the same-seed `null`-template baseline images] (over images when no seed is known); needs baseline images", True, level="artist", seed_values=recognition_margins, image_values=recognition_margin_images, needs=("catalog", "baselines"))
 def _recognition_margin(inp: EvalInputs) -> pd.DataFrame:
     from evaluator.scoring.stats import grouped_bootstrap
 
@@ -607,7 +830,7 @@ def _recognition_margin(inp: EvalInputs) -> pd.DataFrame:
     return grouped_bootstrap(margins, ["checkpoint", "artist_id"], config=inp.bootstrap, image_col="image_id")
 
 
-@register_metric("recognized", "1 if the recognition_margin CI lies above the threshold, else 0; NULL (undecided) when the margin has no CI: 'this checkpoint knows this artist'", True, level="artist", per_seed=False)
+@register_metric("recognized", "1 if the recognition_margin CI lies above the threshold, else 0; NULL (undecided) when the margin has no CI: 'this checkpoint knows this artist'", True, level="artist", per_seed=False, needs=("catalog", "baselines", "seeds"))
 def _recognized(inp: EvalInputs) -> pd.DataFrame:
     import numpy as np
 
@@ -647,7 +870,7 @@ def auc_bootstrap_ci(scores: np.ndarray, labels: np.ndarray, config: Any = None)
     return float(lo[0]), float(hi[0])
 
 
-AUC_COLUMNS = ["checkpoint", "value", "n", "n_pos", "n_neg", "ci_low", "ci_high", "ci_over", "reason"]
+AUC_COLUMNS = ["checkpoint", "value", "n", "n_pos", "n_neg", "ci_low", "ci_high", "ci_over", "reason", "n_artists"]
 
 
 def _auc_for(inp: EvalInputs, label: str) -> pd.DataFrame:
@@ -667,7 +890,7 @@ def _auc_for(inp: EvalInputs, label: str) -> pd.DataFrame:
         scores = known["value"].to_numpy(dtype=np.float64)
         n_pos, n_neg = int(y.sum()), int((~y).sum())
         row = {"checkpoint": ckpt, "value": np.nan, "n": len(known), "n_pos": n_pos, "n_neg": n_neg,
-               "ci_low": np.nan, "ci_high": np.nan, "ci_over": None, "reason": None}
+               "ci_low": np.nan, "ci_high": np.nan, "ci_over": None, "reason": None, "n_artists": len(known)}
         if min(n_pos, n_neg) < inp.min_auc_class:
             row["reason"] = f"n_pos = {n_pos}, n_neg = {n_neg}: fewer than {inp.min_auc_class} labelled artists of a class"
         else:
@@ -678,12 +901,12 @@ def _auc_for(inp: EvalInputs, label: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=AUC_COLUMNS)
 
 
-@register_metric("recognized_auc_sdxl", "ROC AUC of recognition_margin against the catalog's human recognized_sdxl labels (Yes vs No), CI over artists; NULL below 5 of either class", True, level="checkpoint", per_seed=False)
+@register_metric("recognized_auc_sdxl", "ROC AUC of recognition_margin against the catalog's human recognized_sdxl labels (Yes vs No), CI over artists; NULL below 5 of either class", True, level="checkpoint", per_seed=False, needs=("baselines", "labels"))
 def _auc_sdxl(inp: EvalInputs) -> pd.DataFrame:
     return _auc_for(inp, "recognized_sdxl")
 
 
-@register_metric("recognized_auc_sd1", "ROC AUC of recognition_margin against the catalog's human recognized_sd1 labels (Yes vs No), CI over artists; NULL below 5 of either class", True, level="checkpoint", per_seed=False)
+@register_metric("recognized_auc_sd1", "ROC AUC of recognition_margin against the catalog's human recognized_sd1 labels (Yes vs No), CI over artists; NULL below 5 of either class", True, level="checkpoint", per_seed=False, needs=("baselines", "labels"))
 def _auc_sd1(inp: EvalInputs) -> pd.DataFrame:
     return _auc_for(inp, "recognized_sd1")
 
@@ -701,5 +924,6 @@ def _fd_clip(inp: EvalInputs) -> pd.DataFrame:
         rows_ck = (inp.checkpoint == ckpt) & with_refs
         if rows_ck.sum() < 2:
             continue
-        rows.append({"checkpoint": ckpt, "value": frechet_distance(inp.vecs[rows_ck], inp.ref_vecs), "n": int(rows_ck.sum())})
+        rows.append({"checkpoint": ckpt, "value": frechet_distance(inp.vecs[rows_ck], inp.ref_vecs), "n": int(rows_ck.sum()),
+                     "n_images": int(rows_ck.sum())})
     return pd.DataFrame(rows)

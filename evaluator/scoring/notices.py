@@ -75,7 +75,35 @@ def baseline_notices(inputs: EvalInputs) -> list[str]:
             f"them; {BASELINE_HINT}"]
 
 
+REFERENCE_HINT = "add reference works with `atelier references add` or `atelier import --reference`"
+
+
+def reference_notices(inputs: EvalInputs, tables: ScoreTables) -> list[str]:
+    """Metrics that need reference works and had none (or too few artists with them),
+    and artists whose reference works this encoder cannot tell apart."""
+    from evaluator.scoring.metrics import MIN_PROTOTYPE_CLASSES, list_metrics
+
+    needing = [m.name for m in list_metrics() if m.needs_references]
+    if not inputs.has_references():
+        return [f"note: no reference works, so {', '.join(needing)} are not computed; {REFERENCE_HINT}"]
+    lines = []
+    n_classes = len(inputs.prototypes())
+    if n_classes < MIN_PROTOTYPE_CLASSES:
+        lines.append(f"warning: prototype_top1, prototype_top5 and prototype_mrr need reference works of "
+                     f"{MIN_PROTOTYPE_CLASSES}+ artists but {n_classes} has them; {REFERENCE_HINT}")
+    gap = tables.artist_metrics.get("discrimination_gap")
+    if gap is not None and not gap.empty:
+        per_artist = gap.drop_duplicates("artist_id")
+        below = per_artist[per_artist["ci_high"] < 0]
+        if len(below):
+            lines.append(f"warning: discrimination_gap < 0 (95% CI) for {len(below)} of {len(per_artist)} artists "
+                         f"with references ({', '.join(below['artist_id'].head(5))}"
+                         f"{', ...' if len(below) > 5 else ''}): this encoder cannot tell their works apart, so "
+                         "their reference metrics say little")
+    return lines
+
+
 def score_warnings(inputs: EvalInputs, tables: ScoreTables) -> list[str]:
     """Every notice of one run, most consequential first."""
     return [*comparison_notices(tables), *artist_notices(tables), *checkpoint_notices(tables),
-            *baseline_notices(inputs)]
+            *baseline_notices(inputs), *reference_notices(inputs, tables)]

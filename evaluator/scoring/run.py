@@ -105,7 +105,13 @@ class ScoreConfig:
     ci_alpha: float = _result(default=0.05)  # two-sided 95% intervals: the usual reporting level
     bootstrap_seed: int = _result(default=0)  # fixed: a rerun reproduces every interval
     k_neighbors: int = _result(default=10)  # artist_neighbors per artist: a screenful in the dashboard
-    retrieval_k: int = _result(default=10)  # retrieval_map@k: the usual k of style-retrieval papers
+    # retrieval_map@k for each k, side by side: @1 is "is the nearest reference work the
+    # artist's", @10 the usual k of style-retrieval papers, @5 between.
+    retrieval_ks: tuple[int, ...] = _result(default=(1, 5, 10))
+    # Identification readout: raw cosine, or CSLS, which marks down "hub" classes close to
+    # many images at once (r(c) over the csls_k nearest scored images; 10 as in CSLS's paper).
+    readout: str = _result(default="cosine")
+    csls_k: int = _result(default=10)
     # recognized = the recognition margin's CI lies above this; 0 = "closer to its own
     # artist text than the no-artist baseline is", with 95% confidence.
     recognized_threshold: float = _result(default=0.0)
@@ -134,8 +140,14 @@ class ScoreConfig:
             raise InputError(f"ci_alpha must be in (0, 1) but is {self.ci_alpha}")
         if self.k_neighbors < 1:
             raise InputError(f"k_neighbors must be >= 1 but is {self.k_neighbors}")
-        if self.retrieval_k < 1:
-            raise InputError(f"retrieval_k must be >= 1 but is {self.retrieval_k}")
+        if not self.retrieval_ks or any(not isinstance(k, int) or k < 1 for k in self.retrieval_ks):
+            raise InputError(f"retrieval_ks must be integers >= 1 but are {list(self.retrieval_ks)}")
+        from evaluator.scoring.metrics import READOUTS
+
+        if self.readout not in READOUTS:
+            raise InputError(f"readout must be one of {', '.join(READOUTS)} but is {self.readout!r}")
+        if self.csls_k < 1:
+            raise InputError(f"csls_k must be >= 1 but is {self.csls_k}")
         for pair in self.base_pairs or []:
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise InputError(f"a comparison pair must be two different checkpoints (base, finetune) but is {pair!r}")
@@ -264,13 +276,16 @@ def _prepare(wd: Workdir, cfg: ScoreConfig, say, clock: _Clock) -> _Prepared:
     embedded = load_and_index(wd, clip.key, inputs, cfg.index)
     clock.lap("index")
     # 4. what a write would be computed from
-    fp = fingerprint(inputs, embedded, embedding.errors, model=clip.key, retrieval_k=cfg.retrieval_k,
-                     config_digest=cfg.fingerprint())
+    fp = fingerprint(inputs, embedded, embedding.errors, model=clip.key, config_digest=cfg.fingerprint(),
+                     identification={"retrieval_ks": sorted(set(cfg.retrieval_ks)), "readout": cfg.readout,
+                                     "csls_k": cfg.csls_k})
     return _Prepared(clip, inputs, pairs, embedding, embedded, fp)
 
 
 def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: _Clock, started, say) -> ScoreSummary:
     """Steps 5-6: every metric of the new images and every aggregate, then one write."""
+    from dataclasses import replace
+
     import pandas as pd
 
     from evaluator.scoring.aggregate import (
@@ -283,6 +298,7 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
         embed_text_inputs,
         eval_inputs,
     )
+    from evaluator.scoring.metrics import register_retrieval_map
     from evaluator.scoring.notices import score_warnings
     from evaluator.scoring.stats import BootstrapConfig
     from evaluator.scoring.write import ScoreRun, write_all
@@ -296,10 +312,14 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
     already = set(old_scores["image_id"].astype(int).tolist()) if len(old_scores) else set()
     new_mask = ~rows["image_id"].isin(already).to_numpy()
     # 5b. text embeddings (cached on disk by model and text), then the metrics' inputs
+    for k in cfg.retrieval_ks:  # a k other than 1, 5, 10 is registered on first use
+        register_retrieval_map(k)
     texts = embed_text_inputs(wd, prepared.clip, inputs, embedded, cfg.progress)
     clock.lap("texts")
     metric_inputs = eval_inputs(inputs, embedded, texts, embed_dim=prepared.clip.embed_dim,
-                                retrieval_k=cfg.retrieval_k, recognized_threshold=cfg.recognized_threshold)
+                                recognized_threshold=cfg.recognized_threshold)
+    metric_inputs = replace(metric_inputs, retrieval_ks=tuple(sorted(set(cfg.retrieval_ks))), readout=cfg.readout,
+                            csls_k=cfg.csls_k, csls_pool=metric_inputs.vecs)
     # 5c. every table's rows
     batch = ScoringBatch(metric_inputs, scored_meta(rows), new_mask, old_scores, model, prepared.pairs,
                          BootstrapConfig(n_boot=cfg.bootstrap, alpha=cfg.ci_alpha, seed=cfg.bootstrap_seed),

@@ -200,7 +200,7 @@ def test_cli_score_sql_and_search(clip_dir, tmp_path):
                                  "--image-id", str(_any_image_id(tmp_path)), "-k", "2"])
     assert by_id.exit_code == 0 and by_id.output.count("images/") == 2, by_id.output
     listing = runner.invoke(main, ["metrics", "list"])
-    assert listing.exit_code == 0 and "retrieval_map@k" in listing.output
+    assert listing.exit_code == 0 and "retrieval_map@10" in listing.output
 
 
 def _any_image_id(root: Path) -> int:

@@ -63,7 +63,8 @@ def test_registry_lists_itself_and_leaves_out_reference_metrics_without_referenc
     assert all(name in table for name in names)
     without = {m.name for m in M.list_metrics(has_references=False)}
     needing = {m.name for m in M.list_metrics() if m.needs_references}
-    assert needing == {"reference_similarity", "retrieval_map@k", "fd_clip"}
+    assert needing == {"reference_similarity", "retrieval_map@1", "retrieval_map@5", "retrieval_map@10", "fd_clip",
+                       "prototype_top1", "prototype_top5", "prototype_mrr", "discrimination_gap"}
     assert without == set(names) - needing
     assert {m.name for m in M.seed_metrics("artist")} == {"recognition_margin"}
 
@@ -117,7 +118,7 @@ def test_metrics_needing_references_are_not_run_without_them(registry):
     M.register_metric("x_refs", "needs references", True, needs_references=True)(image_fn)
     without = compute_scores(_batch(with_references=False))
     assert calls == [] and "x_refs" not in set(without.image_scores["metric"])
-    assert not {"reference_similarity", "retrieval_map@k", "fd_clip"} & set(without.checkpoint_scores["metric"])
+    assert not {"reference_similarity", "retrieval_map@10", "fd_clip"} & set(without.checkpoint_scores["metric"])
     with_refs = compute_scores(_batch(with_references=True))
     assert calls == [True] and "x_refs" in set(with_refs.image_scores["metric"])
     assert {"reference_similarity", "fd_clip"} <= set(with_refs.image_scores["metric"]) | set(with_refs.checkpoint_scores["metric"])

@@ -26,7 +26,8 @@ def test_registry_lists_every_design_metric_with_its_properties():
     names = {m.name for m in M.list_metrics()}
     assert {
         "clip_score", "artist_similarity", "artist_rank", "top1", "top5", "mrr", "recognized",
-        "recognized_auc_sdxl", "recognized_auc_sd1", "reference_similarity", "retrieval_map@k",
+        "recognized_auc_sdxl", "recognized_auc_sd1", "reference_similarity", "retrieval_map@1", "retrieval_map@5",
+        "retrieval_map@10", "prototype_top1", "prototype_top5", "prototype_mrr", "discrimination_gap",
         "diversity", "content_leak", "fd_clip",
     } <= names
     assert M.get_metric("artist_rank").higher_is_better is False
@@ -299,7 +300,7 @@ def test_planted_references_give_similarity_map_and_fd():
     inp.ref_vecs, inp.ref_artist = refs, ref_artist
     sim = M.get_metric("reference_similarity").fn(inp)
     assert (sim > 0.8).all()
-    ap = M.get_metric("retrieval_map@k").fn(inp)
+    ap = M.get_metric("retrieval_map@10").fn(inp)
     assert ap.mean() > 0.95
     # a checkpoint whose images ignore the styles is farther from the references
     fd_good = M.get_metric("fd_clip").fn(inp)["value"].iloc[0]
