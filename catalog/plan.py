@@ -8,6 +8,10 @@ A baseline template (no ``{name}``, e.g. ``null``) yields one unit per (checkpoi
 with ``artist_id = BASELINE_ARTIST_ID``, placed after that checkpoint's artist units of
 the same template position.
 
+Each other template is paired with the selected rows of its ``kinds`` (artist templates
+with artists, ``character`` templates with characters); a template none of whose rows
+is selected is refused, and a ``{tag}`` template refuses a row without a tag, naming it.
+
 Plans are written as Parquet (``.parquet``) or JSON lines (``.jsonl``), atomically, with
 the unit's fields plus ``unit_id`` and ``image_id``. ``read_plan`` recomputes every id
 and refuses a file whose stored ids do not match (an edited or corrupted plan).
@@ -29,7 +33,8 @@ from catalog.units import BASELINE_ARTIST_ID, WorkUnit
 from evaluator.errors import InputError
 
 # No leading dot: "." and ".." would climb out of DIR/images/ (names become folders).
-CHECKPOINT_NAME_PATTERN = re.compile(r"^(?!\.)[A-Za-z0-9._-]+$")
+# as evaluator.generation.checkpoints.NAME_PATTERN: a training step may end in @step-NNNNNN
+CHECKPOINT_NAME_PATTERN = re.compile(r"^(?!\.)[A-Za-z0-9._-]+(@step-[0-9]{6})?$")
 MAX_SEED = 2**63 - 1  # seeds are stored as int64 (Parquet, DuckDB)
 PLAN_COLUMNS = [f.name for f in fields(WorkUnit)] + ["unit_id", "image_id"]
 
@@ -147,14 +152,11 @@ def make_plan(
     _check_inputs(artists, seeds, checkpoints)
     if not artists and not all(t.is_baseline for t in chosen):
         raise PlanError("the selection has no artists")
+    targets_of = {t.name: _targets(t, artists) for t in chosen}
     units: list[WorkUnit] = []
     for checkpoint in checkpoints:
         for template in chosen:
-            if template.is_baseline:
-                targets = [(BASELINE_ARTIST_ID, template.render())]
-            else:
-                targets = [(a.artist_id, template.render(a.name)) for a in artists]
-            for artist_id, prompt in targets:
+            for artist_id, prompt in targets_of[template.name]:
                 for seed in seeds:
                     units.append(
                         WorkUnit(
@@ -172,6 +174,26 @@ def make_plan(
                         )
                     )
     return units
+
+
+def _targets(template: Template, artists: Sequence[Artist]) -> list[tuple[str, str]]:
+    """(artist_id, prompt) of each row the template is for (the baseline: one, no artist)."""
+    if template.is_baseline:
+        return [(BASELINE_ARTIST_ID, template.render())]
+    rows = [a for a in artists if a.kind in template.kinds]
+    if not rows:
+        kinds = ", ".join(sorted({a.kind for a in artists}))
+        raise PlanError(f"template {template.name!r} is for {' and '.join(template.kinds)} rows, but the "
+                        f"selection has only {kinds} rows; select --kind {template.kinds[0]} or another template")
+    if template.needs_tag:
+        untagged = [a for a in rows if not a.tag]
+        if untagged:
+            first = untagged[0]
+            more = f" (and {len(untagged) - 1} more)" if len(untagged) > 1 else ""
+            raise PlanError(f"template {template.name!r} needs {{tag}} but catalog row {first.artist_id!r} "
+                            f"({first.name}) has no Danbooru tag{more}; select rows with one (--min-posts 0) "
+                            "or use a {name} template")
+    return [(a.artist_id, template.render(a.name, a.tag)) for a in rows]
 
 
 def _records(units: Sequence[WorkUnit]) -> list[dict]:

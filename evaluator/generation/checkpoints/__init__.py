@@ -54,6 +54,7 @@ from evaluator.generation.checkpoints.spec import (
     SCHEDULER_NAMES,
     SCHEDULERS,
     TI_FIELDS,
+    WORKDIR_CHECKPOINTS,
     CheckpointChangedError,
     CheckpointError,
     CheckpointSpec,
@@ -66,6 +67,7 @@ from evaluator.generation.checkpoints.spec import (
     pickle_message,
     resolve_source,
     suggest,
+    with_workdir_checkpoints,
 )
 
 __all__ = [
@@ -77,5 +79,6 @@ __all__ = [
     "fingerprint", "folder_weight_files", "hub_cached_file", "is_pickle", "kind_of_file", "kind_of_folder",
     "kind_of_keys", "load_checkpoints", "load_pickled_state_dict", "load_pipeline", "model_hash",
     "pickle_message", "pickle_reason", "pipeline_class", "prepare_config_dir", "resolve_source",
-    "safetensors_keys", "set_scheduler", "suggest", "torch_dtype",
+    "safetensors_keys", "set_scheduler", "suggest", "torch_dtype", "WORKDIR_CHECKPOINTS",
+    "with_workdir_checkpoints",
 ]

@@ -39,8 +39,12 @@ from typing import Any
 from evaluator.errors import InputError
 
 # A path component: [A-Za-z0-9._-]+, never ".", ".." or any name starting with "." (hidden,
-# or a step out of its folder).
-NAME_PATTERN = re.compile(r"^(?!\.)[A-Za-z0-9._-]+$")
+# or a step out of its folder). A training step's checkpoint adds "@step-" and six digits
+# (``<output_name>@step-000100``, recorded by ``atelier train``).
+NAME_PATTERN = re.compile(r"^(?!\.)[A-Za-z0-9._-]+(@step-[0-9]{6})?$")
+# The checkpoints a workdir records itself (each saved training step), merged with the
+# user's file by ``with_workdir_checkpoints``.
+WORKDIR_CHECKPOINTS = Path("training") / "checkpoints.toml"
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 KINDS = ("sd1", "sd2", "sdxl")
 # Spellings people use for the same architectures.
@@ -192,7 +196,7 @@ def load_checkpoints(path: str | Path, allow_pickle: bool = False) -> dict[str, 
             raise CheckpointError(f"{label}: field 'name' is missing")
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise CheckpointError(f"{label}, field 'name': {name!r} must match [A-Za-z0-9._-]+ and not start "
-                                  "with '.' (it is used in paths)")
+                                  "with '.' (it is used in paths; a training step may end in @step-NNNNNN)")
         if name in raw:
             raise CheckpointError(f"{file}: checkpoint {name!r} is defined twice (#{list(raw).index(name) + 1} and #{position})")
         for key in table:
@@ -204,6 +208,21 @@ def load_checkpoints(path: str | Path, allow_pickle: bool = False) -> dict[str, 
         specs[name] = _validate_table(file, name, table, raw, allow_pickle)
     _check_base_cycles(file, specs)
     return specs
+
+
+def with_workdir_checkpoints(
+    specs: dict[str, CheckpointSpec], workdir: str | Path, allow_pickle: bool = False
+) -> dict[str, CheckpointSpec]:
+    """``specs`` plus the checkpoints the workdir recorded itself (``DIR/training/checkpoints.toml``:
+    every saved training step, with a copy of its base), so ``generate`` takes
+    ``<output_name>@step-NNNNNN`` beside the user's file. The user's file wins a shared name."""
+    file = (Path(workdir).expanduser() / WORKDIR_CHECKPOINTS).resolve()
+    if not file.is_file() or any(spec.file == file for spec in specs.values()):
+        return specs
+    merged = dict(specs)
+    for name, spec in load_checkpoints(file, allow_pickle=allow_pickle).items():
+        merged.setdefault(name, spec)
+    return merged
 
 
 def _validate_table(file: Path, name: str, table: dict, raw: dict, allow_pickle: bool) -> CheckpointSpec:
