@@ -12,6 +12,7 @@ import click
 
 from evaluator.cli.options import model_option, pretrained_option, workdir_option
 from evaluator.cli.query import search_cmd
+from evaluator.errors import StateError
 
 
 @click.group("index")
@@ -29,7 +30,7 @@ def index_group() -> None:
 @click.option("--rebuild", is_flag=True, help="Start from scratch instead of adding new vectors.")
 def index_build(workdir: Path, model: str, pretrained: str | None, rebuild: bool, **tuning: float) -> None:
     """Add every embedded image missing from the index (exact, or IVF past the threshold)."""
-    from evaluator.embedding.embed import model_key
+    from evaluator.embedding.embed import load_embeddings, model_key
     from evaluator.embedding.index import IndexConfig, record_index_run, update_index
     from evaluator.workspace.workdir import Workdir, workdir_lock
 
@@ -37,7 +38,11 @@ def index_build(workdir: Path, model: str, pretrained: str | None, rebuild: bool
     key = model_key(model, pretrained)
     config = IndexConfig(**tuning)
     with workdir_lock(wd, echo=click.echo):  # not while a score run updates the same index
-        info = update_index(wd, key, config, rebuild=rebuild)
+        embeddings = load_embeddings(wd, key)
+        if not len(embeddings[0]):
+            raise StateError(f"no embeddings of model {key!r} in {wd.root}: an index of nothing would be empty. "
+                 f"Run `atelier embed -w {wd.root} --model {model}` (or `atelier score`) first.")
+        info = update_index(wd, key, config, rebuild=rebuild, embeddings=embeddings)
         if info.added:
             record_index_run(wd, info, config)
     recall = "exact" if info.kind == "flat" else f"nprobe {info.nprobe}, recall@10 {info.recall_at_10:.3f} on {info.recall_queries} queries"

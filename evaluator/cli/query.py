@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from evaluator.cli.options import device_option, model_option, pretrained_option, workdir_option
-from evaluator.errors import InputError
+from evaluator.errors import InputError, StateError
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,23 @@ def _query_vector(wd, request: SearchRequest):
     return clip.key, _indexed_vector(wd, clip.key, request.image_id)
 
 
-def _image_rows(store: Path, image_ids: list[int]) -> dict[int, tuple]:
-    """(checkpoint, artist_id, template, seed, path) of each image id found in the store."""
+def _image_rows(wd, image_ids: list[int]) -> dict[int, tuple]:
+    """(checkpoint, artist_id, template, seed, path) of each image id, from the store or,
+    for images embedded but not yet scored, from the manifests that made them."""
+    rows = _store_rows(wd.store, image_ids)
+    missing = [i for i in image_ids if i not in rows]
+    if missing and wd.manifests.is_dir():
+        from evaluator.workspace.manifest import read_manifests
+
+        frame = read_manifests(wd.manifests)
+        frame = frame[frame["image_id"].isin(missing)].drop_duplicates("image_id", keep="last")
+        for record in frame.itertuples(index=False):
+            rows[int(record.image_id)] = (record.checkpoint, record.artist_id, record.template,
+                                          record.seed, record.path)
+    return rows
+
+
+def _store_rows(store: Path, image_ids: list[int]) -> dict[int, tuple]:
     from evaluator.workspace.store import connect_read_only
 
     if not store.is_file() or not image_ids:
@@ -146,12 +161,17 @@ def run_search(request: SearchRequest) -> SearchResult:
     index, meta = load_index(wd, key)
     sims, ids = search_by_vector(index, query, request.k)
     found = [int(i) for i in ids[0] if i >= 0]
-    info = _image_rows(wd.store, found)
+    info = _image_rows(wd, found)
+    unknown = sorted(set(found) - set(info))
+    if unknown:  # an index entry nothing describes: the workdir's files disagree
+        raise StateError(f"{len(unknown)} of the {len(found)} hits (e.g. image {unknown[0]}) are in the index "
+                         f"{wd.index(key)} but in neither the store nor the manifests of {wd.root}: "
+                         f"rebuild it with `atelier index build -w {wd.root} --model ... --rebuild`")
     images = []
     for rank, (sim, image_id) in enumerate(zip(sims[0], ids[0], strict=True), start=1):
         if image_id < 0:
             continue
-        checkpoint, artist, template, seed, path = info.get(int(image_id), ("?", "?", "?", "?", "?"))
+        checkpoint, artist, template, seed, path = info[int(image_id)]
         images.append({"rank": rank, "similarity": float(sim), "image_id": int(image_id), "checkpoint": checkpoint,
                        "artist_id": artist, "template": template, "seed": seed, "path": path})
     return SearchResult(key, {"kind": meta.get("kind", "?"), "ntotal": meta.get("ntotal", "?")}, images, [])

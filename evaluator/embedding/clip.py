@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 
 DTYPES = ("float32", "float16", "bfloat16")
 LOCAL_DIR_PREFIX = "local-dir:"
+# `--pretrained random`: the architecture with seeded random weights, built in memory.
+# Its numbers say only that the pipeline runs (structure), nothing about a style.
+RANDOM_PRETRAINED = "random"
+RANDOM_SEED = 0
+RANDOM_NOTE = ("note: {key} has RANDOM weights: its scores are only structural (they test that atelier runs, "
+               "not what a model knows about a style); pass real weights for real numbers")
 HF_HUB_PREFIX = "hf-hub:"
 
 
@@ -129,18 +135,40 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
+def _looks_like_path(model: str) -> bool:
+    """A model string meant as a folder: it has a path separator past an architecture's one slash
+    (`ViT-B/32` is an architecture), or starts like a path."""
+    return model.startswith((".", "~", "/")) or model.count("/") >= 2 or Path(model).parent.is_dir() and "/" in model
+
+
+def _missing_folder_message(model: str) -> str:
+    folder = Path(model).expanduser()
+    parent = folder.parent
+    siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
+    close = _did_you_mean(folder.name, siblings).replace("did you mean ", f"did you mean {parent}/")
+    where = "" if parent.is_dir() else f" (nor does {parent})"
+    return (f"CLIP folder {folder} does not exist{where}{close} (nor is it an open_clip architecture "
+            "such as ViT-B-32)")
+
+
 def _resolve_architecture(model: str, pretrained: str | None) -> ResolvedClip:
     """A built-in open_clip architecture with a local weights file or a pretrained tag."""
     import open_clip
 
     arch = model.replace("/", "-")
     if open_clip.get_model_config(arch) is None:
+        if _looks_like_path(model):
+            raise InputError(_missing_folder_message(model))
         raise InputError(f"unknown open_clip model {model!r}{_did_you_mean(arch, open_clip.list_models())}")
-    if pretrained is None:
+    if pretrained is None or pretrained == "none":
         raise InputError(
             f"model {model!r} needs --pretrained (a tag such as laion2b_s34b_b79k, or a local weights "
-            "file); random weights are for tests: build a folder with evaluator.testing.tiny_clip"
+            f"file); for offline checks `--pretrained {RANDOM_PRETRAINED}` (seeded random weights), or build a "
+            "folder with `atelier models random`"
         )
+    if pretrained == RANDOM_PRETRAINED:
+        key = f"{arch}/{RANDOM_PRETRAINED}-seed{RANDOM_SEED}"
+        return ResolvedClip(arch, None, key, key, {"source": key, "random_weights": True, "seed": RANDOM_SEED})
     if Path(pretrained).expanduser().is_file():
         weights = Path(pretrained).expanduser().resolve()
         fingerprint = file_fingerprint(weights)
@@ -175,6 +203,11 @@ def _load_cached(spec: ClipSpec) -> LoadedClip:
 
     resolved = resolve_clip(spec)
     name, pretrained = resolved.open_clip_name, resolved.pretrained
+    if resolved.info.get("random_weights") and "seed" in resolved.info:
+        import sys
+
+        torch.manual_seed(resolved.info["seed"])  # the same weights, hence the same key, every time
+        print(RANDOM_NOTE.format(key=resolved.key), file=sys.stderr)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device=spec.device
