@@ -213,6 +213,27 @@ def _image_facts(path: Path, problems: _Problems) -> tuple[str, int, int] | None
     return hashlib.sha256(data).hexdigest(), width, height
 
 
+def image_items(folder: str | Path, caption: str, concept: str, repeats: int = 1) -> list[TrainingItem]:
+    """Every image under ``folder`` as items with one ``caption`` (prior preservation's class
+    images); unreadable images are an error naming them, and so is a folder with none."""
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} is not a folder")
+    problems = _Problems(root)
+    items = []
+    for path in _visible_files(root):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        facts = _image_facts(path, problems)
+        if facts is not None:
+            items.append(TrainingItem(path, caption, facts[0], repeats, concept, facts[1], facts[2],
+                                      relpath=path.relative_to(root).as_posix()))
+    problems.raise_if_any()
+    if not items:
+        raise DatasetError(f"image folder {root} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    return items
+
+
 def _load_kohya(root: Path, extension: str) -> TrainingDataset:
     problems = _Problems(root)
     files = _visible_files(root)

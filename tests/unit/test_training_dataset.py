@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluator.training.dataset import DatasetError, load_dataset
+from evaluator.training.dataset import DatasetError, image_items, load_dataset
 
 
 @pytest.fixture()
@@ -130,3 +130,17 @@ def test_flat_labels_problems_name_the_line_or_file(tmp_path, shared_data, rows,
     labels.write_text("file,artist\n" + rows)
     with pytest.raises(DatasetError, match=message):
         load_dataset(root, labels=labels)
+
+
+def test_image_items_of_a_plain_folder(tmp_path, paintings):
+    for src in paintings[:2]:
+        shutil.copy(src, tmp_path / src.name)
+    (tmp_path / "notes.txt").write_text("not an image, not read")
+    items = image_items(tmp_path, "a painting", "painting")
+    assert [i.caption for i in items] == ["a painting", "a painting"] and {i.concept for i in items} == {"painting"}
+    (tmp_path / "bad.jpg").write_bytes(b"no jpeg")
+    with pytest.raises(DatasetError, match="bad.jpg: unreadable image"):
+        image_items(tmp_path, "a painting", "painting")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no image"):
+        image_items(tmp_path / "empty", "x", "y")
