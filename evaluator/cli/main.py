@@ -65,6 +65,8 @@ COMMANDS: dict[str, CommandEntry] = {
                           "Serve a read-only HTTP API (JSON) over DIR: scores, comparisons, images, search, SQL."),
     "migrate": CommandEntry("evaluator.cli.store:migrate_cmd",
                             "Update the store's schema in place (keeps every row; safe to rerun)."),
+    "recipes": CommandEntry("evaluator.cli.recipes:recipes_group",
+                            "Character recipes: parse A1111 prompts, show and validate recipe files, train a token."),
     "dashboard": CommandEntry("dashboard.cli:dashboard_command",
                               "Serve the Streamlit dashboard (read-only) for a workdir."),
     "report": CommandEntry("dashboard.cli:report_command",
