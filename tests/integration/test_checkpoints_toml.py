@@ -86,6 +86,22 @@ def test_bad_tables_name_file_checkpoint_and_field(tmp_path, body, expected):
     assert expected in message
 
 
+def test_every_bad_table_is_reported_in_one_run(tmp_path):
+    toml = write_toml(tmp_path / "ck.toml", (
+        '[[checkpoint]]\nname = "a"\nsorce = "o/m"\n'
+        '[[checkpoint]]\nname = "ok"\nsource = "o/m"\n'
+        '[[checkpoint]]\nname = "b"\nsource = "o/m"\nkind = "sd3x"\n'
+        '[[checkpoint]]\nname = "c"\nbase = "okk"\n'
+    ))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoints(toml)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"3 problems in {toml}:"
+    assert "unknown field 'sorce'; did you mean 'source'?" in lines[1]
+    assert "checkpoint 'b', field 'kind'" in lines[2]
+    assert "checkpoint 'c', field 'base'" in lines[3] and "'ok'" in lines[3]
+
+
 def test_duplicates_cycles_and_file_level_errors(tmp_path):
     dup = write_toml(tmp_path / "dup.toml", '[[checkpoint]]\nname = "a"\nsource = "o/m"\n[[checkpoint]]\nname = "a"\nsource = "o/n"\n')
     with pytest.raises(CheckpointError, match="'a' is defined twice"):

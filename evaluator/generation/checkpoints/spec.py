@@ -168,8 +168,8 @@ def is_pickle(path: Path) -> bool:
 def load_checkpoints(path: str | Path, allow_pickle: bool = False) -> dict[str, CheckpointSpec]:
     """Read and validate a checkpoints TOML; return specs by name, in file order.
 
-    Raises :class:`CheckpointError` naming the file, the checkpoint and the field of the
-    first problem (unknown keys come with the closest valid name).
+    Raises :class:`CheckpointError` naming the file, the checkpoint and the field of every
+    problem, one per line (unknown keys come with the closest valid name).
     """
     file = Path(path).expanduser().resolve()
     if not file.is_file():
@@ -189,25 +189,43 @@ def load_checkpoints(path: str | Path, allow_pickle: bool = False) -> dict[str, 
     if not isinstance(tables, list):
         raise CheckpointError(f"{file}: 'checkpoint' must be an array of tables ([[checkpoint]]), not [checkpoint]")
     raw: dict[str, dict] = {}
+    problems: list[CheckpointError] = []  # every table is checked: one run shows every mistake
     for position, table in enumerate(tables, start=1):
-        label = f"{file}: checkpoint #{position}"
-        name = table.get("name")
-        if name is None:
-            raise CheckpointError(f"{label}: field 'name' is missing")
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise CheckpointError(f"{label}, field 'name': {name!r} must match [A-Za-z0-9._-]+ and not start "
-                                  "with '.' (it is used in paths; a training step may end in @step-NNNNNN)")
-        if name in raw:
-            raise CheckpointError(f"{file}: checkpoint {name!r} is defined twice (#{list(raw).index(name) + 1} and #{position})")
-        for key in table:
-            if key not in CHECKPOINT_FIELDS:
-                raise CheckpointError(f"{file}: checkpoint {name!r}: unknown field {key!r}{suggest(key, CHECKPOINT_FIELDS)}")
+        try:
+            name = _checked_name(file, position, table, raw)
+        except CheckpointError as exc:
+            problems.append(exc)
+            continue
         raw[name] = table
     specs: dict[str, CheckpointSpec] = {}
     for name, table in raw.items():
-        specs[name] = _validate_table(file, name, table, raw, allow_pickle)
+        try:
+            specs[name] = _validate_table(file, name, table, raw, allow_pickle)
+        except CheckpointError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise CheckpointError(f"{len(problems)} problems in {file}:\n  " + "\n  ".join(map(str, problems)))
     _check_base_cycles(file, specs)
     return specs
+
+
+def _checked_name(file: Path, position: int, table: dict, raw: dict) -> str:
+    """The table's name, after checking it and the table's keys (first problem raised)."""
+    label = f"{file}: checkpoint #{position}"
+    name = table.get("name")
+    if name is None:
+        raise CheckpointError(f"{label}: field 'name' is missing")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise CheckpointError(f"{label}, field 'name': {name!r} must match [A-Za-z0-9._-]+ and not start "
+                              "with '.' (it is used in paths; a training step may end in @step-NNNNNN)")
+    if name in raw:
+        raise CheckpointError(f"{file}: checkpoint {name!r} is defined twice (#{list(raw).index(name) + 1} and #{position})")
+    for key in table:
+        if key not in CHECKPOINT_FIELDS:
+            raise CheckpointError(f"{file}: checkpoint {name!r}: unknown field {key!r}{suggest(key, CHECKPOINT_FIELDS)}")
+    return name
 
 
 def with_workdir_checkpoints(
