@@ -199,8 +199,9 @@ class _Context:
     uses: list[str] = field(default_factory=list)
 
 
-def _catalog_text(artist_id: Any, form: Any, line: int, ctx: _Context) -> str | None:
+def _catalog_text(artist_id: Any, form: Any, line_of: Callable[[str], int], ctx: _Context) -> str | None:
     """The prompt text of a catalog row (its name, or its Danbooru tag), or None (reported)."""
+    line = line_of("id")
     if not isinstance(artist_id, str) or not artist_id:
         ctx.report.error(line, f"id must be a catalog id (text) but is {artist_id!r}", "id")
         return None
@@ -208,6 +209,7 @@ def _catalog_text(artist_id: Any, form: Any, line: int, ctx: _Context) -> str | 
     if artist is None:
         ctx.report.error(line, f"unknown catalog id {artist_id!r}{_suggest(artist_id, ctx.catalog)}", "id")
         return None
+    line = line_of("form")
     if form not in FORMS:
         ctx.report.error(line, f"form must be one of {', '.join(FORMS)} but is {form!r}{_suggest(str(form), FORMS)}",
                          "form")
@@ -236,7 +238,7 @@ def _content(item: Any, line_of: Callable[[str], int], ctx: _Context) -> list[No
     key = given[0]
     value = item[key]
     if key == "id":
-        text = _catalog_text(value, item.get("form", "name"), line_of("id"), ctx)
+        text = _catalog_text(value, item.get("form", "name"), line_of, ctx)
         return None if text is None else [Leaf(text)]
     if not isinstance(value, str) or not value.strip():
         ctx.report.error(line_of(key), f"{key} must be non-empty text but is {value!r}", key)
