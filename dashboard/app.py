@@ -1,7 +1,7 @@
 """The atelier dashboard (Streamlit): `atelier dashboard --workdir DIR`, or
 `streamlit run dashboard/app.py -- --workdir DIR`, or with ``ATELIER_WORKDIR`` set.
 
-Pages: Leaderboard, Compare, Gallery, Artist, Similarity, SQL, Runs (sidebar, and
+Pages: Leaderboard, Compare, Gallery, Artist, Similarity, SQL, Runs, Training (sidebar, and
 ``?page=Gallery`` in the URL). Every query lives in ``dashboard/queries.py`` and runs
 on a read-only connection opened and closed per query. This module never imports
 torch: text and image searches run `atelier search` in a child process (dashboard.search).
@@ -16,7 +16,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import queries as q
-from dashboard import views
+from dashboard import training, views
 from dashboard.report import md_text
 
 PAGES = {
@@ -27,6 +27,7 @@ PAGES = {
     "Similarity": views.page_similarity,
     "SQL": views.page_sql,
     "Runs": views.page_runs,
+    "Training": training.page_training,
 }
 
 
