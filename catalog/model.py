@@ -13,6 +13,7 @@ columns and cell rules live in ``catalog.schema`` (shared with ``catalog.validat
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import unicodedata
@@ -28,10 +29,13 @@ from catalog.schema import (  # noqa: F401  (re-exported: importers predate cata
     RECOGNITION_COLUMNS,
     RECOGNITION_VALUES,
     REQUIRED_COLUMNS,
+    escape_tag,
+    parse_kind,
     parse_living,
+    parse_post_count,
 )
 from catalog.units import LIST_SEPARATOR
-from catalog.validate import validate_catalog
+from catalog.validate import validate_text
 from evaluator.errors import InputError
 from evaluator.workspace import settings
 
@@ -71,6 +75,13 @@ class Artist:
     recognized_sd1: str = ""
     sources: tuple[str, ...] = ()
     notes: str = ""
+    # artist | character (catalog.schema.KINDS)
+    kind: str = "artist"
+    # The Danbooru tag ("ilya_kuvshinov"), blank when the row has none; its post count
+    tag: str = ""
+    post_count: int | None = None
+    # A character's franchise: a Danbooru copyright tag ("kantai_collection"), or blank
+    franchise: str = ""
     # Columns a user added by hand: kept so a load/write round trip loses nothing.
     extra: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
@@ -91,9 +102,18 @@ class Artist:
             "recognized_sd1": self.recognized_sd1,
             "sources": join_list(self.sources),
             "notes": self.notes,
+            "kind": self.kind,
+            "tag": self.tag,
+            "post_count": "" if self.post_count is None else str(self.post_count),
+            "franchise": self.franchise,
         }
         row.update(dict(self.extra))
         return row
+
+    @property
+    def prompt_tag(self) -> str:
+        """The tag as a prompt needs it (parentheses escaped for A1111/ComfyUI); blank without one."""
+        return escape_tag(self.tag) if self.tag else ""
 
     @property
     def primary_movement(self) -> str:
@@ -114,32 +134,39 @@ def join_list(values: Iterable[str]) -> str:
 
 def artist_from_row(row: dict[str, str]) -> Artist:
     """Build an Artist from validated CSV cells (see catalog.validate for the checks)."""
-
-    def cell(name: str) -> str:
-        return (row.get(name) or "").strip()
+    cells = {k: (v or "").strip() for k, v in row.items() if k is not None}
+    get = cells.get
 
     def year(name: str) -> int | None:
-        value = cell(name)
+        value = get(name, "")
         return int(value) if value else None
 
-    extra = tuple((k, v) for k, v in row.items() if k not in COLUMNS and k is not None)
+    extra = tuple((k, row[k]) for k in row if k not in _COLUMN_SET and k is not None)
+    name = get("name", "")
     return Artist(
-        artist_id=cell("artist_id"),
-        name=unicodedata.normalize("NFC", cell("name")),
-        aliases=split_list(cell("aliases")),
+        artist_id=get("artist_id", ""),
+        name=name if name.isascii() else unicodedata.normalize("NFC", name),
+        aliases=split_list(get("aliases", "")),
         born=year("born"),
         died=year("died"),
-        living=parse_living(cell("living")),
-        nationality=cell("nationality"),
-        movements=split_list(cell("movements")),
-        mediums=split_list(cell("mediums")),
-        tags=split_list(cell("tags")),
-        recognized_sdxl=cell("recognized_sdxl").lower(),
-        recognized_sd1=cell("recognized_sd1").lower(),
-        sources=split_list(cell("sources")),
-        notes=cell("notes"),
+        living=parse_living(get("living", "")),
+        nationality=get("nationality", ""),
+        movements=split_list(get("movements", "")),
+        mediums=split_list(get("mediums", "")),
+        tags=split_list(get("tags", "")),
+        recognized_sdxl=get("recognized_sdxl", "").lower(),
+        recognized_sd1=get("recognized_sd1", "").lower(),
+        sources=split_list(get("sources", "")),
+        notes=get("notes", ""),
+        kind=parse_kind(get("kind", "")),
+        tag=get("tag", ""),
+        post_count=parse_post_count(get("post_count", "")),
+        franchise=get("franchise", ""),
         extra=extra,
     )
+
+
+_COLUMN_SET = frozenset(COLUMNS)
 
 
 def default_catalog_path() -> Path:
@@ -157,10 +184,21 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> list[Artist]:
     source = default_catalog_path() if path is None else Path(path)
     if not source.is_file():
         raise CatalogNotFoundError(f"catalog {source} not found (set ${ENV_CATALOG} or pass a path)")
-    report = validate_catalog(source)
-    if report.errors:
-        raise CatalogError(report.format(only_errors=True))
-    return [artist_from_row(row) for _, row in report.rows]
+    data = source.read_bytes()
+    key = (str(source), hashlib.blake2b(data, digest_size=16).hexdigest())
+    if key not in _LOADED:
+        report = validate_text(data, path=str(source))
+        if report.errors:
+            raise CatalogError(report.format(only_errors=True))
+        _LOADED.clear()  # one catalog kept: the one in use
+        _LOADED[key] = tuple(artist_from_row(row) for _, row in report.rows)
+    return list(_LOADED[key])
+
+
+# The last catalog loaded, by (path, digest of its bytes): ~40,000 rows take a second or
+# two to validate, and one process (a test session, the CLI) loads the same file many
+# times; hashing it takes milliseconds. Artists are frozen, so the rows are shared.
+_LOADED: dict[tuple[str, str], tuple[Artist, ...]] = {}
 
 
 def catalog_to_csv(artists: Sequence[Artist]) -> str:
@@ -192,7 +230,7 @@ def write_catalog(artists: Sequence[Artist], path: str | os.PathLike[str]) -> No
 def catalog_frame(artists: Sequence[Artist]):
     """A pandas DataFrame with exactly the columns of the store's ``artists`` table.
 
-    born/died are nullable Int64, living nullable boolean, blank strings become None
+    born/died/post_count are nullable Int64, living nullable boolean, blank strings become None
     (SQL NULL), list fields stay joined with LIST_SEPARATOR.
     """
     import pandas as pd
@@ -206,12 +244,14 @@ def catalog_frame(artists: Sequence[Artist]):
         record["born"] = artist.born
         record["died"] = artist.died
         record["living"] = artist.living
+        record["post_count"] = artist.post_count
         records.append(record)
     frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     frame["born"] = frame["born"].astype("Int64")
     frame["died"] = frame["died"].astype("Int64")
     frame["living"] = frame["living"].astype("boolean")
+    frame["post_count"] = frame["post_count"].astype("Int64")
     for column in COLUMNS:
-        if column not in ("born", "died", "living"):
+        if column not in ("born", "died", "living", "post_count"):
             frame[column] = frame[column].astype(object)
     return frame

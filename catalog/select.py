@@ -4,7 +4,9 @@ Filters are case- and accent-insensitive. ``tag``, ``movement`` and ``medium`` m
 element of the list exactly (``"impressionism"`` matches the movement "Impressionism",
 not "Post-Impressionism"). ``text`` is a substring of the name, an alias or the id.
 ``recognized`` is ``"yes"`` / ``"no"`` / ``"unsure"`` / ``"blank"`` (either model), or
-``"sdxl=yes"``, ``"sd1=no"``... for one model.
+``"sdxl=yes"``, ``"sd1=no"``... for one model. ``kind`` keeps artists or characters;
+``franchise`` a character's copyright tag (exact, case-insensitive); ``min_posts`` rows
+whose Danbooru tag has at least that many posts (a row without a tag has none).
 
 A sample of N is stratified over the primary movement (the first listed): each movement
 gets its proportional share (largest remainder; at least one per movement when N allows),
@@ -20,7 +22,7 @@ import random
 from collections.abc import Sequence
 
 from catalog.model import Artist
-from catalog.schema import RECOGNITION_VALUES
+from catalog.schema import KINDS, RECOGNITION_VALUES
 from evaluator.errors import InputError
 
 
@@ -52,6 +54,9 @@ def _parse_recognized(value: str) -> tuple[tuple[str, ...], str]:
 def select_artists(
     artists: Sequence[Artist],
     *,
+    kind: str | None = None,
+    franchise: str | None = None,
+    min_posts: int | None = None,
     tag: str | None = None,
     movement: str | None = None,
     medium: str | None = None,
@@ -68,7 +73,7 @@ def select_artists(
     """
     if sample is not None and sample < 0:
         raise InputError(f"sample must be >= 0 but is {sample}")
-    chosen = list(artists)
+    chosen = _by_kind(artists, kind, franchise, min_posts)
     for value, attribute in ((tag, "tags"), (movement, "movements"), (medium, "mediums")):
         if value:
             wanted = _fold(value)
@@ -90,6 +95,21 @@ def select_artists(
     chosen.sort(key=lambda a: a.artist_id)
     if sample is not None:
         chosen = stratified_sample(chosen, sample, seed)
+    return chosen
+
+
+def _by_kind(artists: Sequence[Artist], kind: str | None, franchise: str | None, min_posts: int | None) -> list[Artist]:
+    """The rows of one kind, franchise and post count (each filter only when given)."""
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"kind must be one of {', '.join(KINDS)} but is {kind!r}")
+    if min_posts is not None and min_posts < 0:
+        raise InputError(f"min_posts must be >= 0 but is {min_posts}")
+    chosen = [a for a in artists if kind is None or a.kind == kind]
+    if franchise:
+        wanted = franchise.strip().casefold()
+        chosen = [a for a in chosen if a.franchise.casefold() == wanted]
+    if min_posts is not None:
+        chosen = [a for a in chosen if a.post_count is not None and a.post_count >= min_posts]
     return chosen
 
 

@@ -1,4 +1,4 @@
-"""Prompt templates: named prompts with a ``{name}`` placeholder for the artist.
+"""Prompt templates: named prompts with a ``{name}`` or ``{tag}`` placeholder for the row.
 
 Reads the packaged ``catalog/data/templates.toml`` and an optional user TOML file;
 writes nothing. The packaged file holds ``style``, ``portrait``, ``landscape``,
@@ -13,10 +13,17 @@ writes nothing. The packaged file holds ``style``, ``portrait``, ``landscape``,
 
 ``load_templates(path)`` merges the user's templates over the defaults (same name: the
 user's wins). With ``replace_defaults = true`` at the top of the file, or
-``merge=False``, only the user's templates are used. ``{name}`` is the only placeholder;
-any other (``{artist}``, ``{0}``, ``{name!r}``) is refused with the template's name. A
-template without ``{name}`` is a *baseline*: the plan makes one unit per checkpoint and
-seed for it, with ``artist_id = catalog.units.BASELINE_ARTIST_ID``.
+``merge=False``, only the user's templates are used. Two placeholders exist: ``{name}``,
+the row's natural name ("Ilya Kuvshinov"), and ``{tag}``, its Danbooru tag in the form
+A1111 and ComfyUI read (parentheses escaped: ``akira_\\(coffee_curry\\)``), for the anime
+fine-tunes prompted with tags. Any other (``{artist}``, ``{0}``, ``{name!r}``) is refused
+with the template's name. A template needing ``{tag}`` refuses a row without one,
+naming the row. A template without either is a *baseline*: the plan makes one unit per
+checkpoint and seed for it, with ``artist_id = catalog.units.BASELINE_ARTIST_ID``.
+
+``kinds`` (optional, default ``["artist"]``) says which catalog rows a template is for:
+the plan pairs ``character`` templates with characters and artist templates with
+artists, so one plan can hold both.
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog.schema import KINDS, escape_tag
 from evaluator.errors import InputError
 
-PLACEHOLDERS = ("name",)
+PLACEHOLDERS = ("name", "tag")
+# Kinds a template is for when its file does not say: catalogs held only artists before.
+DEFAULT_TEMPLATE_KINDS = ("artist",)
 # Template names end up in file paths (images/<ckpt>/<artist>/<template>-<seed>-...).
 # No leading dot: template names become file-name parts.
 TEMPLATE_NAME_PATTERN = re.compile(r"^(?!\.)[A-Za-z0-9._-]+$")
@@ -48,20 +58,43 @@ class Template:
     text: str
     description: str = ""
     source: str = ""
+    kinds: tuple[str, ...] = DEFAULT_TEMPLATE_KINDS
 
     def __post_init__(self) -> None:
         check_template(self.name, self.text, self.source)
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown or not self.kinds:
+            raise TemplateError(f"template {self.name!r}: kinds must be a non-empty list of "
+                                f"{', '.join(KINDS)} but is {list(self.kinds)}")
 
     @property
     def is_baseline(self) -> bool:
         """True when the prompt names no artist (the `null` template and the like)."""
         return not _fields(self.name, self.text, self.source)
 
-    def render(self, name: str = "") -> str:
-        """The prompt for one artist (``name`` is ignored by a baseline template)."""
-        if not self.is_baseline and not name.strip():
+    @property
+    def needs_tag(self) -> bool:
+        """True when the prompt takes the row's Danbooru tag (a booru template)."""
+        return "tag" in _fields(self.name, self.text, self.source)
+
+    def render(self, name: str = "", tag: str = "") -> str:
+        """The prompt for one row: ``name`` its natural name, ``tag`` its raw Danbooru tag
+        (escaped here); a baseline template ignores both."""
+        fields = _fields(self.name, self.text, self.source)
+        if "name" in fields and not name.strip():
             raise TemplateError(f"template {self.name!r} needs an artist name but got {name!r}")
-        return self.text.format(name=name)
+        if "tag" in fields and not tag.strip():
+            raise TemplateError(f"template {self.name!r} needs a Danbooru tag but got {tag!r}")
+        return self.text.format(name=name, tag=escape_tag(tag))
+
+    def render_row(self, row) -> str:
+        """The prompt for a catalog row (``catalog.model.Artist``); a row without the tag
+        this template needs is refused by id and name."""
+        if self.needs_tag and not row.tag:
+            raise TemplateError(
+                f"template {self.name!r} needs {{tag}} but catalog row {row.artist_id!r} ({row.name}) has no "
+                "Danbooru tag; select rows with one (--min-posts 0) or use a {name} template")
+        return self.render(row.name, row.tag)
 
 
 def _fields(template_name: str, text: str, source: str) -> list[str]:
@@ -83,11 +116,11 @@ def _fields(template_name: str, text: str, source: str) -> list[str]:
             suggestion = f"; did you mean {{{hint[0]}}}?" if hint else ""
             raise TemplateError(
                 f"template {template_name!r}{where} uses unknown placeholder {shown}; "
-                f"the only placeholder is {{name}}{suggestion}"
+                f"the placeholders are {{name}} and {{tag}}{suggestion}"
             )
         if spec or conversion:
             raise TemplateError(
-                f"template {template_name!r}{where}: placeholder {{name}} takes no format "
+                f"template {template_name!r}{where}: placeholder {{{field_name}}} takes no format "
                 "spec or conversion"
             )
         found.append(field_name)
@@ -118,23 +151,28 @@ def _parse_file(path: Path) -> tuple[dict[str, Template], bool]:
         raise TemplateError(f"{path}: replace_defaults must be true or false")
     templates: dict[str, Template] = {}
     for name, value in data.items():
+        kinds: list[str] = list(DEFAULT_TEMPLATE_KINDS)
         if isinstance(value, str):
             text, description = value, ""
         elif isinstance(value, dict):
-            unknown = sorted(set(value) - {"text", "description"})
+            unknown = sorted(set(value) - {"text", "description", "kinds"})
             if unknown:
                 raise TemplateError(
                     f"template {name!r} in {path} has unknown key(s) {unknown}; "
-                    "allowed: text, description"
+                    "allowed: text, description, kinds"
                 )
             if "text" not in value:
                 raise TemplateError(f"template {name!r} in {path} has no `text`")
             text, description = value["text"], str(value.get("description", ""))
+            kinds = value.get("kinds", list(DEFAULT_TEMPLATE_KINDS))
+            if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+                raise TemplateError(f"template {name!r} in {path}: kinds must be a list such as [\"character\"]")
         else:
             raise TemplateError(
                 f"template {name!r} in {path} must be a string or a table with `text`"
             )
-        templates[name] = Template(name=name, text=text, description=description, source=str(path))
+        templates[name] = Template(name=name, text=text, description=description, source=str(path),
+                                   kinds=tuple(kinds))
     return templates, replace
 
 

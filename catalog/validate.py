@@ -18,6 +18,9 @@ printed but do not fail. Decisions worth knowing:
 * Recognition values are matched case-insensitively (``Yes`` is ``yes``).
 * Columns other than ``artist_id`` and ``name`` are optional; unknown extra columns are
   kept with a warning.
+* ``kind`` is ``artist`` or ``character`` (blank: artist). ``tag`` is a Danbooru tag
+  (lower case, no blanks or commas) and names one row of each kind; ``post_count`` is
+  a non-negative integer; ``franchise`` (a copyright tag) belongs to characters only.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ from catalog.schema import (
     RECOGNITION_COLUMNS,
     RECOGNITION_VALUES,
     REQUIRED_COLUMNS,
+    TAG_PATTERN,
     TEXT_COLUMNS,
     YEAR_COLUMNS,
     looks_like_formula,
+    parse_kind,
     parse_living,
+    parse_post_count,
 )
 
 # A cell larger than this is an error: names and notes are short, and a megabyte in one
@@ -70,6 +76,7 @@ class ValidationReport:
     # (line number, cells by column name) of every row that could be parsed.
     rows: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
+    error_count: int = 0  # kept by error(): a row's checks compare it before and after
 
     @property
     def errors(self) -> list[Problem]:
@@ -84,6 +91,7 @@ class ValidationReport:
         return not self.errors
 
     def error(self, line: int, column: int, message: str, field_name: str = "") -> None:
+        self.error_count += 1
         self.problems.append(Problem("error", line, column, message, field_name))
 
     def warning(self, line: int, column: int, message: str, field_name: str = "") -> None:
@@ -217,12 +225,13 @@ class _RowChecker:
         self.position = position
         self.year_now = year_now
         self.ids_seen: dict[str, int] = {}  # artist_id -> first line
+        self.tags_seen: dict[tuple[str, str], int] = {}  # (kind, tag) -> first line
         self.line = 0
 
     def check(self, row: dict[str, str], line: int) -> bool:
         """Check one row; return True when it has an error."""
         self.line = line
-        before = len(self.report.errors)
+        before = self.report.error_count
         self._cells(row)
         self._artist_id(row.get("artist_id", "").strip())
         self._name(row.get("name", ""))
@@ -230,7 +239,8 @@ class _RowChecker:
         years = self._years(row)
         self._living(row.get("living", ""), years)
         self._recognition(row)
-        return len(self.report.errors) > before
+        self._kind_and_tag(row)
+        return self.report.error_count > before
 
     def _error(self, column: str, message: str) -> None:
         self.report.error(self.line, self.position.get(column, 0), message, column)
@@ -241,7 +251,8 @@ class _RowChecker:
     def _cells(self, row: dict[str, str]) -> None:
         # (a U+FFFD from a bad byte was already reported as invalid UTF-8 on its line)
         for name, value in row.items():
-            size = len(value.encode("utf-8"))
+            # UTF-8 takes at most 4 bytes a character: only a long cell needs encoding
+            size = len(value.encode("utf-8")) if len(value) * 4 > MAX_FIELD_BYTES else 0
             if size > MAX_FIELD_BYTES:
                 self._error(name, f"field is {size} bytes, over the limit of {MAX_FIELD_BYTES}")
             if "\x00" in value:
@@ -318,6 +329,31 @@ class _RowChecker:
                     column,
                     f"unknown recognition value {value[:40]!r}; expected yes, no, unsure or blank",
                 )
+
+
+    def _kind_and_tag(self, row: dict[str, str]) -> None:
+        """kind, tag, post_count and franchise (the Danbooru columns, issue 15)."""
+        try:
+            kind = parse_kind(row.get("kind", ""))
+        except ValueError as exc:
+            self._error("kind", str(exc))
+            kind = ""
+        try:
+            parse_post_count(row.get("post_count", ""))
+        except ValueError as exc:
+            self._error("post_count", str(exc))
+        tag = row.get("tag", "").strip()
+        if tag and not TAG_PATTERN.match(tag):
+            self._error("tag", f"tag {tag[:60]!r} is not a Danbooru tag (lower case, '_' for spaces, no commas)")
+        elif tag and kind:
+            first = self.tags_seen.setdefault((kind, tag), self.line)
+            if first != self.line:
+                self._error("tag", f"duplicate {kind} tag {tag!r} (first on line {first})")
+        franchise = row.get("franchise", "").strip()
+        if franchise and kind == "artist":
+            self._error("franchise", f"franchise {franchise[:40]!r} is for characters, but this row is an artist")
+        elif franchise and not TAG_PATTERN.match(franchise):
+            self._error("franchise", f"franchise {franchise[:60]!r} is not a Danbooru copyright tag")
 
 
 def validate_catalog(path: str | os.PathLike[str], now_year: int | None = None) -> ValidationReport:

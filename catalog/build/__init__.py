@@ -35,8 +35,16 @@ Steps (each deterministic, so a rebuild from the same sources is byte-identical)
    ``DISTINCT_PEOPLE`` (reviewed false positives). Generational markers are part of the
    key, so "the Elder" and "the Younger" never merge. ``--report FILE`` lists every
    heuristic merge for review.
-3. **Write** one row per artist, sorted by ``artist_id`` (a slug of the display name;
-   people who share a slug get their birth or death year appended).
+3. **Danbooru** (``catalog.build.danbooru``, when ``danbooru-tags.csv`` is in the
+   folder): artist and character tags with at least ``min_posts`` posts (default 100).
+   An artist tag that names a catalog artist is merged with it (its ``tag`` and
+   ``post_count`` filled in, ``danbooru`` added to its sources); every other tag becomes
+   a row of its own (``kind`` artist or character; a character's ``franchise`` from its
+   qualifier). The ids of step 4's artists never change: new rows take the slug of the
+   tag's words, with ``-2``, ``-3``... when it is taken. ``--report`` lists every tag
+   merge and every refusal (a qualifier, an ambiguous or too-short key, ...).
+4. **Write** one row per artist or character, sorted by ``artist_id`` (a slug of the
+   display name; people who share a slug get their birth or death year appended).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from pathlib import Path
 
 from catalog.atomic import atomic_write_text
 from catalog.build.artists import assign_ids, make_artist
+from catalog.build.danbooru import DANBOORU_FILE, DEFAULT_MIN_POSTS, add_danbooru, read_tags
 from catalog.build.merge import Groups, merge_records
 from catalog.build.records import BuildReport, Dropped, Record
 from catalog.build.rules import DISTINCT_PEOPLE, PRIORITY, REJECTED_LINKS, SOURCE_FILES, SOURCES
@@ -65,6 +74,7 @@ __all__ = [
     "REJECTED_LINKS",
     "SOURCES",
     "SOURCE_FILES",
+    "DEFAULT_MIN_POSTS",
     "BuildReport",
     "Dropped",
     "Groups",
@@ -84,8 +94,11 @@ __all__ = [
 ]
 
 
-def build_catalog(sources_dir: str | Path) -> tuple[list[Artist], BuildReport]:
-    """Read, merge and shape every source; return the artists and what happened."""
+def build_catalog(sources_dir: str | Path, min_posts: int = DEFAULT_MIN_POSTS) -> tuple[list[Artist], BuildReport]:
+    """Read, merge and shape every source; return the rows and what happened.
+
+    ``min_posts``: the fewest Danbooru posts a tag needs to be kept (see ``catalog.build.danbooru``).
+    """
     started = time.perf_counter()
     report = BuildReport()
     records, _ = read_sources(Path(sources_dir), report)
@@ -93,6 +106,15 @@ def build_catalog(sources_dir: str | Path) -> tuple[list[Artist], BuildReport]:
     ids = assign_ids(groups, report)
     artists = [make_artist(group, artist_id) for group, artist_id in zip(groups, ids, strict=True)]
     artists.sort(key=lambda a: a.artist_id)
+    danbooru = Path(sources_dir) / DANBOORU_FILE
+    if danbooru.is_file():
+        tags = read_tags(danbooru)
+        report.danbooru = f"read {len(tags)} tag(s) from {DANBOORU_FILE}, kept those with >= {min_posts} posts"
+        artists = add_danbooru(artists, tags, report, min_posts)
+        artists.sort(key=lambda a: a.artist_id)
+    else:
+        report.danbooru = f"no {DANBOORU_FILE} in {sources_dir}: built without Danbooru artists and characters"
+    report.kinds = {kind: sum(a.kind == kind for a in artists) for kind in sorted({a.kind for a in artists})}
     report.artists = len(artists)
     report.multi_source_artists = sum(len(a.sources) > 1 for a in artists)
     report.cross_source_merges = sum(len({r.source for r in g}) - 1 for g in groups)
@@ -106,9 +128,11 @@ def default_sources_dir() -> Path:
     return clone.parent / "shared" / "data" / "artist-sources"
 
 
-def build_styles_csv(sources_dir: str | Path, out: str | Path, report_path: str | Path | None = None) -> BuildReport:
+def build_styles_csv(
+    sources_dir: str | Path, out: str | Path, report_path: str | Path | None = None, min_posts: int = DEFAULT_MIN_POSTS
+) -> BuildReport:
     """Build and write ``styles.csv`` (atomically); optionally write the full report."""
-    artists, report = build_catalog(sources_dir)
+    artists, report = build_catalog(sources_dir, min_posts)
     write_catalog(artists, out)
     if report_path:
         atomic_write_text(report_path, report.details() + "\n")

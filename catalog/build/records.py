@@ -59,9 +59,16 @@ class BuildReport:
     cross_source_merges: int = 0
     slug_collisions: int = 0
     seconds: float = 0.0
+    # Danbooru (catalog.build.danbooru): what was read, every refused tag merge, franchises
+    danbooru: str = ""  # "" until read; else what happened ("read N lines" / "not found")
+    danbooru_tags: dict[str, int] = field(default_factory=dict)  # kind -> tags at >= min posts
+    tag_refused: list[str] = field(default_factory=list)
+    franchises: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)  # kind -> rows written
 
     def summary(self) -> str:
-        lines = [f"artists: {self.artists}"]
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.kinds.items()))
+        lines = [f"rows: {self.artists}" + (f" ({kinds})" if kinds else "")]
         lines.append(
             "records read: "
             + ", ".join(f"{s} {self.records.get(s, 0)}/{self.lines_read.get(s, 0)}" for s in SOURCES)
@@ -83,12 +90,19 @@ class BuildReport:
             lines.append(f"  {count:5d}  {kind}")
         lines.append(f"refused merges: {len(self.refused)}")
         lines.extend(f"    {line}" for line in self.refused)
+        if self.danbooru:
+            tags = ", ".join(f"{kind} {count}" for kind, count in sorted(self.danbooru_tags.items()))
+            lines.append(f"danbooru: {self.danbooru}" + (f"; tags kept: {tags}" if tags else ""))
+            lines.append(f"  {sum(v for k, v in self.merges.items() if k.startswith('tag:'))} tag(s) merged with "
+                         f"catalog artists, {len(self.tag_refused)} merge(s) refused (listed by --report), "
+                         f"{self.franchises} character(s) with a franchise")
         lines.append(f"slug collisions disambiguated: {self.slug_collisions}")
         lines.append(f"build time: {self.seconds:.2f} s")
         return "\n".join(lines)
 
     def details(self) -> str:
-        """The summary plus every heuristic merge (for --report)."""
-        return self.summary() + "\nmerges by heuristic and link:\n" + "\n".join(
-            f"  {line}" for line in self.merge_log
-        )
+        """The summary plus every heuristic and tag merge, and every refused tag merge (for --report)."""
+        return (self.summary() + "\nmerges by heuristic, link and tag:\n"
+                + "\n".join(f"  {line}" for line in self.merge_log)
+                + f"\nrefused tag merges: {len(self.tag_refused)}\n"
+                + "\n".join(f"  {line}" for line in self.tag_refused))

@@ -76,6 +76,10 @@ DISTINCT_PEOPLE = {
     ("alexander calder", "alexander stirling calder"): "son and father",
 }
 
+# Danbooru tag -> catalog artist_id merges that the matching keys would make but that
+# are two people (reviewed in `atelier catalog build --report`), with the reason.
+REJECTED_TAG_MERGES: dict[tuple[str, str], str] = {}
+
 # Cheat-sheet categories: countries give nationality, the rest mediums, movements or tags.
 COUNTRY_NAMES = {
     "usa": "USA", "american": "USA", "uk": "UK", "england": "UK", "scotland": "Scotland",

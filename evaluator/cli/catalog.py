@@ -23,6 +23,14 @@ def _selection_options(function):
     options = [
         click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False), default=None,
                      help="Catalog CSV [default: $ATELIER_CATALOG or the packaged styles.csv]."),
+        click.option("--recipes", "recipes_path", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="Recipes TOML: add each recipe as a character row (see `atelier recipes show`)."),
+        click.option("--kind", type=click.Choice(["artist", "character"]), default=None,
+                     help="Keep rows of this kind [default: every kind]."),
+        click.option("--franchise", default=None,
+                     help="Keep characters of this franchise (a Danbooru copyright tag, e.g. touhou)."),
+        click.option("--min-posts", type=click.IntRange(min=0), default=None,
+                     help="Keep rows whose Danbooru tag has at least N posts (rows without a tag go)."),
         click.option("--tag", default=None, help="Keep artists with this tag (exact, case-insensitive)."),
         click.option("--movement", default=None, help="Keep artists of this movement, e.g. Impressionism."),
         click.option("--medium", default=None, help="Keep artists with this medium, e.g. watercolor."),
@@ -56,6 +64,10 @@ class Selection:
     """The artist filters of list, search and plan (``_selection_options`` plus --text)."""
 
     catalog_path: str | None = None
+    recipes_path: str | None = None
+    kind: str | None = None
+    franchise: str | None = None
+    min_posts: int | None = None
     tag: str | None = None
     movement: str | None = None
     medium: str | None = None
@@ -70,8 +82,15 @@ def _select(selection: Selection):
     from catalog.select import select_artists
 
     artists = _load(selection.catalog_path)
+    if selection.recipes_path:
+        from catalog.recipes.file import RecipeError, with_recipes
+
+        try:
+            artists = with_recipes(artists, selection.recipes_path)
+        except RecipeError as exc:
+            raise click.ClickException(str(exc)) from None
     filters = asdict(selection)
-    del filters["catalog_path"]
+    del filters["catalog_path"], filters["recipes_path"]
     filters["seed"] = filters.pop("sample_seed")
     try:
         return select_artists(artists, **filters)
@@ -99,26 +118,27 @@ def _emit(artists, output_format: str) -> None:
 
         click.echo(catalog_to_csv(artists), nl=False)
     else:
-        header = ("artist_id", "name", "years", "movements", "sdxl", "sd1")
+        header = ("artist_id", "name", "kind", "tag", "posts", "years", "movements", "sdxl", "sd1")
         rows = []
         for artist in artists:
             years = ""
             if artist.born or artist.died:
                 years = f"{artist.born or '?'}-{artist.died or ''}"
-            movements = ", ".join(artist.movements[:2])
-            rows.append((artist.artist_id, artist.name, years, movements[:40],
+            movements = ", ".join(artist.movements[:2]) or artist.franchise
+            rows.append((artist.artist_id, artist.name, artist.kind, artist.tag,
+                         "" if artist.post_count is None else str(artist.post_count), years, movements[:40],
                          artist.recognized_sdxl, artist.recognized_sd1))
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
         widths = [min(w, 48) for w in widths]
         click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
         for row in rows:
             click.echo("  ".join(c[:w].ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        click.echo(f"{len(rows)} artist(s)", err=True)
+        click.echo(f"{len(rows)} row(s)", err=True)
 
 
 @click.group("catalog")
 def catalog_group() -> None:
-    """The artist catalog (styles.csv): build, validate, list, search."""
+    """The catalog of artists and characters (styles.csv): build, validate, list, search."""
 
 
 @catalog_group.command("build")
@@ -127,14 +147,16 @@ def catalog_group() -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default="styles.csv", show_default=True,
               help="Catalog file to write (atomically).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the full report (drops, every heuristic merge) to this file.")
-def build_command(sources: str | None, out: str, report_path: str | None) -> None:
-    """Merge the public artist lists into one catalog; print what was dropped and merged."""
+              help="Also write the full report (drops, every heuristic and tag merge, every refused tag merge) to this file.")
+@click.option("--min-posts", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Keep Danbooru artist and character tags with at least this many posts.")
+def build_command(sources: str | None, out: str, report_path: str | None, min_posts: int) -> None:
+    """Merge the public artist lists and Danbooru's tags into one catalog; print what was dropped and merged."""
     from catalog.build import SourceError, build_styles_csv, default_sources_dir
 
     folder = Path(sources) if sources else default_sources_dir()
     try:
-        report = build_styles_csv(folder, out, report_path)
+        report = build_styles_csv(folder, out, report_path, min_posts=min_posts)
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())

@@ -69,7 +69,8 @@ def test_limit_keeps_the_first_rows_of_the_selection():
 def test_validate_without_a_path_checks_the_catalog_in_use():
     result = run("catalog", "validate", env={"ATELIER_CATALOG": str(CORPUS / "duplicate_id.csv")})
     assert result.exit_code == 1 and "duplicate_id.csv:4:1:" in result.output
-    assert run("catalog", "validate", "--quiet").output.strip().endswith("9672 row(s)")
+    rows = (REPO / "styles.csv").read_bytes().count(b"\n") - 1  # the catalog has no multi-line cells
+    assert run("catalog", "validate", "--quiet").output.strip().endswith(f" {rows} row(s)")
 
 
 def test_catalog_path_from_env_and_option():

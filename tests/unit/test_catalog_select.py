@@ -55,9 +55,11 @@ def test_sample_is_stratified_and_deterministic():
 
 def test_sample_of_the_real_catalog():
     artists = load_catalog(REPO / "styles.csv")
-    first = select_artists(artists, sample=50, seed=7)
-    again = select_artists(load_catalog(REPO / "styles.csv"), sample=50, seed=7)
-    assert first == again and len(first) == 50
+    # 300 of ~43,000 rows (most Danbooru rows have no movement): the share of the
+    # ~9,700 artists with movements is still spread over several of them
+    first = select_artists(artists, sample=300, seed=7)
+    again = select_artists(load_catalog(REPO / "styles.csv"), sample=300, seed=7)
+    assert first == again and len(first) == 300
     assert len({a.primary_movement for a in first}) > 5
 
 

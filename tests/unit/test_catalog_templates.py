@@ -9,7 +9,8 @@ from catalog.templates import Template, TemplateError, get_templates, load_templ
 
 def test_defaults():
     templates = load_templates()
-    assert list(templates) == ["style", "portrait", "landscape", "art-by", "null"]
+    assert list(templates) == ["style", "portrait", "landscape", "art-by", "null",
+                              "booru-artist", "booru-null", "character", "character-name"]
     assert templates["style"].render("Claude Monet") == "a painting in the style of Claude Monet"
     assert templates["art-by"].render("Hokusai") == "art by Hokusai"
     assert templates["null"].is_baseline and not templates["style"].is_baseline
