@@ -63,6 +63,8 @@ COMMANDS: dict[str, CommandEntry] = {
                         "Run a read-only SQL query on DIR/atelier.duckdb (waits briefly while a writer holds it)."),
     "serve": CommandEntry("evaluator.cli.serve:serve_cmd",
                           "Serve a read-only HTTP API (JSON) over DIR: scores, comparisons, images, search, SQL."),
+    "train": CommandEntry("evaluator.cli.train:train_cmd",
+                          "Fine-tune a base checkpoint (LoRA, textual inversion, full) with validation at every saved step."),
     "migrate": CommandEntry("evaluator.cli.store:migrate_cmd",
                             "Update the store's schema in place (keeps every row; safe to rerun)."),
     "recipes": CommandEntry("evaluator.cli.recipes:recipes_group",

@@ -33,34 +33,34 @@ class TrainingConfig:
     """One training run. Comments give the reason for each default."""
 
     # --- what is trained, on what, from what
-    method: str = "lora"  # LoRA: small files, fast, what most users share; "full" only when a LoRA is not enough
+    method: str = "lora"  # lora | textual_inversion | full. LoRA: small, fast, what most users share
     base: str = ""  # required: a checkpoint name from `checkpoints`, or a diffusers folder / .safetensors file
     dataset: str = ""  # required: kohya folder (10_name/), flat folder + labels CSV, or a curated export
     output_name: str = ""  # required: names DIR/training/<output_name>/ and the checkpoints <output_name>@step-N
     checkpoints: str | None = None  # the checkpoints TOML `base` is looked up in (not needed for a path base)
-    caption_extension: str = ".txt"  # kohya's default, so existing datasets work unchanged
-    labels: str | None = None  # a labels CSV for a flat folder (file,caption[,concept])
+    caption_extension: str = ".txt"  # caption file beside each image; kohya's default, so datasets work unchanged
+    labels: str | None = None  # labels CSV of a flat folder (file,artist[,caption,repeats]); found as labels.csv
 
     # --- images and batches
-    resolution: int = 512  # SD 1.x's training size; 1024 for SDXL. Buckets keep about this many pixels
-    min_bucket_reso: int = 256  # kohya's defaults: no bucket side below 256 ...
-    max_bucket_reso: int = 1024  # ... or above 1024 ...
-    bucket_reso_steps: int = 64  # ... in steps of 64 (latents stay a multiple of 8 for every VAE)
+    resolution: int = 512  # training side in px (buckets keep its area): SD 1.x's size; use 1024 for SDXL
+    min_bucket_reso: int = 256  # smallest bucket side (kohya's default) ...
+    max_bucket_reso: int = 1024  # ... largest bucket side (kohya's default) ...
+    bucket_reso_steps: int = 64  # ... bucket sides step by this (64: latents stay a multiple of 8 for every VAE)
     train_batch_size: int = 1  # per process: fits every GPU; raise it, not accumulation, when memory allows
     gradient_accumulation_steps: int = 1  # effective batch = batch x accumulation x processes
 
     # --- optimisation
     max_train_steps: int = 1000  # optimizer steps; ~1000 at batch 1 is the usual budget for one LoRA style
     learning_rate: float = 1e-4  # diffusers' LoRA example; full fine-tunes want ~1e-6..5e-6, TI ~5e-4
-    lr_scheduler: str = "constant"  # diffusers' and kohya's default: easiest to compare runs with
+    lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial; constant is both examples' default
     lr_warmup_steps: int = 0  # none by default, as in the diffusers examples
     max_grad_norm: float = 1.0  # diffusers' examples clip at 1.0; it stops rare spikes from wrecking a LoRA
     adam_weight_decay: float = 1e-2  # diffusers' default for AdamW
     seed: int = 0  # fixes the split, the batch order, the noise and the LoRA initialisation
 
     # --- LoRA
-    rank: int = 4  # diffusers' example default: a few MB per file, enough for one style
-    alpha: float | None = None  # None = rank (scale alpha/rank = 1, as diffusers); kohya users often set 1
+    rank: int = 4  # LoRA rank (network dim); diffusers' default: a few MB per file, enough for one style
+    alpha: float | None = None  # LoRA alpha; unset = rank (scale alpha/rank = 1, as diffusers); kohya users often set 1
     train_text_encoder: bool = False  # UNet only by default: faster, and what most shared LoRAs do
 
     # --- textual inversion
@@ -69,9 +69,9 @@ class TrainingConfig:
     num_vectors: int = 1  # diffusers' default; more vectors learn more but need more images
 
     # --- the objective
-    min_snr_gamma: float | None = None  # off by default (as both examples); 5.0 is the paper's recommended value
-    noise_offset: float = 0.0  # off by default; ~0.05 helps very dark or light styles
-    prediction_type: str | None = None  # None = the base scheduler's (epsilon for SD 1.x/XL, v for SD 2.x 768)
+    min_snr_gamma: float | None = None  # min-SNR loss weighting; off by default (as both examples); the paper recommends 5
+    noise_offset: float = 0.0  # offset noise; off by default; ~0.05 helps very dark or light styles
+    prediction_type: str | None = None  # epsilon | v_prediction; unset = the base scheduler's (v for SD 2.x 768)
 
     # --- prior preservation (full / DreamBooth-style)
     class_data_dir: str | None = None  # images of the class (e.g. "a painting"); off unless given
@@ -79,8 +79,8 @@ class TrainingConfig:
     prior_loss_weight: float = 1.0  # DreamBooth's default: the class loss counts as much as the instance loss
 
     # --- hardware
-    device: str = "cpu"  # no GPU guessed: the user says where to train
-    mixed_precision: str = "no"  # fp32 on CPU; "bf16" / "fp16" on a GPU halve memory
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps; no GPU guessed: the user says where to train
+    mixed_precision: str = "no"  # no | bf16 | fp16; fp32 by default (CPU); bf16/fp16 on a GPU halve memory
     gradient_checkpointing: bool = False  # trades ~30% speed for memory; only needed on a small GPU
 
     # --- saving and validation
@@ -89,6 +89,10 @@ class TrainingConfig:
     validation_prompts: list[str] = field(default_factory=list)  # images made at every saved step ([] = none)
     validation_seeds: list[int] = field(default_factory=lambda: [0, 1])  # two seeds: a difference is not one draw
     validation_timesteps: int = 4  # the validation loss is averaged over this many evenly spaced timesteps
+    validation_inference_steps: int = 25  # sampler steps of each validation image: SD's usual quality/time point
+    validation_guidance: float = 7.5  # classifier-free guidance of validation images: SD's usual
+    validation_clip_model: str | None = None  # CLIP of the step metrics; unset = ATELIER_CLIP_MODEL (none: NULL + reason)
+    validation_clip_pretrained: str | None = None  # its pretrained tag or weights file; unset = ATELIER_CLIP_PRETRAINED
 
     def validate(self, where: str = "training config") -> TrainingConfig:
         """Refuse what cannot train, naming the field; return self."""
@@ -100,9 +104,9 @@ class TrainingConfig:
         _choice(where, "mixed_precision", self.mixed_precision, MIXED_PRECISION)
         if self.prediction_type is not None:
             _choice(where, "prediction_type", self.prediction_type, PREDICTION_TYPES)
-        if not NAME_PATTERN.match(self.output_name):
+        if not NAME_PATTERN.match(self.output_name) or "@" in self.output_name:
             raise InputError(f"{where}: field 'output_name' {self.output_name!r} must match [A-Za-z0-9._-]+ "
-                             "and not start with '.' (it names folders and checkpoints)")
+                             "and not start with '.' (it names folders, and checkpoints <output_name>@step-N)")
         for name in ("resolution", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"):
             value = getattr(self, name)
             if value < 8 or value % 8:
@@ -115,10 +119,10 @@ class TrainingConfig:
             raise InputError(f"{where}: field 'resolution' ({self.resolution}) must lie within min_bucket_reso "
                              f"({self.min_bucket_reso}) and max_bucket_reso ({self.max_bucket_reso})")
         for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "rank", "save_every",
-                     "num_vectors", "validation_timesteps"):
+                     "num_vectors", "validation_timesteps", "validation_inference_steps"):
             _at_least(where, name, getattr(self, name), 1)
         _at_least(where, "lr_warmup_steps", self.lr_warmup_steps, 0)
-        for name in ("learning_rate", "max_grad_norm", "prior_loss_weight"):
+        for name in ("learning_rate", "max_grad_norm", "prior_loss_weight", "validation_guidance"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{where}: field {name!r} must be > 0 but is {getattr(self, name)}")
         for name in ("alpha", "min_snr_gamma"):

@@ -69,6 +69,7 @@ class SavedStepInfo:
     val_loss: float | None
     lr: float
     weights: list[Path]
+    report: str | None = None  # steps.StepReport.line(): what validation made or why it could not
 
 
 @dataclass
@@ -81,12 +82,13 @@ class TrainResult:
     final_step: int
     losses: list[float] = field(default_factory=list)  # train loss of each step this call made
     saved: list[SavedStepInfo] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole call, loading included
+    step_seconds: float = 0.0  # in optimizer steps only (saving and validation excluded)
 
     @property
     def steps_per_s(self) -> float:
         done = self.final_step - self.start_step
-        return done / self.seconds if self.seconds > 0 else 0.0
+        return done / self.step_seconds if self.step_seconds > 0 else 0.0
 
 
 @dataclass
@@ -145,25 +147,9 @@ def prepare_data(config: TrainingConfig, wd: Workdir, world_size: int) -> Traini
 
 def class_images(config: TrainingConfig) -> list:
     """Prior preservation's class images: every image of ``class_data_dir``, captioned ``class_prompt``."""
-    from dataclasses import replace
+    from evaluator.training.dataset import image_items
 
-    from evaluator.errors import InputError
-    from evaluator.training.dataset import IMAGE_SUFFIXES, TrainingItem, _image_facts, _Problems
-
-    folder = Path(config.class_data_dir)
-    if not folder.is_dir():
-        raise InputError(f"training config: field 'class_data_dir': {folder} is not a folder")
-    problems = _Problems(folder)
-    items = []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")):
-        facts = _image_facts(path, problems)
-        if facts is not None:
-            items.append(TrainingItem(path, config.class_prompt or "", facts[0], 1, "class", facts[1], facts[2],
-                                      relpath=path.name))
-    problems.raise_if_any()
-    if not items:
-        raise InputError(f"training config: field 'class_data_dir': {folder} holds no image")
-    return [replace(i) for i in items]
+    return image_items(config.class_data_dir, config.class_prompt or "", "class")
 
 
 def build_optimizer(config: TrainingConfig, models):
@@ -435,7 +421,7 @@ def _record_step(session: _Session, summary: dict) -> None:
     step_dir = Path(summary["step_dir"])
     info = SavedStepInfo(int(summary["step"]), step_dir, float(summary["train_loss"]), summary["val_loss"],
                          float(summary["lr"]), [step_dir / name for name in summary["weights"]])
-    steps.on_saved_step(steps.SavedStep(
+    report = steps.on_saved_step(steps.SavedStep(
         workdir=session.wd.root, config=session.config, output_name=session.config.output_name, step=info.step,
         step_dir=step_dir, train_loss=info.train_loss, val_loss=info.val_loss, lr=info.lr,
         seconds=float(summary["seconds"]), split=session.data.split, method=session.config.method,
@@ -443,6 +429,7 @@ def _record_step(session: _Session, summary: dict) -> None:
         dataset=session.data.dataset,
     ))
     (step_dir / "state" / RECORDED_MARK).write_text("ok\n")
+    info.report = report.line() if hasattr(report, "line") else None
     session.result.saved.append(info)
 
 
@@ -504,7 +491,9 @@ def _run_steps(session: _Session, show_progress: bool) -> None:
     session.run_dir.mkdir(parents=True, exist_ok=True)
     try:
         while session.progress.step < config.max_train_steps:
+            t0 = time.perf_counter()
             loss = optimizer_step(session)
+            session.result.step_seconds += time.perf_counter() - t0
             step = session.progress.step
             session.result.losses.append(loss)
             session.result.final_step = step
@@ -535,6 +524,7 @@ def _write_run_record(session: _Session, status: str, message: str | None) -> No
     RunRecord(
         run_id=result.run_id, kind="train", provenance=Provenance.collect(config.device, "float32"),
         started_at=session.started, finished_at=utcnow(), status=status, config=record_config,
-        timings={"total": round(result.seconds, 4), "steps_per_s": round(result.steps_per_s, 4)},
+        timings={"total": round(result.seconds, 4), "steps": round(result.step_seconds, 4),
+                 "steps_per_s": round(result.steps_per_s, 4)},
         n_done=result.final_step - result.start_step, message=message,
     ).write(session.wd)
