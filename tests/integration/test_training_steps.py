@@ -18,6 +18,7 @@ from evaluator.training.split import split_items
 from evaluator.training.steps import SavedStep, on_saved_step, step_checkpoint_name
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Config:
@@ -108,8 +109,11 @@ def test_saved_step_is_recorded_generated_and_scored(world, tmp_path):
 
     from evaluator.cli.main import main
 
+    catalog = tmp_path / "styles.csv"  # 30 artists: the score's text side stays small
+    catalog.write_text("".join((REPO / "styles.csv").read_text(encoding="utf-8").splitlines(keepends=True)[:31]))
     result = CliRunner().invoke(main, ["score", "-w", str(wd), "--model", str(world["clip"]), "--bootstrap", "20",
-                                      "--num-workers", "0", "--quiet", "--compare", f"tiny:{name}"])
+                                      "--num-workers", "0", "--quiet", "--catalog", str(catalog),
+                                      "--compare", f"tiny:{name}"])
     assert result.exit_code == 0, result.output
     compared = rows(wd, f"SELECT DISTINCT base, finetune FROM comparisons WHERE finetune = '{name}'")
     assert compared == [("tiny", name)]
@@ -138,3 +142,23 @@ def test_validation_failures_are_recorded_not_raised(world, tmp_path):
     assert any("no CLIP model" in e for e in no_clip.errors)
     reasons = rows(wd, "SELECT value, reason FROM training_metrics WHERE step = 40")
     assert reasons and all(v is None and r for v, r in reasons)
+
+
+@pytest.mark.parametrize("name, ok", [
+    ("mystyle@step-000100", True), ("my.style-2@step-999999", True), ("mystyle", True),
+    ("mystyle@step-12", False), ("a@b", False), ("@step-000001", False), (".x@step-000001", False),
+    ("mystyle@step-000100@step-000200", False),
+])
+def test_step_names_pass_the_checkpoint_name_rule(tmp_path, name, ok):
+    """Only the one '@' form is a checkpoint name: in the TOML and in a plan."""
+    from catalog.plan import CHECKPOINT_NAME_PATTERN
+    from evaluator.generation.checkpoints import CheckpointError
+
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'[[checkpoint]]\nname = "{name}"\nsource = "org/model"\n')
+    assert bool(CHECKPOINT_NAME_PATTERN.match(name)) is ok
+    if ok:
+        assert name in load_checkpoints(toml)
+    else:
+        with pytest.raises(CheckpointError, match="must match"):
+            load_checkpoints(toml)
