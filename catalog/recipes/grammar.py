@@ -187,8 +187,6 @@ def format_number(value: float | int) -> str:
 
 
 def _weighted_text(leaf: Leaf, nested: bool) -> str:
-    if leaf.ref:
-        raise InputError(f"part {leaf.ref!r} is a catalog id: resolve it before rendering")
     if leaf.weight == 1.0:
         return escape(leaf.text, nested)
     return f"({escape(leaf.text, True)}:{format_number(leaf.weight)})"
@@ -209,7 +207,7 @@ def _edit_pair(first: Node, second: Node) -> bool:
 
 
 def render(nodes: Sequence[Node], nested: bool = False) -> str:
-    """The canonical A1111 text of ``nodes`` (catalog ids must be resolved first)."""
+    """The canonical A1111 text of ``nodes``."""
     nodes = list(nodes)
     pieces: list[str] = []
     index = 0

@@ -3,8 +3,8 @@
 Reads and writes nothing. Every A1111 prompt flattens to this normal form, which is what
 round trips (``grammar.parse(grammar.render(parts)) == normalize(parts)``):
 
-* a ``Leaf`` is literal text (escapes already removed) or a catalog id (``ref``, resolved to
-  text before rendering), with the product of every attention weight around it (``(x)``
+* a ``Leaf`` is literal text (escapes already removed; a recipe's catalog ids are resolved
+  to their text when its file is read), with the product of every attention weight around it (``(x)``
   1.1, ``[x]`` 1/1.1, ``(x:w)`` w; nested ones multiply, as A1111's ``multiply_range``);
 * its schedule is the bounds of every prompt edit around it: ``after`` holds the ``N`` of
   ``[x:N]`` (and of the ``b`` side of ``[a:b:N]``), ``until`` the ``N`` of ``[x::N]`` (the
@@ -53,17 +53,16 @@ def resolve_bound(bound: Bound, steps: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Leaf:
-    """Literal text (or a catalog id) with its attention weight and schedule bounds."""
+    """Literal text with its attention weight and schedule bounds."""
 
     text: str = ""
     weight: float = 1.0
     after: tuple[Bound, ...] = ()  # active once the step is past every one of these
     until: tuple[Bound, ...] = ()  # active while the step is at or before every one of these
-    ref: str = ""  # a catalog id, resolved to text by ``resolve``; "" for text
 
     @property
     def is_plain(self) -> bool:
-        return self.weight == 1.0 and not self.after and not self.until and not self.ref
+        return self.weight == 1.0 and not self.after and not self.until
 
     def same_style(self, other: Leaf) -> bool:
         """Same weight and schedule: two such text leaves side by side are one leaf."""
@@ -87,7 +86,7 @@ def scoped(nodes: Iterable[Node], weight: float = 1.0, after: tuple[Bound, ...] 
     for node in nodes:
         if isinstance(node, Leaf):
             out.append(Leaf(node.text, normal_weight(weight * node.weight), after + node.after,
-                            until + node.until, node.ref))
+                            until + node.until))
         else:
             out.append(Alternation(tuple(tuple(scoped(o, weight, after, until)) for o in node.options)))
     return out
@@ -101,11 +100,11 @@ def normalize(nodes: Iterable[Node]) -> tuple[Node, ...]:
             out.append(Alternation(tuple(normalize(option) for option in node.options)))
             continue
         node = Leaf(node.text, normal_weight(node.weight), tuple(normal_bound(b) for b in node.after),
-                    tuple(normal_bound(b) for b in node.until), node.ref)
-        if not node.text and not node.ref:
+                    tuple(normal_bound(b) for b in node.until))
+        if not node.text:
             continue
         last = out[-1] if out else None
-        if isinstance(last, Leaf) and not last.ref and not node.ref and last.same_style(node):
+        if isinstance(last, Leaf) and last.same_style(node):
             out[-1] = Leaf(last.text + node.text, last.weight, last.after, last.until)
         else:
             out.append(node)
@@ -120,30 +119,6 @@ def is_plain(nodes: Sequence[Node]) -> bool:
 def plain_text(nodes: Sequence[Node]) -> str:
     """The text of a plain prompt (``is_plain``)."""
     return "".join(n.text for n in nodes if isinstance(n, Leaf))
-
-
-def refs(nodes: Iterable[Node]) -> list[str]:
-    """Every catalog id the nodes name, in order."""
-    found: list[str] = []
-    for node in nodes:
-        if isinstance(node, Leaf):
-            if node.ref:
-                found.append(node.ref)
-        else:
-            for option in node.options:
-                found.extend(refs(option))
-    return found
-
-
-def resolve(nodes: Iterable[Node], text_of: Any) -> tuple[Node, ...]:
-    """Replace every catalog id by ``text_of(id)`` (its prompt text), then normalize."""
-    out: list[Node] = []
-    for node in nodes:
-        if isinstance(node, Leaf):
-            out.append(Leaf(text_of(node.ref), node.weight, node.after, node.until) if node.ref else node)
-        else:
-            out.append(Alternation(tuple(resolve(o, text_of) for o in node.options)))
-    return normalize(out)
 
 
 # ------------------------------------------------------------------ JSON
@@ -161,7 +136,7 @@ def to_json(nodes: Iterable[Node]) -> list[dict[str, Any]]:
         if isinstance(node, Alternation):
             out.append({"alternate": [to_json(o) for o in node.options]})
             continue
-        item: dict[str, Any] = {"id": node.ref} if node.ref else {"text": node.text}
+        item: dict[str, Any] = {"text": node.text}
         if node.weight != 1.0:
             item["weight"] = node.weight
         if node.after:
@@ -195,12 +170,12 @@ def from_json(items: Any, where: str = "parts") -> tuple[Node, ...]:
                 raise InputError(f"{here}: alternate needs a list of at least 2 options")
             nodes.append(Alternation(tuple(from_json(o, f"{here}.alternate[{i}]") for i, o in enumerate(options))))
             continue
-        unknown = sorted(set(item) - {"text", "id", "weight", "from", "to"})
+        unknown = sorted(set(item) - {"text", "weight", "from", "to"})
         if unknown:
-            raise InputError(f"{here}: unknown key(s) {unknown}; a part has text or id, weight, from, to")
+            raise InputError(f"{here}: unknown key(s) {unknown}; a part has text, weight, from, to")
         weight = item.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             raise InputError(f"{here}: weight must be a number but is {weight!r}")
         nodes.append(Leaf(str(item.get("text", "")), float(weight), _bounds_from(item.get("from", []), here),
-                          _bounds_from(item.get("to", []), here), str(item.get("id", ""))))
+                          _bounds_from(item.get("to", []), here)))
     return normalize(nodes)
