@@ -188,7 +188,7 @@ def _autocast(config: TrainingConfig):
 
 def _open_session(config: TrainingConfig, workdir, resume: bool, env) -> _Session:
     from evaluator.generation.distributed import device_for
-    from evaluator.training.models import load_models
+    from evaluator.training.models import base_spec, load_models
     from evaluator.workspace.records import utcnow
 
     started, t_start = utcnow(), time.perf_counter()
@@ -196,8 +196,9 @@ def _open_session(config: TrainingConfig, workdir, resume: bool, env) -> _Sessio
     run_dir = wd.root / "training" / config.output_name
     latest = _check_start(run_dir, resume)
     config.device = device_for(config.device, env)
+    base = base_spec(config)  # a wrong base is refused before any image or weight is read
     data = prepare_data(config, wd, env.world_size)
-    models = load_models(config)
+    models = load_models(config, base)
     optimizer, lr_scheduler = build_optimizer(config, models)
     _broadcast_trainable(models, env)
     progress = Progress(0, 0, env.world_size)
@@ -337,6 +338,17 @@ def _sum_over_ranks(params: list, loss_sum, env):
 def validation_loss(session: _Session) -> float | None:
     """Mean loss over the validation images at fixed timesteps and fixed noise: comparable
     from step to step (the same draws every time). None when nothing is held out."""
+    losses = validation_losses(session.models, session.data.split.validation, session.config,
+                               session.data.batches.sizes, session.autocast)
+    return sum(losses) / len(losses) if losses else None
+
+
+def validation_losses(models, items: list, config: TrainingConfig, bucket_sizes: list, autocast=None) -> list[float]:
+    """The loss of each (validation image, fixed timestep) pair, image by image: each image
+    at its bucket's size, with its own noise (seeded by its content hash, so adding images
+    to the split changes no other image's draws)."""
+    import contextlib
+
     import torch
 
     from evaluator.training.buckets import load_pixels, nearest_bucket
@@ -348,24 +360,21 @@ def validation_loss(session: _Session) -> float | None:
         validation_timesteps,
     )
 
-    config, models = session.config, session.models
-    items = session.data.split.validation
-    if not items:
-        return None
+    settings = LossSettings(models.prediction_type, config.min_snr_gamma)
     timesteps = validation_timesteps(models.noise_scheduler.config.num_train_timesteps, config.validation_timesteps)
     losses = []
-    with torch.no_grad(), session.autocast():
+    with torch.no_grad(), (autocast or contextlib.nullcontext)():
         for item in items:
-            size = nearest_bucket(item.width, item.height, session.data.batches.sizes)
+            size = nearest_bucket(item.width, item.height, bucket_sizes)
             latents = encode_latents(models.vae, load_pixels(item, size)[None], None).to(models.unet.dtype)
             cond = encode_text(models, [training_caption(config, item.caption)], [size])
-            image_key = int(item.sha256[:12], 16)  # the image's own noise, whatever else is in the split
+            image_key = int(item.sha256[:12], 16)
             for position, timestep in enumerate(timesteps):
                 draw = validation_draw(latents.shape[1:], config.seed, image_key, timestep, position,
                                        latents.device, latents.dtype)
                 losses.append(float(per_image_loss(models.unet, models.noise_scheduler, latents, draw, cond,
-                                                   session.loss_settings)[0]))
-    return sum(losses) / len(losses)
+                                                   settings)[0]))
+    return losses
 
 
 # ------------------------------------------------------------------ saving

@@ -78,8 +78,9 @@ def base_spec(config: TrainingConfig):
     return spec, {name: spec}
 
 
-def load_models(config: TrainingConfig) -> TrainingModels:
-    """Load the base on ``config.device`` in fp32, prepare ``config.method``'s trainable parts.
+def load_models(config: TrainingConfig, base: tuple | None = None) -> TrainingModels:
+    """Load the base (``base``: ``base_spec(config)``'s answer, when known) on ``config.device``
+    in fp32, and prepare ``config.method``'s trainable parts.
 
     Frozen parts are cast to the mixed-precision dtype; trained parameters stay fp32
     (as ``cast_training_params`` in the diffusers examples) so small updates are not lost.
@@ -89,7 +90,7 @@ def load_models(config: TrainingConfig) -> TrainingModels:
 
     from evaluator.generation.checkpoints import load_pipeline
 
-    spec, specs = base_spec(config)
+    spec, specs = base or base_spec(config)
     pipe = load_pipeline(spec, specs, device=config.device, dtype="float32")
     text_encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
     tokenizers = [tok for tok in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if tok is not None]
