@@ -79,9 +79,10 @@ class GenerationSettings:
             raise PlanError(f"negative_prompt must be a string but is {self.negative_prompt!r}")
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1"`` / ``"0-3"`` / ``"0-3,10"`` to a list of seeds (order kept; make_plan refuses repeats)."""
-    seeds: list[int] = []
+def seed_ranges(text: str) -> list[range]:
+    """``"0,1"`` / ``"0-3"`` / ``"0-3,10"`` as ranges, not expanded (``0-99999999`` is
+    100 million seeds: count them before making a list of them)."""
+    ranges: list[range] = []
     for part in (p.strip() for p in str(text).split(",")):
         if not part:
             continue
@@ -90,14 +91,35 @@ def parse_seeds(text: str) -> list[int]:
             low, high = int(match.group(1)), int(match.group(2))
             if high < low:
                 raise PlanError(f"seed range {part!r} runs backwards")
-            seeds.extend(range(low, high + 1))
+            ranges.append(range(low, high + 1))
         elif re.fullmatch(r"\d+", part):
-            seeds.append(int(part))
+            ranges.append(range(int(part), int(part) + 1))
         else:
             raise PlanError(f"seeds must be integers or ranges like 0-3 but got {part!r}")
-    if not seeds:
+    if not ranges:
         raise PlanError(f"no seeds in {text!r}")
-    return seeds
+    return ranges
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1"`` / ``"0-3"`` / ``"0-3,10"`` to a list of seeds (order kept; make_plan refuses repeats)."""
+    return [seed for part in seed_ranges(text) for seed in part]
+
+
+# A plan above this many units is refused unless confirmed (`atelier plan --yes`): a
+# million units is ~1 GB while planned and days of generation; a typo such as
+# --seeds 0-99999999 (3 billion units over 30,000 artists) should say so, not swap.
+CONFIRM_UNITS = 1_000_000
+
+
+def estimate_units(artists: Sequence[Artist], templates: dict[str, Template], template_names: Sequence[str] | str,
+                   seeds_text: str, checkpoints: Sequence[str]) -> int:
+    """How many units ``make_plan`` would make, without making them: per checkpoint and
+    seed, one per baseline template and one per (template, row of its kinds)."""
+    chosen = get_templates(templates, template_names if isinstance(template_names, str) else list(template_names))
+    n_seeds = sum(len(r) for r in seed_ranges(seeds_text))
+    targets = sum(1 if t.is_baseline else sum(1 for a in artists if a.kind in t.kinds) for t in chosen)
+    return len(checkpoints) * targets * n_seeds
 
 
 def _check_inputs(
