@@ -246,12 +246,22 @@ def _parse_csv_list(value: str) -> list[str]:
               help="Plan file to write: .parquet or .jsonl.")
 @click.option("--rank", type=int, default=None, help="Write only this rank's share of the units.")
 @click.option("--world-size", type=int, default=None, help="Number of ranks sharing the plan.")
+@click.option("--max-units", type=click.IntRange(min=1), default=None,
+              help="Refuse a plan of more units than this unless --yes (default: 1,000,000).")
+@click.option("--yes", "-y", is_flag=True, help="Write a plan larger than --max-units anyway.")
 def plan_command(**options: Any) -> None:
-    """Write the work units (one image each) for a selection, templates, seeds, checkpoints."""
+    """Write the work units (one image each) for a selection, templates, seeds, checkpoints.
+
+    The unit count is estimated first: a plan above --max-units is refused, before it is
+    made, unless --yes.
+    """
+    yes, max_units = options.pop("yes"), options.pop("max_units")
     plan = PlanOptions.from_options(options)
     if (plan.rank is None) != (plan.world_size is None):
         raise click.UsageError("--rank and --world-size go together")
-    units, summary = _make_units(_select(plan.selection), plan)
+    selected = _select(plan.selection)
+    _check_size(selected, plan, max_units, yes)
+    units, summary = _make_units(selected, plan)
     click.echo(
         f"plan: {summary['units']} unit(s) = {summary['checkpoints']} checkpoint(s) x "
         f"{summary['templates']} template(s) x {summary['seeds']} seed(s) over "
@@ -283,6 +293,24 @@ class PlanOptions:
         settings = {name: options.pop(name) for name in
                     ("width", "height", "steps", "guidance", "scheduler", "negative_prompt")}
         return cls(selection=selection, settings=settings, **options)
+
+
+def _check_size(artists, plan: PlanOptions, max_units: int | None, yes: bool) -> None:
+    """Refuse, before making anything, a plan above ``max_units`` units unless ``yes``."""
+    from catalog.plan import CONFIRM_UNITS, PlanError, estimate_units
+    from catalog.templates import TemplateError, load_templates
+
+    limit = max_units or CONFIRM_UNITS
+    try:
+        n = estimate_units(artists, load_templates(plan.templates_file), _parse_csv_list(plan.template_names),
+                           plan.seeds, _parse_csv_list(plan.checkpoints))
+    except (PlanError, TemplateError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if n > limit and not yes:
+        raise click.ClickException(
+            f"this plan would have {n:,} units ({len(artists):,} selected rows, --seeds {plan.seeds}, "
+            f"--templates {plan.template_names}, --checkpoints {plan.checkpoints}), more than {limit:,}; nothing was "
+            "written. Narrow it, or pass --yes to write it anyway (--max-units sets the limit)")
 
 
 def _make_units(artists, plan: PlanOptions):
