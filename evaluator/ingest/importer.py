@@ -515,6 +515,7 @@ class ImportOptions:
     follow_links: bool = False  # import files that symbolic links outside the source point to
     max_file_bytes: int = MAX_FILE_BYTES  # a larger file is its recorded error, never read
     lock_timeout: float = 600.0  # wait this long for another import of the same workdir
+    store_timeout: float = 30.0  # and this long for the store (a score may be writing it)
 
     @property
     def source_kind(self) -> str:
@@ -584,6 +585,7 @@ def import_images(
     seed_from_filename: str | None = None,
     follow_links: bool = False,
     echo: Callable[[str], None] | None = None,
+    store_timeout: float = 30.0,
 ) -> ImportSummary:
     """Import every image under ``src_dir`` into ``workdir`` and its store (see module doc).
 
@@ -596,7 +598,7 @@ def import_images(
     from evaluator.workspace.workdir import workdir_lock
 
     options = ImportOptions(labels_csv, checkpoint, as_reference, catalog_path, progress, thumb_size,
-                            seed_from_filename, follow_links)
+                            seed_from_filename, follow_links, store_timeout=store_timeout)
     src, wd, forced, seed_regex = _check_places(Path(src_dir), workdir, options)
     with workdir_lock(wd, options.lock_timeout, echo=echo, name="import"):
         swept = sweep_import_temporaries(wd)
@@ -950,7 +952,7 @@ def _finish_import(job: _Import) -> None:
         job.summary.manifest_path = str(manifest)
         run = _write_import_run(job)
     try:
-        job.summary.rows_ingested, job.summary.rows_recovered = _ingest(job.wd, job.run_id)
+        job.summary.rows_ingested, job.summary.rows_recovered = _ingest(job.wd, job.run_id, job.options.store_timeout)
     except StoreLockedError as exc:
         kept = f"this import's rows are in {job.summary.manifest_path}" if run else "nothing new was imported"
         raise StoreLockedError(f"{exc}; {kept}: the next `atelier import` or `atelier score` of {job.wd.root} "
@@ -1011,7 +1013,7 @@ def _write_import_run(job: _Import, status: str | None = None) -> RunRecord:
     return run
 
 
-def _ingest(wd: Workdir, run_id: str) -> tuple[int, int]:
+def _ingest(wd: Workdir, run_id: str, timeout: float = 30.0) -> tuple[int, int]:
     """Bring the store up to date with every manifest in one transaction: the ``images``
     rows it lacks (or holds in an older version), the import runs it lacks, and a
     ``reference_images`` row for every reference image. Returns (rows written, of which
@@ -1022,7 +1024,7 @@ def _ingest(wd: Workdir, run_id: str) -> tuple[int, int]:
     frame = read_manifests(wd.manifests)
     if frame.empty:
         return 0, 0
-    with open_store(wd.store) as con, transaction(con):
+    with open_store(wd.store, timeout=timeout) as con, transaction(con):
         stale = _not_in_store(con, frame, "images", ["image_id", "run_id", "created_at"])
         written = upsert_df(con, "images", stale, key=["image_id"])
         runs = _import_runs(wd)
