@@ -1,13 +1,21 @@
-"""Load on `atelier serve` over loopback: requests/s and p50/p99 latency per endpoint.
+"""Load on `atelier serve` over loopback: requests/s and p50/p99 latency per endpoint, before vs after.
 
 Builds (once) a synthetic store (``evaluator.testing.synthetic_store``, rows only) and a
 FAISS index of random unit vectors for its images, starts `atelier serve` on a free
-loopback port, and sends ``--requests`` requests per endpoint from ``--clients`` threads
-(httpx), stopping early at ``--time-cap`` seconds: /comparisons, /scores and /search by
-image id. Bounded in count and time; loopback only.
+loopback port, and sends ``--requests`` requests per endpoint from each ``--clients``
+count of threads (httpx, closed loop: each client sends its next request when the last
+one is answered), stopping early at ``--time-cap`` seconds: /comparisons, /scores and
+/search by image id. Then the same while a writer process commits to the store every
+``--write-every`` seconds (as `atelier score` does at the end of a run), counting how
+long each commit waited for the store. Bounded in count and time; loopback only.
 
-    python bench/bench_serve.py                                  # 64k images under /tmp
-    python bench/bench_serve.py --artists 2000 --requests 2000 --clients 50
+``--baseline-src DIR`` runs a second server from an older source tree (e.g. ``git archive
+<rev> evaluator catalog dashboard | tar -x -C DIR``) in the same run, and reports the
+ratios baseline / current.
+
+    python bench/bench_serve.py                                   # 64k images under /tmp
+    python bench/bench_serve.py --artists 9000 --checkpoints 7 --clients 1,50 \\
+        --baseline-src /tmp/serve_before                          # the 1M-image store
 
 Writes bench/results/serve.json.
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import signal
@@ -28,30 +37,50 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ENDPOINTS = ("comparisons", "scores", "search_image_id")
 
 
 def ensure_store(path: Path, args: argparse.Namespace) -> Path:
-    """The synthetic store and an index of its images (random vectors: search cost, not quality)."""
-    if (path / "atelier.duckdb").is_file():
-        return path
+    """The synthetic store (rows only) and a FAISS index of its images, each built once."""
+    from evaluator.testing.synthetic_store import SyntheticStoreSpec, build_store
+
+    spec = SyntheticStoreSpec(n_artists=args.artists, n_templates=4, n_seeds=4, n_checkpoints=args.checkpoints,
+                              with_images=False)
+    if not (path / "atelier.duckdb").is_file():
+        t0 = time.perf_counter()
+        build_store(path, spec)
+        print(f"built {path}: {time.perf_counter() - t0:.0f} s", flush=True)
+    if not (path / "index").is_dir() or not any((path / "index").glob("*.faiss")):
+        build_index(path, spec.model, args.dim)
+    return path
+
+
+def build_index(path: Path, model: str, dim: int) -> None:
+    """An index of clustered unit vectors: each artist a random centre, its images around it.
+
+    CLIP embeddings of one artist's images sit together; uniform random vectors would be
+    the worst case of an IVF index (recall 0.95 needed 512 of 1,001 lists), not the usual one.
+    """
     import duckdb
     import numpy as np
 
     from evaluator.embedding.index import update_index
-    from evaluator.testing.synthetic_store import SyntheticStoreSpec, build_store
     from evaluator.workspace.workdir import Workdir
 
     t0 = time.perf_counter()
-    spec = SyntheticStoreSpec(n_artists=args.artists, n_templates=4, n_seeds=4, n_checkpoints=4, with_images=False)
-    build_store(path, spec)
     con = duckdb.connect(str(path / "atelier.duckdb"), read_only=True)
-    ids = con.execute("SELECT image_id FROM images WHERE error IS NULL ORDER BY image_id").fetchnumpy()["image_id"]
+    rows = con.execute("SELECT image_id, artist_id FROM images WHERE error IS NULL ORDER BY image_id").fetchnumpy()
     con.close()
-    vecs = np.random.default_rng(0).standard_normal((len(ids), args.dim)).astype(np.float32)
+    ids = rows["image_id"].astype(np.int64)
+    _, artist_index = np.unique(rows["artist_id"].astype(str), return_inverse=True)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((int(artist_index.max()) + 1, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vecs = centres[artist_index] + rng.standard_normal((len(ids), dim)).astype(np.float32) * (0.6 / np.sqrt(dim))
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    info = update_index(Workdir.at(path, create=False), spec.model, embeddings=(ids.astype(np.int64), vecs))
-    print(f"built {path}: {len(ids)} images, {info.kind} index, {time.perf_counter() - t0:.0f} s", flush=True)
-    return path
+    info = update_index(Workdir.at(path, create=False), model, embeddings=(ids, vecs))
+    print(f"indexed {path}: {len(ids)} images, {info.kind} index (nprobe {info.nprobe}, recall@10 "
+          f"{info.recall_at_10}), {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def free_port() -> int:
@@ -60,22 +89,51 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(workdir: Path, baseline_src: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`atelier serve` on a free port: this tree, or ``baseline_src`` first on the path (its own options)."""
     import httpx
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("atelier")), "serve", "--workdir", str(workdir),
-                             "--port", str(port), "--log-level", "warning"])
-    deadline = time.monotonic() + 60
+    # the entry script, not `-m` (which would put the current directory, this tree, first on the path)
+    cmd = [str(Path(sys.executable).with_name("atelier")), "serve", "--workdir", str(workdir), "--port", str(port),
+           "--log-level", "warning"]
+    env = dict(os.environ)
+    if baseline_src is not None:
+        env["PYTHONPATH"] = str(baseline_src)
+    else:
+        cmd += ["--rate-limit", "0"]  # every bench client is 127.0.0.1: one "client" to the limiter
+    proc = subprocess.Popen(cmd, env=env, cwd=workdir)
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+            if httpx.get(url + "/health", timeout=10).status_code == 200:
                 return proc, url
         except httpx.TransportError:
-            time.sleep(0.2)
+            time.sleep(0.3)
     proc.kill()
     raise RuntimeError("server did not start")
+
+
+def stop_server(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def summarize(latencies: list[float], errors: list[str], wall: float) -> dict:
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))], 1) if ordered else float("nan")
+
+    return {"requests": len(latencies), "seconds": round(wall, 2), "req_per_s": round(len(latencies) / wall, 1),
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None,
+            "errors": len(errors), "first_errors": errors[:3]}
 
 
 def load(url: str, make_request, n: int, clients: int, time_cap: float) -> dict:
@@ -98,12 +156,16 @@ def load(url: str, make_request, n: int, clients: int, time_cap: float) -> dict:
                     remaining[0] -= 1
                 method, path, kwargs = make_request(rng)
                 t0 = time.perf_counter()
-                response = http.request(method, path, **kwargs)
+                try:
+                    response = http.request(method, path, **kwargs)
+                    status, text = response.status_code, response.text[:120]
+                except httpx.HTTPError as exc:
+                    status, text = 0, f"{type(exc).__name__}: {exc}"
                 elapsed = time.perf_counter() - t0
                 with lock:
                     latencies.append(elapsed)
-                    if response.status_code != 200:
-                        errors.append(f"{response.status_code} {response.text[:120]}")
+                    if status != 200:
+                        errors.append(f"{status} {text}")
 
     started = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
@@ -111,22 +173,14 @@ def load(url: str, make_request, n: int, clients: int, time_cap: float) -> dict:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - started
-    ordered = sorted(latencies)
-
-    def pct(p: float) -> float:
-        return round(1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))], 1) if ordered else float("nan")
-
-    return {"requests": len(latencies), "seconds": round(wall, 2), "req_per_s": round(len(latencies) / wall, 1),
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "mean_ms": round(1000 * statistics.fmean(latencies), 1),
-            "errors": len(errors), "first_errors": errors[:3]}
+    return summarize(latencies, errors, time.perf_counter() - started)
 
 
 def request_makers(url: str) -> dict:
     """One request generator per endpoint, drawing names and ids from the store via the API."""
     import httpx
 
-    with httpx.Client(base_url=url) as http:
+    with httpx.Client(base_url=url, timeout=60) as http:
         finetunes = sorted({c["checkpoint"] for c in http.get("/checkpoints").json()["items"] if c["base"]})
         artists = [r["artist_id"] for r in http.post("/sql", json={
             "query": "SELECT DISTINCT artist_id FROM artist_scores LIMIT 500"}).json()["rows"]]
@@ -140,29 +194,110 @@ def request_makers(url: str) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--artists", type=int, default=1000, help="images = artists x 4 templates x 4 seeds x 4 checkpoints")
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=1000, help="per endpoint")
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--time-cap", type=float, default=60.0, help="seconds per endpoint at most")
-    args = parser.parse_args(argv)
-    workdir = ensure_store(args.workdir or Path(f"/tmp/bench_serve_{args.artists}"), args)
-    proc, url = start_server(workdir)
+def writer_loop(store: str, every: float, seconds: float) -> None:
+    """A writer (run as a child process): commit one small change every ``every`` s; print the waits."""
+    from evaluator.workspace.store import StoreLockedError, connect, transaction
+
+    waits, failed, stop_at = [], 0, time.monotonic() + seconds
+    while time.monotonic() < stop_at:
+        t0 = time.perf_counter()
+        try:
+            con = connect(store, timeout=30)
+        except StoreLockedError:
+            failed += 1
+            continue
+        waits.append(time.perf_counter() - t0)
+        with transaction(con):
+            con.execute("UPDATE runs SET message = ? WHERE run_id = (SELECT min(run_id) FROM runs)",
+                        [f"bench write {time.time():.3f}"])
+        con.close()
+        time.sleep(every)
+    print(json.dumps({"commits": len(waits), "failed_opens": failed,
+                      "wait_mean_ms": round(1000 * statistics.fmean(waits), 1) if waits else None,
+                      "wait_max_ms": round(1000 * max(waits), 1) if waits else None}), flush=True)
+
+
+def run_variant(workdir: Path, args: argparse.Namespace, baseline_src: Path | None) -> dict:
+    """Every endpoint at every client count, then under a writer; one server."""
+    proc, url = start_server(workdir, baseline_src)
+    results: dict = {}
     try:
         makers = request_makers(url)
-        results = {}
-        for name, maker in makers.items():
-            load(url, maker, min(50, args.requests), min(4, args.clients), args.time_cap)  # warm up
-            results[name] = load(url, maker, args.requests, args.clients, args.time_cap)
-            print(f"{name:16} {json.dumps(results[name])}", flush=True)
+        for clients in args.clients:
+            for name in ENDPOINTS:
+                load(url, makers[name], min(50, args.requests), min(4, clients), args.time_cap)  # warm up
+                results[f"{name}@{clients}"] = load(url, makers[name], args.requests, clients, args.time_cap)
+                print(f"  {name + '@' + str(clients):22} {json.dumps(results[f'{name}@{clients}'])}", flush=True)
+        if args.write_every > 0:
+            results["under_writer"] = under_writer(workdir, url, makers, args)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-    out = {"store": str(workdir), "artists": args.artists, "clients": args.clients, "server_exit": code,
-           "machine": platform.platform(), "results": results}
+        results["server_exit"] = stop_server(proc)
+    return results
+
+
+def under_writer(workdir: Path, url: str, makers: dict, args: argparse.Namespace) -> dict:
+    clients = max(args.clients)
+    span = args.time_cap * len(ENDPOINTS) + 5
+    writer = subprocess.Popen([sys.executable, __file__, "--writer", str(workdir / "atelier.duckdb"),
+                               str(args.write_every), str(span)], stdout=subprocess.PIPE, text=True)
+    out = {}
+    try:
+        for name in ENDPOINTS:
+            out[f"{name}@{clients}"] = load(url, makers[name], args.requests, clients, args.time_cap)
+            print(f"  writer: {name + '@' + str(clients):14} {json.dumps(out[f'{name}@{clients}'])}", flush=True)
+    finally:
+        stdout, _ = writer.communicate(timeout=span + 60)
+    out["writer"] = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else None
+    print(f"  writer: {out['writer']}", flush=True)
+    return out
+
+
+def ratios(before: dict, after: dict) -> dict:
+    """baseline / current for each measured figure (> 1: the current server is faster)."""
+    out = {}
+    for key, new in after.items():
+        old = before.get(key)
+        if not (isinstance(new, dict) and isinstance(old, dict) and "p99_ms" in new):
+            continue
+        out[key] = {"p50": round(old["p50_ms"] / max(new["p50_ms"], 0.1), 2),
+                    "p99": round(old["p99_ms"] / max(new["p99_ms"], 0.1), 2),
+                    "req_per_s": round(new["req_per_s"] / max(old["req_per_s"], 0.1), 2)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--writer"]:
+        writer_loop(argv[1], float(argv[2]), float(argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--artists", type=int, default=1000,
+                        help="images = artists x 4 templates x 4 seeds x --checkpoints (9000 x 7: the 1M-image store)")
+    parser.add_argument("--checkpoints", type=int, default=4, help="checkpoints, the base included")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=1000, help="per endpoint and client count")
+    parser.add_argument("--clients", type=lambda text: [int(x) for x in text.split(",")], default=[16],
+                        help="comma-separated client counts, e.g. 1,50")
+    parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per endpoint and client count at most")
+    parser.add_argument("--write-every", type=float, default=2.0, help="seconds between a writer's commits (0: skip)")
+    parser.add_argument("--baseline-src", type=Path, default=None, help="an older source tree to compare with")
+    args = parser.parse_args(argv)
+    workdir = ensure_store(args.workdir or Path(f"/tmp/bench_serve_{args.artists}x{args.checkpoints}"), args)
+    variants = {}
+    for label, src in (("baseline", args.baseline_src), ("current", None)):
+        if label == "baseline" and src is None:
+            continue
+        print(f"{label}:", flush=True)
+        variants[label] = run_variant(workdir, args, src)
+    out = {"store": str(workdir), "artists": args.artists, "checkpoints": args.checkpoints, "clients": args.clients,
+           "requests": args.requests, "time_cap": args.time_cap, "machine": platform.platform(),
+           "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "variants": variants}
+    if "baseline" in variants:
+        out["ratios_baseline_over_current"] = ratios(variants["baseline"], variants["current"])
+        out["ratios_baseline_over_current"]["under_writer"] = ratios(
+            variants["baseline"].get("under_writer", {}), variants["current"].get("under_writer", {}))
+        print(json.dumps(out["ratios_baseline_over_current"], indent=1), flush=True)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "serve.json").write_text(json.dumps(out, indent=2) + "\n")
 

@@ -1,31 +1,42 @@
-"""The FastAPI application of `atelier serve`: ``create_app(config)``.
+"""The FastAPI application of `atelier serve`: ``create_app(config)``, and ``app_from_env`` for workers.
 
-Reads DIR/atelier.duckdb (one read-only connection per request, through
-``evaluator.workspace.queries``, the SQL the dashboard runs too), the FAISS index and the
-image files inside DIR (``Workdir.resolve_inside``: a stored path escaping DIR is
-refused). Writes nothing. Every error is JSON ``{"error", "field", "suggestions"}``;
-with a token, every request needs ``Authorization: Bearer <token>`` (constant-time check).
+Reads DIR/atelier.duckdb through the server's snapshot of it (``serve.snapshot``; or a
+read-only connection per request with ``snapshot=False``) with the SQL the dashboard runs
+too (``evaluator.workspace.queries``), the FAISS index and the image files inside DIR
+(``Workdir.resolve_inside``: a stored path escaping DIR is refused). Writes only its
+snapshot folder. Every error is JSON ``{"error", "field", "suggestions"}``; before any
+route, ``guard.Guard`` checks the token, the body size and the client's rate, and
+``deadline.Deadline`` the request's time.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
+import contextlib
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, Response
 
+from catalog.schema import KINDS
 from evaluator.errors import InputError
+from evaluator.serve import deadline
 from evaluator.serve.config import ServeConfig
-from evaluator.serve.errors import ApiError, check_name, pick_name
-from evaluator.serve.jsonio import ApiJSON, records
-from evaluator.serve.reader import RequestReader, busy
+from evaluator.serve.errors import ApiError, check_name, pick_name, suggest
+from evaluator.serve.guard import Guard, RateLimiter
+from evaluator.serve.jsonio import ApiJSON, records, records_json
+from evaluator.serve.reader import DirectReader, SnapshotReader, busy
 from evaluator.serve.search import SearchEngine, SearchQuery
+from evaluator.serve.snapshot import StoreSnapshots
+from evaluator.serve.upload import UploadLimits, decode_upload
 from evaluator.workspace import queries
 from evaluator.workspace.store import StoreLockedError
 from evaluator.workspace.workdir import Workdir
@@ -46,15 +57,25 @@ class SearchBody(BaseModel):
 
 
 class State:
-    """What the routes share: the config, the workdir, the search engine."""
+    """What the routes share: the config, the workdir, the snapshots, the search engine."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.wd = Workdir.at(config.workdir, create=False)
         self.search = SearchEngine(config)
+        self.uploads = UploadLimits(config.max_upload_bytes, config.max_upload_pixels)
+        self.own_snapshot_dir: Path | None = None
+        self.snapshots: StoreSnapshots | None = None
+        if config.snapshot:
+            folder = config.snapshot_dir
+            if folder is None:
+                folder = self.own_snapshot_dir = Path(tempfile.mkdtemp(prefix="atelier-serve-"))
+            self.snapshots = StoreSnapshots(self.wd.store, folder, config.lock_wait)
 
-    def reader(self) -> RequestReader:
-        return RequestReader(self.wd.store, self.config.lock_wait)
+    def reader(self) -> SnapshotReader | DirectReader:
+        if self.snapshots is not None:
+            return SnapshotReader(self.snapshots)
+        return DirectReader(self.wd.store, self.config.lock_wait)
 
     def limit(self, limit: int | None, offset: int) -> tuple[int, int]:
         """The page asked for, within 1..max_limit and offset >= 0, else a 400 naming it."""
@@ -65,11 +86,17 @@ class State:
             raise ApiError(f"offset must be >= 0 but is {offset}", field="offset")
         return limit, offset
 
+    def close(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
+        if self.own_snapshot_dir is not None:
+            shutil.rmtree(self.own_snapshot_dir, ignore_errors=True)
+
 
 def page(frame, limit: int, offset: int, **extra) -> ApiJSON:
     """One page of rows; ``frame`` holds up to ``limit + 1`` rows, the extra one saying "more"."""
     more = len(frame) > limit
-    return ApiJSON({**extra, "items": records(frame.head(limit)), "limit": limit, "offset": offset,
+    return ApiJSON({**extra, "items": records_json(frame.head(limit)), "limit": limit, "offset": offset,
                     "next_offset": offset + limit if more else None})
 
 
@@ -78,15 +105,45 @@ def sliced(frame, limit: int, offset: int, **extra) -> ApiJSON:
     return page(frame.iloc[offset:offset + limit + 1], limit, offset, **extra)
 
 
-def _artist(store: RequestReader, field: str, artist_id: str) -> str:
+def answer(state: State, request: Request, build: Callable[..., ApiJSON]) -> Response:
+    """``build(store)``'s page, computed once per snapshot (a copy never changes); header X-Cache hit | miss.
+
+    Only a success is remembered: an error raised by ``build`` is raised again next time.
+    """
+    key = "page\0" + request.url.path + "?" + urlencode(sorted(request.query_params.multi_items()))
+    with state.reader() as store:
+        body, hit = store.recall(key, lambda: build(store).body)
+    return Response(body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"})
+
+
+def names(store, what: str) -> list[str]:
+    """Model, checkpoint, metric or artist names of the store (once per snapshot)."""
+    lookups = {"models": queries.models, "checkpoints": queries.checkpoint_names,
+               "metrics": queries.metric_names, "artists": queries.artist_ids}
+    return store.remember(what, lambda: lookups[what](store))
+
+
+def _artist(store, field: str, artist_id: str) -> str:
     if queries.artist_exists(store, artist_id):
         return artist_id
-    return check_name(field, artist_id, queries.artist_ids(store), "artist")
+    return check_name(field, artist_id, names(store, "artists"), "artist")
 
 
-def _model(store: RequestReader, model: str | None) -> str:
+def _check_kind(store, kind: str) -> None:
+    """A kind the catalog knows, in a store that has the ``artists.kind`` column, else a 400 naming ``kind``."""
+    from evaluator.workspace.store import schema_version
+
+    columns = store.remember("artist_columns", lambda: queries.table_columns(store, "artists"))
+    if "kind" not in columns:
+        version = schema_version(store.connection())
+        raise ApiError(f"kind: this store has no artist kinds yet (its schema is version {version}; kinds "
+                       "came with migration 7): run `atelier migrate --workdir DIR`, or leave kind out", field="kind")
+    check_name("kind", kind, list(KINDS), "kind")
+
+
+def _model(store, model: str | None) -> str:
     """The model asked for (checked), else the most used one."""
-    known = queries.models(store)
+    known = names(store, "models")
     if model:
         return check_name("model", model, known, "model")
     if not known:
@@ -104,46 +161,58 @@ def table_routes(state: State) -> APIRouter:
 
         with state.reader() as store:
             version = schema_version(store.connection())
-            return ApiJSON({"status": "ok", "schema_version": version, "schema_version_supported": SCHEMA_VERSION,
-                            "models": queries.models(store), "counts": queries.overview(store),
-                            "text_search": bool(state.config.model)})
+            body = {"status": "ok", "schema_version": version, "schema_version_supported": SCHEMA_VERSION,
+                    "models": names(store, "models"), "counts": store.remember("overview", lambda: queries.overview(store)),
+                    "text_search": bool(state.config.model), "image_search": bool(state.config.model)}
+        body["snapshot"] = state.snapshots.status() if state.snapshots is not None else None
+        return ApiJSON(body)
 
     @router.get("/checkpoints", summary="Checkpoints with source, fingerprint and last run.")
-    def checkpoints(limit: int | None = None, offset: int = 0) -> ApiJSON:
+    def checkpoints(request: Request, limit: int | None = None, offset: int = 0) -> Response:
         limit, offset = state.limit(limit, offset)
-        with state.reader() as store:
-            return sliced(queries.checkpoint_provenance(store), limit, offset)
+        return answer(state, request, lambda store: sliced(queries.checkpoint_provenance(store), limit, offset))
 
-    @router.get("/artists", summary="Catalog artists; q searches name, id and aliases.")
-    def artists(q: str = "", tag: str = "", movement: str = "", medium: str = "",
-                limit: int | None = None, offset: int = 0) -> ApiJSON:
+    @router.get("/artists", summary="Catalog rows; q searches name, id and aliases; kind: artist or character.")
+    def artists(request: Request, q: str = "", kind: str = "", tag: str = "", movement: str = "", medium: str = "",
+                limit: int | None = None, offset: int = 0) -> Response:
         limit, offset = state.limit(limit, offset)
         filt = queries.ArtistFilter(name=q, tag=tag, movement=movement, medium=medium)
-        with state.reader() as store:
-            return page(queries.artists_page(store, filt, limit=limit + 1, offset=offset), limit, offset)
+
+        def build(store) -> ApiJSON:
+            if kind:
+                _check_kind(store, kind)
+            return page(queries.artists_page(store, filt, limit=limit + 1, offset=offset, kind=kind), limit, offset)
+
+        return answer(state, request, build)
 
     @router.get("/scores", summary="Per-artist scores (artist_scores) with their CIs.")
-    def scores(checkpoint: str = "", artist_id: str = "", metric: str = "", model: str = "",
-               limit: int | None = None, offset: int = 0) -> ApiJSON:
+    def scores(request: Request, checkpoint: str = "", artist_id: str = "", metric: str = "", model: str = "",
+               limit: int | None = None, offset: int = 0) -> Response:
         limit, offset = state.limit(limit, offset)
-        with state.reader() as store:
+
+        def build(store) -> ApiJSON:
             if model:
-                check_name("model", model, queries.models(store), "model")
+                check_name("model", model, names(store, "models"), "model")
             if checkpoint:
-                check_name("checkpoint", checkpoint, queries.checkpoint_names(store), "checkpoint")
+                check_name("checkpoint", checkpoint, names(store, "checkpoints"), "checkpoint")
             if metric:
-                check_name("metric", metric, queries.metric_names(store), "metric")
+                check_name("metric", metric, names(store, "metrics"), "metric")
             if artist_id:
                 _artist(store, "artist_id", artist_id)
             filt = queries.ScoreFilter(model=model, checkpoint=checkpoint, artist_id=artist_id, metric=metric)
             return page(queries.artist_scores(store, filt, limit=limit + 1, offset=offset), limit, offset)
 
+        return answer(state, request, build)
+
     @router.get("/leaderboard", summary="checkpoint_scores of one model (default: the most used).")
-    def leaderboard(model: str = "", limit: int | None = None, offset: int = 0) -> ApiJSON:
+    def leaderboard(request: Request, model: str = "", limit: int | None = None, offset: int = 0) -> Response:
         limit, offset = state.limit(limit, offset)
-        with state.reader() as store:
-            model = _model(store, model)
-            return sliced(queries.leaderboard(store, model), limit, offset, model=model)
+
+        def build(store) -> ApiJSON:
+            name = _model(store, model)
+            return sliced(queries.leaderboard(store, name), limit, offset, model=name)
+
+        return answer(state, request, build)
 
     return router
 
@@ -153,16 +222,18 @@ def comparison_routes(state: State) -> APIRouter:
     router = APIRouter()
 
     @router.get("/comparisons", summary="Per-artist base vs fine-tune deltas with CIs and verdicts.")
-    def comparisons(*, finetune: str = "", base: str = "", metric: str = "", verdict: str = "", model: str = "",
-                    order: str = "delta", descending: bool = False,
-                    limit: int | None = None, offset: int = 0) -> ApiJSON:
+    def comparisons(request: Request, *, finetune: str = "", base: str = "", metric: str = "", verdict: str = "",
+                    model: str = "", order: str = "delta", descending: bool = False,
+                    limit: int | None = None, offset: int = 0) -> Response:
         from evaluator.scoring.stats import VERDICTS
 
         limit, offset = state.limit(limit, offset)
         if verdict:
             check_name("verdict", verdict, list(VERDICTS), "verdict")
-        with state.reader() as store:
-            pairs = queries.comparison_pairs(store)
+
+        def build(store) -> ApiJSON:
+            nonlocal finetune, base, model, metric
+            pairs = store.remember("comparison_pairs", lambda: queries.comparison_pairs(store))
             finetune = pick_name("finetune", finetune, sorted(set(pairs["finetune"])), "fine-tune")
             pairs = pairs[pairs["finetune"] == finetune]
             base = pick_name("base", base, sorted(set(pairs["base"])), "base of " + finetune)
@@ -174,21 +245,27 @@ def comparison_routes(state: State) -> APIRouter:
                                                  descending=descending, limit=limit + 1, offset=offset)
             except InputError as exc:
                 raise ApiError(str(exc), field="order") from exc
-            summary = queries.comparison_summary(store, base, finetune, model, metric)
+            summary = store.remember(f"summary\0{base}\0{finetune}\0{model}\0{metric}",
+                                     lambda: queries.comparison_summary(store, base, finetune, model, metric))
             return page(frame, limit, offset, base=base, finetune=finetune, model=model, metric=metric,
                         summary=summary)
 
+        return answer(state, request, build)
+
     @router.get("/neighbors", summary="An artist's nearest artists per checkpoint.")
-    def neighbors(artist_id: str, checkpoint: str = "", k: int = 10, model: str = "") -> ApiJSON:
+    def neighbors(request: Request, artist_id: str, checkpoint: str = "", k: int = 10, model: str = "") -> Response:
         if not 1 <= k <= state.config.max_k:
             raise ApiError(f"k must be within 1..{state.config.max_k} but is {k}", field="k")
-        with state.reader() as store:
+
+        def build(store) -> ApiJSON:
             _artist(store, "artist_id", artist_id)
             if checkpoint:
-                check_name("checkpoint", checkpoint, queries.checkpoint_names(store), "checkpoint")
-            model = _model(store, model)
-            frame = queries.artist_neighbors_of(store, artist_id, model, checkpoint=checkpoint, k=k)
-            return ApiJSON({"artist_id": artist_id, "model": model, "k": k, "items": records(frame)})
+                check_name("checkpoint", checkpoint, names(store, "checkpoints"), "checkpoint")
+            name = _model(store, model)
+            frame = queries.artist_neighbors_of(store, artist_id, name, checkpoint=checkpoint, k=k)
+            return ApiJSON({"artist_id": artist_id, "model": name, "k": k, "items": records_json(frame)})
+
+        return answer(state, request, build)
 
     return router
 
@@ -254,6 +331,76 @@ def image_routes(state: State) -> APIRouter:
     return router
 
 
+SEARCH_BODY_DOC = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": SearchBody.model_json_schema()},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary", "description": "The query image (needs --model)."},
+        "k": {"type": "integer", "default": 10}, "checkpoint": {"type": "string"}, "artist_id": {"type": "string"}}}},
+}}}
+UPLOAD_FIELDS = ("image", "k", "checkpoint", "artist_id")
+
+
+def _sql_time_limit() -> float:
+    """User SQL's own limit, or, when the request's deadline comes sooner, a second past it:
+    the deadline answers (503), and the query's process stops itself a second later."""
+    watcher = deadline.current()
+    if watcher is None:
+        return queries.SQL_TIME_LIMIT
+    return max(0.1, min(queries.SQL_TIME_LIMIT, watcher.remaining() + 1.0))
+
+
+async def _search_body(request: Request, state: State) -> SearchQuery:
+    """The query of POST /search: JSON ``{"text"|"image_id", ...}`` or a multipart upload ``image``."""
+    from pydantic import ValidationError
+
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        return await _upload_query(request, state)
+    try:
+        body = SearchBody.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    if (body.text is None) == (body.image_id is None):
+        raise ApiError("give exactly one of text and image_id (or upload an image as multipart field 'image')",
+                       field="text")
+    if body.text is not None and not body.text.strip():
+        raise ApiError("text must not be empty", field="text")
+    return SearchQuery(text=body.text, image_id=body.image_id, k=body.k,
+                       checkpoint=body.checkpoint or "", artist_id=body.artist_id or "")
+
+
+async def _upload_query(request: Request, state: State) -> SearchQuery:
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException
+
+    if not state.config.model:
+        raise ApiError("search by an uploaded image needs the server started with --model (and --pretrained)",
+                       field="image")
+    try:
+        form = await request.form(max_files=1, max_fields=len(UPLOAD_FIELDS), max_part_size=1 << 16)
+    except MultiPartException as exc:
+        raise ApiError(f"the multipart body is refused: {exc.message}", field="image") from exc
+    try:
+        for name in form:
+            if name not in UPLOAD_FIELDS:
+                close = suggest(name, UPLOAD_FIELDS)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ApiError(f"unknown form field {name!r}{hint} (known: {', '.join(UPLOAD_FIELDS)})",
+                               field=name, suggestions=close)
+        k_text = form.get("k") or "10"  # the cheap fields first: decoding is the costly part
+        if not isinstance(k_text, str) or not k_text.strip().isdigit():
+            raise ApiError(f"k must be a whole number but is {k_text!r}", field="k")
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise ApiError("upload the query image as the multipart file field 'image'", field="image")
+        data = await upload.read(state.uploads.max_bytes + 1)
+        image = await run_in_threadpool(decode_upload, data, state.uploads, upload.filename or "")
+        return SearchQuery(image=image, k=int(k_text), checkpoint=str(form.get("checkpoint") or ""),
+                           artist_id=str(form.get("artist_id") or ""))
+    finally:
+        await form.close()
+
+
 def query_routes(state: State) -> APIRouter:
     """POST /sql and POST /search."""
     router = APIRouter()
@@ -264,7 +411,8 @@ def query_routes(state: State) -> APIRouter:
 
         with state.reader() as store:
             try:
-                result = queries.run_user_sql(store, body.query, row_limit=body.row_limit or queries.SQL_ROW_LIMIT)
+                result = queries.run_user_sql(store, body.query, row_limit=body.row_limit or queries.SQL_ROW_LIMIT,
+                                              time_limit=_sql_time_limit())
             except (InputError, TimeoutError, duckdb.Error) as exc:
                 raise ApiError(str(exc), field="query") from exc
         headers = {"X-Truncated": str(result.truncated).lower(), "X-Row-Limit": str(result.row_limit),
@@ -276,22 +424,23 @@ def query_routes(state: State) -> APIRouter:
                         "row_limit": result.row_limit, "byte_limit": result.byte_limit,
                         "seconds": round(result.seconds, 4)}, headers=headers)
 
-    @router.post("/search", summary="Nearest images to a text or an indexed image (optional filters).")
-    def search(body: SearchBody) -> ApiJSON:
-        if (body.text is None) == (body.image_id is None):
-            raise ApiError("give exactly one of text and image_id", field="text")
-        if body.text is not None and not body.text.strip():
-            raise ApiError("text must not be empty", field="text")
-        if body.k > state.config.max_k:
-            raise ApiError(f"k must be within 1..{state.config.max_k} but is {body.k}", field="k")
+    def run_search(query: SearchQuery) -> dict:
+        if not 1 <= query.k <= state.config.max_k:
+            raise ApiError(f"k must be within 1..{state.config.max_k} but is {query.k}", field="k")
         with state.reader() as store:
-            if body.checkpoint:
-                check_name("checkpoint", body.checkpoint, queries.checkpoint_names(store), "checkpoint")
-            if body.artist_id:
-                _artist(store, "artist_id", body.artist_id)
-            query = SearchQuery(text=body.text, image_id=body.image_id, k=body.k,
-                                checkpoint=body.checkpoint or "", artist_id=body.artist_id or "")
-            return ApiJSON(state.search.search(store, query))
+            if query.checkpoint:
+                check_name("checkpoint", query.checkpoint, names(store, "checkpoints"), "checkpoint")
+            if query.artist_id:
+                _artist(store, "artist_id", query.artist_id)
+            return state.search.search(store, query)
+
+    @router.post("/search", summary="Nearest images to a text, an indexed image or an uploaded image.",
+                 description="JSON `{\"text\": ...}` or `{\"image_id\": ...}`, or multipart with the file field "
+                             "`image` (size, pixel and decode limits; needs --model). Optional `k`, `checkpoint`, "
+                             "`artist_id`.", openapi_extra=SEARCH_BODY_DOC)
+    async def search(request: Request) -> ApiJSON:
+        query = await _search_body(request, state)
+        return ApiJSON(await run_in_threadpool(run_search, query))
 
     return router
 
@@ -330,58 +479,28 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error_response(exc.status_code, {"error": str(exc.detail)}, getattr(exc, "headers", None))
 
 
-class Guard:
-    """ASGI middleware: the bearer token (constant-time) and the request body size, before any route."""
-
-    def __init__(self, app: Callable, token: str | None, max_body_bytes: int) -> None:
-        self.app = app
-        self.token = token.encode("utf-8") if token else None
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        refusal = self.refusal(headers)
-        if refusal is not None:
-            status, message, extra = refusal
-            body = json.dumps({"error": message, "field": None, "suggestions": []}).encode()
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                    *extra]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self.app(scope, receive, send)
-
-    def refusal(self, headers: dict[bytes, bytes]) -> tuple[int, str, list] | None:
-        if self.token is not None:
-            scheme, _, value = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(value.strip(), self.token):
-                return 401, "missing or wrong token: send Authorization: Bearer <token>", [(b"www-authenticate", b"Bearer")]
-        if b"transfer-encoding" in headers:
-            return 411, "send a Content-Length (chunked request bodies are not accepted)", []
-        length = headers.get(b"content-length", b"0")
-        if not length.isdigit():
-            return 400, "Content-Length is not a number", []
-        if int(length) > self.max_body_bytes:
-            return 413, f"the request body is {int(length)} bytes; the limit is {self.max_body_bytes}", []
-        return None
-
-
 def create_app(config: ServeConfig) -> FastAPI:
-    """The API over ``config.workdir``: routes, JSON errors, token and body guard, CORS if asked."""
+    """The API over ``config.workdir``: routes, JSON errors, guard and deadline, CORS if asked."""
     from importlib.metadata import version
 
-    app = FastAPI(title="atelier", version=version("atelier"), default_response_class=ApiJSON,
+    state = State(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        state.close()  # the snapshot and, if this process made it, its folder
+
+    app = FastAPI(title="atelier", version=version("atelier"), default_response_class=ApiJSON, lifespan=lifespan,
                   description="Read-only API over an atelier workdir: scores, comparisons, neighbors, "
                               "images, search and read-only SQL.")
-    state = State(config)
     app.state.atelier = state
     for routes in (table_routes, comparison_routes, image_routes, query_routes):
         app.include_router(routes(state))
     install_error_handlers(app)
-    app.add_middleware(Guard, token=config.token, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(deadline.Deadline, seconds=config.request_timeout)
+    limiter = RateLimiter(config.rate_limit, config.rate_burst) if config.rate_limit else None
+    app.add_middleware(Guard, token=config.token, max_body_bytes=config.max_body_bytes,
+                       max_upload_bytes=config.max_upload_bytes + (64 << 10), limiter=limiter)
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -389,3 +508,17 @@ def create_app(config: ServeConfig) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one `atelier serve --workers N` process: its config from ``ATELIER_SERVE_CONFIG``.
+
+    uvicorn imports this by name (``evaluator.serve.app:app_from_env``, ``factory=True``) in
+    each worker; the token is read again from the config's token file.
+    """
+    from evaluator.workspace import settings
+
+    text = settings.serve_config()
+    if text is None:
+        raise InputError("ATELIER_SERVE_CONFIG is not set: start the workers with `atelier serve --workers N`")
+    return create_app(ServeConfig.from_json(text))

@@ -9,6 +9,7 @@ answer raises ``ApiClientError`` with the status, the message, the field and sug
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,9 +30,11 @@ class ApiClientError(RuntimeError):
 class AtelierClient:
     """Typed-enough calls of every endpoint; ``request`` for anything else."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0, retry_for: float = 0.0) -> None:
+        """``retry_for``: seconds to keep retrying a 503 or 429 that carries Retry-After (0: never)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self.retry_for = retry_for
 
     def __enter__(self) -> AtelierClient:
         return self
@@ -43,8 +46,15 @@ class AtelierClient:
         self.http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The raw answer, an ``ApiClientError`` if it is an error."""
+        """The raw answer, an ``ApiClientError`` if it is an error (after ``retry_for`` s of retries)."""
+        give_up = time.monotonic() + self.retry_for
         response = self.http.request(method, path, **kwargs)
+        while response.status_code in (429, 503) and response.headers.get("retry-after", "").isdigit():
+            pause = float(response.headers["retry-after"])
+            if time.monotonic() + pause > give_up:
+                break
+            time.sleep(pause)
+            response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -95,6 +105,13 @@ class AtelierClient:
                checkpoint: str | None = None, artist_id: str | None = None) -> dict:
         body = {"text": text, "image_id": image_id, "k": k, "checkpoint": checkpoint, "artist_id": artist_id}
         return self.request("POST", "/search", json={k_: v for k_, v in body.items() if v is not None}).json()
+
+    def search_image(self, image: bytes, *, filename: str = "query.png", k: int = 10,
+                     checkpoint: str | None = None, artist_id: str | None = None) -> dict:
+        """Nearest images to an uploaded image (multipart field ``image``; the server needs --model)."""
+        fields = {"k": str(k), "checkpoint": checkpoint, "artist_id": artist_id}
+        return self.request("POST", "/search", files={"image": (filename, image)},
+                            data={k_: v for k_, v in fields.items() if v is not None}).json()
 
     def pages(self, path: str, **params: Any) -> Iterator[dict]:
         """Every item of a paginated endpoint, following ``next_offset``."""

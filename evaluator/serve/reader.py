@@ -1,59 +1,166 @@
-"""A request's read-only view of the store: one connection, opened on first use, closed after.
+"""A request's read-only view of the store: a cursor of the server's snapshot, or its own connection.
 
-Reads DIR/atelier.duckdb through ``store.connect_read_only`` (``READ_ONLY_CONFIG``: no file
-beyond the store); writes nothing. DuckDB lets no process open the file while a writer
-holds it, and a writer cannot open it while any reader does, so the server never keeps
-a connection between requests: ``atelier score`` gets the file between them. A request
-that finds the store locked waits ``lock_wait`` seconds (``store.connect`` retries), then
-the API answers 503 with Retry-After.
+``SnapshotReader`` (the default) reads the server's copy of the store through a cursor of
+the copy's one connection (``evaluator.serve.snapshot``): no open per request, a warm
+cache, and a writer never waits for the server. ``DirectReader`` (``--no-snapshot``)
+opens DIR/atelier.duckdb read-only on first use and closes it when the request ends, so
+`atelier score` gets the file between requests; a request that finds the store locked
+waits ``lock_wait`` seconds (``store.connect`` retries), then the API answers 503 with
+Retry-After. Both register each query with the request's deadline (``deadline.watch``),
+which interrupts it when the time is up. Writes nothing.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from evaluator.serve import deadline
 from evaluator.serve.errors import ApiError
+from evaluator.serve.snapshot import Snapshot, StoreSnapshots
 from evaluator.workspace.store import StoreLockedError, connect_read_only
 
 
-class RequestReader:
+class _Reader:
     """``Reader`` of ``evaluator.workspace.queries`` for one request (a context manager)."""
 
-    def __init__(self, path: Path, lock_timeout: float) -> None:
-        self.path = path
-        self.lock_timeout = lock_timeout
-        self._con = None
+    lock_timeout: float
 
-    def __enter__(self) -> RequestReader:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def path(self) -> Path:
+        raise NotImplementedError
+
+    def connection(self):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def remember(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A lookup whose answer cannot change while this view lives (names, summaries)."""
+        return self.recall(key, compute)[0]
+
+    def recall(self, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """(the answer, whether it was remembered): here never; a snapshot remembers."""
+        return compute(), False
+
+    def _execute(self, sql: str, params: tuple | list):
+        import duckdb
+
+        con = self.connection()
+        watcher = deadline.current()
+        if watcher is not None:
+            watcher.watch(con)
+        try:
+            return con.execute(sql, list(params))
+        except (duckdb.BinderException, duckdb.CatalogException) as exc:
+            behind = schema_behind(con, exc)
+            if behind is None:
+                raise
+            raise behind from exc
+        finally:
+            if watcher is not None:
+                watcher.unwatch(con)
+
+    def df(self, sql: str, params: tuple | list = ()):
+        return self._execute(sql, params).df()
+
+    def scalar(self, sql: str, params: tuple | list = ()) -> Any:
+        row = self._execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+
+class SnapshotReader(_Reader):
+    """A request's cursor of the server's current snapshot (acquired on first use)."""
+
+    def __init__(self, snapshots: StoreSnapshots) -> None:
+        self.snapshots = snapshots
+        self.lock_timeout = snapshots.lock_wait
+        self._snapshot: Snapshot | None = None
+        self._cursor = None
+
+    def _acquire(self) -> Snapshot:
+        if self._snapshot is None:
+            if not self.snapshots.store.is_file():
+                raise missing_store(self.snapshots.store)
+            try:
+                snapshot = self.snapshots.acquire()
+            except StoreLockedError as exc:
+                raise busy(self.snapshots.lock_wait) from exc
+            self._snapshot = snapshot
+            self._cursor = snapshot.con.cursor()
+        return self._snapshot
+
+    @property
+    def path(self) -> Path:
+        """The snapshot's file (user SQL's child process opens it read-only)."""
+        return self._acquire().path
+
+    def connection(self):
+        self._acquire()
+        return self._cursor
+
+    def recall(self, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        return self._acquire().recall(key, compute)
+
+    def close(self) -> None:
+        if self._snapshot is not None:
+            self._cursor.close()
+            self.snapshots.release(self._snapshot)
+            self._snapshot = self._cursor = None
+
+
+class DirectReader(_Reader):
+    """A request's own read-only connection to the store (opened on first use, closed after)."""
+
+    def __init__(self, path: Path, lock_timeout: float) -> None:
+        self._path = path
+        self.lock_timeout = lock_timeout
+        self._con = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
     def connection(self):
         if self._con is None:
-            if not self.path.is_file():
-                raise ApiError(f"the store {self.path.name} does not exist in the workdir (yet); "
-                               "run `atelier score` first", status=503, headers={"Retry-After": "30"})
+            if not self._path.is_file():
+                raise missing_store(self._path)
             try:
-                self._con = connect_read_only(self.path, timeout=self.lock_timeout)
+                self._con = connect_read_only(self._path, timeout=self.lock_timeout)
             except StoreLockedError as exc:
                 raise busy(self.lock_timeout) from exc
         return self._con
-
-    def df(self, sql: str, params: tuple | list = ()):
-        return self.connection().execute(sql, list(params)).df()
-
-    def scalar(self, sql: str, params: tuple | list = ()) -> Any:
-        row = self.connection().execute(sql, list(params)).fetchone()
-        return None if row is None else row[0]
 
     def close(self) -> None:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+def schema_behind(con, exc: Exception) -> ApiError | None:
+    """A 503 saying to migrate, when a query failed on a store older than this atelier (else None)."""
+    from evaluator.workspace.store import SCHEMA_VERSION, schema_version
+
+    version = schema_version(con)
+    if version >= SCHEMA_VERSION:
+        return None
+    return ApiError(f"the store's schema is version {version} but this atelier reads version {SCHEMA_VERSION}: "
+                    f"run `atelier migrate --workdir DIR` ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+                    status=503)
+
+
+def missing_store(path: Path) -> ApiError:
+    return ApiError(f"the store {path.name} does not exist in the workdir (yet); run `atelier score` first",
+                    status=503, headers={"Retry-After": "30"})
 
 
 def busy(waited: float) -> ApiError:

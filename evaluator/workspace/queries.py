@@ -162,7 +162,8 @@ def checkpoint_names(store: Reader) -> list[str]:
 def leaderboard(store: Reader, model: str) -> pd.DataFrame:
     """checkpoint_scores of one model, long form (checkpoint, metric, value, n, ci, and why a value is NULL)."""
     return store.df(
-        """SELECT checkpoint, metric, value, ci_low, ci_high, n, n_pos, n_neg, reason FROM checkpoint_scores
+        """SELECT checkpoint, metric, value, ci_low, ci_high, n, n_pos, n_neg, reason, n_images, n_artists,
+                  n_classes FROM checkpoint_scores
            WHERE model = ? ORDER BY checkpoint, metric""",
         (model,),
     )
@@ -240,7 +241,8 @@ def comparison_table(store: Reader, base: str, finetune: str, model: str, metric
     direction = "DESC" if descending else "ASC"
     return store.df(
         f"""SELECT ar.name, c.artist_id, c.base_value, c.finetune_value, c.delta, c.ci_low, c.ci_high,
-                   c.n, c.verdict, ar.movements, ar.mediums, ar.tags, ar.recognized_sdxl, ar.recognized_sd1
+                   c.n, c.n_seeds, c.verdict, ar.movements, ar.mediums, ar.tags, ar.recognized_sdxl,
+                   ar.recognized_sd1
             FROM comparisons c JOIN artists ar USING (artist_id)
             WHERE {where} ORDER BY {order} {direction} NULLS LAST, c.artist_id LIMIT ? OFFSET ?""",
         [*params, int(limit), int(offset)],
@@ -279,9 +281,16 @@ def artist_neighbors_of(store: Reader, artist_id: str, model: str, *, checkpoint
     return store.df(sql + " ORDER BY n.checkpoint, n.rank", params)
 
 
-def artists_page(store: Reader, filt: ArtistFilter, *, limit: int, offset: int) -> pd.DataFrame:
-    """One page of the catalog's artists (every column), by name; ``filt.name`` searches."""
+def artists_page(store: Reader, filt: ArtistFilter, *, limit: int, offset: int, kind: str = "") -> pd.DataFrame:
+    """One page of the catalog's artists (every column), by name; ``filt.name`` searches.
+
+    ``kind`` (artist | character) needs the store's ``artists.kind`` column; a blank kind is
+    an artist, as in the catalog.
+    """
     where, params = filt.where("ar")
+    if kind:
+        where += " AND coalesce(nullif(ar.kind, ''), 'artist') = ?"
+        params.append(kind)
     return store.df(
         f"SELECT ar.* FROM artists ar WHERE {where} ORDER BY ar.name, ar.artist_id LIMIT ? OFFSET ?",
         [*params, int(limit), int(offset)],
@@ -308,7 +317,7 @@ def artist_scores(store: Reader, filt: ScoreFilter, *, limit: int, offset: int) 
             params.append(value)
     return store.df(
         f"""SELECT s.checkpoint, s.artist_id, ar.name, s.model, s.metric, s.value, s.ci_low, s.ci_high,
-                   s.n, s.n_seeds
+                   s.n, s.n_seeds, s.n_images, s.n_classes
             FROM artist_scores s LEFT JOIN artists ar USING (artist_id)
             WHERE {' AND '.join(clauses)}
             ORDER BY s.checkpoint, s.artist_id, s.model, s.metric LIMIT ? OFFSET ?""",
@@ -328,6 +337,12 @@ def metric_names(store: Reader) -> list[str]:
 def artist_ids(store: Reader) -> list[str]:
     """Every artist id of the catalog in the store (for close-name suggestions)."""
     return store.df("SELECT artist_id FROM artists ORDER BY artist_id")["artist_id"].tolist()
+
+
+def table_columns(store: Reader, table: str) -> list[str]:
+    """The columns of ``table`` in the store (a column a later migration adds may be missing)."""
+    frame = store.df("SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index", (table,))
+    return frame["column_name"].tolist()
 
 
 def artist_exists(store: Reader, artist_id: str) -> bool:

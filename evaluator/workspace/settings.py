@@ -18,11 +18,13 @@ from evaluator.errors import InputError
 VARIABLES: dict[str, str] = {
     "ATELIER_CATALOG": "the catalog CSV used when no --catalog is given (default: the packaged styles.csv)",
     "ATELIER_CACHE": "where derived files go (offline tokenizers, configs); default ~/.cache/atelier",
+    "ATELIER_TEXT_CACHE": "text embeddings shared by every workdir, per model (default $ATELIER_CACHE/text-embeddings; `workdir` keeps them in each workdir)",
     "ATELIER_RUN_ID": "the run id of a generation run (default: time + random, or derived from the plan under a launcher)",
     "ATELIER_WORKDIR": "the workdir the dashboard opens when no --workdir is given",
     "ATELIER_DASHBOARD_LOCK_TIMEOUT": "seconds a dashboard page waits for a writer before showing cached results (default 3)",
     "ATELIER_CLIP_MODEL": "default of --model (open_clip architecture, hf-hub id or local folder)",
     "ATELIER_CLIP_PRETRAINED": "default of --pretrained",
+    "ATELIER_SERVE_CONFIG": "set by `atelier serve --workers N` for its worker processes: the server's settings as JSON (not set by hand)",
     "RANK, WORLD_SIZE, LOCAL_RANK": "this process's place under torchrun / accelerate (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID as fallback)",
     "TORCHELASTIC_RUN_ID, MASTER_ADDR, MASTER_PORT, SLURM_JOB_ID": "the launcher's rendezvous, from which ranks derive one run id",
     "HF_HUB_OFFLINE": "1/true/yes forbids hub downloads when loading checkpoints",
@@ -49,6 +51,20 @@ def catalog_path(environ: Mapping[str, str] | None = None) -> Path | None:
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     value = _get("ATELIER_CACHE", environ)
     return Path(value) if value else Path.home() / ".cache" / "atelier"
+
+
+# ATELIER_TEXT_CACHE's value that keeps text embeddings inside each workdir instead.
+TEXT_CACHE_IN_WORKDIR = "workdir"
+
+
+def text_cache_root(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The folder of the cross-workdir text-embedding cache (one subfolder per model), or
+    None when each workdir keeps its own: 9,672 catalog texts are then embedded once per
+    model, not once per workdir."""
+    value = _get("ATELIER_TEXT_CACHE", environ)
+    if value == TEXT_CACHE_IN_WORKDIR:
+        return None
+    return Path(value).expanduser() if value else cache_dir(environ) / "text-embeddings"
 
 
 def run_id(environ: Mapping[str, str] | None = None) -> str | None:
@@ -78,6 +94,16 @@ def clip_model(environ: Mapping[str, str] | None = None) -> str | None:
 
 def clip_pretrained(environ: Mapping[str, str] | None = None) -> str | None:
     return _get("ATELIER_CLIP_PRETRAINED", environ)
+
+
+def serve_config(environ: Mapping[str, str] | None = None) -> str | None:
+    """The JSON settings `atelier serve` hands its worker processes (``ServeConfig.to_json``)."""
+    return _get("ATELIER_SERVE_CONFIG", environ)
+
+
+def set_serve_config(text: str) -> None:
+    """Hand `atelier serve`'s settings to the worker processes it is about to start."""
+    os.environ["ATELIER_SERVE_CONFIG"] = text
 
 
 def hub_offline(environ: Mapping[str, str] | None = None) -> bool:

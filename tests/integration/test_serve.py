@@ -1,8 +1,11 @@
 """`atelier serve` as a real uvicorn process on a free loopback port, over a demo store.
 
-Every endpoint through ``evaluator.serve.client``; the token; SQL writes and file reads
-refused; a stored path escaping the workdir refused; names checked with suggestions;
-503 + Retry-After while a writer holds the store; clean exit on SIGTERM.
+Every endpoint through ``evaluator.serve.client``; the token (through two workers); SQL
+writes and file reads refused; a stored path escaping the workdir refused; names checked
+with suggestions; search by an uploaded image and its limits (bytes, pixels, bombs, bad
+files); ``kind``; the rate limit (429) and the request time limit (503); the last
+committed state while a writer holds the store (503 + Retry-After without a snapshot);
+clean exit on SIGTERM. ``test_serve_concurrent`` runs a real `atelier score` beside it.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+import zlib
 from pathlib import Path
 
 import duckdb
@@ -42,6 +48,9 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir.parent / f"serve-{self.port}.log"
+        self.snapshots = workdir.parent / f"snapshots-{self.port}"
+        if "--no-snapshot" not in extra:
+            extra = ("--snapshot-dir", str(self.snapshots), *extra)
         cmd = [ATELIER, "serve", "--workdir", str(workdir), "--port", str(self.port), *extra]
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -92,7 +101,8 @@ def server(workdir: Path):
 
 @pytest.fixture(scope="module")
 def api(server: Server):
-    with AtelierClient(server.url) as client:
+    # the first text or image query waits for the CLIP model, then says 503 + Retry-After
+    with AtelierClient(server.url, retry_for=120) as client:
         yield client
 
 
@@ -258,23 +268,153 @@ def test_limits_cors_off_and_openapi(api: AtelierClient, server: Server) -> None
     assert {"/health", "/comparisons", "/search", "/sql", "/images/{image_id}/file"} <= set(schema["paths"])
 
 
-def test_busy_store_answers_503_then_recovers(api: AtelierClient, workdir: Path) -> None:
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels and holds almost none (a bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_search_by_uploaded_image(api: AtelierClient, workdir: Path) -> None:
+    image_id, path, _ = an_image(workdir)
+    data = (workdir / path).read_bytes()
+    result = api.search_image(data, k=5)
+    # the same answer as `atelier search --image` computes here, on the same model and index
+    from evaluator.embedding.clip import load_clip
+    from evaluator.embedding.index import search_by_image_file
+    from evaluator.workspace.workdir import Workdir
+
+    clip = load_clip(str(workdir / "models" / "clip"), None, "cpu")
+    sims, ids = search_by_image_file(Workdir.at(workdir, create=False), clip, workdir / path, k=5)
+    assert [h["image_id"] for h in result["images"]] == [int(i) for i in ids[0]]
+    assert [h["similarity"] for h in result["images"]] == pytest.approx([float(x) for x in sims[0]], abs=1e-4)
+    assert image_id in [h["image_id"] for h in result["images"]]  # the image finds itself
+    only = api.search_image(data, k=3, checkpoint="ft-lora")["images"]
+    assert len(only) == 3 and {h["checkpoint"] for h in only} == {"ft-lora"}
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    (b"", 400, "empty"),
+    (b"plain text, not an image", 415, "not an image"),
+    ("truncated", 400, "truncated"),
+    (png_header_only(7000, 7000), 413, "49,000,000 pixels"),  # over the 40 Mpx limit, under Pillow's
+    (png_header_only(60000, 60000), 413, "decompression bomb"),  # over Pillow's own bomb limit
+])
+def test_upload_limits(api: AtelierClient, workdir: Path, body, status: int, words: str) -> None:
+    if body == "truncated":
+        full = (workdir / an_image(workdir)[1]).read_bytes()
+        body = full[: len(full) // 2]
+    with pytest.raises(ApiClientError) as err:
+        api.search_image(body)
+    assert err.value.status == status and err.value.field == "image" and words in err.value.error
+
+
+def test_upload_fields_and_body_limit(api: AtelierClient, server: Server) -> None:
+    wrong = httpx.post(server.url + "/search", files={"imag": ("q.png", b"x")})
+    assert wrong.status_code == 400 and wrong.json()["field"] == "imag" and wrong.json()["suggestions"] == ["image"]
+    no_file = httpx.post(server.url + "/search", files={"k": (None, "3")})
+    assert no_file.status_code == 400 and no_file.json()["field"] == "image"
+    huge = httpx.post(server.url + "/search", files={"image": ("q.png", b"\0" * (21 << 20))})
+    assert huge.status_code == 413 and "upload" in huge.json()["error"]
+    bad_k = httpx.post(server.url + "/search", files={"image": ("q.png", b"x")}, data={"k": "ten"})
+    assert bad_k.status_code == 400 and bad_k.json()["field"] == "k" and "ten" in bad_k.json()["error"]
+
+
+def test_artists_kind(api: AtelierClient, workdir: Path) -> None:
+    columns = [r[0] for r in store_rows(workdir, "SELECT column_name FROM duckdb_columns() WHERE table_name = 'artists'")]
+    if "kind" not in columns:  # a store from before kinds: a clear 400, never all rows
+        with pytest.raises(ApiClientError) as err:
+            api.artists(kind="artist")
+        assert err.value.status == 400 and err.value.field == "kind" and "no artist kinds" in err.value.error
+        return
+    expected = store_rows(workdir, "SELECT count(*) FROM artists WHERE coalesce(nullif(kind, ''), 'artist') = 'artist'")
+    assert len(list(api.pages("/artists", kind="artist", limit=1000))) == expected[0][0]
+    with pytest.raises(ApiClientError) as err:
+        api.artists(kind="charcter")
+    assert err.value.field == "kind" and err.value.suggestions == ["character"]
+
+
+def test_writer_holding_the_store_gets_the_last_committed_state(api: AtelierClient, workdir: Path) -> None:
+    before = api.scores(limit=5)
     writer = duckdb.connect(str(workdir / "atelier.duckdb"))  # a writer holds the file
     try:
-        started = time.monotonic()
-        with pytest.raises(ApiClientError) as err:
-            api.scores(limit=1)
-        assert err.value.status == 503 and err.value.retry_after is not None
-        assert time.monotonic() - started < 10
+        writer.execute("INSERT INTO artists (artist_id, name) VALUES ('zz-later', 'Zz Later')")
+        for _ in range(5):  # stale but consistent: the state before the writer, not an error
+            assert api.scores(limit=5) == before
+            assert api.artists(q="zz later")["items"] == []
+        assert api.health()["snapshot"]["stale"] is True
     finally:
         writer.close()
-    assert api.scores(limit=1)["items"]
+    give_up = time.monotonic() + 60  # the next snapshot is copied once the writer has let go
+    while not api.artists(q="zz later")["items"]:
+        assert time.monotonic() < give_up, "the server never showed the committed row"
+        time.sleep(0.5)
+    assert api.health()["snapshot"]["stale"] is False
+
+
+def test_without_snapshot_a_held_store_answers_503_then_recovers(workdir: Path) -> None:
+    srv = Server(workdir, "--no-snapshot", "--lock-wait", "0.5")
+    try:
+        srv.wait_ready()
+        with AtelierClient(srv.url) as client:
+            writer = duckdb.connect(str(workdir / "atelier.duckdb"))
+            try:
+                with pytest.raises(ApiClientError) as err:
+                    client.scores(limit=1)
+                assert err.value.status == 503 and err.value.retry_after == "1"
+            finally:
+                writer.close()
+            assert client.scores(limit=1)["items"]
+    finally:
+        code, log = srv.stop()
+    assert code == 0, log
+
+
+def test_rate_limit_per_client(workdir: Path) -> None:
+    srv = Server(workdir, "--rate-limit", "0.01", "--rate-burst", "3")  # 3 at once, then one per 100 s
+    try:
+        srv.wait_ready()  # /health polls may have spent some of the burst
+        answers = [httpx.get(srv.url + "/checkpoints") for _ in range(4)]
+        refused = [a for a in answers if a.status_code == 429]
+        assert refused and all(a.status_code == 200 for a in answers[: answers.index(refused[0])])
+        body = refused[0].json()
+        assert "a second" in body["error"] and int(refused[0].headers["retry-after"]) >= 1
+    finally:
+        code, log = srv.stop()
+    assert code == 0, log
+
+
+def test_request_time_limit_answers_503_and_the_server_stays_up(workdir: Path) -> None:
+    srv = Server(workdir, "--request-timeout", "2")
+    slow_sql = "SELECT sum(a.range * b.range) FROM range(200000) a, range(200000) b"  # minutes of work
+    try:
+        srv.wait_ready()
+        answers: dict = {}
+        slow = threading.Thread(target=lambda: answers.update(
+            slow=httpx.post(srv.url + "/sql", json={"query": slow_sql}, timeout=60)))
+        slow.start()
+        health = httpx.get(srv.url + "/health", timeout=30)  # answered while the slow one runs
+        slow.join(timeout=90)
+        assert health.status_code == 200
+        assert answers["slow"].status_code == 503 and "time limit" in answers["slow"].json()["error"]
+        assert int(answers["slow"].headers["retry-after"]) >= 1
+        give_up = time.monotonic() + 60  # the query's process stops itself a second after the deadline
+        while (fast := httpx.post(srv.url + "/sql", json={"query": "SELECT 42 AS x"}, timeout=30)).status_code != 200:
+            assert time.monotonic() < give_up, fast.text
+            time.sleep(0.5)
+        assert fast.json()["rows"] == [{"x": 42}]
+    finally:
+        code, log = srv.stop()
+    assert code == 0, log
 
 
 def test_token_and_cors(workdir: Path, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    srv = Server(workdir, "--token-file", str(token_file), "--cors", CORS_ORIGIN)
+    # two workers: the token and the CORS origin reach both through ATELIER_SERVE_CONFIG
+    srv = Server(workdir, "--token-file", str(token_file), "--cors", CORS_ORIGIN, "--workers", "2")
     try:
         srv.wait_ready(headers={"Authorization": f"Bearer {TOKEN}"})
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
@@ -288,9 +428,14 @@ def test_token_and_cors(workdir: Path, tmp_path: Path) -> None:
             "Origin": CORS_ORIGIN, "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "authorization, content-type"})
         assert preflight.status_code == 200
+        with AtelierClient(srv.url, token=TOKEN) as client:  # no --model: an upload says what is missing
+            with pytest.raises(ApiClientError) as err:
+                client.search_image(b"x")
+            assert err.value.field == "image" and "--model" in err.value.error
     finally:
         code, log = srv.stop()
     assert code == 0, log
+    assert not list(srv.snapshots.glob("*.duckdb")), "the workers left snapshots behind"
 
 
 def test_refuses_a_public_bind_without_token(workdir: Path) -> None:
