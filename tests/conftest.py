@@ -14,6 +14,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # One intra-op thread: the tiny test models gain nothing from more, and two OpenMP
 # threads on a busy 2-core machine spin against each other (50x slower, measured).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Text embeddings stay in each test's workdir: a test writes nothing under ~/.cache, and
+# tests running side by side share no cache (tests of the shared cache set it themselves).
+os.environ.setdefault("ATELIER_TEXT_CACHE", "workdir")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Text embeddings with an on-disk cache keyed by (model, exact text), and the artist prompts.
 
-Reads and writes ``embeddings/<model>/_texts/texts-*.parquet`` (``text`` string and a
+Reads and writes ``<cache>/<model>/texts-*.parquet`` under the cross-workdir cache
+(``ATELIER_TEXT_CACHE``), or ``embeddings/<model>/_texts/`` of a workdir (``text`` string and a
 float32 ``embedding``; float32 so cached and fresh values are identical). The artist ×
 template matrix (9,000 × 5 texts) is encoded once per model; past ``MAX_TEXT_PARTS``
 part files the cache is merged into one, so a read stays one file or a few.
@@ -25,7 +26,14 @@ MAX_TEXT_PARTS = 16
 
 
 def text_cache_dir(workdir: Workdir, model: str) -> Path:
-    return workdir.embeddings(model) / TEXT_CACHE_DIR
+    """Where ``model``'s text embeddings are cached: the cross-workdir cache
+    (``settings.text_cache_root``, keyed by model like the workdir's folders) or, with
+    ``ATELIER_TEXT_CACHE=workdir``, ``embeddings/<model>/_texts`` of the workdir."""
+    from evaluator.workspace.settings import text_cache_root
+    from evaluator.workspace.workdir import model_slug
+
+    root = text_cache_root()
+    return workdir.embeddings(model) / TEXT_CACHE_DIR if root is None else root / model_slug(model)
 
 
 def _text_cache_paths(folder: Path) -> list[Path]:

@@ -633,6 +633,8 @@ def _open_import(src: Path, wd: Workdir, options: ImportOptions, forced: str | N
     labels_path = Path(options.labels_csv).resolve() if options.labels_csv else None
     labels = read_labels(labels_path, src) if labels_path else {}
     index = load_artist_index(options.catalog_path)
+    if options.as_reference:
+        check_reference_artists(labels, index, labels_path)
     run_id = f"import-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     summary = ImportSummary(run_id=run_id, source_dir=str(src))
 
@@ -650,6 +652,21 @@ def _open_import(src: Path, wd: Workdir, options: ImportOptions, forced: str | N
             known[int(row.image_id)] = (row.sha256, row.path, row.error if isinstance(row.error, str) else None)
     job = _Import(src, wd, options, forced, labels_path, labels, index, known, summary, utcnow(), seed_regex=seed_regex)
     return job, images
+
+
+def check_reference_artists(labels: dict[str, Label], index: ArtistIndex, labels_path: Path | None) -> None:
+    """Reference works must belong to catalog artists (by id, name or alias), as for
+    `atelier references add`: one unknown name refuses the import before any write."""
+    import difflib
+
+    if not index.has_catalog:
+        raise InputError("no catalog to check reference artists against: pass --catalog styles.csv")
+    for label in labels.values():
+        if label.artist and index.lookup(label.artist) is None:
+            close = difflib.get_close_matches(slugify(label.artist), sorted(index.ids), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise InputError(f"{labels_path}: line {label.line}: artist {label.artist!r} is not in the catalog{hint} "
+                             "(reference works must belong to a catalog artist; pass --catalog with one that has it)")
 
 
 def source_files(src: Path, follow_links: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -903,7 +920,7 @@ def _image_row(job: _Import, path: Path, rel: str, sha: str, found: _Identified,
     record = image_record(
         unit, job.run_id, source=job.options.source_kind, checkpoint=found.checkpoint, prompt=found.prompt,
         negative_prompt=found.negative_prompt, seed=found.seed, **numbers, guidance=float(info.get("guidance") or 0.0),
-        scheduler=info.get("sampler") or "", sha256=sha, created_at=job.started,
+        scheduler=info.get("sampler") or "", sha256=sha, created_at=job.started, source_path=rel, source_sha256=sha,
     )
     if decoded.error is not None:
         record["error"] = f"{rel}: {decoded.error}"

@@ -1,17 +1,29 @@
 """Reference works: real images of an artist, the ground truth of its style.
 
-``add_references(workdir, artist_id, folder)`` imports every image of a folder as a
-reference of one artist through the importer (``evaluator.ingest.importer.import_images`` with
-``as_reference=True``: PNG copy with its provenance, thumbnail, manifest shard with
-``source = 'reference'``, ``reference_images`` rows), so the same painting imported by
-``atelier import --reference`` or by ``atelier references add`` is one image. With a CLIP
-model it then embeds them and stores the artist's prototype (the normalised mean
-embedding) in ``reference_prototypes``; otherwise ``atelier score`` does both.
+``add_references(workdir, folder, artist=...)`` imports reference works through the
+importer (``evaluator.ingest.importer.import_images`` with ``as_reference=True``: PNG
+copy with its provenance, thumbnail, manifest shard with ``source = 'reference'``,
+``reference_images`` rows), so the same painting imported by ``atelier import
+--reference`` or by ``atelier references add`` is one image. Three layouts:
+
+- one artist, one folder: every image under FOLDER is a work of ``artist``;
+- a folder of per-artist folders, ``refs/<artist>/...``: each folder names its artist;
+- a labels CSV (``file,artist``, paths relative to FOLDER), as for ``atelier import``.
+
+One rule for every artist named: it must resolve through the catalog (the given one, or
+atelier's), by id or by name or alias ("Claude Monet" and "claude-monet" alike), or the
+whole call is refused before anything is written, with close names suggested: a
+reference of an artist the catalog does not know would match no image's artist.
+
+With a CLIP model it then embeds them and stores each artist's prototype (the
+normalised mean embedding) in ``reference_prototypes``; otherwise ``atelier score``
+does both. Reads the folder, the labels and the catalog; writes through the importer.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,94 +33,142 @@ from evaluator.errors import InputError
 
 if TYPE_CHECKING:
     from evaluator.embedding.embed import LoadedClip
+    from evaluator.ingest.importer import ArtistIndex
     from evaluator.workspace.workdir import Workdir
 
 
 @dataclass
 class ReferenceResult:
     artist_id: str
-    added: list[int] = field(default_factory=list)  # image ids of this folder's references
+    added: list[int] = field(default_factory=list)  # image ids of this artist's references from this call
     errors: dict[str, str] = field(default_factory=dict)  # file -> why it could not be read
     imported: int = 0  # newly copied now (the rest were there already)
     shard: str | None = None
     prototype_models: list[str] = field(default_factory=list)
 
 
-def _check_artist(workdir: Workdir, artist_id: str, catalog_path: str | Path | None) -> None:
-    """The artist must be a catalog artist (its references would match nothing else)."""
-    import difflib
+def _catalog_index(catalog_path: str | Path | None) -> tuple[ArtistIndex, list[tuple[str, str]]]:
+    """The catalog's name index and its (artist_id, name) pairs (the same rule as
+    ``atelier import --reference``: no catalog, no references)."""
+    from catalog.model import load_catalog
+    from evaluator.ingest.importer import ArtistIndex
 
-    ids: list[str] = []
     try:
-        from catalog.model import load_catalog
+        artists = load_catalog(catalog_path)
+    except FileNotFoundError as exc:
+        raise InputError(f"no catalog to check reference artists against ({exc}): pass --catalog styles.csv") from exc
+    return ArtistIndex(artists), [(a.artist_id, a.name) for a in artists]
 
-        ids = [a.artist_id for a in load_catalog(catalog_path)]
-    except (ImportError, FileNotFoundError, OSError):
-        if catalog_path is not None:
-            raise
-        if workdir.store.is_file():
-            from evaluator.workspace.store import connect
 
-            con = connect(workdir.store, read_only=True)
-            try:
-                ids = [r[0] for r in con.execute("SELECT artist_id FROM artists").fetchall()]
-            finally:
-                con.close()
-    if ids and artist_id not in set(ids):
-        close = difflib.get_close_matches(artist_id, ids, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise InputError(f"artist {artist_id!r} is not in the catalog{hint}")
+def resolve_artist(index: ArtistIndex, known: list[tuple[str, str]], name: str, where: str) -> str:
+    """The catalog id of ``name`` (an id, a name or an alias); refused with close names."""
+    found = index.lookup(name)
+    if found is not None:
+        return found
+    ids = [a for a, _ in known]
+    names = {n: a for a, n in known}
+    close = difflib.get_close_matches(name, ids, n=3, cutoff=0.6)
+    close += [f"{n!r} ({names[n]})" for n in difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)]
+    hint = f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
+    raise InputError(f"{where}: artist {name!r} is not in the catalog{hint} (reference works must belong to a "
+                     "catalog artist; pass --catalog with one that has it)")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from evaluator.ingest.importer import IMAGE_SUFFIXES
+
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def reference_labels(
+    folder: Path, *, artist: str | None = None, labels_csv: str | Path | None = None,
+    catalog_path: str | Path | None = None,
+) -> dict[str, str]:
+    """Every reference file under ``folder`` (relative path) -> its catalog artist id,
+    checked in full before anything is written (see the module doc for the layouts)."""
+    from evaluator.ingest.importer import read_labels
+
+    if artist is not None and labels_csv is not None:
+        raise InputError("name an ARTIST or give --labels, not both")
+    index, known = _catalog_index(catalog_path)
+    files = _image_files(folder)
+    if not files:
+        raise InputError(f"reference folder {folder} holds no image")
+    rel = [p.relative_to(folder).as_posix() for p in files]
+    if artist is not None:
+        artist_id = resolve_artist(index, known, artist, "ARTIST")
+        return dict.fromkeys(rel, artist_id)
+    if labels_csv is not None:
+        labels = read_labels(Path(labels_csv), folder)
+        out = {}
+        for name, label in labels.items():
+            if not label.artist:
+                raise InputError(f"{labels_csv}: line {label.line}: a reference work needs an artist")
+            out[name] = resolve_artist(index, known, label.artist, f"{labels_csv}: line {label.line}")
+        unlabelled = [r for r in rel if r not in out and r.rsplit("/", 1)[-1] not in out]
+        if unlabelled:
+            raise InputError(f"{labels_csv} labels no artist for {len(unlabelled)} image(s) under {folder}, "
+                             f"e.g. {unlabelled[0]}: label them or move them out")
+        return out
+    loose = [r for r in rel if "/" not in r]
+    if loose:
+        raise InputError(f"{folder} holds images directly (e.g. {loose[0]}): name their ARTIST, give --labels, "
+                         "or put each artist's works in a folder named after the artist (refs/<artist>/...)")
+    resolved: dict[str, str] = {}
+    for top in sorted({r.split("/", 1)[0] for r in rel}):
+        resolved[top] = resolve_artist(index, known, top, f"folder {folder / top}")
+    return {r: resolved[r.split("/", 1)[0]] for r in rel}
 
 
 def add_references(
     workdir: Workdir,
-    artist_id: str,
     folder: str | Path,
+    *,
+    artist: str | None = None,
+    labels_csv: str | Path | None = None,
     clip: LoadedClip | None = None,
     catalog_path: str | Path | None = None,
-    check_catalog: bool = True,
     progress: bool = False,
-) -> ReferenceResult:
-    """Import the images of ``folder`` as references of ``artist_id``; see the module doc."""
+) -> list[ReferenceResult]:
+    """Import the reference works under ``folder`` (see the module doc); one result per artist."""
     import hashlib
     import tempfile
 
-    from evaluator.ingest.importer import IMAGE_SUFFIXES, ImportSourceError, import_images
+    from evaluator.ingest.importer import ImportSourceError, import_images
     from evaluator.workspace.manifest import read_manifests
 
     src = Path(folder).expanduser().resolve()
     if not src.is_dir():
         raise ImportSourceError(f"reference folder {src} does not exist")
-    if check_catalog:
-        _check_artist(workdir, artist_id, catalog_path)
-    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    if not files:
-        raise InputError(f"reference folder {src} holds no image ({', '.join(IMAGE_SUFFIXES)})")
-    # every file labelled with the artist: the importer's labels CSV (file, artist)
+    mapping = reference_labels(src, artist=artist, labels_csv=labels_csv, catalog_path=catalog_path)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "artist"])
-    for path in files:
-        writer.writerow([path.relative_to(src).as_posix(), artist_id])
+    writer.writerows(sorted(mapping.items()))
     with tempfile.TemporaryDirectory(prefix="atelier-refs-") as tmp:
         labels = Path(tmp) / "labels.csv"
         labels.write_text(buffer.getvalue(), encoding="utf-8")
-        summary = import_images(
-            src, workdir.root, labels_csv=labels, as_reference=True,
-            catalog_path=catalog_path if check_catalog else None, progress=progress,
-        )
-    result = ReferenceResult(artist_id, imported=summary.imported, shard=summary.manifest_path)
-    result.errors = {src / name: reason for name, reason in summary.failed}
-    shas = {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+        summary = import_images(src, workdir.root, labels_csv=labels, as_reference=True,
+                                catalog_path=catalog_path, progress=progress)
+    failed = dict(summary.failed)
     frame = read_manifests(workdir.manifests)
-    mine = frame[(frame["source"] == "reference") & (frame["artist_id"] == artist_id)
-                 & frame["sha256"].isin(shas) & frame["error"].isna()]
-    result.added = sorted(int(i) for i in mine["image_id"])
-    result.errors = {str(k): v for k, v in result.errors.items()}
-    if clip is not None and result.added:
-        write_prototypes(workdir, clip, [artist_id])
-        result.prototype_models.append(clip.key)
-    return result
+    frame = frame[(frame["source"] == "reference") & frame["error"].isna()]
+    results = []
+    for artist_id in sorted(set(mapping.values())):
+        mine = [r for r, a in mapping.items() if a == artist_id]
+        shas = {hashlib.sha256((src / r).read_bytes()).hexdigest() for r in mine if r not in failed}
+        rows = frame[(frame["artist_id"] == artist_id) & frame["sha256"].isin(shas)]
+        result = ReferenceResult(artist_id, sorted(int(i) for i in rows["image_id"]), shard=summary.manifest_path,
+                                 errors={str(src / r): failed[r] for r in mine if r in failed})
+        results.append(result)
+    if results:
+        results[0].imported = summary.imported
+    if clip is not None and any(r.added for r in results):
+        write_prototypes(workdir, clip, [r.artist_id for r in results if r.added])
+        for r in results:
+            r.prototype_models.append(clip.key)
+    return results
 
 
 def write_prototypes(workdir: Workdir, clip: LoadedClip, artist_ids: list[str] | None = None) -> int:

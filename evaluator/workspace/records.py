@@ -166,6 +166,10 @@ IMAGE_COLUMNS: dict[str, str] = {
     "created_at": "timestamp[us]",
     # the seed exactly, in decimal (any of [0, 2**64)); null when unknown (migration 8)
     "seed_text": "string",
+    # an imported image's original file, relative to the import root, and the SHA-256 of
+    # its bytes (its copy under imported/ is re-encoded): where it came from (migration 6)
+    "source_path": "string",
+    "source_sha256": "string",
 }
 INT64_MAX = 2**63 - 1
 UNKNOWN_SEED = -1
