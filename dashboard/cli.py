@@ -67,10 +67,12 @@ def dashboard_command(workdir: Path, port: int, host: str, open_browser: bool) -
               help="Gained and lost artists listed per fine-tune.")
 def report_command(workdir: Path, out: Path, gallery_artists: int, top: int) -> None:
     """Write a self-contained HTML (and Markdown) report: leaderboard, gains, losses, plots."""
-    import logging
+    from streamlit import logger as streamlit_logger
 
-    # Outside `streamlit run` the query cache falls back to memory and says so; not news here.
-    logging.getLogger("streamlit").setLevel(logging.ERROR)
+    # Outside `streamlit run` the query cache falls back to memory and says so when the
+    # dashboard's cached queries are defined; not news here. Streamlit's own setter
+    # reaches each of its loggers (their levels are set one by one at import).
+    streamlit_logger.set_log_level("error")
     from dashboard.report import ReportConfig, write_report
 
     html_path, md_path = write_report(workdir, out, ReportConfig(gallery_artists=gallery_artists, top=top))

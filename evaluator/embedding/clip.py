@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -196,10 +198,27 @@ def model_key(model: str, pretrained: str | None = None) -> str:
     return resolve_clip(ClipSpec(model, pretrained)).key
 
 
+@contextmanager
+def _quiet_logging(active: bool) -> Iterator[None]:
+    """Mute log records while a hub load runs: its failure becomes our own one-line error."""
+    import logging
+
+    if not active:
+        yield
+        return
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 @lru_cache(maxsize=4)
 def _load_cached(spec: ClipSpec) -> LoadedClip:
     import open_clip
     import torch
+
+    from evaluator.workspace.hub import hub_offline
 
     resolved = resolve_clip(spec)
     name, pretrained = resolved.open_clip_name, resolved.pretrained
@@ -208,15 +227,20 @@ def _load_cached(spec: ClipSpec) -> LoadedClip:
 
         torch.manual_seed(resolved.info["seed"])  # the same weights, hence the same key, every time
         print(RANDOM_NOTE.format(key=resolved.key), file=sys.stderr)
+    from_hub = bool(pretrained) and not Path(pretrained).is_file() or name.startswith(HF_HUB_PREFIX)
+    offline = from_hub and hub_offline()
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=spec.device
-        )
-    except RuntimeError as exc:
-        if pretrained and not Path(pretrained).is_file():
+        with _quiet_logging(from_hub):  # open_clip logs its own download failure to the root logger
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=spec.device
+            )
+    except (RuntimeError, FileNotFoundError, OSError) as exc:
+        if from_hub:
+            why = ("the model hub is unreachable and they are not in the local cache" if offline
+                   else f"the model hub refused or failed: {str(exc).splitlines()[0]}")
             raise StateError(
-                f"could not fetch weights for {name}/{pretrained} (no network to the model hub?). "
-                f"Pass a local weights file with --pretrained, or a local folder: {exc}"
+                f"cannot load weights for {name}{'/' + pretrained if pretrained else ''}: {why}. "
+                "Pass a local weights file with --pretrained PATH, or a local model folder as --model"
             ) from exc
         raise
     model = model.to(device=spec.device, dtype=getattr(torch, spec.dtype)).eval()

@@ -58,3 +58,34 @@ def test_a_misspelled_clip_folder_is_named_with_the_close_folder(unscored_workdi
     assert f"CLIP folder {typo} does not exist" in result.output
     assert f"did you mean {unscored_workdir / 'models' / 'clip'}" in result.output
     assert "unknown open_clip model" not in result.output
+
+
+def _atelier(*args, env=None, timeout=600):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    atelier = str(Path(sys.executable).with_name("atelier"))
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([atelier, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.mark.slow
+def test_an_unreachable_hub_is_said_once_and_fails_in_one_line(pipeline_workdir):
+    # A closed port on loopback: the hub "cannot be reached" here whatever the machine's network.
+    done = _atelier("search", "-w", pipeline_workdir, "--model", "ViT-B-32", "--pretrained", "openai",
+                    "--text", "a portrait", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": ""})
+    assert done.returncode == 1
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 2, lines
+    assert "model hub (127.0.0.1) is unreachable" in lines[0]
+    assert lines[1].startswith("Error: cannot load weights for ViT-B-32/openai") and "--pretrained PATH" in lines[1]
+
+
+@pytest.mark.slow
+def test_report_prints_only_what_it_wrote(pipeline_workdir, tmp_path):
+    done = _atelier("report", "--workdir", pipeline_workdir, "--out", tmp_path / "report.html")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.splitlines() == [f"wrote {tmp_path / 'report.html'}", f"wrote {tmp_path / 'report.md'}"]

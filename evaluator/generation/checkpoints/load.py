@@ -161,6 +161,9 @@ def load_pipeline(
     elif origin.source_type == "hub":
         from diffusers import DiffusionPipeline
 
+        from evaluator.workspace.hub import hub_offline
+
+        offline = offline or hub_offline()  # no minute of retries where the hub cannot answer
         try:
             pipe = DiffusionPipeline.from_pretrained(origin.source, dtype=chosen, local_files_only=offline)
         except Exception as exc:
