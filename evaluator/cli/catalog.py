@@ -261,12 +261,17 @@ def plan_command(**options: Any) -> None:
         raise click.UsageError("--rank and --world-size go together")
     selected = _select(plan.selection)
     _check_size(selected, plan, max_units, yes)
-    units, summary = _make_units(selected, plan)
+    units, summary, planned = _make_units(selected, plan)
+    kind_of = {a.artist_id: a.kind for a in selected}
+    kinds = ", ".join(f"{k} {sum(kind_of.get(i) == k for i in planned)}" for k in sorted(set(kind_of.values())))
     click.echo(
         f"plan: {summary['units']} unit(s) = {summary['checkpoints']} checkpoint(s) x "
         f"{summary['templates']} template(s) x {summary['seeds']} seed(s) over "
-        f"{summary['artists']} artist(s) + {summary['baseline_units']} baseline unit(s)"
+        f"{summary['artists']} row(s) ({kinds}) + {summary['baseline_units']} baseline unit(s)"
     )
+    unplanned = len(selected) - len(planned & set(kind_of))
+    if unplanned:
+        click.echo(f"note: {unplanned} selected row(s) have no template of their kind (see `atelier templates`)")
     if plan.world_size is not None:
         click.echo(f"rank {plan.rank} of {plan.world_size}: {len(units)} unit(s)")
     click.echo(f"wrote {plan.out}")
@@ -314,7 +319,7 @@ def _check_size(artists, plan: PlanOptions, max_units: int | None, yes: bool) ->
 
 
 def _make_units(artists, plan: PlanOptions):
-    """(units of this rank, summary of the whole plan), written to ``plan.out``."""
+    """(units of this rank, summary of the whole plan, its artist ids), written to ``plan.out``."""
     from catalog.plan import PlanError, make_plan, parse_seeds, plan_summary, write_plan
     from catalog.templates import TemplateError, load_templates
     from catalog.units import shard
@@ -326,6 +331,7 @@ def _make_units(artists, plan: PlanOptions):
             _parse_csv_list(plan.checkpoints), **plan.settings,
         )
         summary = plan_summary(units)
+        planned = {u.artist_id for u in units}
         if plan.world_size is not None:
             try:
                 units = shard(units, plan.rank, plan.world_size)
@@ -334,5 +340,5 @@ def _make_units(artists, plan: PlanOptions):
         write_plan(units, plan.out)
     except (PlanError, TemplateError) as exc:
         raise click.ClickException(str(exc)) from None
-    return units, summary
+    return units, summary, planned
 

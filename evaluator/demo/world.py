@@ -129,6 +129,7 @@ def _plan_demo(wd: Workdir, config: DemoConfig, echo) -> list:
 
     artists = select_artists(
         load_catalog(config.catalog_path),
+        kind="artist",  # the demo's templates are artist templates (the catalog also holds characters)
         sample=config.n_artists,
         seed=config.sample_seed,
     )

@@ -200,7 +200,28 @@ def _with_class_counts(frame: pd.DataFrame, inputs: EvalInputs) -> pd.DataFrame:
     from evaluator.scoring.metrics import list_metrics
 
     counts = {m.name: m.n_classes(inputs) for m in list_metrics() if m.n_classes is not None}
-    frame["n_classes"] = frame["metric"].map(counts).astype("float64")
+    per_image = {name: n for name, n in counts.items() if hasattr(n, "__len__")}
+    scalar = {name: n for name, n in counts.items() if name not in per_image}
+    frame["n_classes"] = frame["metric"].map(scalar).astype("float64")
+    for name, n in per_image.items():
+        frame = _per_image_class_counts(frame, inputs, name, n)
+    return frame
+
+
+def _per_image_class_counts(frame: pd.DataFrame, inputs: EvalInputs, metric: str, n: np.ndarray) -> pd.DataFrame:
+    """``n_classes`` of ``metric``'s rows from each image's own N (catalog kinds, issue 15):
+    a row's N when all its images share one, NULL when they mix class sets."""
+    import numpy as np
+    import pandas as pd
+
+    keys = ["checkpoint", "artist_id"] if "artist_id" in frame else ["checkpoint"]
+    images = pd.DataFrame({"checkpoint": inputs.checkpoint, "artist_id": inputs.artist_id, "n": n}).dropna()
+    grouped = images.groupby(keys, sort=False)["n"].agg(["min", "max"]).reset_index()
+    grouped["value"] = np.where(grouped["min"] == grouped["max"], grouped["min"], np.nan)
+    rows = frame["metric"] == metric
+    if rows.any():
+        merged = frame.loc[rows, keys].merge(grouped[[*keys, "value"]], on=keys, how="left")
+        frame.loc[rows, "n_classes"] = merged["value"].to_numpy(dtype="float64")
     return frame
 
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 # A user's templates file with `replace_defaults = true` may drop `art-by`; the metric
 # still needs a text, and this is the one atelier ships.
 ART_BY_FALLBACK = "artwork by {name}"
+# A character's identification text: "art by Hatsune Miku" would name an artist.
+CHARACTER_TEXT = "a picture of {name}"
 OWN_RUN_KINDS = ("score", "index")  # written to the store by score / index build themselves
 CHECKPOINT_COLUMNS = ("name", "source", "kind", "base", "adapters", "fingerprint", "dtype", "scheduler", "notes")
 # Bumped when a metric's definition changes what an image's stored value is (2: no
@@ -199,6 +201,33 @@ class ScoreInputs:
     def artist_names(self) -> list[str]:
         return self.artists["name"].astype(str).tolist()
 
+    @property
+    def catalog_kinds(self) -> list[str] | None:
+        """Each row's kind (artist | character); None for a catalog frame without kinds."""
+        if "kind" not in self.artists:
+            return None
+        return self.artists["kind"].fillna("artist").astype(str).tolist()
+
+    @property
+    def catalog_tagged(self) -> list[bool] | None:
+        if "tag" not in self.artists:
+            return None
+        return self.artists["tag"].notna().tolist()
+
+    @property
+    def tag_templates(self) -> frozenset[str]:
+        """Templates whose prompt takes the Danbooru {tag}: their images are identified among tagged rows."""
+        import string
+
+        names = set()
+        for name, text in self.templates.items():
+            try:
+                if any(f == "tag" for _, f, _, _ in string.Formatter().parse(text)):
+                    names.add(name)
+            except ValueError:
+                continue
+        return frozenset(names)
+
 
 def read_inputs(
     wd: Workdir, model: str, *, catalog_path: str | Path | None, templates_path: str | Path | None, store_timeout: float
@@ -328,6 +357,8 @@ def fingerprint(
     context = {
         "model": model,
         "catalog": sha(list(zip(inputs.catalog_ids, inputs.artist_names, strict=True))),
+        # like with like: the class set of each image follows kinds, tags and tag templates
+        "classes": sha([inputs.catalog_kinds, inputs.catalog_tagged, sorted(inputs.tag_templates)]),
         "art_by": inputs.art_by,
         "refs": sha(sorted(refs["image_id"].astype(int).tolist()) + sorted(refs["artist_id"].tolist())),
         "identification": identification or {},
@@ -362,15 +393,13 @@ class TextVectors:
 
 
 def embed_text_inputs(wd: Workdir, clip: LoadedClip, inputs: ScoreInputs, embedded: Embedded, progress: bool) -> TextVectors:
-    """Embed the `art-by` text of every artist and every distinct prompt (cached on disk)."""
+    """Embed the identification text of every catalog row and every distinct prompt (cached on disk)."""
     import numpy as np
 
-    from catalog.templates import Template
     from evaluator.embedding.embed import embed_texts, text_cache_dir
 
     cache = text_cache_dir(wd, clip.key)
-    art_by = Template("art-by", inputs.art_by)
-    artist_text = embed_texts(clip, [art_by.render(n) for n in inputs.artist_names], cache_dir=cache, progress=progress)
+    artist_text = _class_texts(clip, inputs, embedded, cache, progress)
     prompts = embedded.scored_rows["prompt"].fillna("").astype(str)
     has_prompt = (prompts.str.strip() != "").to_numpy(dtype=bool)
     # an image without a prompt has no CLIPScore: the empty text is not its prompt
@@ -381,6 +410,30 @@ def embed_text_inputs(wd: Workdir, clip: LoadedClip, inputs: ScoreInputs, embedd
     if unique_vecs is not None:
         prompt[has_prompt] = unique_vecs[[row_of[p] for p in prompts[has_prompt]]]
     return TextVectors(artist_text, prompt, has_prompt)
+
+
+def _class_texts(clip: LoadedClip, inputs: ScoreInputs, embedded: Embedded, cache: Path, progress: bool) -> np.ndarray:
+    """float32 [A, D]: the identification text of each catalog row (`art-by` for artists,
+    CHARACTER_TEXT for characters). With kinds, only the kinds of the scored images'
+    artists are embedded (the other rows are in no class set; their vectors stay zero)."""
+    import numpy as np
+
+    from catalog.templates import Template
+    from evaluator.embedding.embed import embed_texts
+
+    art_by, character = Template("art-by", inputs.art_by), Template("character-text", CHARACTER_TEXT, kinds=("character",))
+    kinds = inputs.catalog_kinds or ["artist"] * len(inputs.artist_names)
+    needed = np.ones(len(kinds), bool)
+    if inputs.catalog_kinds is not None:
+        kind_of = dict(zip(inputs.catalog_ids, kinds, strict=True))
+        wanted = {kind_of[a] for a in embedded.scored_rows["artist_id"].dropna().unique() if a in kind_of}
+        needed = np.array([k in wanted for k in kinds], bool)
+    texts = [(character if k == "character" else art_by).render(n)
+             for n, k, keep in zip(inputs.artist_names, kinds, needed, strict=True) if keep]
+    out = np.zeros((len(kinds), clip.embed_dim), np.float32)
+    if texts:
+        out[needed] = embed_texts(clip, texts, cache_dir=cache, progress=progress)
+    return out
 
 
 def recognition_labels(artists: pd.DataFrame) -> dict[str, dict[str, bool]]:
@@ -420,6 +473,9 @@ def eval_inputs(
         ref_vecs=embedded.vectors_of(refs) if len(refs) else None,
         ref_artist=refs["artist_id"].astype(object).to_numpy() if len(refs) else None,
         labels=recognition_labels(inputs.artists),
+        catalog_kinds=None if inputs.catalog_kinds is None else np.array(inputs.catalog_kinds, dtype=object),
+        catalog_tagged=None if inputs.catalog_tagged is None else np.array(inputs.catalog_tagged, dtype=bool),
+        tag_templates=inputs.tag_templates,
         baseline_artist=BASELINE_ARTIST_ID,
         recognized_threshold=recognized_threshold,
     )

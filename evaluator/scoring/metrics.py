@@ -479,6 +479,12 @@ class EvalInputs:
     # An AUC from 65 positives against 2 negatives is noise: below this many of either
     # class it is NULL, with the counts in the row.
     min_auc_class: int = 5
+    # Like with like (issue 15): an image is identified among the catalog rows of its own
+    # artist's kind (artist | character), and, when its template prompts by Danbooru tag,
+    # among the rows with a tag. None: every row is a class (a catalog without kinds).
+    catalog_kinds: np.ndarray | None = None  # object [A]
+    catalog_tagged: np.ndarray | None = None  # bool [A]
+    tag_templates: frozenset[str] = frozenset()  # template names whose prompt takes {tag}
     cache: dict = field(default_factory=dict)
 
     @property
@@ -507,9 +513,57 @@ class EvalInputs:
 
     def ranks(self) -> np.ndarray:
         if "ranks" not in self.cache:
-            self.cache["ranks"] = identification_ranks(self.vecs, self.artist_text_vecs, self.true_index(),
-                                                       class_penalty=self.readout_penalty(self.artist_text_vecs))
+            self.cache["ranks"] = self._grouped_ranks()
         return self.cache["ranks"]
+
+    def class_groups(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(group of each image, -1 without a class; catalog rows of each group).
+
+        One group of every row when the catalog has no kinds (the old behaviour)."""
+        import numpy as np
+
+        if "class_groups" in self.cache:
+            return self.cache["class_groups"]
+        true = self.true_index()
+        if self.catalog_kinds is None:
+            groups = (np.where(true >= 0, 0, -1), [np.arange(len(self.catalog_ids))])
+        else:
+            kinds = np.asarray(self.catalog_kinds, dtype=object)
+            tagged = np.ones(len(kinds), bool) if self.catalog_tagged is None else np.asarray(self.catalog_tagged, bool)
+            booru = np.isin(self.template, list(self.tag_templates)) if self.tag_templates else np.zeros(self.n, bool)
+            keys = [(kinds[t], bool(b)) if t >= 0 else None for t, b in zip(true.tolist(), booru.tolist(), strict=True)]
+            distinct = sorted({k for k in keys if k is not None})
+            code = {k: i for i, k in enumerate(distinct)}
+            sets = [np.flatnonzero((kinds == kind) & (tagged if by_tag else True)) for kind, by_tag in distinct]
+            groups = (np.array([code[k] if k is not None else -1 for k in keys], dtype=np.int64), sets)
+        self.cache["class_groups"] = groups
+        return groups
+
+    def class_counts(self) -> np.ndarray:
+        """Each image's number of candidate classes N (chance 1/N); NaN without a class."""
+        import numpy as np
+
+        group, sets = self.class_groups()
+        sizes = np.array([len(s) for s in sets] + [np.nan], dtype=np.float64)
+        return sizes[group]  # -1 picks the trailing NaN
+
+    def _grouped_ranks(self) -> np.ndarray:
+        """Ranks of each image among its group's classes (an image outside every group: NaN)."""
+        import numpy as np
+
+        group, sets = self.class_groups()
+        true = self.true_index()
+        ranks = np.full(self.n, np.nan)
+        for g, rows in enumerate(sets):
+            images = np.flatnonzero(group == g)
+            if not len(images):
+                continue
+            local = np.full(len(self.catalog_ids), -1, dtype=np.int64)
+            local[rows] = np.arange(len(rows))
+            classes = self.artist_text_vecs if len(rows) == len(self.catalog_ids) else self.artist_text_vecs[rows]
+            ranks[images] = identification_ranks(self.vecs[images], classes, local[true[images]],
+                                                 class_penalty=self.readout_penalty(classes))
+        return ranks
 
     def readout_penalty(self, class_vecs: np.ndarray) -> np.ndarray | None:
         """None for the cosine readout; CSLS's r(c) of each class for ``readout = 'csls'``."""
@@ -564,8 +618,9 @@ class EvalInputs:
 # ------------------------------------------------------------------ image metrics
 
 
-def _catalog_count(inp: EvalInputs) -> int:
-    return len(inp.artist_text_vecs)
+def _catalog_count(inp: EvalInputs) -> int | np.ndarray:
+    """N of every image (one number), or each image's own N when the catalog has kinds."""
+    return len(inp.artist_text_vecs) if inp.catalog_kinds is None else inp.class_counts()
 
 
 @register_metric("clip_score", "100 * max(cos(image, its own prompt), 0): CLIPScore; NULL for an image without a prompt", True, needs=("prompt",))
