@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashboard import queries as q
-from evaluator.errors import InputError
+from evaluator.errors import InputError, StateError
 
 VERDICT_COLOR = {"gained": "#2e7d32", "kept": "#9e9e9e", "lost": "#c62828", "undecided": "#f9a825"}
 PREFERRED_METRICS = ("artist_similarity", "top1", "mrr", "clip_score")
@@ -214,6 +214,10 @@ def write_report(workdir: str | Path, out: str | Path, config: ReportConfig | No
     store = q.Store.at(workdir, use_cache=False, lock_timeout=30.0)
     if not store.exists():
         raise FileNotFoundError(f"no store at {store.path}; run `atelier demo` or `atelier score` first")
+    behind = store.schema_behind()
+    if behind is not None:
+        raise StateError(f"the store {store.path} has schema version {behind}, older than this atelier's: "
+                         f"update it in place (keeps every row) with `atelier migrate --workdir {Path(workdir)}`")
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--out must name an .html file but is {out}")

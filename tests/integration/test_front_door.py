@@ -89,3 +89,16 @@ def test_report_prints_only_what_it_wrote(pipeline_workdir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.splitlines() == [f"wrote {tmp_path / 'report.html'}", f"wrote {tmp_path / 'report.md'}"]
+
+
+def test_report_on_an_older_store_says_to_migrate(pipeline_workdir, tmp_path):
+    from evaluator.workspace.store import SCHEMA_VERSION
+
+    shutil.copy(pipeline_workdir / "atelier.duckdb", tmp_path / "atelier.duckdb")
+    con = duckdb.connect(str(tmp_path / "atelier.duckdb"))
+    con.execute("DELETE FROM schema_migrations WHERE version = ?", [SCHEMA_VERSION])  # as a store of the last release
+    con.close()
+    result = _run("report", "--workdir", tmp_path, "--out", tmp_path / "r.html")
+    assert result.exit_code == 1
+    assert f"atelier migrate --workdir {tmp_path}" in result.output
+    assert not (tmp_path / "r.html").exists()
