@@ -35,7 +35,7 @@ class CommandEntry:
 # (tests/test_cli_reference.py checks it), so the listing is what click would print.
 COMMANDS: dict[str, CommandEntry] = {
     "catalog": CommandEntry("evaluator.cli.catalog:catalog_group",
-                            "The artist catalog (styles.csv): build, validate, list, search."),
+                            "The catalog of artists and characters (styles.csv): build, validate, list, search."),
     "templates": CommandEntry("evaluator.cli.catalog:templates_command",
                               "List the prompt templates (name, baseline or not, text)."),
     "plan": CommandEntry("evaluator.cli.catalog:plan_command",
