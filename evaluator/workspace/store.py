@@ -308,6 +308,59 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         ],
     ),
     (
+        5,
+        "curation (issue 14): per-content signals, flags and duplicate groups; per-file flags",
+        [
+            # one row per image content (SHA-256 of the file's bytes); flags are codes of
+            # evaluator.curation.config.REASONS; duplicate_group = the kept member's sha256
+            """CREATE TABLE IF NOT EXISTS curation (
+                sha256 VARCHAR PRIMARY KEY,
+                file_bytes BIGINT,
+                width INTEGER,
+                height INTEGER,
+                megapixels DOUBLE,
+                error VARCHAR,
+                phash VARCHAR,
+                phash_centre VARCHAR,
+                sd_mark VARCHAR,
+                sd_mark_agreement DOUBLE,
+                sd_mark_reason VARCHAR,
+                watermark_prob DOUBLE,
+                watermark_model VARCHAR,
+                aesthetic DOUBLE,
+                aesthetic_head VARCHAR,
+                embedding_model VARCHAR,
+                embedding FLOAT[],
+                centroid_cosine DOUBLE,
+                outlier_z DOUBLE,
+                duplicate_of VARCHAR,
+                duplicate_group VARCHAR,
+                flags VARCHAR[],
+                artist_id VARCHAR,
+                caption VARCHAR,
+                signals_key VARCHAR,
+                first_seen TIMESTAMP,
+                updated_at TIMESTAMP,
+                run_id VARCHAR
+            )""",
+            # one row per file of a curated source ('store' or the folder); flags = its
+            # content's plus 'duplicate' for every byte copy after the first path
+            """CREATE TABLE IF NOT EXISTS curation_files (
+                source VARCHAR NOT NULL,
+                path VARCHAR NOT NULL,
+                sha256 VARCHAR NOT NULL,
+                image_id BIGINT,
+                artist_id VARCHAR,
+                caption VARCHAR,
+                duplicate_of_path VARCHAR,
+                flags VARCHAR[],
+                run_id VARCHAR,
+                PRIMARY KEY (source, path)
+            )""",
+            "CREATE INDEX IF NOT EXISTS curation_files_sha ON curation_files (sha256)",
+        ],
+    ),
+    (
         6,
         "honest numbers 2: n_images / n_seeds / n_artists say what n counts, n_classes, imported images' source",
         [
