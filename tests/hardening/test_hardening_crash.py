@@ -18,14 +18,11 @@ clean run's, with no duplicate and no orphan row.
 from __future__ import annotations
 
 import random
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from support.hardening import (
-    REPO,
     TABLE_KEYS,
     assert_same_tables,
     atelier_cmd,
@@ -36,8 +33,8 @@ from support.hardening import (
     copy_workdir,
     crash_kills,
     embed_cmd,
-    env_for_subprocess,
     generate_args,
+    kill_at,
     prepare_workdir,
     run_to_end,
     score_cmd,
@@ -86,42 +83,12 @@ def _count(folder: Path, pattern: str) -> int:
     return sum(1 for p in folder.rglob(pattern) if not p.name.startswith("."))
 
 
-def _kill_at(make_cmd, rng: random.Random, clean_seconds: float, progress, modes: list[tuple[str, int]]) -> tuple[str, bool]:
-    """Run the command and SIGKILL it at a moment drawn from ``rng`` among ``modes``
-    ((name, top): ``time``, ``progress`` +1..top, or a hook ``replace|upsert|commit``
-    at call 1..top). Returns (what was chosen and what happened, killed?)."""
-    mode, top = modes[rng.randrange(len(modes))]
-    delay = rng.uniform(0.0, 0.7 * clean_seconds)
-    step = rng.randint(1, top)
-    jitter = rng.uniform(0.0, 0.03)
-    kill = f"{mode}:{step}" if mode in ("replace", "upsert", "commit") else "-"
-    start_count = progress()
-    proc = subprocess.Popen(make_cmd(kill), env=env_for_subprocess(), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    t0 = time.monotonic()
-    hard_stop = t0 + 4 * clean_seconds + 60
-    while proc.poll() is None and time.monotonic() < hard_stop:
-        if mode == "time" and time.monotonic() - t0 >= delay:
-            break
-        if mode == "progress" and progress() >= start_count + step:
-            time.sleep(jitter)
-            break
-        time.sleep(0.005)
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=60)
-    assert proc.returncode in (0, -9), f"{mode}: the run failed (rc {proc.returncode}) instead of dying or finishing"
-    label = {"time": f"time {delay:.2f}s", "progress": f"progress +{step}"}.get(mode, kill)
-    killed = proc.returncode == -9
-    return f"{label}: {'killed' if killed else 'ended'}", killed
-
-
 def _run_kills(stage_seed: int, make_cmd, clean_seconds: float, progress, modes_now, check) -> list[str]:
     """``crash_kills()`` kills in a row; ``modes_now(i)`` gives the kill points that can
     still land (e.g. none of the embedding ones once every image is embedded)."""
     log, landed = [], 0
     for i in range(crash_kills()):
-        what, killed = _kill_at(make_cmd, random.Random(stage_seed + i), clean_seconds, progress, modes_now(i))
+        what, killed = kill_at(make_cmd, random.Random(stage_seed + i), clean_seconds, progress, modes_now(i))
         log.append(what)
         landed += killed
         check()

@@ -282,6 +282,37 @@ def run_to_end(cmd: list[str], timeout: float = 300) -> tuple[float, subprocess.
     return time.perf_counter() - t0, done
 
 
+def kill_at(make_cmd, rng, clean_seconds: float, progress, modes: list[tuple[str, int]]) -> tuple[str, bool]:
+    """Run the command and SIGKILL it at a moment drawn from ``rng`` (a random.Random)
+    among ``modes`` ((name, top): ``time``, ``progress`` +1..top, or a hook
+    ``replace|upsert|commit`` at call 1..top). Returns (what was chosen and what
+    happened, killed?)."""
+    mode, top = modes[rng.randrange(len(modes))]
+    delay = rng.uniform(0.0, 0.7 * clean_seconds)
+    step = rng.randint(1, top)
+    jitter = rng.uniform(0.0, 0.03)
+    kill = f"{mode}:{step}" if mode in ("replace", "upsert", "commit") else "-"
+    start_count = progress()
+    proc = subprocess.Popen(make_cmd(kill), env=env_for_subprocess(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    hard_stop = t0 + 4 * clean_seconds + 60
+    while proc.poll() is None and time.monotonic() < hard_stop:
+        if mode == "time" and time.monotonic() - t0 >= delay:
+            break
+        if mode == "progress" and progress() >= start_count + step:
+            time.sleep(jitter)
+            break
+        time.sleep(0.005)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=60)
+    assert proc.returncode in (0, -9), f"{mode}: the run failed (rc {proc.returncode}) instead of dying or finishing"
+    label = {"time": f"time {delay:.2f}s", "progress": f"progress +{step}"}.get(mode, kill)
+    killed = proc.returncode == -9
+    return f"{label}: {'killed' if killed else 'ended'}", killed
+
+
 def crash_kills() -> int:
     """Kills per stage: 6 by default, ``ATELIER_CRASH_SEEDS`` for a longer soak."""
     raw = os.environ.get("ATELIER_CRASH_SEEDS", "")
