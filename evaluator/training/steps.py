@@ -4,10 +4,12 @@
 ``step-NNNNNN/`` folder is complete. Reads the step's weights, the dataset images and
 the base's checkpoints TOML; writes ``DIR/training/checkpoints.toml``,
 ``DIR/checkpoints/<name>.json``, the validation images (through the generation runner:
-``images/``, ``thumbs/``, ``manifests/``, ``runs/``) and the store's ``training_*`` rows.
+``images/``, ``thumbs/``, ``manifests/``, ``runs/``), the held-out images as references
+(through the importer: ``imported/``, ``reference_images``) and the store's ``training_*`` rows.
 Five numbered steps:
 
-1. record the run and its split (``training_runs``, ``training_split``; upserts);
+1. record the run and its split (``training_runs``, ``training_split``; once per run), and
+   import the held-out images as the concept's reference works (``reference_images``);
 2. register the step as checkpoint ``<output_name>@step-NNNNNN`` whose ``base`` is the
    training base: a table in the workdir's own checkpoints file (with a copy of the base's
    tables), which ``atelier generate`` merges with the user's file, and the workdir's
@@ -100,8 +102,9 @@ class StepReport:
 # ------------------------------------------------------------------ 1. the run and its split
 
 
-def record_run(saved: SavedStep) -> None:
-    """``training_runs`` and ``training_split`` rows of the step's run (replaced, never doubled)."""
+def record_run(saved: SavedStep) -> bool:
+    """``training_runs`` and ``training_split`` rows of the step's run, once per run; True
+    when written now (False: an earlier step of the run wrote them)."""
     import pandas as pd
 
     from evaluator.workspace.store import open_store, transaction, upsert_df
@@ -119,9 +122,48 @@ def record_run(saved: SavedStep) -> None:
                            "group_key": r["group"]} for r in saved.split.rows()])
     with open_store(Path(saved.workdir) / "atelier.duckdb") as con, transaction(con):
         if con.execute("SELECT 1 FROM training_runs WHERE run = ?", [saved.run_id]).fetchone():
-            return  # written whole at an earlier step of this run (a run's config and split do not change)
+            return False  # written whole at an earlier step of this run (a run's config and split do not change)
         upsert_df(con, "training_runs", run, key=["run"])
         upsert_df(con, "training_split", split, key=["run", "sha256"])
+    return True
+
+
+def register_references(saved: SavedStep) -> int:
+    """Import the held-out images as reference works of their concept (``reference_images``),
+    so ``atelier score`` measures reference similarity and retrieval on the step's images
+    with the same references as the step figures. Returns the files imported now.
+
+    A concept is not a catalog artist, and references must belong to one: the importer
+    is given the fine-tune's own catalog, ``DIR/training/<output_name>/concepts.csv`` (one
+    row per concept, written here). The importer reads a folder and refuses links, so the
+    held-out files are copied to a temporary folder first, named by content hash: a rerun
+    imports nothing new.
+    """
+    import csv
+    import shutil
+    import tempfile
+
+    from catalog.model import Artist, write_catalog
+    from evaluator.ingest.importer import import_images
+
+    concepts = {i.concept_id: i.concept for i in list(saved.split.train) + list(saved.split.validation)}
+    catalog = Path(saved.workdir) / "training" / saved.output_name / "concepts.csv"
+    catalog.parent.mkdir(parents=True, exist_ok=True)
+    write_catalog([Artist(cid, name, sources=("atelier-train",), notes=f"a concept of fine-tune {saved.output_name}")
+                   for cid, name in sorted(concepts.items())], catalog)
+    with tempfile.TemporaryDirectory(prefix="atelier-heldout-") as tmp:
+        folder = Path(tmp) / "heldout"
+        folder.mkdir()
+        with open(Path(tmp) / "labels.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "artist"])
+            for item in saved.split.validation:
+                name = f"{item.sha256[:16]}{item.path.suffix.lower()}"
+                shutil.copyfile(item.path, folder / name)
+                writer.writerow([name, item.concept_id])
+        summary = import_images(folder, saved.workdir, labels_csv=Path(tmp) / "labels.csv", as_reference=True,
+                                catalog_path=catalog, progress=False)
+    return summary.imported
 
 
 def _config_dict(config: Any) -> dict:
@@ -376,12 +418,14 @@ def on_saved_step(saved: SavedStep) -> StepReport:
     saved.workdir = Path(saved.workdir).resolve()
     from evaluator.workspace.workdir import Workdir
 
-    record_run(saved)
+    new_run = record_run(saved)
     checkpoints_file = register_step(saved)
     images: list[GeneratedImage] = []
     figures = None
     t0 = time.perf_counter()
     try:
+        if new_run:
+            register_references(saved)
         record_step_checkpoint(Workdir.at(saved.workdir), checkpoints_file, [saved.base.name, saved.checkpoint])
         if not getattr(saved.config, "validation_prompts", None):
             report.errors.append("validation_prompts is empty: no validation image, no style figures")

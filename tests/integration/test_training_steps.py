@@ -97,6 +97,11 @@ def test_saved_step_is_recorded_generated_and_scored(world, tmp_path):
     memo = rows(wd, "SELECT nearest_path, similarity FROM training_memorization")
     train_paths = {str(i.path) for i in world["split"].train}
     assert len(memo) == 4 and all(p in train_paths for p, _ in memo)
+    # the held-out images are the concept's reference works, for `atelier score` too
+    held_out = {i.sha256 for i in world["split"].validation}
+    refs = rows(wd, "SELECT i.source_sha256 FROM reference_images r JOIN images i USING (image_id) "
+                    "WHERE r.artist_id = 'starry'")
+    assert {sha for (sha,) in refs} == held_out
 
     # a second call for the same step (a resume after a kill inside it): same rows, none doubled
     on_saved_step(saved_step(world, wd, 10))
@@ -117,6 +122,9 @@ def test_saved_step_is_recorded_generated_and_scored(world, tmp_path):
     assert result.exit_code == 0, result.output
     compared = rows(wd, f"SELECT DISTINCT base, finetune FROM comparisons WHERE finetune = '{name}'")
     assert compared == [("tiny", name)]
+    style = rows(wd, f"SELECT base_value, finetune_value FROM comparisons WHERE finetune = '{name}' "
+                     "AND artist_id = 'starry' AND metric = 'reference_similarity'")
+    assert len(style) == 1 and all(v is not None for v in style[0])
 
 
 def test_generate_merges_the_workdir_checkpoints(world, tmp_path):
