@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from evaluator.cli.options import quiet_option, workdir_option
+
 CATALOG_HELP = "Catalog CSV the recipes name ids of [default: $ATELIER_CATALOG or the packaged styles.csv]."
 
 
@@ -85,3 +87,68 @@ def validate_command(file: Path, catalog_path: Path | None) -> None:
     click.echo(report.format())
     if report.errors:
         sys.exit(1)
+
+
+def _train_options(values: tuple[str, ...]) -> dict:
+    """``--train-option key=value`` pairs; the value read as TOML (numbers, booleans), else text."""
+    import tomllib
+
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--train-option")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@recipes_group.command("train")
+@click.argument("name")
+@click.option("--recipes", "recipes_file", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Recipes TOML that holds NAME (an id or a name).")
+@workdir_option(help="The workdir (made if missing): images, dataset, training outputs, token.toml, catalog.csv.",
+                create=True)
+@click.option("--base", required=True, help="Checkpoint name (in --checkpoints) to make the images and train on.")
+@click.option("--checkpoints", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Checkpoints TOML that defines --base.")
+@click.option("--catalog", "catalog_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help=CATALOG_HELP)
+@click.option("--images", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images of the recipe to train on (seeds SEED..SEED+N-1).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="First seed.")
+@click.option("--template", default="{name}", show_default=True, help="Prompt of the images; {name} is the recipe.")
+@click.option("--width", type=int, default=512, show_default=True)
+@click.option("--height", type=int, default=512, show_default=True)
+@click.option("--steps", type=int, default=25, show_default=True, help="Sampler steps of each image.")
+@click.option("--guidance", type=float, default=7.5, show_default=True)
+@click.option("--negative-prompt", default="", help="Negative prompt of the images.")
+@click.option("--initializer-token", default="person", show_default=True,
+              help="Existing word the token's embedding starts from.")
+@click.option("--max-train-steps", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--learning-rate", type=float, default=5e-4, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps.")
+@click.option("--train-option", "train_options", multiple=True, metavar="KEY=VALUE",
+              help="Any other `atelier train` config field, e.g. --train-option resolution=512 (repeatable).")
+@quiet_option()
+def train_command(name: str, quiet: bool, train_options: tuple[str, ...], **options) -> None:
+    """Generate a recipe's images, train a textual-inversion token on them, add the token as a catalog row.
+
+    \b
+    Example:
+      atelier recipes train ember-knight --recipes recipes.toml -w runs/r --base base --checkpoints ckpts.toml
+    """
+    from catalog.recipes.train import RecipeTrainConfig, train_recipe
+
+    options["catalog"] = options.pop("catalog_path")
+    config = RecipeTrainConfig(recipe=name, progress=not quiet, training=_train_options(train_options), **options)
+    result = train_recipe(config)
+    click.echo(f"{result.recipe_id} v{result.version}: {len(result.images)} images (seeds {result.seeds[0]}.."
+               f"{result.seeds[-1]}), token {result.token} trained -> checkpoint {result.checkpoint} "
+               f"({result.checkpoints_file})")
+    click.echo(f"token row {result.token_entry}: {result.recipes_file} (as a recipe), {result.catalog_file} "
+               "(the catalog with it); its references are the recipe's images")
+    click.echo(f"next: atelier plan --recipes {result.recipes_file} --text {result.token_entry} "
+               f"--templates ... --checkpoints '{result.checkpoint}' --out plan.jsonl")

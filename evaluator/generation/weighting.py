@@ -11,7 +11,7 @@ prompts (``catalog.recipes.schedule``); each is encoded once with A1111's arithm
    penultimate layer of both encoders, concatenated, and the second one's pooled output);
 3. each token's embedding is multiplied by its weight and the whole is rescaled to the
    mean it had before (A1111's ``sd_hijack_clip``), per encoder; the pooled vector is
-   left unweighted, as A1111 leaves it.
+   left unweighted, as A1111 leaves it. A mean of ~0 is not rescaled to (``_weighted``).
 
 The pipeline is then called with ``prompt_embeds`` for step 0, and a
 ``callback_on_step_end`` puts in each later step's embeddings (and SDXL's pooled ones).
@@ -27,6 +27,8 @@ from typing import Any
 from catalog.recipes.schedule import Chunks, StepSchedule, step_schedule
 
 SYNTAX_CHARACTERS = "\\()[]"
+# Below this fraction of the embeddings' mean magnitude a mean is ~0 and is not rescaled to.
+MEAN_FLOOR = 1e-3
 
 
 def prompt_nodes(prompt: str, where: str = "prompt"):
@@ -74,13 +76,22 @@ def _token_ids(pipe, tokenizer, chunks: Chunks) -> tuple[list[int], list[float]]
 
 
 def _weighted(hidden, weights):
-    """A1111's emphasis: multiply each token's vector, then restore the original mean."""
+    """A1111's emphasis: multiply each token's vector, then restore the original mean.
+
+    A mean that is ~0 next to the values (under ``MEAN_FLOOR`` of their mean magnitude, as
+    with an encoder whose final layer norm has no bias) would make A1111's rescale a
+    division by ~0 (inf, or a sign flip); then the multiplied vectors are kept unscaled.
+    """
     import torch
 
     original_mean = hidden.mean()
+    floor = MEAN_FLOOR * hidden.abs().mean()
     scale = torch.tensor(weights, dtype=hidden.dtype, device=hidden.device).reshape(1, -1, 1)
     hidden = hidden * scale
-    return hidden * (original_mean / hidden.mean())
+    new_mean = hidden.mean()
+    if original_mean.abs() < floor or new_mean.abs() < floor:
+        return hidden
+    return hidden * (original_mean / new_mean)
 
 
 def encode_chunks(pipe, chunks: Chunks) -> tuple[Any, Any | None]:

@@ -105,7 +105,7 @@ def test_alternation_switches_every_step(sd1):
     assert picked == ["cat", "cat", "dog", "cat"]  # A1111's (t - 1) % 2 with t = max(k, 1)
 
 
-def _naive_a1111(pipe, chunks) -> torch.Tensor:
+def _naive_a1111(pipe, chunks, rescale: bool = True) -> torch.Tensor:
     """A1111's emphasis written out plainly: tokens per chunk, multiply, restore the mean."""
     tokenizer = pipe.tokenizer
     ids, weights = [tokenizer.bos_token_id], [1.0]
@@ -122,23 +122,41 @@ def _naive_a1111(pipe, chunks) -> torch.Tensor:
     with torch.inference_mode():
         hidden = pipe.text_encoder(torch.tensor([ids]))[0][0]
     before = hidden.mean()
-    rows = [hidden[i] * weights[i] for i in range(len(ids))]
-    weighted = torch.stack(rows)
-    return (weighted * (before / weighted.mean()))[None]
+    weighted = torch.stack([hidden[i] * weights[i] for i in range(len(ids))])
+    return (weighted * (before / weighted.mean()) if rescale else weighted)[None]
 
 
-def test_weights_follow_a1111_arithmetic_and_change_the_image(sd1):
-    chunks = step_schedule(parse("a (red:1.5) cat, [blurry]"), STEPS).prompts[0]
-    assert chunks == (("a ", 1.0), ("red", 1.5), (" cat, ", 1.0), ("blurry", 0.909091))
+CHUNKS = (("a ", 1.0), ("red", 1.5), (" cat, ", 1.0), ("blurry", 0.909091))
+
+
+def test_weights_follow_a1111_arithmetic(checkpoints):
+    pipe = _pipe(checkpoints, "base")
+    # a real CLIP's final layer norm has a bias, so its embeddings have a clear mean; give the
+    # tiny one a bias too, so the rescale to the mean is exercised
+    pipe.text_encoder.get_submodule("final_layer_norm").bias.data.fill_(0.3)
+    assert step_schedule(parse("a (red:1.5) cat, [blurry]"), STEPS).prompts[0] == CHUNKS
     with torch.inference_mode():
-        embeds, pooled = encode_chunks(sd1, chunks)
+        embeds, pooled = encode_chunks(pipe, CHUNKS)
     assert pooled is None
-    torch.testing.assert_close(embeds, _naive_a1111(sd1, chunks), rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(embeds, _reference(sd1, "a red cat, blurry"))
+    expected = _naive_a1111(pipe, CHUNKS)
+    torch.testing.assert_close(embeds, expected, rtol=1e-5, atol=1e-6)
+    assert abs(float(embeds.mean()) - float(_reference(pipe, "a red cat, blurry").mean())) < 1e-5
+    assert not torch.allclose(embeds, _reference(pipe, "a red cat, blurry"))
+
+
+def test_a_mean_of_zero_is_not_rescaled_to(sd1):
+    # the tiny encoder's layer norm has no bias: its mean is ~1e-8, A1111's rescale would blow up
+    with torch.inference_mode():
+        embeds, _ = encode_chunks(sd1, CHUNKS)
+    assert torch.isfinite(embeds).all()
+    torch.testing.assert_close(embeds, _naive_a1111(sd1, CHUNKS, rescale=False), rtol=1e-5, atol=1e-6)
+
+
+def test_weights_change_the_image(sd1):
     with torch.inference_mode():
         weighted = _run(sd1, **weighted_call_arguments(sd1, ["a (red:1.5) cat"], "", STEPS))
     plain = _run(sd1, prompt=["a red cat"])
-    assert np.abs(weighted - plain).max() > 1e-3
+    assert np.isfinite(weighted).all() and np.abs(weighted - plain).max() > 1e-3
 
 
 def _units(prompts, checkpoint="base", negative="") -> list[WorkUnit]:
