@@ -70,6 +70,13 @@ def peft_state(module) -> dict[str, Any]:
     return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(module).items()}
 
 
+def text_model_keys(state: dict[str, Any]) -> dict[str, Any]:
+    """Text-encoder LoRA keys under ``text_model.``: transformers 5 dropped that level from
+    CLIPTextModel, but kohya's names (``lora_te_text_model_encoder_…``), A1111 and
+    transformers 4 expect it; diffusers on transformers 5 reads both."""
+    return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}
+
+
 def to_kohya(state: dict[str, Any], prefix: str, alpha: float) -> dict[str, Any]:
     """peft LoRA keys -> kohya keys, with one ``.alpha`` scalar per module."""
     import torch
@@ -189,7 +196,7 @@ def save_lora(step_dir: Path, config: TrainingConfig, models: TrainingModels, fa
     from safetensors.torch import save_file
 
     unet_state = peft_state(models.unet)
-    text_states = [peft_state(te) for te in models.text_encoders] if config.train_text_encoder else []
+    text_states = [text_model_keys(peft_state(te)) for te in models.text_encoders] if config.train_text_encoder else []
     pipeline_cls = type(models.pipe)
     text_kwargs = {}
     names = ["text_encoder_lora_layers", "text_encoder_2_lora_layers"]

@@ -1,6 +1,6 @@
 """Helpers of the training tests: a planted procedural style, and small training configs.
 
-The planted style: vertical stripes (random phase) on a blue field, 32 px, in kohya's
+The planted style: vertical stripes (random phase) on a blue field (a shade per image), 32 px, in kohya's
 layout (``1_stripes/img07.png`` + ``img07.txt``). Every image shares the structure, so a
 LoRA that learns anything lowers the loss on held-out images of it; no image is copied.
 """
@@ -26,7 +26,7 @@ def planted_style_dataset(root: Path, count: int = 12, size: int = 32, seed: int
     rng = np.random.default_rng(seed)
     for index in range(count):
         pixels = np.zeros((size, size, 3), np.uint8)
-        pixels[..., 2] = 200
+        pixels[..., 2] = 180 + index % 60  # every image distinct (the split keys on content)
         pixels[:, int(rng.integers(0, 8))::8] = 255
         Image.fromarray(pixels).save(folder / f"img{index:02d}.png")
         (folder / f"img{index:02d}.txt").write_text(f"{concept}, painting")
