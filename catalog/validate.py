@@ -146,8 +146,9 @@ def validate_text(data: bytes, path: str = "<catalog>", now_year: int | None = N
     report.columns = header
     position = _check_header(header, report)
     missing = [c for c in REQUIRED_COLUMNS if c not in position]
-    rows = _check_rows(reader, header, _RowChecker(report, position, now_year or _dt.date.today().year),
-                       keep=not missing)
+    checker = _RowChecker(report, position, now_year or _dt.date.today().year)
+    checker.may_have_nul = "\x00" in text
+    rows = _check_rows(reader, header, checker, keep=not missing)
     if rows == 0 and not missing:
         report.error(1, 0, "no artist rows: the file has a header only")
     return report
@@ -227,6 +228,7 @@ class _RowChecker:
         self.ids_seen: dict[str, int] = {}  # artist_id -> first line
         self.tags_seen: dict[tuple[str, str], int] = {}  # (kind, tag) -> first line
         self.line = 0
+        self.may_have_nul = True  # validate_text clears it for a file without NUL characters
 
     def check(self, row: dict[str, str], line: int) -> bool:
         """Check one row; return True when it has an error."""
@@ -250,6 +252,8 @@ class _RowChecker:
 
     def _cells(self, row: dict[str, str]) -> None:
         # (a U+FFFD from a bad byte was already reported as invalid UTF-8 on its line)
+        if not self.may_have_nul and max(map(len, row.values()), default=0) * 4 <= MAX_FIELD_BYTES:
+            return  # the common row: no cell can be over the limit (UTF-8: <= 4 bytes a character)
         for name, value in row.items():
             # UTF-8 takes at most 4 bytes a character: only a long cell needs encoding
             size = len(value.encode("utf-8")) if len(value) * 4 > MAX_FIELD_BYTES else 0
