@@ -12,9 +12,10 @@ The rule, so that a split never changes when images are added:
    held out for validation when the number is below ``validation_fraction``. That
    depends on the group alone, so adding images never moves an existing one, and a
    near-duplicate never sits on both sides.
-3. At least one image is held out: when no group draws below the fraction, the group
-   with the smallest number is. Adding images could change which group that is, so
-   4. applies.
+3. At least one image is held out, and one trained on: when no group draws below the
+   fraction, the group with the smallest number is held out; when every group does, the
+   one with the largest trains. Adding images could change which group that is, so 4.
+   applies.
 4. ``previous``: the sides an earlier run of the same fine-tune recorded. A known image
    keeps its side; a group that holds a recorded validation image stays in validation
    (a curation merge never pulls a held-out image into training).
@@ -92,9 +93,8 @@ def split_items(
     held = {key for key, members in groups.items() if _held_out(key, members, seed, validation_fraction, previous)}
     if not held:
         held = {min(groups, key=lambda key: draw(seed, key))}
-    if len(held) == len(groups):
-        raise InputError(f"validation_fraction {validation_fraction} holds out every image of the dataset "
-                         f"({len(groups)} groups); lower it or add images")
+    if len(held) == len(groups):  # a tiny dataset: the group with the largest number trains
+        held.discard(max(groups, key=lambda key: draw(seed, key)))
     validation = [i for i in items if i.group_key in held]
     train = [i for i in items if i.group_key not in held]
     return Split(train, validation, int(seed), float(validation_fraction))

@@ -66,6 +66,34 @@ def test_at_least_one_validation_image(tmp_path, generated):
     assert split.validation[0].sha256 == lowest.sha256
 
 
+def test_at_least_one_training_image(tmp_path, generated):
+    data = load_dataset(flat(tmp_path / "ds", generated[:2]))
+    split = split_items(data.items, 0.999, seed=0)
+    assert len(split.validation) == 1 and len(split.train) == 1
+    assert split.train[0].sha256 == max(data.items, key=lambda i: draw(0, i.sha256)).sha256
+
+
+def test_split_for_run_uses_the_curation_duplicate_groups(tmp_path, generated):
+    """The curation stage's own table (migration 5): a duplicate group is one unit of the split."""
+    from evaluator.training.split import split_for_run
+    from evaluator.workspace.store import open_store
+
+    data = load_dataset(flat(tmp_path / "ds", generated[:24]))
+    shas = [i.sha256 for i in data.items]
+    store = tmp_path / "wd" / "atelier.duckdb"
+    store.parent.mkdir()
+    with open_store(store) as con:  # 3 groups of 8 near-duplicates, as curation records them
+        for k, sha in enumerate(shas):
+            con.execute("INSERT INTO curation (sha256, duplicate_group) VALUES (?, ?)", [sha, shas[k % 3]])
+    grouped, split = split_for_run(data.items, 0.3, 0, store, "mystyle")
+    assert {i.group_key for i in grouped} == {f"curation:{s}" for s in shas[:3]}
+    sides_of_group: dict[str, set] = {}
+    for side, items in ((TRAIN, split.train), (VALIDATION, split.validation)):
+        for item in items:
+            sides_of_group.setdefault(item.group_key, set()).add(side)
+    assert all(len(s) == 1 for s in sides_of_group.values()) and len(split.validation) % 8 == 0
+
+
 def test_near_duplicate_groups_never_straddle(tmp_path, generated):
     data = load_dataset(flat(tmp_path / "ds", generated[:30]))
     items = [replace(i, group=f"g{k % 7}") for k, i in enumerate(data.items)]  # 7 groups
@@ -110,3 +138,20 @@ def test_curation_groups_read_defensively(tmp_path):
     con.execute("INSERT INTO curation VALUES ('aa', 1, true), ('bb', 1, true), ('cc', NULL, true)")
     con.close()
     assert curation_groups(store) == {"aa": "curation:1", "bb": "curation:1"}
+
+
+def test_split_for_run_keeps_the_sides_an_earlier_run_recorded(tmp_path, generated):
+    from evaluator.training.split import split_for_run
+    from evaluator.workspace.store import open_store
+
+    data = load_dataset(flat(tmp_path / "ds", generated[:12]))
+    store = tmp_path / "wd" / "atelier.duckdb"
+    store.parent.mkdir()
+    fresh = sides(split_for_run(data.items, 0.3, 0, store, "mystyle")[1])  # no store yet: the hash rule
+    assert fresh == sides(split_items(data.items, 0.3, seed=0))
+    moved = next(sha for sha, side in fresh.items() if side == TRAIN)
+    with open_store(store) as con:
+        con.execute("INSERT INTO training_runs (run, output_name) VALUES ('r1', 'mystyle'), ('r2', 'other')")
+        con.execute("INSERT INTO training_split (run, sha256, side) VALUES ('r1', ?, 'validation')", [moved])
+    assert sides(split_for_run(data.items, 0.3, 0, store, "mystyle")[1])[moved] == VALIDATION
+    assert sides(split_for_run(data.items, 0.3, 0, store, "other")[1]) == fresh  # another fine-tune's record
