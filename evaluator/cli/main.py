@@ -65,6 +65,8 @@ COMMANDS: dict[str, CommandEntry] = {
                           "Serve a read-only HTTP API (JSON) over DIR: scores, comparisons, images, search, SQL."),
     "train": CommandEntry("evaluator.cli.train:train_cmd",
                           "Fine-tune a base checkpoint (LoRA, textual inversion, full) with validation at every saved step."),
+    "curate": CommandEntry("evaluator.cli.curate:curate_cmd",
+                           "Flag an image set by resolution, duplicates, watermarks, aesthetic score and outliers."),
     "migrate": CommandEntry("evaluator.cli.store:migrate_cmd",
                             "Update the store's schema in place (keeps every row; safe to rerun)."),
     "recipes": CommandEntry("evaluator.cli.recipes:recipes_group",
