@@ -209,7 +209,7 @@ def search_command(output_format: str, limit: int | None, **selection: Any) -> N
               help="Your TOML file of templates, merged over the defaults.")
 @click.option("--only-file", is_flag=True, help="Use only the templates of --file.")
 def templates_command(templates_file: str | None, only_file: bool) -> None:
-    """List the prompt templates (name, baseline or not, text)."""
+    """List the prompt templates (name, baseline or the kinds it is for, text)."""
     from catalog.templates import TemplateError, load_templates
 
     try:
@@ -218,8 +218,8 @@ def templates_command(templates_file: str | None, only_file: bool) -> None:
         raise click.ClickException(str(exc)) from None
     width = max(len(n) for n in templates)
     for name, template in templates.items():
-        kind = "baseline" if template.is_baseline else "artist"
-        click.echo(f"{name.ljust(width)}  {kind:8}  {template.text}")
+        kind = "baseline" if template.is_baseline else "+".join(template.kinds)
+        click.echo(f"{name.ljust(width)}  {kind:16}  {template.text}")
 
 
 def _parse_csv_list(value: str) -> list[str]:

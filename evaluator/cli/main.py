@@ -37,7 +37,7 @@ COMMANDS: dict[str, CommandEntry] = {
     "catalog": CommandEntry("evaluator.cli.catalog:catalog_group",
                             "The catalog of artists and characters (styles.csv): build, validate, list, search."),
     "templates": CommandEntry("evaluator.cli.catalog:templates_command",
-                              "List the prompt templates (name, baseline or not, text)."),
+                              "List the prompt templates (name, baseline or the kinds it is for, text)."),
     "plan": CommandEntry("evaluator.cli.catalog:plan_command",
                          "Write the work units (one image each) for a selection, templates, seeds, checkpoints."),
     "generate": CommandEntry("evaluator.cli.generate:generate_cmd",
