@@ -81,6 +81,15 @@ def split_counts(store: q.Store, output_name: str) -> pd.DataFrame:
         (output_name,))
 
 
+def held_out_images(store: q.Store, output_name: str, limit: int = 24) -> pd.DataFrame:
+    """The held-out images as imported references (their copies inside the workdir)."""
+    return store.df(
+        "SELECT DISTINCT i.image_id, i.path, i.thumb_path, i.source_path FROM images i "
+        "JOIN training_split s ON s.sha256 = i.source_sha256 AND s.side = 'validation' "
+        "JOIN training_runs r ON r.run = s.run WHERE r.output_name = ? AND i.source = 'reference' "
+        "ORDER BY i.image_id LIMIT ?", (output_name, limit))
+
+
 def step_losses(workdir: Path, output_name: str) -> pd.DataFrame:
     """The per-optimizer-step losses the loop appends to ``losses.jsonl`` (empty when absent)."""
     try:
@@ -126,6 +135,7 @@ def page_training(store: q.Store, model: str) -> None:
     _curves(store, output_name, steps, metrics, threshold, choice.step)
     _step_table(steps, metrics)
     _gallery(store, output_name, steps, choice.step)
+    _held_out(store, output_name)
     with st.expander("Runs and split"):
         st.dataframe(runs, hide_index=True, key="training-runs")
         st.dataframe(split_counts(store, output_name), hide_index=True, key="training-split")
@@ -217,6 +227,16 @@ def _gallery(store: q.Store, output_name: str, steps: pd.DataFrame, chosen: int 
         nearest = "" if not isinstance(row.nearest_path, str) else f" · nearest training image {Path(row.nearest_path).name}"
         _image(grid[index % len(grid)], store.workdir, row.thumb_path or row.path,
                f"{row.prompt} · seed {row.seed}{nearest}")
+
+
+def _held_out(store: q.Store, output_name: str) -> None:
+    held = held_out_images(store, output_name)
+    if held.empty:
+        return
+    st.subheader("Held-out images (the references of the style figures)")
+    grid = st.columns(min(len(held), 6))
+    for index, row in enumerate(held.itertuples()):
+        _image(grid[index % len(grid)], store.workdir, row.thumb_path or row.path, "held out")
 
 
 def _image(container, workdir: Path, relpath: str | None, caption: str) -> None:

@@ -45,8 +45,18 @@ def write_training_store(root: Path, shared_data: Path) -> None:
                            "prompt": "a lighthouse, mystyle", "seed": seed, "path": rel, "thumb_path": None, "error": None})
             memo.append({"run": "train-a", "step": step, "model": "tiny-clip", "image_id": image_id,
                          "nearest_sha256": "ab", "nearest_path": "/data/x/4_mystyle/a.jpg", "similarity": MEMORIZATION[step]})
+    split, references = [], []
+    for k, side in enumerate(["validation", "validation", "train"]):
+        split.append({"run": "train-a", "sha256": f"sha{k}", "path": f"/data/x/{k}.jpg", "side": side, "group_key": f"sha{k}"})
+        rel = f"imported/reference/mystyle/held-{k}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(paintings[k]) as image:
+            image.convert("RGB").resize((32, 32)).save(root / rel)
+        references.append({"image_id": 9000 + k, "unit_id": f"u{k}", "source": "reference", "artist_id": "mystyle",
+                           "path": rel, "source_sha256": f"sha{k}"})
     with open_store(root / "atelier.duckdb") as con:
-        for table, rows in (("training_runs", runs), ("training_steps", pd.DataFrame(steps)),
+        for table, rows in (("training_split", pd.DataFrame(split)), ("images", pd.DataFrame(references)),
+                            ("training_runs", runs), ("training_steps", pd.DataFrame(steps)),
                             ("training_metrics", pd.DataFrame(metrics)), ("training_images", pd.DataFrame(images)),
                             ("training_memorization", pd.DataFrame(memo))):
             con.register("frame", rows)
@@ -93,7 +103,8 @@ def test_training_page_shows_the_chosen_step_curves_and_gallery(workdir, monkeyp
     assert len(at.get("vega_lite_chart")) == 4  # loss, style, memorization, clip_score
     steps_table = next(d.value for d in at.dataframe if "checkpoint" in d.value.columns)
     assert steps_table["step"].tolist() == [10, 20, 30] and "reference_similarity" in steps_table.columns
-    assert len(at.get("image")) == 3 + 2  # one prompt/seed across 3 steps, then both seeds of the chosen step
+    # one prompt/seed across 3 steps, both seeds of the chosen step, the 2 held-out images (not the trained one)
+    assert len(at.get("image")) == 3 + 2 + 2
     assert any("the base checkpoint's images are missing" in c for c in captions(at))
 
     at.slider(key="training-threshold").set_value(0.99).run()
