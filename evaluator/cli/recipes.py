@@ -3,7 +3,7 @@
 ``parse`` reads an A1111 prompt and writes nothing; ``show`` and ``validate`` read a
 recipes TOML file and the catalog; ``train`` reads them and a checkpoints TOML and writes
 images, a training dataset and reference records into the workdir
-(``evaluator.recipes_train``). The library is ``catalog.recipes``; only click loads here.
+(``evaluator.recipes.train``). The library is ``catalog.recipes``; only click loads here.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def train_command(name: str, quiet: bool, train_options: tuple[str, ...], **opti
     Example:
       atelier recipes train ember-knight --recipes recipes.toml -w runs/r --base base --checkpoints ckpts.toml
     """
-    from catalog.recipes.train import RecipeTrainConfig, train_recipe
+    from evaluator.recipes.train import RecipeTrainConfig, train_recipe
 
     options["catalog"] = options.pop("catalog_path")
     config = RecipeTrainConfig(recipe=name, progress=not quiet, training=_train_options(train_options), **options)

@@ -12,10 +12,10 @@ from support.gen import tiny_pipeline, write_toml
 from catalog.model import load_catalog
 from catalog.plan import make_plan
 from catalog.recipes.file import load_recipes, with_recipes
-from catalog.recipes.train import RecipeTrainConfig, train_recipe
 from catalog.templates import load_templates
 from evaluator.generation.pngmeta import read_generation_info
 from evaluator.generation.runner import GenerateConfig, generate
+from evaluator.recipes.train import RecipeTrainConfig, train_recipe
 from evaluator.workspace.manifest import read_manifests
 
 pytestmark = pytest.mark.slow
