@@ -241,10 +241,29 @@ def csls_penalty(class_vecs: np.ndarray, pool_vecs: np.ndarray, k: int = 10, chu
     return best.mean(axis=1, dtype=np.float64)
 
 
+def top_k_stable(sims: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's ``k`` largest values, best first, ties by position:
+    what a stable full sort gives, from ``np.partition`` (no [rows, columns] sort)."""
+    import numpy as np
+
+    if k >= sims.shape[1]:
+        return np.argsort(-sims, axis=1, kind="stable")
+    kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+    greater = sims > kth[:, None]
+    equal = sims == kth[:, None]
+    need = k - greater.sum(axis=1)
+    chosen = greater | (equal & (np.cumsum(equal, axis=1, dtype=np.int32) <= need[:, None]))
+    idx = np.nonzero(chosen)[1].reshape(len(sims), k)  # ascending column per row
+    order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1)
+
+
 def average_precision_at_ks(
-    query_vecs: np.ndarray, query_labels: np.ndarray, db_vecs: np.ndarray, db_labels: np.ndarray, ks: tuple[int, ...]
+    query_vecs: np.ndarray, query_labels: np.ndarray, db_vecs: np.ndarray, db_labels: np.ndarray, ks: tuple[int, ...],
+    chunk: int = 512,
 ) -> dict[int, np.ndarray]:
-    """:func:`average_precision_at_k` for several k from one sort of the database."""
+    """:func:`average_precision_at_k` for several k from one top-k selection of the
+    database, ``chunk`` queries at a time (100k queries x 45k works never form one matrix)."""
     import numpy as np
 
     if any(k < 1 for k in ks):
@@ -256,18 +275,20 @@ def average_precision_at_ks(
     db_labels = np.asarray(db_labels, dtype=object)
     query_labels = np.asarray(query_labels, dtype=object)
     kmax = min(max(ks), len(db_vecs))
-    sims = np.asarray(query_vecs, dtype=np.float32) @ np.asarray(db_vecs, dtype=np.float32).T
-    # stable order: ties broken by database position, as the naive sort does
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :kmax]
-    rel = (db_labels[top] == query_labels[:, None]).astype(np.float64)
+    db = np.ascontiguousarray(db_vecs, dtype=np.float32).T
     labels, counts = np.unique(db_labels, return_counts=True)
     total = dict(zip(labels.tolist(), counts.tolist(), strict=True))
     r = np.array([total.get(q, 0) for q in query_labels], dtype=np.float64)
-    hits = np.cumsum(rel * (np.cumsum(rel, axis=1) / np.arange(1, kmax + 1)), axis=1)
+    for s in range(0, nq, chunk):
+        sl = slice(s, s + chunk)
+        top = top_k_stable(np.asarray(query_vecs[sl], dtype=np.float32) @ db, kmax)
+        rel = (db_labels[top] == query_labels[sl, None]).astype(np.float64)
+        hits = np.cumsum(rel * (np.cumsum(rel, axis=1) / np.arange(1, kmax + 1)), axis=1)
+        for k in ks:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[k][sl] = hits[:, min(k, kmax) - 1] / np.minimum(k, r[sl])
     for k in ks:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ap = hits[:, min(k, kmax) - 1] / np.minimum(k, r)
-        out[k][r > 0] = ap[r > 0]
+        out[k][r == 0] = np.nan
     return out
 
 

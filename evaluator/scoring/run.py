@@ -339,7 +339,9 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
         message=f"model {model}; index {info.kind} ntotal {info.ntotal} recall@10 {info.recall_at_10}",
     )
     run = ScoreRun(record, model, info, asdict(cfg.index), clock.start)
-    summary.rows = write_all(wd, _store_rows(prepared, tables, run_id), run, store_timeout=cfg.store_timeout)
+    store_rows = _store_rows(prepared, tables, run_id)
+    store_rows.new_context = not same_context
+    summary.rows = write_all(wd, store_rows, run, store_timeout=cfg.store_timeout)
     summary.seconds = clock.timings
     summary.warnings = list(tables.warnings)
     say(
@@ -365,4 +367,5 @@ def _store_rows(prepared: _Prepared, tables: ScoreTables, run_id: str) -> StoreR
         runs=runs_frame(inputs.run_records), tables=tables,
         embedding_errors=embedding_errors_frame(prepared.embedding.errors, model, run_id),
         reference_images=reference_images, reference_prototypes=prototypes, fingerprint=prepared.fingerprint,
+        pairs=list(prepared.pairs),
     )

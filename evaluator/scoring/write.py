@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from evaluator.workspace.records import RunRecord, utcnow
@@ -45,6 +45,12 @@ class StoreRows:
     reference_images: pd.DataFrame
     reference_prototypes: pd.DataFrame
     fingerprint: dict  # score_state: what this write was computed from
+    # The scoring context changed (model, catalog, references, retrieval ks, readout,
+    # definitions): every image was rescored, so the model's old image scores go first.
+    # Otherwise a metric that no longer applies (references removed, a k dropped, the
+    # retired retrieval_map@k) would keep its stale rows next to the new ones.
+    new_context: bool = False
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # the (base, finetune) pairs compared
 
 
 @dataclass
@@ -106,6 +112,7 @@ def _write_scores(con, rows: StoreRows, model: str) -> dict[str, int]:
     from evaluator.workspace.store import upsert_df
 
     written: dict[str, int] = {}
+    _drop_superseded(con, rows, model)
     for table, key in SCORE_TABLE_KEYS:
         frame = rows.tables.get(table)
         if frame is not None and len(frame):
@@ -117,6 +124,18 @@ def _write_scores(con, rows: StoreRows, model: str) -> dict[str, int]:
     written["reference_images"] = upsert_df(con, "reference_images", rows.reference_images, ["artist_id", "image_id"])
     written["reference_prototypes"] = upsert_df(con, "reference_prototypes", rows.reference_prototypes, ["artist_id", "model"])
     return written
+
+
+def _drop_superseded(con, rows: StoreRows, model: str) -> None:
+    """Rows of ``model`` this write recomputes in full: artist and checkpoint scores (always
+    from every image), comparisons of the pairs compared now, and image scores when the
+    context changed. What is not recomputed (a pair not compared this time) stays."""
+    con.execute("DELETE FROM artist_scores WHERE model = ?", [model])
+    con.execute("DELETE FROM checkpoint_scores WHERE model = ?", [model])
+    for base, finetune in rows.pairs:
+        con.execute("DELETE FROM comparisons WHERE model = ? AND base = ? AND finetune = ?", [model, base, finetune])
+    if rows.new_context:
+        con.execute("DELETE FROM image_scores WHERE model = ?", [model])
 
 
 def _write_state_and_runs(con, rows: StoreRows, run: ScoreRun, t_write: float) -> list[RunRecord]:

@@ -241,3 +241,41 @@ def test_migration_6_names_what_n_counts_in_an_older_store(tmp_path):
         assert con.execute("SELECT image_id, source_sha256 FROM images ORDER BY 1").fetchall() == [(1, "abc"), (2, None)]
     finally:
         con.close()
+
+
+@pytest.mark.slow
+def test_a_rescore_leaves_no_stale_rows_of_metrics_that_no_longer_apply(tmp_path):
+    from support.scoring import ARTISTS, make_workdir
+
+    from evaluator.testing.tiny_clip import build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path / "clip")
+    catalog = write_catalog(tmp_path / "styles.csv")
+    wd = tmp_path / "wd"
+    make_workdir(wd, seeds=(0, 1))
+    for a_i, (artist_id, _, _) in enumerate(ARTISTS[:2]):
+        folder = tmp_path / "refs" / artist_id
+        folder.mkdir(parents=True)
+        for k in range(3):
+            planted_work(a_i, 2, f"r{k}").save(folder / f"{k}.png")
+    run(["references", "add", str(tmp_path / "refs"), "-w", str(wd), "--catalog", str(catalog), "-q"])
+    score = ["score", "-w", str(wd), "--model", str(clip), "--catalog", str(catalog), "--bootstrap", "50",
+             "--compare", "base:ft", "--num-workers", "0", "-q"]
+    run(score)
+    tables = ("image_scores", "artist_scores", "checkpoint_scores", "comparisons")
+
+    def maps() -> dict[str, set]:
+        return {t: {m for (m,) in query(wd, f"SELECT DISTINCT metric FROM {t} WHERE metric LIKE 'retrieval_map@%'")}
+                for t in tables}
+    assert maps()["checkpoint_scores"] == {"retrieval_map@1", "retrieval_map@5", "retrieval_map@10"}
+    assert maps()["comparisons"] == {"retrieval_map@1", "retrieval_map@5", "retrieval_map@10"}
+    con = duckdb.connect(str(wd / "atelier.duckdb"))  # a row of the retired single-k metric, as older stores hold
+    try:
+        model = con.execute("SELECT DISTINCT model FROM artist_scores").fetchone()[0]
+        con.execute("INSERT INTO artist_scores (checkpoint, artist_id, model, metric, value, n) VALUES "
+                    "('base', 'hokusai', ?, 'retrieval_map@k', 0.5, 3)", [model])
+    finally:
+        con.close()
+    run([*score, "--retrieval-k", "1"])
+    assert all(found == {"retrieval_map@1"} for found in maps().values()), maps()
+

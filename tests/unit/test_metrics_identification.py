@@ -264,3 +264,19 @@ def test_score_config_refuses_an_unknown_readout_and_bad_ks():
         ScoreConfig(model="m", readout="dot").validate()
     with pytest.raises(InputError, match="retrieval_ks must be integers >= 1"):
         ScoreConfig(model="m", retrieval_ks=(0, 5)).validate()
+
+
+def test_top_k_breaks_ties_by_position_like_a_stable_sort_and_ap_is_chunked():
+    rng = np.random.default_rng(11)
+    sims = rng.integers(0, 4, size=(40, 30)).astype(np.float32)  # many ties
+    for k in (1, 3, 7, 30, 31):
+        want = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(M.top_k_stable(sims, k), want)
+    db = unit(rng.normal(size=(12, 6)))
+    db = np.vstack([db, db])  # every work twice: tied similarities
+    dbl = np.array([f"a{i % 5}" for i in range(24)], dtype=object)
+    q = unit(rng.normal(size=(23, 6)))
+    ql = np.array([f"a{i % 6}" for i in range(23)], dtype=object)
+    got = M.average_precision_at_ks(q, ql, db, dbl, (1, 5, 10), chunk=4)
+    for k in (1, 5, 10):
+        np.testing.assert_allclose(got[k], [naive_ap(q[i], ql[i], db, dbl, k) for i in range(23)], equal_nan=True)
