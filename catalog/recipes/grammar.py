@@ -22,12 +22,16 @@ edit pair, ``[a:N]``/``[a::N]`` otherwise, and ``parse(render(p)) == normalize(p
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 
 from catalog.recipes.parts import Alternation, Bound, Leaf, Node, normal_bound, normalize, scoped
 from evaluator.errors import InputError
 
 EMPHASIS = 1.1  # A1111's round_bracket_multiplier; [x] divides by it
+# A prompt of text and escapes only: what the grammar reads as one unweighted leaf.
+_LITERAL = re.compile(r"(?:[^\\()\[\]]|\\.)*", re.S)
+_UNESCAPE = re.compile(r"\\(.)", re.S)
 
 GRAMMAR = r"""
 start: seq
@@ -107,16 +111,27 @@ _GROUPS = {"weighted": _weighted, "emphasis": _emphasis, "deemphasis": _deemphas
 
 def parse(prompt: str, where: str = "prompt") -> tuple[Node, ...]:
     """The parts of an A1111 prompt (normal form); a syntax error names its column."""
-    import lark
-
     if not isinstance(prompt, str):
         raise InputError(f"{where}: a prompt must be text but is {type(prompt).__name__}")
+    nodes, problem = _parse_once(prompt)
+    if problem is not None:
+        raise InputError(f"{where}: column {problem[0]}: {problem[1]}")
+    return nodes
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_once(prompt: str) -> tuple[tuple[Node, ...], tuple[int, str] | None]:
+    """(nodes, None) or ((), (column, reason)); cached: a plan repeats each prompt per seed
+    and checkpoint, and the runner checks every unit's prompt before it starts."""
+    import lark
+
+    if _LITERAL.fullmatch(prompt):  # text and escapes only (most prompts): no tree needed
+        return normalize([Leaf(_UNESCAPE.sub(r"\1", prompt))]), None
     try:
         tree = _parser().parse(prompt)
     except lark.exceptions.UnexpectedInput as exc:
-        column, reason = _explain(prompt, exc)
-        raise InputError(f"{where}: column {column}: {reason}") from None
-    return normalize(_build(tree.children[0]))
+        return (), _explain(prompt, exc)
+    return normalize(_build(tree.children[0])), None
 
 
 def _open_brackets(prompt: str, end: int) -> list[tuple[str, int]]:

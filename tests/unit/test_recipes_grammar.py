@@ -164,3 +164,11 @@ def test_syntax_errors_name_the_column(prompt, column, words):
     with pytest.raises(InputError) as caught:
         parse(prompt)
     assert f"column {column}: " in str(caught.value) and words in str(caught.value)
+
+
+@pytest.mark.parametrize("prompt", [r"akira_\(coffee_curry\), solo", "masterpiece: a cat | a dog",
+                                    r"a\\b \[x\] \: y", "plain text", ""])
+def test_the_literal_shortcut_reads_as_the_grammar_does(prompt):
+    from catalog.recipes.grammar import _build, _parser
+
+    assert parse(prompt) == normalize(_build(_parser().parse(prompt).children[0]))
