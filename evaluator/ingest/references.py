@@ -75,9 +75,11 @@ def resolve_artist(index: ArtistIndex, known: list[tuple[str, str]], name: str, 
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from evaluator.ingest.importer import IMAGE_SUFFIXES
+    """The images the importer will take (its walk: no link leaving the folder, no loop)."""
+    from evaluator.ingest.importer import IMAGE_SUFFIXES, source_files
 
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    files, _ = source_files(folder)
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 

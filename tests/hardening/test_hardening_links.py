@@ -162,3 +162,32 @@ def test_a_deeper_link_out_makes_each_file_that_would_go_through_it_an_error(tmp
     assert result.exit_code == 0, result.output
     assert "failed: b.png: cannot write its copy: path " in result.output and "escapes the workdir" in result.output
     assert list(outside.iterdir()) == [] and os.listdir(outside) == []
+
+
+def _rchar() -> int:
+    """Bytes this process has read so far (``/proc/self/io``)."""
+    return int(next(line for line in Path("/proc/self/io").read_text().splitlines() if line.startswith("rchar")).split()[1])
+
+
+def test_references_add_takes_the_same_walk_and_reads_nothing_a_link_out_points_to(tmp_path, catalog):
+    from evaluator.ingest.importer import MAX_FILE_BYTES
+    from evaluator.ingest.references import add_references
+    from evaluator.workspace.workdir import Workdir
+
+    refs, outside, wd = tmp_path / "refs", tmp_path / "outside", tmp_path / "wd"
+    _png(refs / "monet-1.png", "red", 1)
+    outside.mkdir()
+    with open(outside / "huge.png", "wb") as handle:  # sparse, 600 MiB on paper
+        handle.truncate(MAX_FILE_BYTES + 88 * 2**20)
+    (refs / "monet-2.png").symlink_to(outside / "huge.png")
+    (outside / "secret.png").write_text("root:x:0:0:TOPSECRET\n")
+    (refs / "monet-3.png").symlink_to(outside / "secret.png")
+
+    before = _rchar()
+    results = add_references(Workdir.at(wd), refs, artist="claude-monet", catalog_path=catalog)
+    read = _rchar() - before
+
+    assert [(r.artist_id, len(r.added)) for r in results] == [("claude-monet", 1)]
+    assert read < 100 * 2**20, f"{read:,} bytes read"
+    assert _store(wd, "SELECT count(*) FROM reference_images") == [(1,)]
+    assert "TOPSECRET" not in _everything_stored(wd)
