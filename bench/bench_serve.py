@@ -141,6 +141,8 @@ def load(url: str, make_request, n: int, clients: int, time_cap: float) -> dict:
     import httpx
 
     latencies: list[float] = []
+    hits: list[float] = []  # answered from the server's per-snapshot memory (X-Cache: hit)
+    misses: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     remaining = [n]
@@ -159,11 +161,13 @@ def load(url: str, make_request, n: int, clients: int, time_cap: float) -> dict:
                 try:
                     response = http.request(method, path, **kwargs)
                     status, text = response.status_code, response.text[:120]
+                    hit = response.headers.get("x-cache") == "hit"
                 except httpx.HTTPError as exc:
-                    status, text = 0, f"{type(exc).__name__}: {exc}"
+                    status, text, hit = 0, f"{type(exc).__name__}: {exc}", False
                 elapsed = time.perf_counter() - t0
                 with lock:
                     latencies.append(elapsed)
+                    (hits if hit else misses).append(elapsed)
                     if status != 200:
                         errors.append(f"{status} {text}")
 
@@ -173,7 +177,13 @@ def load(url: str, make_request, n: int, clients: int, time_cap: float) -> dict:
         t.start()
     for t in threads:
         t.join()
-    return summarize(latencies, errors, time.perf_counter() - started)
+    result = summarize(latencies, errors, time.perf_counter() - started)
+    if hits:  # the computed answers and the remembered ones, apart
+        result["remembered"] = len(hits)
+        result["computed_p50_ms"] = summarize(misses, [], 1.0)["p50_ms"]
+        result["computed_p99_ms"] = summarize(misses, [], 1.0)["p99_ms"]
+        result["remembered_p99_ms"] = summarize(hits, [], 1.0)["p99_ms"]
+    return result
 
 
 def request_makers(url: str) -> dict:
@@ -182,13 +192,15 @@ def request_makers(url: str) -> dict:
 
     with httpx.Client(base_url=url, timeout=60) as http:
         finetunes = sorted({c["checkpoint"] for c in http.get("/checkpoints").json()["items"] if c["base"]})
+        # many distinct questions, so most answers are computed, not remembered (X-Cache says which)
         artists = [r["artist_id"] for r in http.post("/sql", json={
-            "query": "SELECT DISTINCT artist_id FROM artist_scores LIMIT 500"}).json()["rows"]]
+            "query": "SELECT DISTINCT artist_id FROM artist_scores"}).json()["rows"]]
         image_ids = [r["image_id"] for r in http.post("/sql", json={
-            "query": "SELECT image_id FROM images WHERE error IS NULL USING SAMPLE 500 ROWS"}).json()["rows"]]
+            "query": "SELECT image_id FROM images WHERE error IS NULL USING SAMPLE 5000 ROWS"}).json()["rows"]]
     return {
         "comparisons": lambda rng: ("GET", "/comparisons", {"params": {
-            "finetune": rng.choice(finetunes), "metric": "artist_similarity", "verdict": "lost", "limit": 50}}),
+            "finetune": rng.choice(finetunes), "metric": "artist_similarity",
+            "verdict": rng.choice(["lost", "gained", "kept", ""]), "offset": 50 * rng.randrange(20), "limit": 50}}),
         "scores": lambda rng: ("GET", "/scores", {"params": {"artist_id": rng.choice(artists), "limit": 100}}),
         "search_image_id": lambda rng: ("POST", "/search", {"json": {"image_id": rng.choice(image_ids), "k": 10}}),
     }
@@ -285,6 +297,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     workdir = ensure_store(args.workdir or Path(f"/tmp/bench_serve_{args.artists}x{args.checkpoints}"), args)
     variants = {}
+    if args.write_every > 0:  # how long a writer's open takes with no server at all: its own cost
+        alone = subprocess.run([sys.executable, __file__, "--writer", str(workdir / "atelier.duckdb"),
+                                str(args.write_every), str(args.time_cap)], capture_output=True, text=True)
+        variants["writer_alone"] = json.loads(alone.stdout.strip().splitlines()[-1])
+        print(f"writer alone: {variants['writer_alone']}", flush=True)
     for label, src in (("baseline", args.baseline_src), ("current", None)):
         if label == "baseline" and src is None:
             continue

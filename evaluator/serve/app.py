@@ -424,7 +424,7 @@ def query_routes(state: State) -> APIRouter:
                         "row_limit": result.row_limit, "byte_limit": result.byte_limit,
                         "seconds": round(result.seconds, 4)}, headers=headers)
 
-    def run_search(query: SearchQuery) -> dict:
+    def run_search(query: SearchQuery) -> tuple[dict, bool]:
         if not 1 <= query.k <= state.config.max_k:
             raise ApiError(f"k must be within 1..{state.config.max_k} but is {query.k}", field="k")
         with state.reader() as store:
@@ -440,7 +440,8 @@ def query_routes(state: State) -> APIRouter:
                              "`artist_id`.", openapi_extra=SEARCH_BODY_DOC)
     async def search(request: Request) -> ApiJSON:
         query = await _search_body(request, state)
-        return ApiJSON(await run_in_threadpool(run_search, query))
+        hits, remembered = await run_in_threadpool(run_search, query)
+        return ApiJSON(hits, headers={"X-Cache": "hit" if remembered else "miss"})
 
     return router
 

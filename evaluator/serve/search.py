@@ -52,7 +52,7 @@ class SearchEngine:
             from evaluator.embedding.clip import model_key
 
             return model_key(self.config.model, self.config.pretrained)
-        for key in queries.models(store):
+        for key in store.remember("models", lambda: queries.models(store)):
             if self.wd.index(key).is_file():
                 return key
         raise ApiError("no FAISS index in the workdir; run `atelier index build` or `atelier score`",
@@ -60,6 +60,10 @@ class SearchEngine:
 
     def index(self, key: str):
         """The index of ``key``: read on first use; a changed file is reread in the background."""
+        return self.index_entry(key)[1]
+
+    def index_entry(self, key: str) -> tuple[tuple[int, int], Any]:
+        """(the file's (mtime, size) when read, the index) of ``key``."""
         path = self.wd.index(key)
         try:
             stat = path.stat()
@@ -72,13 +76,13 @@ class SearchEngine:
         if cached is not None:
             if cached[0] != stamp and self._loading.acquire(blocking=False):
                 threading.Thread(target=self._reload, args=(key, stamp), daemon=True).start()
-            return cached[1]
+            return cached
         with self._loading:  # the first request loads it; the others wait for that one
             with self._lock:
                 cached = self._indexes.get(key)
             if cached is None:
                 cached = self._load(key, stamp)
-        return cached[1]
+        return cached
 
     def _load(self, key: str, stamp: tuple[int, int]):
         import faiss
@@ -150,14 +154,23 @@ class SearchEngine:
 
         return embed_texts(self.clip(), [query.text])
 
-    def search(self, store: queries.Reader, query: SearchQuery) -> dict[str, Any]:
-        """Hits (rank, similarity, image id and its store row) for one query."""
+    def search(self, store: queries.Reader, query: SearchQuery) -> tuple[dict[str, Any], bool]:
+        """(hits: rank, similarity, image id and its store row; whether they were remembered)."""
+
+
+        key = self.model_key(store)
+        stamp, index = self.index_entry(key)
+        if query.image is None:  # the same query on the same copy and index: the same hits
+            memo = f"search\0{key}\0{stamp}\0{query.text}\0{query.image_id}\0{query.k}\0" \
+                   f"{query.checkpoint}\0{query.artist_id}"
+            return store.recall(memo, lambda: self._search(store, query, key, index))
+        return self._search(store, query, key, index), False
+
+    def _search(self, store: queries.Reader, query: SearchQuery, key: str, index) -> dict[str, Any]:
         import numpy as np
 
         from evaluator.embedding.index import search_by_vector
 
-        key = self.model_key(store)
-        index = self.index(key)
         vec = self.vector(index, query)
         kept = self._filter(store, index, query)
         if kept is None:

@@ -4,16 +4,18 @@ DuckDB lets no process write a file that another process has open, even read-onl
 server that kept a connection to DIR/atelier.duckdb would lock `atelier score` out; one
 that opened a connection per request paid the open (65-115 ms at 1M images here) and a
 cold cache (a 17 ms query took 60 ms after an open) on every request. So the server
-copies the store into its snapshot folder, holding a read-only connection to the store
-for the length of the copy (no writer can be inside it then: the copy is a committed
-state), and keeps one read-only connection to the copy; a request reads through its own
-cursor of that connection.
+copies the store into its snapshot folder and keeps one read-only connection to the
+copy; a request reads through its own cursor of that connection.
 
-When the store's (mtime, size) changes, a background thread makes a new copy as soon as
-no writer holds the store; until then requests read the previous copy, stale but
-consistent, and say so (``Snapshot.status``). A copy that is no longer current is closed
-and deleted when its last request ends. Copies are named by the store's stamp, so the
-workers of one server (``--workers``) share them (an flock serializes the copying).
+The copy is made without holding the store, once its files have been quiet for a moment,
+and then checked under a shared lock on the store file (DuckDB's own lock: no writer can
+be inside then): if the store's (mtime, size) is still what it was before the copy, the
+copy is that committed state; if not, it is dropped and made again later. So a writer
+is kept out for the microseconds of that check, never for a copy. When the store changes, a background thread
+makes the next copy; until it is ready requests read the previous one, stale but
+consistent (``StoreSnapshots.status``, in /health). A copy no longer current is closed and
+deleted when its last request ends. Copies are named by the store's stamp, so the workers
+of one server (``--workers``) share them (an flock serializes the copying).
 
 Reads DIR/atelier.duckdb (and its .wal); writes only the snapshot folder.
 """
@@ -24,6 +26,7 @@ import collections
 import contextlib
 import fcntl
 import hashlib
+import os
 import shutil
 import threading
 import time
@@ -31,11 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluator.workspace.store import READ_ONLY_CONFIG, connect_read_only
+from evaluator.workspace.store import READ_ONLY_CONFIG, StoreLockedError
 
 # The copy's connection: the store's read-only rules, plus DuckDB's memory bounded per
 # worker (its default is 80 % of RAM, per process) and no spilling next to the copy.
 SNAPSHOT_CONFIG: dict[str, object] = {**READ_ONLY_CONFIG, "memory_limit": "2GB", "temp_directory": ""}
+# A copy takes as long as the disk does (1.2 s for the 900 MB 1M-image store here when
+# idle, 3 s under load): after a copy of T seconds the next waits (1/COPY_DUTY - 1) T, so
+# a store that keeps changing is not copied over and over.
+COPY_DUTY = 0.2
+# Files unchanged this long before a copy starts: file times tick every few ms, so a write
+# after that shows in the (mtime, size) the copy is checked against.
+QUIET_SECONDS = 0.05
 # Remembered answers per copy: pages are a few to a few hundred KB, so 2,000 stay well
 # under the copy's own memory budget, and cover the pages a team keeps asking for.
 MEMO_ENTRIES = 2000
@@ -98,6 +108,8 @@ class StoreSnapshots:
         self._current: Snapshot | None = None
         self._last_check = 0.0
         self._refresher: threading.Thread | None = None
+        self._next_copy = 0.0  # no new copy before this (monotonic): see COPY_DUTY
+        self.copy_seconds: float | None = None  # how long the last copy took
         self.last_error: str | None = None
         self._prefix = hashlib.sha256(str(store.resolve()).encode()).hexdigest()[:12]
 
@@ -117,7 +129,7 @@ class StoreSnapshots:
                 self._last_check = now
         if current is None:
             self.refresh(self.lock_wait)
-        elif due and store_stamp(self.store) != current.stamp:
+        elif due and now >= self._next_copy and store_stamp(self.store) != current.stamp:
             self._refresh_in_background()
         with self._lock:
             current = self._current
@@ -154,44 +166,70 @@ class StoreSnapshots:
         stale = store_stamp(self.store) != current.stamp
         return {"taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(current.taken_at)),
                 "age_seconds": round(time.time() - current.taken_at, 1), "stale": stale,
+                "copy_seconds": round(self.copy_seconds, 3) if self.copy_seconds is not None else None,
                 "refresh_error": self.last_error if stale else None}
 
     # ------------------------------------------------------------ copies
 
     def refresh(self, wait: float) -> None:
-        """Copy the store if it changed since the current snapshot (waiting ``wait`` s for a writer)."""
-        with self._refresh_lock:
+        """Copy the store if it changed since the current snapshot (waiting ``wait`` s in all, for
+        another request's copy and for a writer: a request never queues behind several waits)."""
+        started = time.monotonic()
+        if not self._refresh_lock.acquire(timeout=wait):
+            raise StoreLockedError(f"store {self.store} is being copied or written (waited {wait:g} s)")
+        try:
             current = self._current
             if current is not None and store_stamp(self.store) == current.stamp:
                 return
-            fresh = self._copy(wait)
+            fresh = self._copy(max(0.0, wait - (time.monotonic() - started)))
             with self._lock:
                 old, self._current = self._current, fresh
                 if old is not None:
                     old.retired = True
                 discard = old is not None and old.users == 0
             self.last_error = None
+        finally:
+            self._refresh_lock.release()
         if discard:
             self._discard(old)
 
     def _copy(self, wait: float) -> Snapshot:
-        """A new snapshot, copied while a read-only connection holds the store (and opened before
-        letting go of it, so no other worker can retire the copy in between)."""
+        """A new snapshot: copied without holding the store, then checked under a read-only
+        connection (no writer inside) to be the state the store still has.
+
+        The copy starts once the files have been unchanged for ``QUIET_SECONDS``, so any
+        write during it moves their (mtime, size); if that moved by the check, the copy is
+        dropped (``StoreLockedError``: retried later, the previous snapshot still serves).
+        The store is held only for the check, so a writer never waits for a copy.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
-        live = connect_read_only(self.store, timeout=wait)  # no writer can open the store now
-        try:
-            stamp = store_stamp(self.store)
-            path = self.folder / f"{self._prefix}-{'-'.join(map(str, stamp))}.duckdb"
-            with open(self.folder / ".copy.lock", "a+") as lock_file:
-                fcntl.flock(lock_file, fcntl.LOCK_EX)  # another worker may be copying the same state
-                if not path.is_file():
-                    wal = self.store.with_name(self.store.name + ".wal")
-                    if wal.is_file():
-                        _copy_file(wal, path.with_name(path.name + ".wal"))
-                    _copy_file(self.store, path)
+        give_up = time.monotonic() + wait
+        stamp = self._quiet_stamp(give_up)
+        path = self.folder / f"{self._prefix}-{'-'.join(map(str, stamp))}.duckdb"
+        started = time.monotonic()
+        with open(self.folder / ".copy.lock", "a+") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)  # another worker may be copying the same state
+            if not path.is_file():
+                _copy_pair(self.store, path)
+        self.copy_seconds = time.monotonic() - started
+        self._next_copy = time.monotonic() + self.copy_seconds * (1 / COPY_DUTY - 1)
+        with _no_writer(self.store, give_up):
+            if store_stamp(self.store) != stamp:
+                _remove_pair(path)
+                raise StoreLockedError(f"store {self.store} was written during the copy; copying again later")
+            # opened before letting go of the store: no worker can retire this copy in between
             return Snapshot(path=path, stamp=stamp, con=_connect_copy(path), taken_at=time.time())
-        finally:
-            live.close()
+
+    def _quiet_stamp(self, give_up: float) -> tuple:
+        """The store's stamp once its files have been unchanged for ``QUIET_SECONDS``."""
+        while True:
+            stamp = store_stamp(self.store)
+            quiet_for = time.time() - max(stamp[0], stamp[2]) / 1e9
+            if quiet_for >= QUIET_SECONDS:
+                return stamp
+            if time.monotonic() >= give_up:
+                raise StoreLockedError(f"store {self.store} is being written (changed {quiet_for:.3f} s ago)")
+            time.sleep(QUIET_SECONDS)
 
     def _refresh_in_background(self) -> None:
         with self._lock:
@@ -202,8 +240,6 @@ class StoreSnapshots:
 
     def _refresh_quietly(self) -> None:
         """A background refresh: a writer still holding the store is no error, only a later retry."""
-        from evaluator.workspace.store import StoreLockedError
-
         try:
             self.refresh(wait=min(self.lock_wait, 1.0))
         except StoreLockedError:
@@ -213,9 +249,7 @@ class StoreSnapshots:
 
     def _discard(self, snapshot: Snapshot) -> None:
         snapshot.con.close()
-        for path in (snapshot.path, snapshot.path.with_name(snapshot.path.name + ".wal")):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # another worker's open handle stays valid (POSIX)
+        _remove_pair(snapshot.path)  # another worker's open handle stays valid (POSIX)
 
     def close(self) -> None:
         """Close and delete the current snapshot (at shutdown)."""
@@ -227,11 +261,47 @@ class StoreSnapshots:
                 self._discard(current)
 
 
-def _copy_file(source: Path, target: Path) -> None:
-    """Copy to a temporary name, then rename: a reader never sees half a copy."""
-    tmp = target.with_name(f".{target.name}.partial")
-    shutil.copyfile(source, tmp)
-    tmp.replace(target)
+@contextlib.contextmanager
+def _no_writer(store: Path, give_up: float):
+    """Hold a shared lock on the store file while the block runs: no writer is inside it then.
+
+    DuckDB locks the database file itself (fcntl: a writer exclusively, a read-only
+    connection shared), so this is what a read-only open would hold, without the open
+    (the catalog read costs 65-115 ms at 1M images): a writer is kept out for microseconds.
+    A writer holding the store is waited for until ``give_up`` (monotonic), then ``StoreLockedError``.
+    POSIX drops all of a process's locks on a file when it closes any handle of it, so this
+    is only for a process that has no DuckDB connection to the store (the server's does not).
+    """
+    with open(store, "rb") as handle:
+        while True:
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except OSError:  # EAGAIN / EACCES: a writer holds it
+                if time.monotonic() >= give_up:
+                    raise StoreLockedError(f"store {store} is locked by a writer") from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+def _copy_pair(store: Path, target: Path) -> None:
+    """Copy the store (and its WAL, if any) to ``target`` under temporary names, then rename:
+    the database file appears last, whole."""
+    wal = store.with_name(store.name + ".wal")
+    parts = [(wal, target.with_name(target.name + ".wal"))] if wal.is_file() else []
+    for source, final in [*parts, (store, target)]:
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
+        shutil.copyfile(source, tmp)
+        tmp.replace(final)
+
+
+def _remove_pair(path: Path) -> None:
+    for candidate in (path, path.with_name(path.name + ".wal")):
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
 
 
 def _connect_copy(path: Path):

@@ -387,7 +387,7 @@ def test_rate_limit_per_client(workdir: Path) -> None:
 
 
 def test_request_time_limit_answers_503_and_the_server_stays_up(workdir: Path) -> None:
-    srv = Server(workdir, "--request-timeout", "2")
+    srv = Server(workdir, "--request-timeout", "8")  # user SQL needs its child process to start
     slow_sql = "SELECT sum(a.range * b.range) FROM range(200000) a, range(200000) b"  # minutes of work
     try:
         srv.wait_ready()
