@@ -252,8 +252,10 @@ def top_k_stable(sims: np.ndarray, k: int) -> np.ndarray:
     greater = sims > kth[:, None]
     equal = sims == kth[:, None]
     need = k - greater.sum(axis=1)
-    chosen = greater | (equal & (np.cumsum(equal, axis=1, dtype=np.int32) <= need[:, None]))
-    idx = np.nonzero(chosen)[1].reshape(len(sims), k)  # ascending column per row
+    tied = np.flatnonzero(equal.sum(axis=1) > need)  # more equal to the k-th than places left
+    if len(tied):  # keep the first ones by position (rare with float similarities)
+        equal[tied] &= np.cumsum(equal[tied], axis=1, dtype=np.int32) <= need[tied, None]
+    idx = np.nonzero(greater | equal)[1].reshape(len(sims), k)  # ascending column per row
     order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1, kind="stable")
     return np.take_along_axis(idx, order, axis=1)
 
