@@ -15,13 +15,13 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard import compare, training, views
 from dashboard import queries as q
-from dashboard import training, views
 from dashboard.report import md_text
 
 PAGES = {
     "Leaderboard": views.page_leaderboard,
-    "Compare": views.page_compare,
+    "Compare": compare.page_compare,
     "Gallery": views.page_gallery,
     "Artist": views.page_artist,
     "Similarity": views.page_similarity,

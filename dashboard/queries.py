@@ -349,14 +349,51 @@ def _bin_edges(frame: pd.DataFrame, bins: int) -> pd.DataFrame:
 
 
 def comparison_points(store: Store, base: str, finetune: str, model: str, metric: str,
-                      filt: ArtistFilter = ArtistFilter(), limit: int = 10_000) -> pd.DataFrame:
+                      filt: ArtistFilter = ArtistFilter(), limit: int = 10_000,
+                      verdicts: tuple[str, ...] = ()) -> pd.DataFrame:
     """Points of the base-vs-fine-tune scatter (all artists up to ``limit``, gains and losses first)."""
     where, params = _compare_where(base, finetune, model, metric, filt)
+    if verdicts:
+        where += " AND coalesce(c.verdict, 'undecided') IN (SELECT unnest(?))"
+        params.append(list(verdicts))
     return store.df(
-        f"""SELECT ar.name, c.base_value, c.finetune_value, c.delta, c.verdict
+        f"""SELECT ar.name, c.artist_id, c.base_value, c.finetune_value, c.delta, c.ci_low, c.ci_high,
+                   coalesce(c.verdict, 'undecided') AS verdict
             FROM comparisons c JOIN artists ar USING (artist_id) WHERE {where}
-            ORDER BY c.verdict = 'kept', abs(c.delta) DESC LIMIT ?""",
+            ORDER BY c.verdict = 'kept', abs(c.delta) DESC NULLS LAST, c.artist_id LIMIT ?""",
         [*params, int(limit)],
+    )
+
+
+def verdict_matrix(store: Store, base: str, finetune: str, model: str, artist_ids: list[str]) -> pd.DataFrame:
+    """Every metric's verdict, delta and CI for the given artists of one comparison (long form)."""
+    if not artist_ids:
+        return pd.DataFrame(columns=["artist_id", "name", "metric", "delta", "ci_low", "ci_high", "verdict"])
+    return store.df(
+        """SELECT c.artist_id, ar.name, c.metric, c.delta, c.ci_low, c.ci_high,
+                  coalesce(c.verdict, 'undecided') AS verdict
+           FROM comparisons c JOIN artists ar USING (artist_id)
+           WHERE c.base = ? AND c.finetune = ? AND c.model = ? AND c.artist_id IN (SELECT unnest(?))
+           ORDER BY c.metric, c.artist_id""",
+        [base, finetune, model, list(artist_ids)],
+    )
+
+
+def pair_thumbnails(store: Store, base: str, finetune: str, artist_ids: list[str]) -> pd.DataFrame:
+    """Per artist, one base image and the fine-tune's image of the same template and seed."""
+    if not artist_ids:
+        return pd.DataFrame(columns=["artist_id", "template", "seed", "base_thumb", "finetune_thumb"])
+    return store.df(
+        """WITH b AS (SELECT artist_id, template, seed, thumb_path, image_id FROM images
+                      WHERE checkpoint = ? AND error IS NULL AND artist_id IN (SELECT unnest(?))),
+                f AS (SELECT artist_id, template, seed, thumb_path, image_id FROM images
+                      WHERE checkpoint = ? AND error IS NULL AND artist_id IN (SELECT unnest(?)))
+           SELECT b.artist_id, b.template, b.seed, b.thumb_path AS base_thumb, f.thumb_path AS finetune_thumb,
+                  b.image_id AS base_image, f.image_id AS finetune_image
+           FROM b JOIN f USING (artist_id, template, seed)
+           QUALIFY row_number() OVER (PARTITION BY b.artist_id ORDER BY b.template, b.seed) = 1
+           ORDER BY b.artist_id""",
+        [base, list(artist_ids), finetune, list(artist_ids)],
     )
 
 

@@ -7,6 +7,7 @@ and altair charts. Searches by text or image run `atelier search` in a child pro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -158,76 +159,7 @@ def _null_reasons(long: pd.DataFrame) -> None:
 
 # ------------------------------------------------------------------ Compare
 
-def page_compare(store: q.Store, model: str) -> None:
-    st.header("Compare a fine-tune with its base")
-    pairs = q.comparison_pairs(store)
-    pairs = pairs[pairs.model == model] if model else pairs
-    if pairs.empty:
-        st.info("No comparisons yet: `atelier score` compares each fine-tune with its base.")
-        return
-    combos = sorted({(b, f) for b, f in zip(pairs.base, pairs.finetune, strict=True)})
-    c1, c2 = st.columns(2)
-    base, finetune = c1.selectbox("Base → fine-tune", combos, format_func=lambda p: f"{p[0]} → {p[1]}", key="cmp-pair")
-    metrics = sorted(pairs[(pairs.base == base) & (pairs.finetune == finetune)].metric.unique())
-    metric = c2.selectbox("Metric", metrics, index=metrics.index("artist_similarity")
-                          if "artist_similarity" in metrics else 0, key="cmp-metric")
-    filt = artist_filter_widgets(store, "cmp", model, base)
-
-    summary = q.comparison_summary(store, base, finetune, model, metric, filt)
-    cols = st.columns(6)
-    cols[0].metric("Artists", f"{summary['artists']:,}")
-    cols[1].metric("Gained", f"{summary['gained']:,}")
-    cols[2].metric("Lost", f"{summary['lost']:,}")
-    cols[3].metric("Kept", f"{summary['kept']:,}")
-    cols[4].metric("Undecided", f"{summary['undecided']:,}")
-    cols[5].metric("Mean Δ", _fmt(summary["mean_delta"]))
-    st.caption("Gained / lost: the 95% bootstrap interval of the per-artist delta lies wholly above / below zero; "
-               "kept: it holds zero; undecided: there is no interval (fewer than 2 seeds, or 2 images where no "
-               "seed is known), so no conclusion.")
-    if summary["undecided"]:
-        st.warning(f"{summary['undecided']:,} of {summary['artists']:,} artists are undecided: no interval. "
-                   "Give the images seeds (labels `seed` column, `--seed-from-filename`) or several images each.")
-    if summary["artists"] == 0:
-        st.info("No artist matches the filters.")
-        return
-
-    left, right = st.columns(2)
-    points = q.comparison_points(store, base, finetune, model, metric, filt)
-    lo = float(min(points.base_value.min(), points.finetune_value.min()))
-    hi = float(max(points.base_value.max(), points.finetune_value.max()))
-    scatter = alt.Chart(points).mark_circle(size=18, opacity=0.6).encode(
-        x=alt.X("base_value:Q", title=f"{base}", scale=alt.Scale(domain=[lo, hi])),
-        y=alt.Y("finetune_value:Q", title=f"{finetune}", scale=alt.Scale(domain=[lo, hi])),
-        color=alt.Color("verdict:N", scale=VERDICT_COLORS), tooltip=["name", "base_value", "finetune_value", "delta", "verdict"])
-    diagonal = alt.Chart(pd.DataFrame({"x": [lo, hi], "y": [lo, hi]})).mark_line(color="black", strokeDash=[4, 4]).encode(x="x:Q", y="y:Q")
-    left.subheader(f"{md_text(metric)}: base vs fine-tune")
-    left.altair_chart(scatter + diagonal, width="stretch")
-    hist = q.delta_histogram(store, base, finetune, model, metric, filt)
-    right.subheader("Distribution of Δ")
-    right.altair_chart(alt.Chart(hist).mark_bar().encode(
-        x=alt.X("start:Q", bin="binned", title=f"Δ {metric}"), x2="end:Q", y=alt.Y("artists:Q"),
-        color=alt.Color("verdict:N", scale=VERDICT_COLORS), tooltip=["start", "end", "verdict", "artists"]), width="stretch")
-
-    g, lcol = st.columns(2)
-    # biggest change first: a gain is a rise, or a fall when lower is better
-    rising = not lower_is_better(metric)
-    gained = q.comparison_table(store, base, finetune, model, metric, filt, verdict="gained", order="delta", descending=rising, limit=50)
-    lost = q.comparison_table(store, base, finetune, model, metric, filt, verdict="lost", order="delta", descending=not rising, limit=50)
-    g.subheader(f"Gained ({summary['gained']:,})")
-    g.dataframe(gained[["name", "base_value", "finetune_value", "delta", "ci_low", "ci_high"]], hide_index=True, key="cmp-gained")
-    lcol.subheader(f"Lost ({summary['lost']:,})")
-    lcol.dataframe(lost[["name", "base_value", "finetune_value", "delta", "ci_low", "ci_high"]], hide_index=True, key="cmp-lost")
-
-    st.subheader("All artists")
-    c1, c2, c3, c4 = st.columns(4)
-    order = c1.selectbox("Order by", ["delta", "base_value", "finetune_value", "name"], key="cmp-order")
-    descending = c2.toggle("Descending", value=True, key="cmp-desc")
-    page_size = c3.selectbox("Rows per page", [50, 100, 250], key="cmp-size")
-    pages = max(1, math.ceil(summary["artists"] / page_size))
-    page = c4.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key="cmp-page")
-    table = q.comparison_table(store, base, finetune, model, metric, filt, order=order, descending=descending,
-                               limit=page_size, offset=(int(page) - 1) * page_size)
-    st.dataframe(table, hide_index=True, key="cmp-table")
+# The Compare page lives in dashboard/compare.py.
 
 
 # ------------------------------------------------------------------ Gallery
@@ -285,16 +217,25 @@ def page_gallery(store: q.Store, model: str) -> None:
     c1, c2, c3, c4 = st.columns([1, 1, 3, 1])
     template = c1.selectbox("Template", templates, key="gal-template")
     seed = c2.selectbox("Seed", seeds, key="gal-seed")
-    chosen = c3.multiselect("Checkpoints", checkpoints, default=checkpoints, key="gal-ckpts") or checkpoints
+    # A default only when nothing set the choice already (Compare's "Gallery" links do).
+    defaults = {} if "gal-ckpts" in st.session_state else {"default": checkpoints}
+    chosen = c3.multiselect("Checkpoints", checkpoints, key="gal-ckpts", **defaults) or checkpoints
     page_size = c4.selectbox("Artists per page", [6, 12, 24], index=1, key="gal-size")
     filt = artist_filter_widgets(store, "gal", model, chosen[0])
+    carried = st.session_state.get("gal-artist-ids")
+    if carried:  # artists opened from the Compare page
+        filt = dataclasses.replace(filt, artist_ids=tuple(carried))
+        note, clear = st.columns([5, 1])
+        note.info(f"Showing the {len(carried):,} artists opened from Compare.")
+        clear.button("Show all artists", key="gal-clear-carried",
+                     on_click=lambda: st.session_state.pop("gal-artist-ids", None))
 
     if st.session_state.get("gal-image") is not None:
         show_image_detail(store, st.session_state["gal-image"], "gal-image")
 
     first = q.gallery_artists(store, filt, 1, 0)[1]
     pages = max(1, math.ceil(first / page_size))
-    page = st.number_input(f"Page (of {pages}; {first:,} artists)", min_value=1, max_value=pages, value=1, key="gal-page")
+    page = st.number_input(f"Page (of {pages}; {first:,} artists)", min_value=1, max_value=pages, key="gal-page")
     artists, total = q.gallery_artists(store, filt, page_size, (int(page) - 1) * page_size)
     if artists.empty:
         st.info("No artist matches the filters.")
@@ -329,7 +270,8 @@ def page_gallery(store: q.Store, model: str) -> None:
 
 def page_artist(store: q.Store, model: str) -> None:
     st.header("Artist")
-    text = st.text_input("Find an artist", key="art-search", value=st.query_params.get("artist", ""))
+    defaults = {} if "art-search" in st.session_state else {"value": st.query_params.get("artist", "")}
+    text = st.text_input("Find an artist", key="art-search", **defaults)
     matches = q.artist_search(store, text or "", limit=200)
     if matches.empty:
         st.info("No artist matches.")

@@ -91,9 +91,14 @@ class ArtistFilter:
     auto_recognized: str = ""  # yes | no | "" (any)
     auto_checkpoint: str = ""
     auto_model: str = ""
+    # An explicit set (e.g. the artists a Compare view carries to the Gallery); empty: all.
+    artist_ids: tuple[str, ...] = ()
 
     def where(self, alias: str = "ar") -> tuple[str, list]:
         clauses, params = ["TRUE"], []
+        if self.artist_ids:
+            clauses.append(f"{alias}.artist_id IN (SELECT unnest(?))")
+            params.append(list(self.artist_ids))
         for column, value in (("tags", self.tag), ("movements", self.movement), ("mediums", self.medium)):
             if value:
                 clauses.append(f"list_contains(string_split(coalesce({alias}.{column}, ''), '; '), ?)")
@@ -226,7 +231,8 @@ def comparison_summary(store: Reader, base: str, finetune: str, model: str, metr
 
 def comparison_table(store: Reader, base: str, finetune: str, model: str, metric: str,
                      filt: ArtistFilter = ArtistFilter(), *, verdict: str = "", order: str = "delta",
-                     descending: bool = True, limit: int = 100, offset: int = 0) -> pd.DataFrame:
+                     descending: bool = True, limit: int = 100, offset: int = 0,
+                     verdicts: tuple[str, ...] = ()) -> pd.DataFrame:
     """Per-artist deltas, one page. ``order`` is a column name from a fixed list.
 
     The page settings after ``filt`` are keyword-only: a call reads as what it asks for.
@@ -238,6 +244,9 @@ def comparison_table(store: Reader, base: str, finetune: str, model: str, metric
     if verdict:
         where += " AND c.verdict = ?"
         params.append(verdict)
+    if verdicts:  # several at once (the Compare page's verdict filter)
+        where += " AND coalesce(c.verdict, 'undecided') IN (SELECT unnest(?))"
+        params.append(list(verdicts))
     direction = "DESC" if descending else "ASC"
     return store.df(
         f"""SELECT ar.name, c.artist_id, c.base_value, c.finetune_value, c.delta, c.ci_low, c.ci_high,

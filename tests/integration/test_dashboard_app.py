@@ -84,6 +84,7 @@ def test_leaderboard_shows_checkpoints_with_cis_sorted_and_provenance(workdir, m
 
 def test_compare_counts_lists_and_filters(workdir, monkeypatch):
     at = open_page(workdir, "Compare", monkeypatch)
+    at.selectbox(key="cmp-metric").set_value("artist_similarity").run()
     counts = dict(raw(workdir, "SELECT verdict, count(*) FROM comparisons WHERE finetune = 'ft-1' "
                                "AND metric = 'artist_similarity' GROUP BY ALL"))
     shown = metrics(at)
@@ -93,7 +94,7 @@ def test_compare_counts_lists_and_filters(workdir, monkeypatch):
     assert len(gained) == counts.get("gained", 0) and (gained.ci_low > 0).all()
     assert len(lost) == counts.get("lost", 0) and (lost.ci_high < 0).all()
     assert len(frame(at, "verdict", "movements")) == 30
-    assert len(at.get("vega_lite_chart")) == 2  # scatter + delta histogram
+    assert len(at.get("vega_lite_chart")) == 3  # verdict matrix + scatter + forest plot
     at.selectbox(key="cmp-pair").set_value(("base", "ft-2")).run()
     counts2 = dict(raw(workdir, "SELECT verdict, count(*) FROM comparisons WHERE finetune = 'ft-2' "
                                 "AND metric = 'artist_similarity' GROUP BY ALL"))
@@ -113,6 +114,40 @@ def test_compare_counts_lists_and_filters(workdir, monkeypatch):
     table = frame(at, "verdict", "movements")
     assert 0 < len(table) < 30 and set(table.artist_id) == known
     assert metrics(at)["Artists"] == str(len(known))
+
+
+def test_compare_shows_every_metric_thumbnails_and_carries_artists_to_the_gallery(workdir, monkeypatch):
+    import json
+
+    at = open_page(workdir, "Compare", monkeypatch)
+    at.selectbox(key="cmp-metric").set_value("artist_similarity").run()
+    import pyarrow as pa
+
+    protos = list(at.get("vega_lite_chart"))
+    charts = [json.loads(c.proto.spec) for c in protos]
+    matrix = next(i for i, c in enumerate(charts) if c.get("mark", {}).get("type") == "rect")
+    cells = pa.ipc.open_stream(protos[matrix].proto.datasets[0].data.data).read_pandas()
+    stored = raw(workdir, "SELECT count(DISTINCT metric) FROM comparisons WHERE finetune = 'ft-1'")[0][0]
+    assert cells.metric.nunique() == stored > 1  # every metric at once, not one
+    # the scatter's first layer is the diagonal: drawn under the points
+    scatter = next(c for c in charts if "layer" in c and c["layer"][1]["mark"]["type"] == "circle")
+    assert scatter["layer"][0]["mark"]["type"] == "line"
+    lost = raw(workdir, "SELECT count(*) FROM comparisons WHERE finetune = 'ft-1' AND metric = 'artist_similarity' "
+                        "AND verdict = 'lost'")[0][0]
+    gallery_links = [b for b in at.button if b.key and b.key.startswith("cmp-lost-gallery-")]
+    assert len(gallery_links) == min(lost, 5) > 0
+    assert len(images(at)) >= 2 * len(gallery_links)  # base beside fine-tune for each shown artist
+    at.multiselect(key="cmp-verdicts").set_value(["lost"]).run()
+    assert set(frame(at, "verdict", "movements").verdict) == {"lost"}
+    at.button(key="cmp-to-gallery").click().run()
+    assert at.session_state["page"] == "Gallery"
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {b.key.removeprefix("gal-view-") for b in at.button if b.key and b.key.startswith("gal-view-")}
+    ids = {r[0] for r in raw(workdir, "SELECT i.image_id FROM images i JOIN comparisons c USING (artist_id) "
+                                      "WHERE c.finetune = 'ft-1' AND c.metric = 'artist_similarity' AND c.verdict = 'lost' "
+                                      "AND i.checkpoint IN ('base', 'ft-1') AND i.source = 'generated'")}
+    assert shown and {int(i) for i in shown} <= ids  # only the carried artists, only base and fine-tune
+    assert any("opened from Compare" in i.value for i in at.info)
 
 
 def test_gallery_grid_paging_and_full_image(workdir, monkeypatch):
@@ -284,6 +319,9 @@ def test_dashboard_command_line_and_workdir_arguments(tmp_path, workdir):
     from dashboard.queries import workdir_from_args
     from evaluator.cli.main import main
 
+    result = CliRunner().invoke(main, ["dashboard", "--workdir", str(tmp_path / "absent")])
+    assert result.exit_code != 0 and "does not exist" in result.output
+    (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["dashboard", "--workdir", str(tmp_path / "empty")])
     assert result.exit_code != 0 and "no store at" in result.output
     command = streamlit_command(workdir, 8599, "127.0.0.1")
