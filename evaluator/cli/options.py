@@ -48,8 +48,8 @@ def _existing_workdir(ctx: click.Context, param: click.Parameter, value: Path | 
     """The option callback of a command that reads a workdir: it must exist."""
     from evaluator.workspace.workdir import missing_workdir_message
 
-    if value is not None and not value.expanduser().is_dir():
-        raise click.BadParameter(missing_workdir_message(value.expanduser().absolute()), ctx=ctx, param=param)
+    if value is not None and not value.expanduser().is_dir():  # one line, exit 1, as every atelier error
+        raise click.ClickException(missing_workdir_message(value.expanduser().absolute()))
     return value
 
 

@@ -45,8 +45,9 @@ def test_a_command_that_reads_a_workdir_refuses_a_missing_one_and_names_close_on
     result = CliRunner().invoke(main, [*command[:2 if command[0] == "index" else 1], "-w", str(typo),
                                        *command[2 if command[0] == "index" else 1:]])
 
-    assert result.exit_code == 2, result.output
-    assert f"workdir {typo} does not exist" in result.output, result.output
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: workdir {typo} does not exist") and result.output.count("\n") == 1, \
+        result.output
     assert f"did you mean {tmp_path / 'my-workdir'}?" in result.output
     assert _tree(tmp_path) == before and not typo.exists()
 
