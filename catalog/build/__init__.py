@@ -108,8 +108,8 @@ def build_catalog(sources_dir: str | Path, min_posts: int = DEFAULT_MIN_POSTS) -
     artists.sort(key=lambda a: a.artist_id)
     danbooru = Path(sources_dir) / DANBOORU_FILE
     if danbooru.is_file():
-        tags = read_tags(danbooru)
-        report.danbooru = f"read {len(tags)} tag(s) from {DANBOORU_FILE}, kept those with >= {min_posts} posts"
+        tags, lines = read_tags(danbooru, min_posts)
+        report.danbooru = f"read {lines} tag(s) from {DANBOORU_FILE}, kept those with >= {min_posts} posts"
         artists = add_danbooru(artists, tags, report, min_posts)
         artists.sort(key=lambda a: a.artist_id)
     else:

@@ -83,23 +83,29 @@ class Tag:
         return match.group("qualifier") if match else ""
 
 
-def read_tags(path: Path) -> list[Tag]:
-    """Every line of ``danbooru-tags.csv``; a malformed line is a ``SourceError`` naming it."""
+def read_tags(path: Path, min_posts: int = 0) -> tuple[list[Tag], int]:
+    """(the tags the build uses, lines read) of ``danbooru-tags.csv``: every copyright tag
+    (franchises) and the artist and character tags with at least ``min_posts`` posts.
+    Every line is checked; a malformed one is a ``SourceError`` naming it."""
     from catalog.build.sources import SourceError
 
     tags: list[Tag] = []
+    lines = 0
     try:
         with open(path, encoding="utf-8", newline="") as handle:
             for number, cells in enumerate(csv.reader(handle), start=1):
                 if not cells:
                     continue
+                lines += 1
                 if len(cells) != 4 or not cells[2].strip().isdigit():
                     raise SourceError(f"{path}:{number}: expected name,type,post_count,aliases but got {cells[:5]!r}")
-                aliases = tuple(a.strip() for a in cells[3].split(",") if a.strip())
-                tags.append(Tag(cells[0].strip(), cells[1].strip(), int(cells[2]), aliases, number))
+                kind, posts = cells[1].strip(), int(cells[2])
+                if kind == TYPE_COPYRIGHT or (kind in KIND_OF_TYPE and posts >= min_posts):
+                    aliases = tuple(a.strip() for a in cells[3].split(",") if a.strip())
+                    tags.append(Tag(cells[0].strip(), kind, posts, aliases, number))
     except UnicodeDecodeError as exc:
         raise SourceError(f"source file {path} is not UTF-8: {exc}") from None
-    return tags
+    return tags, lines
 
 
 def tag_words(tag: str) -> str:
