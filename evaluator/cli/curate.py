@@ -66,10 +66,7 @@ def _threshold_options(function):
               help="kohya's N: repeats per epoch in the folder name.")
 @click.option("--concept", default=None, help="kohya concept folder name for every image (default: each artist id).")
 @quiet_option()
-def curate_cmd(src: Path | None, workdir: Path, from_store: bool, labels_csv: Path | None, model: str | None,
-               pretrained: str | None, aesthetic_head: Path | None, watermark_model: Path | None, workers: int,
-               device: str, export_dir: Path | None, layout: str, repeats: int, concept: str | None, quiet: bool,
-               **thresholds) -> None:
+def curate_cmd(src: Path | None, workdir: Path, **given) -> None:
     """Flag an image set by resolution, duplicates, watermarks, aesthetic score and outliers.
 
     Nothing is deleted: every image gets reason codes in the curation tables, and a rerun
@@ -80,16 +77,20 @@ def curate_cmd(src: Path | None, workdir: Path, from_store: bool, labels_csv: Pa
     from evaluator.curation.models import ModelOptions
     from evaluator.curation.runner import CurateOptions, curate
 
-    if (src is None) == (not from_store):
+    if (src is None) == (not given["from_store"]):
         fail(click.UsageError("give a SRC folder or --from-store (one of them)"))
+    labels_csv = given["labels_csv"]
     if src is not None and labels_csv is None and (src / "labels.csv").is_file():
         labels_csv = src / "labels.csv"
     options = CurateOptions(
-        thresholds=Thresholds(**thresholds),
-        models=ModelOptions(model, pretrained, aesthetic_head, watermark_model, device),
-        workers=workers, progress=not quiet,
+        thresholds=Thresholds(**{name: given[name] for name in DEFAULTS}),
+        models=ModelOptions(given["model"], given["pretrained"], given["aesthetic_head"], given["watermark_model"],
+                            given["device"]),
+        workers=given["workers"], progress=not given["quiet"],
     )
-    export = ExportOptions(export_dir, layout, repeats, concept) if export_dir is not None else None
+    export = None
+    if given["export_dir"] is not None:
+        export = ExportOptions(given["export_dir"], given["layout"], given["repeats"], given["concept"])
     if export is not None:
         export.validate(src, workdir)
     summary = curate(src, workdir, labels_csv=labels_csv, options=options)

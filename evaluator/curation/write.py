@@ -7,12 +7,11 @@ whole source, new and earlier alike, with this run's thresholds.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from evaluator.curation.config import Thresholds
 
-if TYPE_CHECKING:
-    from evaluator.curation.runner import _Run
+_Run = Any  # evaluator.curation.runner._Run (not imported: the runner imports this module)
 
 CONTENT_COLUMNS = [
     "sha256", "file_bytes", "width", "height", "megapixels", "error", "phash", "phash_centre", "sd_mark",
