@@ -31,6 +31,7 @@ FULL = {
     "faiss": [],
     "dashboard": ["--no-apptest"],
     "scale": [],
+    "recipes": [],
 }
 QUICK = {
     "generate": ["--quick"],
@@ -39,6 +40,7 @@ QUICK = {
     "faiss": ["--n", "50000", "--dim", "128"],
     "dashboard": ["--no-apptest", "--repeats", "2"],
     "scale": ["--sizes", "1000,5000", "--artists", "500,2000", "--identify-images", "10000", "--repeats", "1"],
+    "recipes": ["--quick"],
 }
 
 
