@@ -238,9 +238,12 @@ class _RowChecker:
         self._artist_id(row.get("artist_id", "").strip())
         self._name(row.get("name", ""))
         self._text_columns(row)
-        years = self._years(row)
-        self._living(row.get("living", ""), years)
-        self._recognition(row)
+        # blank cells are valid: most rows (Danbooru's) leave these empty, so skip the checks
+        years = self._years(row) if row.get("born") or row.get("died") else {}
+        if row.get("living"):
+            self._living(row["living"], years)
+        if row.get("recognized_sdxl") or row.get("recognized_sd1"):
+            self._recognition(row)
         self._kind_and_tag(row)
         return self.report.error_count > before
 
@@ -293,7 +296,10 @@ class _RowChecker:
 
     def _text_columns(self, row: dict[str, str]) -> None:
         for column in TEXT_COLUMNS:
-            value = row.get(column, "").strip()
+            value = row.get(column)
+            if not value:
+                continue
+            value = value.strip()
             if looks_like_formula(value) and column in self.position:
                 self._warning(column, f"{column} starts with {value[0]!r} (spreadsheet formula?)")
 
