@@ -63,7 +63,7 @@ def hash_pairs_naive(full: list[int], centre: list[int], radius: int) -> dict[tu
     for i in range(len(full)):
         for j in range(i + 1, len(full)):
             d = min((full[i] ^ full[j]).bit_count(), (full[i] ^ centre[j]).bit_count(),
-                    (centre[i] ^ full[j]).bit_count(), (centre[i] ^ centre[j]).bit_count())
+                    (centre[i] ^ full[j]).bit_count())
             if d <= radius:
                 pairs[(i, j)] = d
     return pairs

@@ -37,12 +37,7 @@ def test_the_index_finds_exactly_the_pairs_the_naive_loop_finds():
     for radius in (0, 6, 10):
         fast = hash_pairs(hex_codes(_hex(full)), hex_codes(_hex(centre)), radius)
         naive = hash_pairs_naive([int(v) for v in full], [int(v) for v in centre], radius)
-        # the index compares full hashes with full and centre ones; the naive loop also centre-centre
-        naive_fc = {k: v for k, v in hash_pairs_naive([int(v) for v in full], [int(v) for v in centre], radius).items()
-                    if min((int(full[k[0]]) ^ int(full[k[1]])).bit_count(),
-                           (int(full[k[0]]) ^ int(centre[k[1]])).bit_count(),
-                           (int(centre[k[0]]) ^ int(full[k[1]])).bit_count()) <= radius}
-        assert fast.keys() == naive_fc.keys() and naive_fc.keys() <= naive.keys()
+        assert fast == naive
         assert len(fast) > (5 if radius else 0)
 
 
