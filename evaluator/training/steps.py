@@ -128,6 +128,21 @@ def record_run(saved: SavedStep) -> bool:
     return True
 
 
+def _references_missing(saved: SavedStep) -> bool:
+    """Whether some held-out image is not a reference work of its concept in the store yet."""
+    from evaluator.workspace.store import connect
+
+    wanted = {(i.sha256, i.concept_id) for i in saved.split.validation}
+    con = connect(Path(saved.workdir) / "atelier.duckdb", read_only=True)
+    try:
+        have = set(con.execute(
+            "SELECT i.source_sha256, r.artist_id FROM reference_images r JOIN images i USING (image_id) "
+            "WHERE i.source = 'reference'").fetchall())
+    finally:
+        con.close()
+    return not wanted <= have
+
+
 def register_references(saved: SavedStep) -> int:
     """Import the held-out images as reference works of their concept (``reference_images``),
     so ``atelier score`` measures reference similarity and retrieval on the step's images
@@ -413,19 +428,20 @@ def _seed_of(path: Path) -> int | None:
 
 
 def on_saved_step(saved: SavedStep) -> StepReport:
-    """Steps 1-5 of the module docstring; validation failures are reported, not raised."""
+    """Steps 1-5 of the module docstring. A failure in 1-4 is reported (the step's row says
+    what failed) and training goes on; only a store that cannot take the step's row raises."""
     report = StepReport(saved.checkpoint)
     saved.workdir = Path(saved.workdir).resolve()
     from evaluator.workspace.workdir import Workdir
 
-    new_run = record_run(saved)
-    checkpoints_file = register_step(saved)
     images: list[GeneratedImage] = []
     figures = None
     t0 = time.perf_counter()
     try:
-        if new_run:
+        record_run(saved)
+        if _references_missing(saved):  # the first step of a run, or one whose import failed
             register_references(saved)
+        checkpoints_file = register_step(saved)
         record_step_checkpoint(Workdir.at(saved.workdir), checkpoints_file, [saved.base.name, saved.checkpoint])
         if not getattr(saved.config, "validation_prompts", None):
             report.errors.append("validation_prompts is empty: no validation image, no style figures")
