@@ -215,7 +215,7 @@ def _targets(template: Template, artists: Sequence[Artist]) -> list[tuple[str, s
             raise PlanError(f"template {template.name!r} needs {{tag}} but catalog row {first.artist_id!r} "
                             f"({first.name}) has no Danbooru tag{more}; select rows with one (--min-posts 0) "
                             "or use a {name} template")
-    return [(a.artist_id, template.render(a.name, a.tag)) for a in rows]
+    return [(a.artist_id, template.render_row(a)) for a in rows]
 
 
 def _records(units: Sequence[WorkUnit]) -> list[dict]:

@@ -89,12 +89,20 @@ class Template:
 
     def render_row(self, row) -> str:
         """The prompt for a catalog row (``catalog.model.Artist``); a row without the tag
-        this template needs is refused by id and name."""
+        this template needs is refused by id and name.
+
+        Prompts are A1111 syntax (the runner reads them so), so the name is escaped like the
+        tag: "Qan[t]" and "Akira (coffee curry)" are text, not attention; the runner passes a
+        prompt whose only syntax is escapes to the model as its literal text. A recipe row's
+        name is its A1111 prompt (``catalog.recipes``) and goes in as it is.
+        """
+        from catalog.recipes.file import RECIPE_SOURCE
+
         if self.needs_tag and not row.tag:
             raise TemplateError(
                 f"template {self.name!r} needs {{tag}} but catalog row {row.artist_id!r} ({row.name}) has no "
                 "Danbooru tag; select rows with one (--min-posts 0) or use a {name} template")
-        return self.render(row.name, row.tag)
+        return self.render(row.name if RECIPE_SOURCE in row.sources else escape_tag(row.name), row.tag)
 
 
 def _fields(template_name: str, text: str, source: str) -> list[str]:

@@ -14,6 +14,7 @@ from catalog.recipes.file import (
     with_recipes,
 )
 from catalog.recipes.grammar import parse
+from catalog.recipes.parts import Leaf
 
 CATALOG = [
     Artist("claude-monet", "Claude Monet"),
@@ -190,3 +191,17 @@ def test_open_ends_are_no_bounds():
     assert _report(text).recipes[0].prompt == "a"
     step = b"[[recipe]]\nname = \"x\"\nversion = 1\n[[recipe.part]]\ntext = \"a\"\nto = 1\n"
     assert _report(step).recipes[0].prompt == "[a::1]"  # an integer is a step number, as in A1111
+
+
+def test_plan_escapes_names_but_not_recipe_prompts():
+    from catalog.plan import make_plan
+    from catalog.templates import load_templates
+
+    (recipe,) = _report(GOOD).recipes
+    rows = [Artist("qan-t", "00 Qan[t]", kind="character"), CATALOG[1], recipe_entry(recipe)]
+    units = make_plan(rows, load_templates(), ["character-name"], [0], ["base"])
+    prompts = {u.artist_id: u.prompt for u in units}
+    assert prompts["qan-t"] == r"00 Qan\[t\], solo, full body, simple background"
+    assert prompts["akira-coffee-curry"].startswith(r"Akira \(coffee curry\), solo")
+    assert prompts["ember-knight"] == f"{recipe.prompt}, solo, full body, simple background"
+    assert parse(prompts["qan-t"]) == (Leaf("00 Qan[t], solo, full body, simple background"),)
