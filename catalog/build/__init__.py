@@ -41,7 +41,8 @@ Steps (each deterministic, so a rebuild from the same sources is byte-identical)
    ``post_count`` filled in, ``danbooru`` added to its sources); every other tag becomes
    a row of its own (``kind`` artist or character; a character's ``franchise`` from its
    qualifier). The ids of step 4's artists never change: new rows take the slug of the
-   tag's words, with ``-2``, ``-3``... when it is taken. ``--report`` lists every tag
+   tag's words, with ``-2``, ``-3``... when it is taken, or the id a previous catalog
+   (``--previous``, by default the file being replaced) gave the same kind and tag. ``--report`` lists every tag
    merge and every refusal (a qualifier, an ambiguous or too-short key, ...).
 4. **Write** one row per artist or character, sorted by ``artist_id`` (a slug of the
    display name; people who share a slug get their birth or death year appended).
@@ -94,10 +95,13 @@ __all__ = [
 ]
 
 
-def build_catalog(sources_dir: str | Path, min_posts: int = DEFAULT_MIN_POSTS) -> tuple[list[Artist], BuildReport]:
+def build_catalog(
+    sources_dir: str | Path, min_posts: int = DEFAULT_MIN_POSTS, previous: list[Artist] | None = None
+) -> tuple[list[Artist], BuildReport]:
     """Read, merge and shape every source; return the rows and what happened.
 
-    ``min_posts``: the fewest Danbooru posts a tag needs to be kept (see ``catalog.build.danbooru``).
+    ``min_posts``: the fewest Danbooru posts a tag needs to be kept (see ``catalog.build.danbooru``);
+    ``previous``: a catalog built before, whose tag rows keep their ids.
     """
     started = time.perf_counter()
     report = BuildReport()
@@ -110,7 +114,7 @@ def build_catalog(sources_dir: str | Path, min_posts: int = DEFAULT_MIN_POSTS) -
     if danbooru.is_file():
         tags, lines = read_tags(danbooru, min_posts)
         report.danbooru = f"read {lines} tag(s) from {DANBOORU_FILE}, kept those with >= {min_posts} posts"
-        artists = add_danbooru(artists, tags, report, min_posts)
+        artists = add_danbooru(artists, tags, report, min_posts, previous)
         artists.sort(key=lambda a: a.artist_id)
     else:
         report.danbooru = f"no {DANBOORU_FILE} in {sources_dir}: built without Danbooru artists and characters"
@@ -129,10 +133,17 @@ def default_sources_dir() -> Path:
 
 
 def build_styles_csv(
-    sources_dir: str | Path, out: str | Path, report_path: str | Path | None = None, min_posts: int = DEFAULT_MIN_POSTS
+    sources_dir: str | Path, out: str | Path, report_path: str | Path | None = None, min_posts: int = DEFAULT_MIN_POSTS,
+    previous: str | Path | None = None,
 ) -> BuildReport:
-    """Build and write ``styles.csv`` (atomically); optionally write the full report."""
-    artists, report = build_catalog(sources_dir, min_posts)
+    """Build and write ``styles.csv`` (atomically); optionally write the full report.
+
+    ``previous``: a catalog file whose Danbooru rows keep their ids (``catalog build``
+    passes the file it is about to replace, so a newer tag list moves no id).
+    """
+    from catalog.model import load_catalog
+
+    artists, report = build_catalog(sources_dir, min_posts, load_catalog(previous) if previous else None)
     write_catalog(artists, out)
     if report_path:
         atomic_write_text(report_path, report.details() + "\n")

@@ -265,12 +265,22 @@ def _new_row(tag: Tag, name: str, artist_id: str, franchises: Franchises) -> Art
     )
 
 
-def new_ids(tags: list[str], taken: set[str]) -> list[str]:
+def new_ids(
+    tags: list[tuple[str, str]], taken: set[str], pinned: dict[tuple[str, str], str] | None = None
+) -> list[str]:
     """A slug per new row (the catalog's slug rule over the tag's words), never one in
     ``taken``: a slug already used gets ``-2``, ``-3``... in the rows' order (artists
-    before characters, then by tag), so a rebuild gives the same ids."""
+    before characters, then by tag), so a rebuild gives the same ids. ``tags`` are
+    (kind, tag) pairs; ``pinned`` ((kind, tag) -> the id a previous catalog gave it) wins when that id is free: ids are a contract, and
+    a newer tag list must not move "-2" from one row to another."""
+    pinned = {t: i for t, i in (pinned or {}).items() if i not in taken}
+    taken |= set(pinned.values())
     ids = []
-    for tag in tags:
+    for key in tags:
+        if key in pinned:
+            ids.append(pinned[key])
+            continue
+        tag = key[1]
         base = slugify(tag_words(tag)) or f"tag-{hashlib.sha256(tag.encode()).hexdigest()[:8]}"
         candidate, number = base, 1
         while candidate in taken:
@@ -306,8 +316,12 @@ def claim_artists(index: CatalogIndex, tags: list[Tag], report: BuildReport) -> 
     return chosen
 
 
-def add_danbooru(artists: list[Artist], tags: list[Tag], report: BuildReport, min_posts: int = DEFAULT_MIN_POSTS) -> list[Artist]:
-    """The catalog's artists with their tags, plus a row per unmatched artist or character tag."""
+def add_danbooru(
+    artists: list[Artist], tags: list[Tag], report: BuildReport, min_posts: int = DEFAULT_MIN_POSTS,
+    previous: list[Artist] | None = None,
+) -> list[Artist]:
+    """The catalog's artists with their tags, plus a row per unmatched artist or character tag
+    (keeping the id a ``previous`` catalog gave the same kind and tag)."""
     if min_posts < 0:
         raise InputError(f"min_posts must be >= 0 but is {min_posts}")
     wanted = sorted((t for t in tags if t.type in KIND_OF_TYPE and t.post_count >= min_posts),
@@ -333,7 +347,9 @@ def add_danbooru(artists: list[Artist], tags: list[Tag], report: BuildReport, mi
             report.dropped.append(Dropped(DANBOORU_SOURCE, tag.line, tag.name, problem))
             continue
         kept.append((tag, name))
-    ids = new_ids([tag.name for tag, _ in kept], {a.artist_id for a in artists})
+    pinned = {(a.kind, a.tag): a.artist_id for a in previous or () if a.tag}
+    keys = [(KIND_OF_TYPE[tag.type], tag.name) for tag, _ in kept]
+    ids = new_ids(keys, {a.artist_id for a in artists}, pinned)
     report.slug_collisions += sum(i != slugify(tag_words(tag.name)) for (tag, _), i in zip(kept, ids, strict=True))
     new_rows = [_new_row(tag, name, i, franchises) for (tag, name), i in zip(kept, ids, strict=True)]
     report.franchises = sum(bool(r.franchise) for r in new_rows)

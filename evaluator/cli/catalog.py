@@ -150,17 +150,37 @@ def catalog_group() -> None:
               help="Also write the full report (drops, every heuristic and tag merge, every refused tag merge) to this file.")
 @click.option("--min-posts", type=click.IntRange(min=0), default=100, show_default=True,
               help="Keep Danbooru artist and character tags with at least this many posts.")
-def build_command(sources: str | None, out: str, report_path: str | None, min_posts: int) -> None:
+@click.option("--previous", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A catalog built before whose Danbooru rows keep their ids [default: --out, when it exists].")
+def build_command(sources: str | None, out: str, report_path: str | None, min_posts: int, previous: str | None) -> None:
     """Merge the public artist lists and Danbooru's tags into one catalog; print what was dropped and merged."""
     from catalog.build import SourceError, build_styles_csv, default_sources_dir
+    from catalog.model import CatalogError
 
     folder = Path(sources) if sources else default_sources_dir()
+    if previous is None and Path(out).is_file():
+        previous = _readable_previous(out)
     try:
-        report = build_styles_csv(folder, out, report_path, min_posts=min_posts)
+        report = build_styles_csv(folder, out, report_path, min_posts=min_posts, previous=previous)
+    except CatalogError as exc:
+        raise click.ClickException(f"--previous {previous} cannot be read: {exc}") from None
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
     click.echo(f"wrote {out}")
+
+
+def _readable_previous(path: str) -> str | None:
+    """The file about to be replaced, as the previous catalog, if it loads (else say so)."""
+    from catalog.model import CatalogError, load_catalog
+
+    try:
+        load_catalog(path)
+    except CatalogError as exc:
+        first = str(exc).splitlines()[0]
+        click.echo(f"warning: {path} is not a valid catalog ({first}); new rows' ids are not pinned to it", err=True)
+        return None
+    return path
 
 
 @catalog_group.command("validate")

@@ -207,3 +207,25 @@ def test_a_malformed_tag_line_is_named(tmp_path):
     result = CliRunner().invoke(main, ["catalog", "build", "--sources", str(folder), "--out", str(tmp_path / "o.csv")])
     assert result.exit_code == 1 and "danbooru-tags.csv:11:" in result.output
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_previous_catalog_pins_the_ids_of_its_tag_rows(tmp_path):
+    """A newer tag list must not move an id: a row keeps the id the catalog gave it before."""
+    clip = ["Ilya Kuvshinov", "Akira Toriyama"]
+    first = tmp_path / "styles.csv"
+    build_styles_csv(write_sources(tmp_path / "v1", clip, TAGS), first)
+    assert {a.tag: a.artist_id for a in load_catalog(first)}["akira_toriyama"] == "akira-toriyama-2"
+    # the next list adds a character tag slugging the same and sorting first: without the
+    # previous catalog it would take "-2" from the older character
+    newer = [*TAGS, ("akira.toriyama", "4", 150, "")]
+    folder = write_sources(tmp_path / "v2", clip, newer)
+    unpinned = {a.tag: a.artist_id for a in build_catalog(folder)[0]}
+    assert unpinned["akira.toriyama"] == "akira-toriyama-2" and unpinned["akira_toriyama"] == "akira-toriyama-3"
+    result = CliRunner().invoke(main, ["catalog", "build", "--sources", str(folder), "--out", str(first)])
+    assert result.exit_code == 0, result.output
+    pinned = {(a.kind, a.tag): a.artist_id for a in load_catalog(first)}
+    assert pinned[("character", "akira_toriyama")] == "akira-toriyama-2"
+    assert pinned[("character", "akira.toriyama")] == "akira-toriyama-3"
+    again = tmp_path / "again.csv"
+    build_styles_csv(folder, again, previous=first)
+    assert again.read_bytes() == first.read_bytes()  # rebuilding over itself changes nothing
