@@ -50,28 +50,34 @@ def training_runs(store: q.Store, output_name: str) -> pd.DataFrame:
         "FROM training_runs WHERE output_name = ? ORDER BY created", (output_name,))
 
 
+# Per saved step, the run that recorded it last (a resumed run records its steps again).
+LATEST = (
+    "WITH latest AS (SELECT run, step FROM (SELECT s.run, s.step, row_number() OVER "
+    "(PARTITION BY s.step ORDER BY s.recorded_at DESC, s.run DESC) AS k FROM training_steps s "
+    "JOIN training_runs r ON r.run = s.run WHERE r.output_name = ?) WHERE k = 1) "
+)
+
+
 def training_steps(store: q.Store, output_name: str) -> pd.DataFrame:
     """One row per saved step (a step saved again by a resumed run: its latest record)."""
     return store.df(
-        "SELECT step, checkpoint, train_loss, val_loss, lr, seconds, validation_status, validation_error, run "
-        "FROM (SELECT s.*, row_number() OVER (PARTITION BY s.step ORDER BY s.recorded_at DESC) AS k "
-        "      FROM training_steps s JOIN training_runs r ON r.run = s.run WHERE r.output_name = ?) "
-        "WHERE k = 1 ORDER BY step", (output_name,))
+        LATEST + "SELECT s.step, s.checkpoint, s.train_loss, s.val_loss, s.lr, s.seconds, s.validation_status, "
+        "s.validation_error, s.run FROM training_steps s JOIN latest USING (run, step) ORDER BY s.step",
+        (output_name,))
 
 
 def step_metrics(store: q.Store, output_name: str) -> pd.DataFrame:
     return store.df(
-        "SELECT m.step, m.model, m.metric, m.value, m.n, m.reason FROM training_metrics m "
-        "JOIN training_runs r ON r.run = m.run WHERE r.output_name = ? ORDER BY m.step, m.metric",
-        (output_name,))
+        LATEST + "SELECT m.step, m.model, m.metric, m.value, m.n, m.reason FROM training_metrics m "
+        "JOIN latest USING (run, step) ORDER BY m.step, m.metric", (output_name,))
 
 
 def step_images(store: q.Store, output_name: str) -> pd.DataFrame:
     return store.df(
-        "SELECT i.step, i.image_id, i.prompt, i.seed, i.path, i.thumb_path, mm.similarity AS memorization, "
-        "       mm.nearest_path FROM training_images i JOIN training_runs r ON r.run = i.run "
+        LATEST + "SELECT i.step, i.image_id, i.prompt, i.seed, i.path, i.thumb_path, "
+        "mm.similarity AS memorization, mm.nearest_path FROM training_images i JOIN latest USING (run, step) "
         "LEFT JOIN training_memorization mm ON mm.run = i.run AND mm.step = i.step AND mm.image_id = i.image_id "
-        "WHERE r.output_name = ? ORDER BY i.step, i.prompt, i.seed", (output_name,))
+        "ORDER BY i.step, i.prompt, i.seed", (output_name,))
 
 
 def split_counts(store: q.Store, output_name: str) -> pd.DataFrame:

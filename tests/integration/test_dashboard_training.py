@@ -62,6 +62,12 @@ def write_training_store(root: Path, shared_data: Path) -> None:
             con.register("frame", rows)
             con.execute(f"INSERT INTO {table} ({', '.join(rows.columns)}) SELECT * FROM frame")
             con.unregister("frame")
+    with open_store(root / "atelier.duckdb") as con:  # a resumed run recorded step 10 again, later
+        con.execute("INSERT INTO training_runs (run, output_name, n_train, n_validation) VALUES ('train-b', 'mystyle', 7, 2)")
+        con.execute("INSERT INTO training_steps (run, step, checkpoint, validation_status, recorded_at) "
+                    "VALUES ('train-b', 10, 'mystyle@step-000010', 'ok', current_timestamp + INTERVAL 1 HOUR)")
+        for metric, value in (("reference_similarity", 0.6), ("memorization_max", 0.85)):
+            con.execute("INSERT INTO training_metrics VALUES ('train-b', 10, 'tiny-clip', ?, ?, 4, NULL)", [metric, value])
     losses = root / "training" / "mystyle" / "losses.jsonl"
     losses.parent.mkdir(parents=True)
     lines = [json.dumps({"step": s, "loss": 1 / s, "lr": 1e-4}) for s in range(1, 31)]
@@ -102,9 +108,12 @@ def test_training_page_shows_the_chosen_step_curves_and_gallery(workdir, monkeyp
     assert any("memorization_max < 0.95" in c for c in captions(at))
     assert len(at.get("vega_lite_chart")) == 4  # loss, style, memorization, clip_score
     steps_table = next(d.value for d in at.dataframe if "checkpoint" in d.value.columns)
-    assert steps_table["step"].tolist() == [10, 20, 30] and "reference_similarity" in steps_table.columns
-    # one prompt/seed across 3 steps, both seeds of the chosen step, the 2 held-out images (not the trained one)
-    assert len(at.get("image")) == 3 + 2 + 2
+    assert steps_table["step"].tolist() == [10, 20, 30]
+    # step 10 was recorded again by a resumed run: its latest record wins (figures and images)
+    assert steps_table.set_index("step")["reference_similarity"].to_dict() == {10: 0.6, 20: 0.7, 30: 0.9}
+    # one prompt/seed across steps 20 and 30 (the resumed step 10 made none), both seeds of the
+    # chosen step, the 2 held-out images (not the trained one)
+    assert len(at.get("image")) == 2 + 2 + 2
     assert any("the base checkpoint's images are missing" in c for c in captions(at))
 
     at.slider(key="training-threshold").set_value(0.99).run()
