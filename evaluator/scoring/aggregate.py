@@ -94,6 +94,7 @@ def compute_scores(batch: ScoringBatch) -> ScoreTables:
     """Every score table's rows for one model; see the module docstring for the steps."""
     tables = ScoreTables()
     batch.inputs.bootstrap = batch.bootstrap
+    batch.inputs.model = batch.model  # metrics whose meaning depends on the embedding model (aesthetic)
     long = _image_level(batch, tables)  # 1.
     _artist_level(batch, long, tables)  # 2.
     _checkpoint_level(batch, long, tables)  # 3.

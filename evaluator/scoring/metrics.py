@@ -508,6 +508,8 @@ class EvalInputs:
     catalog_kinds: np.ndarray | None = None  # object [A]
     catalog_tagged: np.ndarray | None = None  # bool [A]
     tag_templates: frozenset[str] = frozenset()  # template names whose prompt takes {tag}
+    # the embedding model's store key: the aesthetic metric needs a head made for that model
+    model: str | None = None
     cache: dict = field(default_factory=dict)
 
     @property
@@ -1005,3 +1007,24 @@ def _fd_clip(inp: EvalInputs) -> pd.DataFrame:
         rows.append({"checkpoint": ckpt, "value": frechet_distance(inp.vecs[rows_ck], inp.ref_vecs), "n": int(rows_ck.sum()),
                      "n_images": int(rows_ck.sum())})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ aesthetic (curation, issue 14)
+
+
+def aesthetic_head_for(model: str | None) -> Any:
+    """LAION's aesthetic head for embeddings of ``model`` from $ATELIER_CACHE/aesthetic/, or None."""
+    from evaluator.curation.aesthetic import find_head
+    from evaluator.workspace import settings
+
+    return find_head(model, None, settings.cache_dir()) if model else None
+
+
+@register_metric("aesthetic", "LAION aesthetic score (v2 MLP on ViT-L/14, else the v1 linear head) of the image embedding; NULL unless the embedding model is an OpenAI CLIP with LAION's head file in $ATELIER_CACHE/aesthetic/", True, needs=("aesthetic_head",))
+def _aesthetic(inp: EvalInputs) -> np.ndarray:
+    import numpy as np
+
+    head = aesthetic_head_for(inp.model)
+    if head is None or inp.n == 0:
+        return np.full(inp.n, np.nan)
+    return head.score(inp.vecs)
