@@ -170,3 +170,30 @@ def test_step_names_pass_the_checkpoint_name_rule(tmp_path, name, ok):
     else:
         with pytest.raises(CheckpointError, match="must match"):
             load_checkpoints(toml)
+
+
+@pytest.mark.parametrize("method", ["textual_inversion", "full"])
+def test_textual_inversion_and_full_steps_are_checkpoints_too(world, tmp_path, tmp_path_factory, method):
+    from support.gen import tiny_finetune
+
+    from evaluator.testing.tiny import build_textual_inversion
+
+    wd = tmp_path / "wd"
+    step_dir = wd / "training" / "mystyle" / "step-000005"
+    step_dir.mkdir(parents=True)
+    if method == "textual_inversion":
+        weights = [build_textual_inversion(tiny_pipeline(tmp_path_factory), step_dir / "learned_embeds.safetensors",
+                                           token="<starry>")]
+    else:
+        weights = [shutil.copytree(tiny_finetune(tmp_path_factory), step_dir / "mystyle")]
+    saved = saved_step(world, wd, 5, weights=weights, clip=False, prompts=("a lighthouse, <starry>",))
+    saved.method = method
+    saved.config.placeholder_token = "<starry>"
+    report = on_saved_step(saved)
+    assert report.images == 2 and report.failed_images == 0, report.line()  # 1 prompt x 2 seeds
+    spec = load_checkpoints(wd / "training" / "checkpoints.toml")[step_checkpoint_name("mystyle", 5)]
+    assert spec.base == "tiny"
+    if method == "textual_inversion":
+        assert [(t.path, t.token) for t in spec.textual_inversion] == [(weights[0], "<starry>")]
+    else:
+        assert spec.source_type == "folder" and Path(spec.source) == weights[0]
