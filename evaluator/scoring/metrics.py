@@ -61,8 +61,10 @@ class Metric:
     # the metrics a run could not compute for want of one (evaluator.scoring.notices).
     needs: tuple[str, ...] = ()
     # An identification metric's number of candidate classes N (chance = 1/N), stored
-    # beside its rows as ``n_classes``: a top-1 means nothing without it.
-    n_classes: Callable[..., int | None] | None = None
+    # beside its rows as ``n_classes``: a top-1 means nothing without it. One number, or
+    # each image's own N (float [N], NaN: no class) when class sets differ by kind; a row
+    # then gets the N its images share (NULL when they mix).
+    n_classes: Callable[..., int | np.ndarray | None] | None = None
 
 
 class UnknownMetricError(InputError, KeyError):
