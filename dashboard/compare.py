@@ -96,7 +96,7 @@ def _verdict_matrix(store: q.Store, pair: tuple[str, str, str], metric: str, poi
         color=alt.Color("verdict:N", scale=VERDICT_COLORS, legend=alt.Legend(orient="bottom")),
         tooltip=["name", "metric", "verdict", alt.Tooltip("delta:Q", format="+.4f"),
                  alt.Tooltip("ci_low:Q", format="+.4f"), alt.Tooltip("ci_high:Q", format="+.4f")],
-    ).properties(height=max(120, 18 * len(order)))
+    ).properties(height=alt.Step(20))  # one 20 px band per artist, however many
     st.altair_chart(chart, width="stretch")
 
 
@@ -134,7 +134,7 @@ def _forest(points: pd.DataFrame, metric: str) -> alt.LayerChart:
         tooltip=["name", "verdict", alt.Tooltip("delta:Q", format="+.4f"),
                  alt.Tooltip("ci_low:Q", format="+.4f"), alt.Tooltip("ci_high:Q", format="+.4f")])
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="black", strokeDash=[4, 4]).encode(x="x:Q")
-    return (zero + bars + dots).properties(height=max(120, 20 * len(top)))
+    return (zero + bars + dots).properties(height=alt.Step(22))  # one band per artist
 
 
 def _changed_lists(store: q.Store, pair: tuple[str, str, str], metric: str, filt: q.ArtistFilter,

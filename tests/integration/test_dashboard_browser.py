@@ -1,11 +1,11 @@
-"""A real browser on the served dashboard: headless chromium opens the Gallery, images render.
+"""A real browser on the served dashboard: headless chromium opens every page, images render.
 
 `streamlit run` serves the app on a free localhost port; chromium (Debian's
 /usr/bin/chromium) is driven over the DevTools protocol (a websocket, with the
 `websockets` package streamlit already depends on) because Streamlit renders on the
 client after a websocket handshake, which `--dump-dom` does not wait for. The test polls
 the live DOM until the thumbnails have loaded (``naturalWidth > 0``), then keeps the DOM
-and a screenshot under tests/artifacts/.
+and a screenshot of every page under tests/artifacts/.
 
 Skipped only when chromium is absent and ATELIER_REQUIRE_BROWSER is unset.
 """
@@ -189,8 +189,10 @@ def test_gallery_renders_thumbnails_in_a_real_browser(served, tmp_path):
 PAGE_HEADERS = {"Leaderboard": "Leaderboard", "Compare": "Compare a fine-tune with its base", "Artist": "Artist",
                 "Similarity": "Similarity", "SQL": "SQL", "Runs": "Runs"}
 # (charts, tables) each page draws at least, once rendered
-PAGE_MINIMUM = {"Leaderboard": (2, 2), "Compare": (2, 3), "Artist": (0, 2), "Similarity": (1, 1), "SQL": (0, 0),
+PAGE_MINIMUM = {"Leaderboard": (2, 2), "Compare": (3, 3), "Artist": (0, 2), "Similarity": (1, 1), "SQL": (0, 0),
                 "Runs": (1, 2)}
+# images each page shows at least once loaded (Compare: base beside fine-tune for the lost and gained)
+PAGE_IMAGES = {"Compare": 2}
 
 
 def test_every_other_page_renders_without_an_exception_in_the_browser(served, tmp_path):
@@ -212,13 +214,20 @@ def test_every_other_page_renders_without_an_exception_in_the_browser(served, tm
                     " s: (document.querySelector('[data-testid=stApp]') || {dataset: {}}).dataset.testScriptState,"
                     " x: document.querySelectorAll('[data-testid=stException]').length,"
                     " charts: document.querySelectorAll('[data-testid=stVegaLiteChart]').length,"
-                    " tables: document.querySelectorAll('[data-testid=stDataFrame]').length})") or {}
+                    " tables: document.querySelectorAll('[data-testid=stDataFrame]').length,"
+                    " images: Array.from(document.querySelectorAll('[data-testid=stMain] img'))"
+                    "   .filter(i => i.complete && i.naturalWidth > 0 && i.src.includes('/media/')).length})") or {}
                 charts, tables = PAGE_MINIMUM[page]
                 if (header in state.get("h", "") and state.get("s") == "notRunning"
-                        and state.get("charts", 0) >= charts and state.get("tables", 0) >= tables):
+                        and state.get("charts", 0) >= charts and state.get("tables", 0) >= tables
+                        and state.get("images", 0) >= PAGE_IMAGES.get(page, 0)):
                     break
                 time.sleep(0.3)
             seen[page] = state
+            time.sleep(0.5)  # charts finish drawing after the script stops
+            shot = tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / f"{page.lower()}.png").write_bytes(base64.b64decode(shot["data"]))
     finally:
         if tools is not None:
             tools.close()
@@ -232,6 +241,7 @@ def test_every_other_page_renders_without_an_exception_in_the_browser(served, tm
         assert seen[page].get("x") == 0, (page, seen[page])
         charts, tables = PAGE_MINIMUM[page]
         assert seen[page]["charts"] >= charts and seen[page]["tables"] >= tables, (page, seen[page])
+        assert seen[page]["images"] >= PAGE_IMAGES.get(page, 0), (page, seen[page])
 
 
 if __name__ == "__main__":  # pragma: no cover - run by hand: python tests/integration/test_dashboard_browser.py
