@@ -109,7 +109,7 @@ def _emit(artists, output_format: str) -> None:
                 aliases=list(artist.aliases), movements=list(artist.movements),
                 mediums=list(artist.mediums), tags=list(artist.tags),
                 sources=list(artist.sources), born=artist.born, died=artist.died,
-                living=artist.living,
+                living=artist.living, post_count=artist.post_count,
             )
             rows.append(row)
         click.echo(json.dumps(rows, ensure_ascii=False, indent=1))
