@@ -280,3 +280,13 @@ def test_top_k_breaks_ties_by_position_like_a_stable_sort_and_ap_is_chunked():
     got = M.average_precision_at_ks(q, ql, db, dbl, (1, 5, 10), chunk=4)
     for k in (1, 5, 10):
         np.testing.assert_allclose(got[k], [naive_ap(q[i], ql[i], db, dbl, k) for i in range(23)], equal_nan=True)
+
+
+def test_reference_similarity_is_the_cosine_to_the_naive_prototype():
+    rng, imgs, art, refs, ref_art, _ = planted(noise=1.5, seed=12)
+    art = art.copy()
+    art[0] = "artist-unreferenced"
+    got = M.get_metric("reference_similarity").fn(inputs_for(imgs, art, refs, ref_art))
+    protos = naive_prototypes(refs, ref_art)
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1:], [dot(imgs[i], protos[art[i]]) for i in range(1, len(imgs))], rtol=1e-5)
