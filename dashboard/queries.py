@@ -39,10 +39,12 @@ import streamlit as st
 
 from evaluator.errors import StateError
 from evaluator.workspace.queries import (  # noqa: F401 - re-exported: the pages' names
+    CURATION_SORTS,
     SQL_MAX_CHARS,
     SQL_ROW_LIMIT,
     SQL_TIME_LIMIT,
     ArtistFilter,
+    CurationFilter,
     UnsafeQueryError,
     UserQueryResult,
     artist_neighbors_of,
@@ -53,6 +55,8 @@ from evaluator.workspace.queries import (  # noqa: F401 - re-exported: the pages
     comparison_summary,
     comparison_table,
     csv_bytes,
+    curated_files,
+    has_curation,
     image_detail,
     image_file,
     images_by_ids,

@@ -209,6 +209,7 @@ def _png_parameters(path: Path | None) -> str:
 
 def page_gallery(store: q.Store, model: str) -> None:
     st.header("Gallery")
+    curated_gallery(store)
     templates, seeds = q.templates_and_seeds(store)
     checkpoints = q.checkpoint_names(store)
     if not templates or not seeds:
@@ -264,6 +265,59 @@ def page_gallery(store: q.Store, model: str) -> None:
                 st.session_state["gal-image"] = int(cell.image_id)
                 st.rerun()
     st.caption(f"{shown} thumbnails · template {md_text(template)} · seed {md_text(seed)} · page {page} of {pages}")
+
+
+# ------------------------------------------------------------------ Curated images (atelier curate)
+
+CURATED_COLUMNS = ["path", "flags", "artist_id", "width", "height", "megapixels", "aesthetic", "watermark_prob",
+                   "sd_mark", "sd_mark_agreement", "outlier_z", "duplicate_of_path", "error", "source"]
+SHOWN = {"all": None, "flagged": True, "kept (no flag)": False}
+
+
+def _curated_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The listing as text cells: flags joined, floats kept numeric (the table sorts them)."""
+    table = frame[[c for c in CURATED_COLUMNS if c in frame.columns]].copy()
+    table["flags"] = table["flags"].map(lambda flags: ", ".join(flags) if flags is not None else "")
+    return table
+
+
+def curated_gallery(store: q.Store) -> None:
+    """Curated files sorted and filtered by resolution, aesthetic, watermark probability and flags."""
+    from evaluator.curation.config import REASONS
+
+    if not q.has_curation(store):
+        return
+    with st.expander("Curated images (`atelier curate`)", expanded=True):
+        c1, c2, c3, c4, c5 = st.columns([3, 1, 1, 1, 1])
+        flags = c1.multiselect("Flags (any of)", list(REASONS), key="cur-flags")
+        shown = c2.selectbox("Show", list(SHOWN), key="cur-shown")
+        sort = c3.selectbox("Sort by", list(q.CURATION_SORTS), key="cur-sort")
+        order = c4.selectbox("Order", ["descending", "ascending"], key="cur-order")
+        min_mp = c5.number_input("Min megapixels", min_value=0.0, value=0.0, step=0.25, key="cur-min-mp")
+        filt = q.CurationFilter(tuple(flags), SHOWN[shown], min_megapixels=float(min_mp), sort=sort,
+                                descending=order == "descending")
+        frame, total = q.curated_files(store, filt, limit=200)
+        st.caption(f"{total:,} curated files match" + (" (first 200 shown)" if total > 200 else ""))
+        if frame.empty:
+            return
+        st.dataframe(_curated_table(frame), hide_index=True, key="cur-table")
+        thumbs = frame[frame["thumb_path"].notna()].head(12)
+        cols = st.columns(6)
+        for i, row in enumerate(thumbs.itertuples(index=False)):
+            _show_image(cols[i % 6], store.workdir, row.thumb_path, ", ".join(row.flags) or "no flag")
+
+
+def artist_flagged(store: q.Store, artist_id: str) -> None:
+    """The artist's files that `atelier curate` flagged, with why."""
+    if not q.has_curation(store):
+        return
+    frame, total = q.curated_files(store, q.CurationFilter(flagged=True, artist_id=artist_id, sort="path",
+                                                           descending=False), limit=200)
+    st.subheader(f"Flagged images ({total:,})")
+    if frame.empty:
+        st.caption("none flagged by `atelier curate`")
+    else:
+        st.dataframe(_curated_table(frame), hide_index=True, key="art-flagged")
 
 
 # ------------------------------------------------------------------ Artist
@@ -325,6 +379,8 @@ def page_artist(store: q.Store, model: str) -> None:
         cols = st.columns(6)
         for i, ref in enumerate(refs.itertuples(index=False)):
             _show_image(cols[i % 6], store.workdir, ref.thumb_path or ref.path, "reference")
+
+    artist_flagged(store, artist_id)
 
     count = q.artist_image_count(store, artist_id)
     per_page = 24

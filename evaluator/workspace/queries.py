@@ -692,3 +692,55 @@ def image_file(workdir: str | Path, relpath: str | None) -> Path | None:
 
 if __name__ == "__main__":
     _worker_main()
+
+
+# ------------------------------------------------------------------ curation (issue 14)
+
+# label -> the column a curated-images listing sorts by (NULLs last either way)
+CURATION_SORTS: dict[str, str] = {
+    "resolution": "c.megapixels", "aesthetic": "c.aesthetic", "watermark probability": "c.watermark_prob",
+    "SD watermark agreement": "c.sd_mark_agreement", "path": "f.path",
+}
+
+
+@dataclass(frozen=True)
+class CurationFilter:
+    """Which curated files a listing shows, and in what order."""
+
+    flags: tuple[str, ...] = ()  # files with any of these reason codes
+    flagged: bool | None = None  # True: any flag; False: none; None: all
+    artist_id: str = ""
+    min_megapixels: float = 0.0
+    sort: str = "resolution"
+    descending: bool = True
+
+
+def has_curation(store: Reader) -> bool:
+    return bool(table_columns(store, "curation_files"))
+
+
+def curated_files(store: Reader, filt: CurationFilter, *, limit: int, offset: int = 0) -> tuple[pd.DataFrame, int]:
+    """One page of curated files with their signals (thumb_path for stored images), and the total."""
+    if filt.sort not in CURATION_SORTS:
+        raise InputError(f"sort must be one of {', '.join(CURATION_SORTS)} but is {filt.sort!r}")
+    where, params = ["c.megapixels IS NULL OR c.megapixels >= ?"], [float(filt.min_megapixels)]
+    if filt.flags:
+        where.append("list_has_any(f.flags, ?)")
+        params.append(list(filt.flags))
+    if filt.flagged is not None:
+        where.append("len(f.flags) > 0" if filt.flagged else "len(f.flags) = 0")
+    if filt.artist_id:
+        where.append("f.artist_id = ?")
+        params.append(filt.artist_id)
+    order = f"{CURATION_SORTS[filt.sort]} {'DESC' if filt.descending else 'ASC'} NULLS LAST, f.path"
+    frame = store.df(
+        f"""SELECT f.source, f.path, f.flags, f.artist_id, c.width, c.height, c.megapixels, c.aesthetic,
+                   c.watermark_prob, c.sd_mark, c.sd_mark_agreement, c.outlier_z, f.duplicate_of_path,
+                   c.duplicate_of, c.error, i.thumb_path, count(*) OVER () AS total
+            FROM curation_files f JOIN curation c USING (sha256) LEFT JOIN images i ON i.image_id = f.image_id
+            WHERE {' AND '.join(f'({w})' for w in where)}
+            ORDER BY {order} LIMIT ? OFFSET ?""",
+        [*params, int(limit), int(offset)],
+    )
+    total = int(frame["total"].iloc[0]) if not frame.empty else 0
+    return frame.drop(columns=["total"]), total
