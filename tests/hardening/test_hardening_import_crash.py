@@ -146,11 +146,27 @@ def _assert_sound(root: Path) -> None:
             con.close()
 
 
-def _kill_series(stage_seed: int, args: list[str], clean_seconds: float, root: Path) -> list[str]:
-    """``crash_kills()`` kills in a row at points drawn from ``random.Random(stage_seed + i)``."""
-    modes = [("time", 1), ("replace", 2 * N_SOURCE + 5), ("upsert", 3), ("commit", 1)]
+def _shards(root: Path) -> int:
+    return len(list((root / "manifests").glob("import-*/*.parquet"))) if (root / "manifests").is_dir() else 0
+
+
+def _kill_series(stage_seed: int, args: list[str], clean_seconds: float, root: Path, n_files: int) -> list[str]:
+    """``crash_kills()`` kills in a row at points drawn from ``random.Random(stage_seed + i)``.
+
+    Until this command's shard exists, a kill can land anywhere before it (``time``,
+    the ``replace`` of any copy, thumbnail, record or the shard itself; the first half
+    of the kills only there); after, only the store write is left (``upsert``), and a
+    kill after COMMIT (which leaves no work for later kills) is drawn for the last only.
+    """
+    first = _shards(root)
     log, landed = [], 0
     for i in range(crash_kills()):
+        last = [("commit", 1)] if i == crash_kills() - 1 else []
+        replace = ("replace", 2 * n_files + 3)  # copies + thumbnails, the interrupted record, the shard, the record
+        if _shards(root) == first:  # the first half of the kills before the shard, the rest anywhere
+            modes = [("time", 1), replace, replace] if i < crash_kills() // 2 else [replace, ("upsert", 3), *last]
+        else:
+            modes = [("upsert", 3), *last]
         what, killed = kill_at(lambda kill: cli_cmd(*args, kill=kill), random.Random(stage_seed + i), clean_seconds,
                                lambda: 0, modes)
         log.append(what)
@@ -187,10 +203,10 @@ def _assert_no_orphans(root: Path) -> None:
 
 def test_import_and_references_killed_at_random_points_finish_on_rerun(world, tmp_path):
     s, wd = world["sources"], tmp_path / "wd"
-    _kill_series(4000, _import_args(wd, s), world["times"]["import"], wd)
+    _kill_series(4000, _import_args(wd, s), world["times"]["import"], wd, N_SOURCE)
     rerun = run_atelier(*_import_args(wd, s))
     assert rerun.returncode == 0, rerun.stderr
-    _kill_series(5000, _refs_args(wd, s), world["times"]["refs"], wd)
+    _kill_series(5000, _refs_args(wd, s), world["times"]["refs"], wd, 4)
     again = run_atelier(*_refs_args(wd, s))
     assert again.returncode == 0 and "claude-monet: 4 reference images" in again.stdout, again.stdout + again.stderr
 
