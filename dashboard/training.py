@@ -9,7 +9,7 @@ highest ``reference_similarity`` (the step's images against the held-out images 
 style) among the steps whose ``memorization_max`` (the closest any of its images comes to
 a training image, CLIP cosine) stays under the threshold (default
 ``MEMORIZATION_THRESHOLD``; a slider changes it). A step without both figures is never
-chosen.
+chosen, nor step 0: the base's own figures and images, where the curves start.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def _gallery(store: q.Store, output_name: str, steps: pd.DataFrame, chosen: int 
     strip = images[(images["prompt"] == unit["prompt"]) & (images["seed"] == unit["seed"])]
     columns = st.columns(min(len(saved), 6))
     for index, row in enumerate(strip.itertuples()):
-        star = " (chosen)" if chosen is not None and int(row.step) == chosen else ""
+        star = " (chosen)" if chosen is not None and int(row.step) == chosen else " (base)" if row.step == 0 else ""
         memo = "" if pd.isna(row.memorization) else f", memorization {row.memorization:.3f}"
         _image(columns[index % len(columns)], store.workdir, row.thumb_path or row.path, f"step {row.step}{star}{memo}")
     default = saved.index(chosen) if chosen in saved else len(saved) - 1

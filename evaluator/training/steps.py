@@ -17,7 +17,8 @@ Five numbered steps:
    ``atelier score --compare BASE:<output_name>@step-NNNNNN`` works unchanged;
 3. generate ``validation_prompts`` x ``validation_seeds`` with the step and with the base
    (the base's images are made once and then skipped), as images of those checkpoints;
-4. compute the validation figures (``evaluator.training.validation``);
+4. compute the validation figures (``evaluator.training.validation``), and once per run
+   the base's own as step 0 (where the curves start);
 5. write ``training_steps``, ``training_images``, ``training_metrics`` and
    ``training_memorization`` in one transaction.
 
@@ -73,10 +74,11 @@ class SavedStep:
     run_id: str
     base: CheckpointSpec
     dataset: TrainingDataset | None = None
+    checkpoint_name: str | None = None  # set only for step 0, the base itself
 
     @property
     def checkpoint(self) -> str:
-        return step_checkpoint_name(self.output_name, self.step)
+        return self.checkpoint_name or step_checkpoint_name(self.output_name, self.step)
 
 
 @dataclass
@@ -376,6 +378,33 @@ def compute_figures(saved: SavedStep, images: list, base_images: list, report: S
     return figures
 
 
+def record_base_step(saved: SavedStep, base_images: list) -> bool:
+    """The base's own figures and images as step 0 of the run (once per run), so the curves
+    start where training did. Step 0 is shown, never chosen (``choose_step``). Retrieval is
+    not computed for it: the base's images are its distractors. True when written now."""
+    import dataclasses
+
+    from evaluator.workspace.store import connect
+
+    con = connect(Path(saved.workdir) / "atelier.duckdb", read_only=True)
+    try:
+        done = con.execute("SELECT 1 FROM training_steps WHERE run = ? AND step = 0", [saved.run_id]).fetchone()
+    finally:
+        con.close()
+    if done or not base_images:
+        return False
+    base = dataclasses.replace(saved, step=0, train_loss=None, val_loss=None, lr=None, seconds=None,
+                               step_dir=Path(saved.step_dir).parent, checkpoint_name=saved.base.name)
+    report = StepReport(base.checkpoint)
+    report.images = len(base_images)
+    figures = compute_figures(base, base_images, [], report)
+    for row in figures.metrics:
+        if row["metric"].startswith("retrieval_map"):
+            row["reason"] = "not computed for the base: its own images are the distractors"
+    write_step_rows(base, report, base_images, figures)
+    return True
+
+
 # ------------------------------------------------------------------ 5. the rows
 
 
@@ -448,6 +477,7 @@ def on_saved_step(saved: SavedStep) -> StepReport:
         else:
             images, base_images = generate_validation(saved, checkpoints_file, report)
             figures = compute_figures(saved, images, base_images, report)
+            record_base_step(saved, base_images)
     except Exception as exc:  # recorded with the step, never a crash of training
         where = traceback.extract_tb(exc.__traceback__)[-1]
         report.errors.append(f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})")

@@ -22,8 +22,8 @@ at a step (``validation_prompts`` x ``validation_seeds``):
 
 The chosen step (``choose_step``): the step with the highest ``reference_similarity``
 among those whose ``memorization_max`` stays under ``MEMORIZATION_THRESHOLD``; steps
-without the figures are never chosen, and when no step qualifies none is (with the
-reason). The dashboard's Training page applies the same function.
+without the figures are never chosen, nor step 0 (the base's own figures, recorded for
+comparison), and when no step qualifies none is (with the reason). The dashboard's Training page applies the same function.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def choose_step(metrics: pd.DataFrame, threshold: float = MEMORIZATION_THRESHOLD
     if "reference_similarity" not in wide or "memorization_max" not in wide:
         return Choice(None, "reference_similarity or memorization_max was never computed")
     candidates = []
-    for step, row in wide.iterrows():
+    for step, row in wide[wide.index > 0].iterrows():  # step 0 is the base: shown, never chosen
         similarity, memorization = row.get("reference_similarity"), row.get("memorization_max")
         if similarity is None or memorization is None or math.isnan(similarity) or math.isnan(memorization):
             continue

@@ -139,6 +139,8 @@ def test_choose_step_rule():
     rows = {s: {"reference_similarity": SIMILARITY[s], "memorization_max": MEMORIZATION[s]} for s in SIMILARITY}
     assert choose_step(frame(rows)).step == 20
     assert choose_step(frame(rows), threshold=1.0).step == 30
+    base = {0: {"reference_similarity": 0.99, "memorization_max": 0.1}, **rows}
+    assert choose_step(frame(base)).step == 20  # step 0 is the base: shown, never chosen
     tie = {10: {"reference_similarity": 0.7, "memorization_max": 0.1}, 20: {"reference_similarity": 0.7, "memorization_max": 0.1}}
     assert choose_step(frame(tie)).step == 10  # same style for less training
     missing = {10: {"reference_similarity": 0.9, "memorization_max": float("nan")}, 20: {"reference_similarity": 0.2, "memorization_max": 0.1}}

@@ -86,15 +86,20 @@ def test_saved_step_is_recorded_generated_and_scored(world, tmp_path):
     assert rows(wd, "SELECT output_name, base, n_train, n_validation FROM training_runs") == [
         ("mystyle", "tiny", len(world["split"].train), len(world["split"].validation))]
     assert rows(wd, "SELECT count(*), count(DISTINCT side) FROM training_split") == [(8, 2)]
-    assert rows(wd, "SELECT step, checkpoint, validation_status FROM training_steps") == [(10, name, "ok")]
-    images = rows(wd, "SELECT path, seed FROM training_images ORDER BY path")
+    # step 0 is the base's own figures and images, where the curves start
+    assert rows(wd, "SELECT step, checkpoint, validation_status FROM training_steps ORDER BY step") == [
+        (0, "tiny", "ok"), (10, name, "ok")]
+    images = rows(wd, "SELECT path, seed FROM training_images WHERE step = 10 ORDER BY path")
     assert len(images) == 4 and all((wd / p).is_file() for p, _ in images) and {s for _, s in images} == {0, 1}
-    figures = dict(rows(wd, "SELECT metric, value FROM training_metrics"))
+    assert all(p.startswith("images/tiny/") for (p,) in rows(wd, "SELECT path FROM training_images WHERE step = 0"))
+    base_retrieval = rows(wd, "SELECT value, reason FROM training_metrics WHERE step = 0 AND metric LIKE 'retrieval%'")
+    assert base_retrieval[0][0] is None and "distractors" in base_retrieval[0][1]
+    figures = dict(rows(wd, "SELECT metric, value FROM training_metrics WHERE step = 10"))
     assert {"reference_similarity", "retrieval_map@10", "memorization_max", "memorization_mean",
             "memorization_heldout", "clip_score"} <= set(figures)
     assert all(v is not None for v in figures.values()), figures
     assert -1 <= figures["memorization_mean"] <= figures["memorization_max"] <= 1
-    memo = rows(wd, "SELECT nearest_path, similarity FROM training_memorization")
+    memo = rows(wd, "SELECT nearest_path, similarity FROM training_memorization WHERE step = 10")
     train_paths = {str(i.path) for i in world["split"].train}
     assert len(memo) == 4 and all(p in train_paths for p, _ in memo)
     # the held-out images are the concept's reference works, for `atelier score` too
@@ -105,9 +110,9 @@ def test_saved_step_is_recorded_generated_and_scored(world, tmp_path):
 
     # a second call for the same step (a resume after a kill inside it): same rows, none doubled
     on_saved_step(saved_step(world, wd, 10))
-    assert rows(wd, "SELECT count(*) FROM training_images") == [(4,)]
-    assert rows(wd, "SELECT count(*) FROM training_steps") == [(1,)]
-    assert rows(wd, "SELECT count(*) FROM training_memorization") == [(4,)]
+    assert rows(wd, "SELECT count(*) FROM training_images") == [(8,)]
+    assert rows(wd, "SELECT count(*) FROM training_steps") == [(2,)]
+    assert rows(wd, "SELECT count(*) FROM training_memorization") == [(8,)]
 
     # atelier score --compare base:<output_name>@step-NNNNNN takes it unchanged
     from click.testing import CliRunner
@@ -144,7 +149,7 @@ def test_validation_failures_are_recorded_not_raised(world, tmp_path):
     broken.write_bytes(b"not a safetensors file at all")
     report = on_saved_step(saved_step(world, wd, 30, weights=[broken]))
     assert report.errors and report.validation_status == "failed"
-    status, error = rows(wd, "SELECT validation_status, validation_error FROM training_steps")[0]
+    status, error = rows(wd, "SELECT validation_status, validation_error FROM training_steps WHERE step = 30")[0]
     assert status == "failed" and "fail" in error.lower()
     no_clip = on_saved_step(saved_step(world, wd, 40, clip=False))
     assert any("no CLIP model" in e for e in no_clip.errors)
