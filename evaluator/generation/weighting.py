@@ -151,7 +151,11 @@ def weighted_call_arguments(pipe, prompts: Sequence[str], negative: str, steps: 
     """
     positive = _encode_side(pipe, prompts, steps)
     negative_plain = plain_prompt(negative) if negative else ""
-    negative_side = None if negative_plain is not None else _encode_side(pipe, [negative] * len(prompts), steps)
+    negative_side = None
+    if negative_plain is None:  # one encoding, shared by the batch (one negative per batch)
+        once = _encode_side(pipe, [negative], steps)
+        count = len(prompts)
+        negative_side = _Side(once.schedules * count, once.embeds * count, once.pooled * count)
     embeds, pooled = positive.at(0)
     arguments: dict[str, Any] = {"prompt_embeds": embeds}
     if pooled is not None:
@@ -181,14 +185,12 @@ class _StepSwitcher:
 
     def __init__(self, positive: _Side, negative: _Side | None, steps: int) -> None:
         self.positive, self.negative, self.steps = positive, negative, steps
-        self.used: list[int] = []  # the prompt step of every denoising call after the first
 
     def __call__(self, pipe, index: int, timestep, kwargs: dict) -> dict:
         import torch
 
         total = max(1, len(getattr(pipe.scheduler, "timesteps", [])) or self.steps)
         step = min(self.steps - 1, (index + 1) * self.steps // total)
-        self.used.append(step)
         current = kwargs["prompt_embeds"]
         embeds, pooled = self.positive.at(step)
         batch = embeds.shape[0]
