@@ -221,3 +221,13 @@ def test_sdxl_switches_the_pooled_embeddings_too(checkpoints):
     assert [torch.equal(h[1:], cat[0]) for h, _ in seen.calls] == [True, True, False]
     assert [torch.equal(h[1:], dog[0]) for h, _ in seen.calls] == [False, False, True]
     assert [torch.equal(p[1:], dog[2]) for _, p in seen.calls] == [False, False, True]
+
+
+def test_a_negative_prompt_with_syntax_is_weighted_too(sd1):
+    with torch.inference_mode():
+        weighted = weighted_call_arguments(sd1, ["a (cat:1.2)", "a dog"], "(blurry:1.3)", 3)
+        plain = weighted_call_arguments(sd1, ["a (cat:1.2)", "a dog"], r"blurry \(lowres\)", 3)
+        expected, _ = encode_chunks(sd1, (("blurry", 1.3),))
+    assert weighted["negative_prompt_embeds"].shape[0] == 2
+    assert all(torch.equal(row[None], expected) for row in weighted["negative_prompt_embeds"])
+    assert plain["negative_prompt"] == ["blurry (lowres)"] * 2 and "negative_prompt_embeds" not in plain
