@@ -15,7 +15,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import compare, training, views
+from dashboard import compare, similarity, training, views
 from dashboard import queries as q
 from dashboard.report import md_text
 
@@ -24,7 +24,7 @@ PAGES = {
     "Compare": compare.page_compare,
     "Gallery": views.page_gallery,
     "Artist": views.page_artist,
-    "Similarity": views.page_similarity,
+    "Similarity": similarity.page_similarity,
     "SQL": views.page_sql,
     "Runs": views.page_runs,
     "Training": training.page_training,

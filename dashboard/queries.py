@@ -556,6 +556,17 @@ def similarity_matrix(store: Store, checkpoint: str, model: str, artist_ids: lis
     )
 
 
+def checkpoint_artist_images(store: Store, checkpoint: str, artist_ids: list[str]) -> pd.DataFrame:
+    """(image_id, artist_id) of a checkpoint's generated images of these artists (not the baseline)."""
+    if not artist_ids:
+        return pd.DataFrame(columns=["image_id", "artist_id"])
+    return store.df(
+        """SELECT image_id, artist_id FROM images
+           WHERE checkpoint = ? AND error IS NULL AND artist_id IN (SELECT unnest(?)) ORDER BY image_id""",
+        (checkpoint, list(artist_ids)),
+    )
+
+
 def artist_names(store: Store, artist_ids: list[str]) -> pd.DataFrame:
     return store.df(
         "SELECT artist_id, name FROM artists WHERE artist_id IN (SELECT unnest(?))", (list(artist_ids),))

@@ -32,11 +32,17 @@ class SearchQuery:
     text: str = ""
     image_bytes: bytes | None = None
     k: int = 48
+    image_id: int | None = None  # an image already in the index ("more like this")
 
 
 def search_command(query: SearchQuery, image_path: Path | None = None) -> list[str]:
     """The `atelier search` command line of a query (the image already written to a file)."""
-    what = ["--image", str(image_path)] if image_path is not None else ["--text", query.text]
+    if query.image_id is not None:
+        what = ["--image-id", str(query.image_id)]
+    elif image_path is not None:
+        what = ["--image", str(image_path)]
+    else:
+        what = ["--text", query.text]
     return [sys.executable, "-m", "evaluator.cli.main", "search", "--workdir", str(query.workdir),
             "--model", query.spec, *what, "-k", str(query.k), "--format", "json"]
 

@@ -406,20 +406,20 @@ def page_artist(store: q.Store, model: str) -> None:
 
 @st.cache_data(show_spinner="Searching (the CLIP model loads in a child process)…", max_entries=64)
 def _search_hits(workdir: str, model: str, spec: str, *, text: str, image_bytes: bytes | None, k: int,
-                 index_stamp: float) -> pd.DataFrame:
+                 index_stamp: float, image_id: int | None = None) -> pd.DataFrame:
     """(image_id, similarity) of a query; cached per query and version of the index file."""
-    query = search.SearchQuery(Path(workdir), model, spec, text=text, image_bytes=image_bytes, k=k)
+    query = search.SearchQuery(Path(workdir), model, spec, text=text, image_bytes=image_bytes, k=k, image_id=image_id)
     return pd.DataFrame(search.run_search(query)["images"], columns=["image_id", "similarity"])
 
 
 def similarity_search(store: q.Store, model: str, spec: str, text: str = "", image_bytes: bytes | None = None,
-                      k: int = 48):
+                      k: int = 48, image_id: int | None = None):
     """(image hits, artist hits) for a text or an image, by the evaluator's FAISS index."""
     index_path = store.wd.index(model)
     if not index_path.is_file():
         raise FileNotFoundError(f"no FAISS index for model {model!r} at {index_path}; run `atelier index` or `atelier score`")
     hits = _search_hits(str(store.workdir), model, spec, text=text, image_bytes=image_bytes, k=k,
-                        index_stamp=index_path.stat().st_mtime)
+                        index_stamp=index_path.stat().st_mtime, image_id=image_id)
     rows = q.images_by_ids(store, hits.image_id.tolist()).merge(hits, on="image_id").sort_values("similarity", ascending=False)
     artists = (rows.groupby(["artist_id", "name"], dropna=False)["similarity"].agg(["max", "mean", "count"])
                .reset_index().sort_values("max", ascending=False))
@@ -440,59 +440,7 @@ def _default_clip_spec(store: q.Store, model: str) -> str:
     return model
 
 
-def page_similarity(store: q.Store, model: str) -> None:
-    st.header("Similarity")
-    if not model:
-        st.info("No scores yet.")
-        return
-    st.subheader("Nearest images and artists to a text or an image")
-    c1, c2 = st.columns(2)
-    text = c1.text_input("Text", key="sim-text", placeholder="a stormy sea in thick impasto")
-    upload = c2.file_uploader("…or an image", type=["png", "jpg", "jpeg", "webp"], key="sim-upload")
-    spec = st.text_input("CLIP model (name or folder) used to embed the query", value=_default_clip_spec(store, model), key="sim-spec")
-    if (text or upload is not None) and st.button("Search", key="sim-go"):
-        try:
-            rows, artists = similarity_search(store, model, spec, text=text, image_bytes=upload.getvalue() if upload else None)
-        except Exception as exc:  # noqa: BLE001 - a failed search is a message, not a crash
-            st.error(f"Search failed: {md_text(exc)}")
-        else:
-            st.markdown("**Nearest artists** (by their images among the hits)")
-            st.dataframe(artists, hide_index=True, key="sim-artists")
-            cols = st.columns(6)
-            for i, hit in enumerate(rows.head(24).itertuples(index=False)):
-                _show_image(cols[i % 6], store.workdir, hit.thumb_path, f"{hit.name or hit.artist_id} · {hit.checkpoint} · {hit.similarity:.3f}")
-
-    st.subheader("Artists a checkpoint renders alike")
-    checkpoints = q.neighbor_checkpoints(store, model)
-    if not checkpoints:
-        st.caption("no neighbours computed")
-        return
-    checkpoint = st.selectbox("Checkpoint", checkpoints, key="sim-ckpt")
-    filt = artist_filter_widgets(store, "sim", model, checkpoint)
-    pairs = q.top_similar_pairs(store, checkpoint, model, filt, limit=200)
-    st.dataframe(pairs, hide_index=True, key="sim-pairs")
-
-    st.markdown("**Heatmap around one artist** (the artist and its nearest neighbours)")
-    text = st.text_input("Artist", key="sim-artist-search")
-    matches = q.artist_search(store, text or "", limit=100)
-    if matches.empty:
-        st.caption("no artist matches")
-        return
-    labels = dict(zip(matches.artist_id, matches.name, strict=True))
-    center = st.selectbox("Center artist", list(labels), format_func=labels.get, key="sim-center")
-    near = q.artist_neighbors_of(store, center, model)
-    near = near[near.checkpoint == checkpoint]
-    ids = [center, *near.neighbor_id.tolist()]
-    matrix = q.similarity_matrix(store, checkpoint, model, ids)
-    if matrix.empty:
-        st.caption("no similarities among these artists")
-        return
-    order = q.artist_names(store, ids).set_index("artist_id").reindex(ids)["name"].dropna().tolist()
-    heat = alt.Chart(matrix).mark_rect().encode(
-        x=alt.X("neighbor:N", sort=order), y=alt.Y("artist:N", sort=order),
-        color=alt.Color("similarity:Q", scale=alt.Scale(scheme="viridis")), tooltip=["artist", "neighbor", "similarity"])
-    st.altair_chart(heat, width="stretch")
-    st.dataframe(matrix.pivot_table(index="artist", columns="neighbor", values="similarity"), key="sim-matrix")
+# The Similarity page lives in dashboard/similarity.py.
 
 
 # ------------------------------------------------------------------ SQL

@@ -200,10 +200,26 @@ def test_similarity_tables_heatmap_and_search_message(workdir, monkeypatch):
     assert "Frida Kahlo" in matrix.index and matrix.loc["Frida Kahlo"].notna().sum() == 10
     assert len(at.get("vega_lite_chart")) == 1  # the heatmap
     # no FAISS index in this store: a search says so instead of crashing
-    at.text_input(key="sim-text").input("a stormy sea").run()
+    at.text_input(key="sim-text").input("a stormy sea")  # in a form: sent with the submit
     at.button(key="sim-go").click().run()
     assert not at.exception
     assert any("no FAISS index" in e.value or "Search failed" in e.value for e in at.error)
+
+
+def test_similarity_matrix_from_embeddings_has_no_holes_and_the_map_every_artist(pipeline_workdir, monkeypatch):
+    at = open_page(pipeline_workdir, "Similarity", monkeypatch)
+    artists = raw(pipeline_workdir, "SELECT count(DISTINCT artist_id) FROM images WHERE checkpoint = 'base' "
+                                    "AND artist_id <> '_baseline' AND error IS NULL")[0][0]
+    at.radio(key="sim-mode").set_value("The filtered artists").run()
+    assert not at.exception, [e.value for e in at.exception]
+    matrix = frame(at, index="artist")
+    assert matrix.shape == (artists, artists) and matrix.notna().all().all()  # every cell, not the top k
+    diagonal = [matrix.loc[name, name] for name in matrix.index]
+    assert all(abs(value - 1.0) < 1e-6 for value in diagonal)
+    assert (matrix.to_numpy() <= 1 + 1e-6).all() and len({round(float(v), 6) for v in matrix.to_numpy().ravel()}) > artists
+    assert list(matrix.columns) == list(matrix.index)  # the table in the heatmap's (seriated) order
+    charts = list(at.get("vega_lite_chart"))
+    assert len(charts) == 2  # the heatmap and the map of every artist
 
 
 def test_sql_page_refuses_writes_and_files_limits_rows_and_exports(workdir, monkeypatch):
@@ -304,7 +320,7 @@ def test_every_page_on_a_store_made_by_the_real_pipeline(pipeline_workdir, monke
             assert int(metrics(at)["Artists"].replace(",", "")) > 0
         if page == "Similarity":
             # a text query through the evaluator's CLIP and FAISS index (loaded lazily, cached)
-            at.text_input(key="sim-text").input("a stormy sea").run()
+            at.text_input(key="sim-text").input("a stormy sea")  # in a form: sent with the submit
             at.button(key="sim-go").click().run()
             assert not at.exception and not at.error, [e.value for e in at.error]
             nearest = frame(at, "artist_id", "max", "count")
