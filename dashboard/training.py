@@ -133,7 +133,7 @@ def page_training(store: q.Store, model: str) -> None:
                           float(MEMORIZATION_THRESHOLD), 0.01, key="training-threshold")
     choice = choose_step(metrics, threshold)
     cols = st.columns(4)
-    cols[0].metric("Saved steps", len(steps))
+    cols[0].metric("Saved steps", int((steps["step"] > 0).sum()))  # step 0 is the base
     cols[1].metric("Chosen step", "none" if choice.step is None else str(choice.step))
     cols[2].metric("Training images", int(runs["n_train"].iloc[-1]) if len(runs) else 0)
     cols[3].metric("Validation images", int(runs["n_validation"].iloc[-1]) if len(runs) else 0)
