@@ -93,9 +93,10 @@ def page_leaderboard(store: q.Store, model: str) -> None:
     st.header("Leaderboard")
     stats = q.overview(store)
     cols = st.columns(5)
-    for col, (label, key) in zip(cols, [("Checkpoints", "checkpoints"), ("Artists", "artists"),
+    for col, (label, key) in zip(cols, [("Checkpoints", "checkpoints"), ("Artists evaluated", "artists_evaluated"),
                                         ("Images", "images"), ("Failed images", "errors"), ("Runs", "runs")], strict=True):
         col.metric(label, f"{stats[key]:,}")
+    st.caption(f"Artists evaluated: those with scores, of the {stats['artists']:,} rows of the catalog.")
     if not model:
         return
     long = q.leaderboard(store, model)
@@ -118,7 +119,10 @@ def page_leaderboard(store: q.Store, model: str) -> None:
         ]
     ascending = lower_is_better(sort_metric) == best_first
     table = table.sort_values(sort_metric, ascending=ascending).reset_index()
-    st.dataframe(table, hide_index=True, key="lb-table")
+    number = st.column_config.NumberColumn(format="%.4g", width="small")
+    st.dataframe(table, hide_index=True, key="lb-table", width="stretch",
+                 column_config={m: number for m in metrics} | {f"{m} CI": st.column_config.TextColumn(width="small")
+                                                               for m in metrics})
     st.caption("Values are means over artists; CI = 95% interval. "
                f"Lower is better for: {md_text(', '.join(m for m in metrics if lower_is_better(m)) or 'none')}.")
     _null_reasons(long)
@@ -133,9 +137,11 @@ def page_leaderboard(store: q.Store, model: str) -> None:
     st.subheader(f"Distribution of {md_text(sort_metric)} over artists")
     hist = q.metric_histogram(store, model, sort_metric)
     if not hist.empty:
-        chart = alt.Chart(hist).mark_bar(opacity=0.6).encode(
-            x=alt.X("start:Q", bin="binned", title=sort_metric), x2="end:Q",
-            y=alt.Y("artists:Q", stack=None), color="checkpoint:N", tooltip=["checkpoint", "start", "end", "artists"])
+        # Outlined steps, one per checkpoint: overlaid bars hide each other past two checkpoints.
+        hist = hist.assign(middle=(hist["start"] + hist["end"]) / 2)
+        chart = alt.Chart(hist).mark_line(interpolate="step", strokeWidth=2).encode(
+            x=alt.X("middle:Q", title=sort_metric), y=alt.Y("artists:Q", title="artists"),
+            color="checkpoint:N", tooltip=["checkpoint", "start", "end", "artists"])
         st.altair_chart(chart, width="stretch")
 
     st.subheader("Provenance")

@@ -135,6 +135,7 @@ def overview(store: Reader) -> dict[str, int]:
         """SELECT (SELECT count(*) FROM images WHERE source <> 'reference') AS images,
                   (SELECT count(*) FROM images WHERE error IS NOT NULL) AS errors,
                   (SELECT count(*) FROM artists) AS artists,
+                  (SELECT count(DISTINCT artist_id) FROM artist_scores) AS artists_evaluated,
                   (SELECT count(*) FROM checkpoints) AS checkpoints,
                   (SELECT count(*) FROM runs) AS runs"""
     )
