@@ -32,6 +32,7 @@ FULL = {
     "dashboard": ["--no-apptest"],
     "scale": [],
     "recipes": [],
+    "train": [],
 }
 QUICK = {
     "generate": ["--quick"],
@@ -41,6 +42,7 @@ QUICK = {
     "dashboard": ["--no-apptest", "--repeats", "2"],
     "scale": ["--sizes", "1000,5000", "--artists", "500,2000", "--identify-images", "10000", "--repeats", "1"],
     "recipes": ["--quick"],
+    "train": ["--quick"],
 }
 
 
