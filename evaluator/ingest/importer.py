@@ -20,7 +20,15 @@ an unsafe path component (``unsafe_identifiers``), whose seed does not fit the i
 ``seed`` column (ComfyUI's seeds reach 2**64-1: recorded as an error, not mapped), or whose
 text chunk holds a NUL; an iTXt chunk that is not UTF-8 keeps what decodes (noted). Long
 stems and names are capped with a hash suffix (``short_name``). A source inside the
-workdir, or a workdir inside the source, is refused.
+workdir, or a workdir inside the source, is refused. The source is walked without
+following symbolic links that leave it (``source_files``; ``follow_links`` opts in),
+hidden names skipped, each real folder once; a file over ``MAX_FILE_BYTES`` is its
+error, never read; copies go only to folders that resolve inside the workdir.
+
+Kills: an import holds ``DIR/.import.lock``, sweeps the temporaries a killed import
+left, and always brings the store up to date with every manifest (the rows, import runs
+and reference rows it lacks), so an import killed after its shard, or timed out on the
+store, is finished by the next import (or ``score``).
 
 Identity (see docs/ARCHITECTURE.md): the unit id hashes (checkpoint, artist, template
 "import", prompt, seed or -1, size, steps 0, guidance 0, scheduler ""), with the file's
