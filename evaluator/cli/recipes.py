@@ -151,4 +151,4 @@ def train_command(name: str, quiet: bool, train_options: tuple[str, ...], **opti
     click.echo(f"token row {result.token_entry}: {result.recipes_file} (as a recipe), {result.catalog_file} "
                "(the catalog with it); its references are the recipe's images")
     click.echo(f"next: atelier plan --recipes {result.recipes_file} --text {result.token_entry} "
-               f"--templates ... --checkpoints '{result.checkpoint}' --out plan.jsonl")
+               f"--templates character-name --checkpoints '{result.checkpoint}' --out plan.jsonl")
