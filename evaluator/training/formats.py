@@ -169,6 +169,8 @@ def ss_metadata(config: TrainingConfig, models: TrainingModels, facts: RunFacts)
         "ss_tag_frequency": json.dumps(tag_frequency(facts.train_items), ensure_ascii=False),
         "ss_dataset_dirs": json.dumps(dataset_dirs(facts.train_items), ensure_ascii=False),
     }
+    if facts.base_fingerprint is None:  # unknown: no key rather than a wrong hash A1111 would show
+        values.pop("ss_new_sd_model_hash")
     return {key: str(value) for key, value in values.items()}
 
 

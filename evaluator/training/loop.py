@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,10 @@ def start_distributed(env, device: str) -> None:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(env.local_rank)
-        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+        # Rank 0 validates (and generates images) at every saved step while the others wait at
+        # a barrier: give that the time a real model's validation takes, not the 30-min default.
+        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
+                                timeout=timedelta(hours=4))
 
 
 def prepare_data(config: TrainingConfig, wd: Workdir, world_size: int) -> TrainingData:

@@ -138,3 +138,40 @@ def test_both_lora_files_load_into_a_pipeline_and_change_it_alike(trained):
     assert np.abs(diffusers_image - base).max() > 1e-3
     np.testing.assert_allclose(kohya_image, diffusers_image, atol=1e-5)
     np.testing.assert_array_equal(image(), base)  # unloaded: the base again
+
+
+def test_sdxl_lora_uses_both_text_encoders_and_both_files_load(tmp_path, tmp_path_factory):
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    from evaluator.training.loop import train
+    from tests.support.training import training_config
+
+    pipe_dir = tiny_pipeline(tmp_path_factory, "sdxl")
+    config = training_config(pipe_dir, planted_style_dataset(tmp_path / "data", count=6), method="lora",
+                             train_text_encoder=True, max_train_steps=2, save_every=2)
+    step = train(config, tmp_path / "wd", progress=False).saved[-1].step_dir
+    with safe_open(str(step / "stripes.safetensors"), "pt") as handle:
+        keys, meta = set(handle.keys()), handle.metadata()
+    assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha" in keys
+    assert "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in keys
+    assert any(k.startswith("lora_unet_down_blocks_1_attentions_0_") for k in keys)
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(pipe_dir), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def image():
+        return pipe("stripes", num_inference_steps=2, height=32, width=32, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images[0]
+
+    base, images = image(), []
+    for name in ("pytorch_lora_weights.safetensors", "stripes.safetensors"):
+        pipe.load_lora_weights(str(step / name), adapter_name=name.split(".")[0])
+        images.append(image())
+        pipe.unload_lora_weights()
+    assert np.abs(images[0] - base).max() > 1e-3
+    np.testing.assert_allclose(images[1], images[0], atol=1e-5)

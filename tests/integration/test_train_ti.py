@@ -82,3 +82,40 @@ def test_a1111_file_carries_its_metadata(trained):
         meta = handle.metadata()
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/textual-inversion"
     assert meta["modelspec.trigger_phrase"] == TOKEN and meta["step"] == "4"
+
+
+def test_sdxl_embedding_has_both_encoders_and_acts_only_with_its_token(tmp_path, tmp_path_factory):
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    from evaluator.training.loop import train
+
+    pipe_dir = tiny_pipeline(tmp_path_factory, "sdxl")
+    config = training_config(pipe_dir, planted_style_dataset(tmp_path / "data", count=6),
+                             method="textual_inversion", placeholder_token=TOKEN, initializer_token=INIT,
+                             learning_rate=5e-2, max_train_steps=2, save_every=2)
+    step = train(config, tmp_path / "wd", progress=False).saved[-1].step_dir
+    a1111 = load_file(str(step / "stripes.safetensors"))
+    assert set(a1111) == {"clip_l", "clip_g"}
+    assert (a1111["clip_l"] == load_file(str(step / "learned_embeds.safetensors"))[TOKEN]).all()
+    assert (a1111["clip_g"] == load_file(str(step / "learned_embeds_2.safetensors"))[TOKEN]).all()
+
+    def pipeline(with_embedding: bool):
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(pipe_dir), local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        if with_embedding:
+            pipe.load_textual_inversion(a1111["clip_l"], token=TOKEN, text_encoder=pipe.text_encoder,
+                                        tokenizer=pipe.tokenizer)
+            pipe.load_textual_inversion(a1111["clip_g"], token=TOKEN, text_encoder=pipe.text_encoder_2,
+                                        tokenizer=pipe.tokenizer_2)
+        return pipe
+
+    def image(pipe, prompt):
+        return pipe(prompt, num_inference_steps=2, height=32, width=32, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images[0]
+
+    base, tuned = pipeline(False), pipeline(True)
+    np.testing.assert_array_equal(image(tuned, "stripes"), image(base, "stripes"))
+    assert np.abs(image(tuned, f"{TOKEN} stripes") - image(base, f"{TOKEN} stripes")).max() > 1e-3
