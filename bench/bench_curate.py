@@ -33,6 +33,8 @@ def _signals_key(s) -> tuple:
 
 
 def bench_throughput(args) -> dict:
+    import imwatermark  # noqa: F401 - imports torch (~10 s): paid before either timing, not by one of them
+
     from evaluator.curation.models import ModelOptions
     from evaluator.curation.runner import CurateOptions, curate
     from evaluator.curation.signals import WorkerOptions, file_signals

@@ -156,7 +156,13 @@ def _signals(run: _Run, options: WorkerOptions):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    context = multiprocessing.get_context("spawn")  # no forked torch/DuckDB state in workers
+    # invisible-watermark's package imports torch (for its rivaGan method): ~10 s and 0.7 GB
+    # per process. Imported once here and forked, the workers share it. They never run
+    # torch (dwtDct is numpy/OpenCV/PyWavelets), and no store connection is open now.
+    import imwatermark  # noqa: F401
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(run.options.workers, mp_context=context, initializer=init_worker,
                              initargs=(options,)) as pool:
         yield from pool.map(pool_task, jobs, chunksize=max(1, min(8, len(jobs) // (4 * run.options.workers))))
