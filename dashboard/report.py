@@ -2,7 +2,8 @@
 
 Attachable to a model card or an e-mail: inline CSS, plots as inline SVG drawn here
 (no plotting library, no JavaScript), thumbnails as base64 data URIs, no link to any
-external host. Contents: the leaderboard with confidence intervals, provenance, and for
+external host. The Markdown twin links its pictures instead (plots as SVG files in
+``<stem>_files/``, thumbnails where they lie in the workdir), so it stays small. Contents: the leaderboard with confidence intervals, provenance, and for
 each fine-tune the artists gained and lost (by the CI verdict), a delta histogram and a
 base-vs-fine-tune scatter, then a gallery strip (same template and seed per artist
 across checkpoints).
@@ -14,9 +15,11 @@ import base64
 import datetime as _dt
 import html
 import math
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -62,11 +65,39 @@ def md_text(value) -> str:
     return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), html.escape(text, quote=False))
 
 
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo] if math.isfinite(lo) else []
+    raw = (hi - lo) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks, value = [], first
+    while value <= hi + step * 1e-9:
+        ticks.append(round(value, 12))
+        value += step
+    return ticks
+
+
+def _x_ticks(ticks: list[float], x, y: float, y_top: float) -> list[str]:
+    """Tick marks with labels along a horizontal axis at ``y`` (grid lines up to ``y_top``)."""
+    parts = []
+    for tick in ticks:
+        parts.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{y_top:.1f}" y2="{y + 3:.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{x(tick):.1f}" y="{y + 13:.1f}" font-size="9" text-anchor="middle">{tick:.3g}</text>')
+    return parts
+
+
+def _y_ticks(ticks: list[float], y, x: float) -> list[str]:
+    return [f'<text x="{x - 3:.1f}" y="{y(t) + 3:.1f}" font-size="9" text-anchor="end">{t:.3g}</text>' for t in ticks]
+
+
 def svg_bars(labels: list[str], values: list[float], lows: list[float], highs: list[float], title: str,
              width: int = 560) -> str:
     """Horizontal bars with CI whiskers."""
     row, left, pad = 24, 140, 20
-    height = pad * 2 + row * len(labels) + 20
+    height = pad * 2 + row * len(labels) + 34
     finite = [v for v in [*values, *lows, *highs] if v is not None and math.isfinite(v)]
     lo = min(0.0, min(finite, default=0.0))
     hi = max(finite, default=1.0) or 1.0
@@ -83,6 +114,8 @@ def svg_bars(labels: list[str], values: list[float], lows: list[float], highs: l
         if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
             mid = y + (row - 8) / 2
             parts.append(f'<line x1="{x(low):.1f}" x2="{x(high):.1f}" y1="{mid:.1f}" y2="{mid:.1f}" stroke="black"/>')
+    axis_y = pad + row * len(labels) + 6
+    parts.extend(_x_ticks(nice_ticks(lo, hi), x, axis_y, pad))
     parts.append("</svg>")
     return "".join(parts)
 
@@ -111,9 +144,9 @@ def svg_histogram(frame: pd.DataFrame, title: str, width: int = 560, height: int
     if lo < 0 < hi:
         zx = pad_l + (0 - lo) * sx
         parts.append(f'<line x1="{zx:.1f}" x2="{zx:.1f}" y1="{pad_t}" y2="{height - pad_b}" stroke="black" stroke-dasharray="3,3"/>')
-    parts.append(f'<text x="{pad_l}" y="{height - 8}" font-size="10">{lo:.3g}</text>')
-    parts.append(f'<text x="{width - 10}" y="{height - 8}" font-size="10" text-anchor="end">{hi:.3g}</text>')
-    parts.append(f'<text x="4" y="{pad_t + 8}" font-size="10">{int(top)}</text>')
+    parts.extend(_x_ticks(nice_ticks(lo, hi), lambda v: pad_l + (v - lo) * sx, height - pad_b, height - pad_b))
+    counts = [t for t in nice_ticks(0.0, top, 4) if t == int(t)]
+    parts.extend(_y_ticks(counts, lambda v: height - pad_b - v * sy, pad_l))
     parts.append("</svg>")
     return "".join(parts)
 
@@ -133,14 +166,46 @@ def svg_scatter(frame: pd.DataFrame, xlabel: str, ylabel: str, title: str, size:
     for r in frame.itertuples(index=False):
         parts.append(f'<circle cx="{px(r.base_value):.1f}" cy="{py(r.finetune_value):.1f}" r="2" '
                      f'fill="{VERDICT_COLOR.get(r.verdict, "#5c6bc0")}" fill-opacity="0.6"/>')
+    ticks = nice_ticks(lo, hi, 4)
+    parts.extend(_x_ticks(ticks, px, size - pad, pad))
+    parts.extend(_y_ticks(ticks, py, pad))
     parts.append(f'<text x="{size / 2}" y="{size - 6}" font-size="10" text-anchor="middle">{_esc(xlabel)}</text>')
     parts.append(f'<text x="10" y="{size / 2}" font-size="10" transform="rotate(-90 10 {size / 2})" text-anchor="middle">{_esc(ylabel)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _svg_data_uri(svg: str) -> str:
-    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+@dataclass
+class MarkdownLinks:
+    """Where the Markdown twin's pictures go: plots as SVG files in ``<stem>_files/`` beside it,
+    thumbnails linked where they are in the workdir. Links, not 100 KB of base64 per picture."""
+
+    folder: Path  # the folder of the .md file
+    assets: str  # the plots' folder name, relative to it
+    svgs: dict[str, str] = field(default_factory=dict)
+
+    def plot(self, svg: str) -> str:
+        name = f"plot-{len(self.svgs) + 1:02d}.svg"
+        self.svgs[name] = svg
+        return quote(f"{self.assets}/{name}")
+
+    def image(self, path: Path) -> str:
+        try:
+            target = os.path.relpath(path, self.folder)
+        except ValueError:  # another drive: only an absolute path reaches it
+            target = str(path)
+        return quote(Path(target).as_posix())
+
+    def write(self) -> None:
+        from catalog.atomic import atomic_write_text
+
+        if not self.svgs:
+            return
+        folder = self.folder / self.assets
+        folder.mkdir(exist_ok=True)
+        for name, svg in self.svgs.items():
+            atomic_write_text(folder / name, svg)
+            (folder / name).chmod(0o644)
 
 
 def _image_data_uri(path: Path) -> str:
@@ -197,6 +262,7 @@ h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-t
 table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}
 th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.muted{color:#777;font-size:.85rem}
+.warning{background:#fff8e1;border-left:4px solid #f9a825;padding:.5rem .8rem}
 .lists{display:flex;gap:2rem;flex-wrap:wrap}.plots{display:flex;gap:1rem;flex-wrap:wrap;align-items:flex-start}
 .gained{color:#2e7d32}.lost{color:#c62828}
 .strip td{text-align:center;font-size:.75rem}.strip img{width:128px;height:auto;display:block}
@@ -222,18 +288,20 @@ def write_report(workdir: str | Path, out: str | Path, config: ReportConfig | No
     if out.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--out must name an .html file but is {out}")
     md_path = out.with_suffix(".md")
+    links = MarkdownLinks(md_path.parent.resolve(), f"{md_path.stem}_files")
     with store.session():
-        html_parts, md_parts = _report_parts(store, config)
+        html_parts, md_parts = _report_parts(store, config, links)
     document = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>atelier report</title>"
                 f"<style>{CSS}</style></head><body>{''.join(html_parts)}</body></html>\n")
     atomic_write_text(out, document)
+    links.write()  # the twin's plots before the twin that links them
     atomic_write_text(md_path, "".join(md_parts))
     for path in (out, md_path):  # a report is for sharing: not the 0600 of a temp file
         path.chmod(0o644)
     return out, md_path
 
 
-def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list[str]]:
+def _report_parts(store: q.Store, config: ReportConfig, links: MarkdownLinks) -> tuple[list[str], list[str]]:
     html_parts: list[str] = []
     md_parts: list[str] = []
     stats = q.overview(store)
@@ -244,6 +312,12 @@ def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list
     md_parts.append(f"# atelier report\n\n{md_text(store.workdir)} · {now}\n\n{md_text(summary)}\n")
 
     models = q.models(store)
+    random = random_weight_models(models)
+    if random:
+        warning = (f"Scored with random-weight embedding models ({', '.join(random)}): the numbers below test the "
+                   "machinery, not a model. Text-side metrics are meaningless and image-side ones structural at best.")
+        html_parts.append(f"<p class='warning'><strong>Random weights.</strong> {_esc(warning)}</p>")
+        md_parts.append(f"\n> **Random weights.** {md_text(warning)}\n")
     for model in models:
         long = q.leaderboard(store, model)
         html_parts.append(f"<h2>Leaderboard · <code>{_esc(model)}</code></h2>")
@@ -258,7 +332,7 @@ def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list
             svg = svg_bars(rows.checkpoint.tolist(), rows.value.tolist(), rows.ci_low.tolist(), rows.ci_high.tolist(),
                            f"{metric} by checkpoint")
             html_parts.append(f"<div class='plots'>{svg}</div>")
-            md_parts.append(f"\n![{md_text(metric)} by checkpoint]({_svg_data_uri(svg)})\n")
+            md_parts.append(f"\n![{md_text(metric)} by checkpoint]({links.plot(svg)})\n")
 
         pairs = q.comparison_pairs(store)
         pairs = pairs[pairs.model == model]
@@ -283,9 +357,9 @@ def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list
             h_svg = svg_histogram(hist, f"Δ {cmp_metric} ({finetune} − {base})")
             s_svg = svg_scatter(points, base, finetune, f"{cmp_metric}: {base} vs {finetune}")
             html_parts.append(f"<div class='plots'>{h_svg}{s_svg}</div>")
-            md_parts.append(f"\n![delta histogram]({_svg_data_uri(h_svg)})\n")
+            md_parts.append(f"\n![delta histogram]({links.plot(h_svg)})\n")
             if s_svg:
-                md_parts.append(f"![scatter]({_svg_data_uri(s_svg)})\n")
+                md_parts.append(f"![scatter]({links.plot(s_svg)})\n")
             cols = ["name", "base_value", "finetune_value", "delta", "ci_low", "ci_high"]
             rising = not q.lower_is_better(cmp_metric)  # biggest change first
             gained = q.comparison_table(store, base, finetune, model, cmp_metric, verdict="gained", order="delta",
@@ -304,15 +378,47 @@ def _report_parts(store: q.Store, config: ReportConfig) -> tuple[list[str], list
         html_parts.append("<h2>Provenance</h2>" + _html_table(prov[cols], "provenance"))
         md_parts.append("\n## Provenance\n\n" + _md_table(prov[cols]))
 
-    strip_html, strip_md = _gallery_strip(store, config.gallery_artists)
+    strip_html, strip_md = _gallery_strip(store, config.gallery_artists, links)
     if strip_html:
         html_parts.append("<h2>Gallery</h2>" + strip_html)
         md_parts.append("\n## Gallery\n\n" + strip_md)
     return html_parts, md_parts
 
 
-def _gallery_strip(store: q.Store, n_artists: int) -> tuple[str, str]:
-    """Thumbnails: a few artists x every checkpoint, first template, first seed."""
+def random_weight_models(models: list[str]) -> list[str]:
+    """Model keys of random-weight CLIPs (`atelier models random`, tiny test models, `--pretrained random`)."""
+    from evaluator.embedding.clip import RANDOM_PRETRAINED
+
+    def is_random(key: str) -> bool:
+        stem = key.split("@", 1)[0]
+        return stem in ("tiny-clip",) or stem.startswith("random-") or f"/{RANDOM_PRETRAINED}-seed" in key
+
+    return [m for m in models if is_random(m)]
+
+
+def strip_artists(store: q.Store, n_artists: int) -> pd.DataFrame:
+    """The strip's artists: the biggest losses and gains of each comparison first (what a
+    reader wants to see), then others in name order to fill the strip."""
+    chosen: dict[str, str] = {}
+    pairs = q.comparison_pairs(store)
+    for (base, finetune, model), group in pairs.groupby(["base", "finetune", "model"], sort=True):
+        metric = next((m for m in PREFERRED_METRICS if m in set(group.metric)), sorted(group.metric)[0])
+        rising = not q.lower_is_better(metric)
+        for verdict, descending in (("lost", not rising), ("gained", rising)):
+            rows = q.comparison_table(store, base, finetune, model, metric, verdict=verdict, order="delta",
+                                      descending=descending, limit=max(1, n_artists // 2))
+            for row in rows.itertuples(index=False):
+                chosen.setdefault(row.artist_id, row.name)
+    picked = pd.DataFrame({"artist_id": list(chosen), "name": list(chosen.values())}).head(n_artists)
+    if len(picked) < n_artists:
+        more, _ = q.gallery_artists(store, q.ArtistFilter(), n_artists + len(picked), 0)
+        more = more[~more.artist_id.isin(picked.artist_id)]
+        picked = pd.concat([picked, more[["artist_id", "name"]]]).head(n_artists)
+    return picked.reset_index(drop=True)
+
+
+def _gallery_strip(store: q.Store, n_artists: int, links: MarkdownLinks) -> tuple[str, str]:
+    """Thumbnails: the lost and gained artists x every checkpoint, first template, first seed."""
     if n_artists <= 0:
         return "", ""
     templates, seeds = q.templates_and_seeds(store)
@@ -320,7 +426,7 @@ def _gallery_strip(store: q.Store, n_artists: int) -> tuple[str, str]:
         return "", ""
     template, seed = templates[0], seeds[0]
     checkpoints = q.checkpoint_names(store)
-    artists, _ = q.gallery_artists(store, q.ArtistFilter(), n_artists, 0)
+    artists = strip_artists(store, n_artists)
     images = q.gallery_images(store, artists.artist_id.tolist(), template, seed, checkpoints)
     cells = {(r.artist_id, r.checkpoint): r.thumb_path for r in images.itertuples(index=False)}
     head = "<tr><th>artist</th>" + "".join(f"<th>{_esc(c)}</th>" for c in checkpoints) + "</tr>"
@@ -337,7 +443,7 @@ def _gallery_strip(store: q.Store, n_artists: int) -> tuple[str, str]:
             uri = _image_data_uri(path)
             alt = f"{artist.name} · {checkpoint}"
             tds.append(f"<td><img src='{uri}' alt='{_esc(alt)}'></td>")
-            mds.append(f"![{md_text(alt)}]({uri})")
+            mds.append(f"![{md_text(alt)}]({links.image(path)})")
         rows.append(f"<tr><td>{_esc(artist.name)}</td>{''.join(tds)}</tr>")
         md.append(f"| {md_text(artist.name)} | " + " | ".join(mds) + " |")
     caption = f"<p class='muted'>template <code>{_esc(template)}</code>, seed {seed}</p>"

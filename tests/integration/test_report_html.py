@@ -91,14 +91,24 @@ def test_report_is_self_contained_with_leaderboard_gains_losses_plots_gallery(wo
 
     assert text.count("<svg") >= 1 + 2 * 2  # leaderboard bars + (histogram, scatter) per fine-tune
     thumbs = [r[2] for r in parser.refs if r[0] == "img" and r[2].startswith("data:image/jpeg;base64,")]
+    from dashboard import queries as q
+    from dashboard.report import strip_artists
+
+    strip = strip_artists(q.Store.at(workdir, use_cache=False), 8)
+    lost = raw(workdir, "SELECT artist_id FROM comparisons WHERE verdict = 'lost' AND metric = 'artist_similarity'")
+    assert set(strip.artist_id) & {r[0] for r in lost}  # the strip shows what was lost, not the first names
     expected = raw(workdir, """SELECT count(*) FROM images WHERE template = 'portrait' AND seed = 0 AND thumb_path IS NOT NULL
-                                AND artist_id IN (SELECT artist_id FROM artists ORDER BY name, artist_id LIMIT 8)""")[0][0]
+                                AND artist_id IN (SELECT unnest(?))""", [strip.artist_id.tolist()])[0][0]
     assert len(thumbs) == expected >= 8 * 3 - 2  # 8 artists x 3 checkpoints, first template, seed 0
     assert base64.b64decode(thumbs[0].split(",", 1)[1])[:2] == b"\xff\xd8"  # a real JPEG
 
     md = md_path.read_text(encoding="utf-8")
     assert "| checkpoint |" in md and "### Gained" in md and "### Lost" in md
-    assert "](data:image/svg+xml;base64," in md and "](data:image/jpeg;base64," in md
+    assert "base64," not in md and len(md) < 40_000  # links, not the pictures themselves
+    plots = re.findall(r"\]\((report_files/plot-\d+\.svg)\)", md)
+    assert len(plots) >= 1 + 2 * 2 and all((md_path.parent / p).read_text().startswith("<svg") for p in plots)
+    thumbs_md = re.findall(r"\]\(([^)]*thumbs/[^)]*)\)", md)
+    assert len(thumbs_md) == len(thumbs) and all((md_path.parent / t).is_file() for t in thumbs_md)
     assert not re.search(r"\]\((?:https?:)?//", md)
 
 
