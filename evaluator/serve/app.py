@@ -12,6 +12,8 @@ route, ``guard.Guard`` checks the token, the body size and the client's rate, an
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -338,6 +340,7 @@ SEARCH_BODY_DOC = {"requestBody": {"required": True, "content": {
         "k": {"type": "integer", "default": 10}, "checkpoint": {"type": "string"}, "artist_id": {"type": "string"}}}},
 }}}
 UPLOAD_FIELDS = ("image", "k", "checkpoint", "artist_id")
+ROUTE_THREADS = 128  # anyio's default is 40: fewer than the 50 clients the bench runs
 
 
 def _sql_time_limit() -> float:
@@ -451,6 +454,11 @@ def _error_response(status: int, body: dict, headers: dict[str, str] | None = No
                    status_code=status, headers=headers)
 
 
+def state_seconds(request: Request) -> float:
+    """The request time limit of the app serving ``request``."""
+    return request.app.state.atelier.config.request_timeout or 0.0
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every failure as JSON naming the field: ours, FastAPI's validation, Starlette's 404/405."""
 
@@ -462,6 +470,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def locked(request: Request, exc: StoreLockedError) -> ApiJSON:
         error = busy(0)
         return _error_response(503, error.body(), error.headers)
+
+    @app.exception_handler(deadline.DeadlinePassed)
+    async def too_late(request: Request, exc: deadline.DeadlinePassed) -> ApiJSON:
+        seconds = state_seconds(request)
+        return _error_response(503, json.loads(deadline.timeout_body(seconds)),
+                               {"Retry-After": str(max(1, math.ceil(seconds / 2)))})
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> ApiJSON:
@@ -488,6 +502,11 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        from anyio import to_thread
+
+        # A route waiting for a work slot (snapshot.WORK_SLOTS) holds its thread: with more
+        # threads than clients, a remembered answer never queues behind the computing ones.
+        to_thread.current_default_thread_limiter().total_tokens = ROUTE_THREADS
         yield
         state.close()  # the snapshot and, if this process made it, its folder
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from evaluator.serve import deadline
 from evaluator.serve.errors import ApiError
-from evaluator.serve.snapshot import Snapshot, StoreSnapshots
+from evaluator.serve.snapshot import Snapshot, StoreSnapshots, work_slot
 from evaluator.workspace.store import StoreLockedError, connect_read_only
 
 
@@ -50,7 +50,8 @@ class _Reader:
 
     def recall(self, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
         """(the answer, whether it was remembered): here never; a snapshot remembers."""
-        return compute(), False
+        with work_slot():
+            return compute(), False
 
     def _execute(self, sql: str, params: tuple | list):
         import duckdb

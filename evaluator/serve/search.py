@@ -16,6 +16,7 @@ from typing import Any
 from evaluator.serve import deadline
 from evaluator.serve.config import ServeConfig
 from evaluator.serve.errors import ApiError
+from evaluator.serve.snapshot import work_slot
 from evaluator.workspace import queries
 from evaluator.workspace.workdir import Workdir
 
@@ -164,7 +165,8 @@ class SearchEngine:
             memo = f"search\0{key}\0{stamp}\0{query.text}\0{query.image_id}\0{query.k}\0" \
                    f"{query.checkpoint}\0{query.artist_id}"
             return store.recall(memo, lambda: self._search(store, query, key, index))
-        return self._search(store, query, key, index), False
+        with work_slot():
+            return self._search(store, query, key, index), False
 
     def _search(self, store: queries.Reader, query: SearchQuery, key: str, index) -> dict[str, Any]:
         import numpy as np

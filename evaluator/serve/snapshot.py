@@ -51,6 +51,39 @@ QUIET_SECONDS = 0.05
 MEMO_ENTRIES = 2000
 
 
+# Requests that compute (query the copy, search the index) at once: a few per core. 40 (the
+# thread pool's size) sharing 2 cores thrash, and the remembered answers queued behind
+# them; one per core left the CPU idle while a query's Python half held the GIL and, on a
+# machine shared with other jobs, got the server a smaller share of the cores.
+# Remembered answers need no slot.
+WORK_SLOTS = 4 * (os.cpu_count() or 2)
+_SLOTS = threading.BoundedSemaphore(WORK_SLOTS)
+_HOLDING = threading.local()
+
+
+@contextlib.contextmanager
+def work_slot():
+    """One of ``WORK_SLOTS`` for this thread (re-entrant), waiting at most until the request's deadline."""
+    from evaluator.serve import deadline
+
+    if getattr(_HOLDING, "depth", 0):
+        _HOLDING.depth += 1
+        try:
+            yield
+        finally:
+            _HOLDING.depth -= 1
+        return
+    watcher = deadline.current()
+    if not _SLOTS.acquire(timeout=watcher.remaining() if watcher else None):
+        raise deadline.DeadlinePassed("every work slot stayed busy until the request's time limit")
+    _HOLDING.depth = 1
+    try:
+        yield
+    finally:
+        _HOLDING.depth = 0
+        _SLOTS.release()
+
+
 def store_stamp(path: Path) -> tuple[int, int, int, int]:
     """(mtime, size) of the store and of its WAL: every committed write changes it."""
     parts: list[int] = []
@@ -79,12 +112,13 @@ class Snapshot:
     memo_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def recall(self, key: str, compute) -> tuple[Any, bool]:
-        """(``compute()`` once per copy, whether it was remembered)."""
+        """(``compute()`` once per copy, whether it was remembered); computing takes a work slot."""
         with self.memo_lock:
             if key in self.memo:
                 self.memo.move_to_end(key)
                 return self.memo[key], True
-        value = compute()
+        with work_slot():
+            value = compute()
         with self.memo_lock:
             self.memo[key] = value
             while len(self.memo) > MEMO_ENTRIES:
