@@ -108,6 +108,7 @@ class _Session:
     started: Any  # datetime
     t_start: float
     autocast: Any
+    scaler: Any = None  # torch.amp.GradScaler for fp16 (bf16 and fp32 need none)
     last_save_losses: list[float] = field(default_factory=list)
 
 
@@ -190,6 +191,15 @@ def _autocast(config: TrainingConfig):
     return lambda: torch.autocast(device_type=device_type, dtype=dtype)
 
 
+def _grad_scaler(config: TrainingConfig):
+    """fp16 gradients underflow without loss scaling (config refuses fp16 off CUDA)."""
+    if config.mixed_precision != "fp16":
+        return None
+    import torch
+
+    return torch.amp.GradScaler("cuda")
+
+
 def _open_session(config: TrainingConfig, workdir, resume: bool, env) -> _Session:
     from evaluator.generation.distributed import device_for
     from evaluator.training.models import base_spec, load_models
@@ -205,14 +215,15 @@ def _open_session(config: TrainingConfig, workdir, resume: bool, env) -> _Sessio
     models = load_models(config, base)
     optimizer, lr_scheduler = build_optimizer(config, models)
     _broadcast_trainable(models, env)
+    scaler = _grad_scaler(config)
     progress = Progress(0, 0, env.world_size)
     if latest is not None:
-        progress = _resume(latest, models, optimizer, lr_scheduler, config, env)
+        progress = _resume(latest, models, optimizer, lr_scheduler, config, env, scaler)
     run_id = f"train-{config.output_name}-{started.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     result = TrainResult(run_id, run_dir, progress.step, progress.step)
     settings = LossSettings(models.prediction_type, config.min_snr_gamma)
     session = _Session(config, env, wd, run_dir, data, models, optimizer, lr_scheduler, progress, result, settings,
-                       started, t_start, _autocast(config))
+                       started, t_start, _autocast(config), scaler)
     if latest is not None and env.is_main:
         _truncate_losses(run_dir, progress.step)
         if not (latest / "state" / RECORDED_MARK).is_file():
@@ -230,10 +241,10 @@ def _check_start(run_dir: Path, resume: bool) -> Path | None:
     return latest
 
 
-def _resume(latest: Path, models, optimizer, lr_scheduler, config: TrainingConfig, env) -> Progress:
+def _resume(latest: Path, models, optimizer, lr_scheduler, config: TrainingConfig, env, scaler) -> Progress:
     from evaluator.training.state import load_state
 
-    progress = load_state(latest, models, optimizer, lr_scheduler, config)
+    progress = load_state(latest, models, optimizer, lr_scheduler, config, scaler)
     if progress.world_size != env.world_size:
         raise StateError(f"cannot resume from {latest}: it was trained by {progress.world_size} processes, this run "
                          f"has {env.world_size}; the batches would differ (same global batch needs the same count)")
@@ -303,12 +314,19 @@ def optimizer_step(session: _Session) -> float:
         if not entries:
             continue
         loss = _micro_loss(session, entries, step)
-        (loss / total).backward()
+        scaled = loss / total
+        (session.scaler.scale(scaled) if session.scaler is not None else scaled).backward()
         loss_sum += loss.detach().double().cpu()
     params = list(models.trainable.values())
     loss_sum = _sum_over_ranks(params, loss_sum, session.env)
+    if session.scaler is not None:
+        session.scaler.unscale_(session.optimizer)  # clip the true gradients
     torch.nn.utils.clip_grad_norm_(params, session.config.max_grad_norm)
-    session.optimizer.step()
+    if session.scaler is not None:
+        session.scaler.step(session.optimizer)  # skips a step whose gradients overflowed
+        session.scaler.update()
+    else:
+        session.optimizer.step()
     session.lr_scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
     if models.placeholder_ids:
@@ -409,7 +427,8 @@ def save_step(session: _Session, train_loss: float) -> None:
         partial.mkdir(parents=True)
         t0 = time.perf_counter()
         weights = save_weights(partial, session.config, session.models, _facts(session))
-        save_state(partial, session.models, session.optimizer, session.lr_scheduler, session.progress, session.config)
+        save_state(partial, session.models, session.optimizer, session.lr_scheduler, session.progress, session.config,
+                   session.scaler)
         val_loss = validation_loss(session)
         summary = {
             "step": step, "train_loss": train_loss, "val_loss": val_loss,

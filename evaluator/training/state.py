@@ -4,7 +4,7 @@ Writes and reads only that folder:
 
 * ``trainable.safetensors``: the trained parameters by name, in fp32 (the exact values,
   whatever format the weights files are in);
-* ``optimizer.pt`` and ``lr_scheduler.pt``: their ``state_dict()``s (tensors, numbers and
+* ``optimizer.pt``, ``lr_scheduler.pt`` (and fp16's ``grad_scaler.pt``): their ``state_dict()``s (tensors, numbers and
   lists only: read back with ``torch.load(weights_only=True)``, which runs no code);
 * ``rng.pt``: torch's CPU (and CUDA) generator states;
 * ``progress.json``: the step, the micro-batches consumed, Python's and NumPy's RNG
@@ -41,7 +41,8 @@ class Progress:
     world_size: int
 
 
-def save_state(step_dir: Path, models, optimizer, lr_scheduler, progress: Progress, config: TrainingConfig) -> Path:
+def save_state(step_dir: Path, models, optimizer, lr_scheduler, progress: Progress, config: TrainingConfig,
+               scaler=None) -> Path:
     """Write ``step_dir/state/`` (the folder is renamed whole by the loop: never half-written)."""
     import numpy as np
     import torch
@@ -53,6 +54,8 @@ def save_state(step_dir: Path, models, optimizer, lr_scheduler, progress: Progre
               str(folder / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), folder / "lr_scheduler.pt")
+    if scaler is not None:  # fp16's loss scale, so a resumed run does not re-learn it
+        torch.save(scaler.state_dict(), folder / "grad_scaler.pt")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -87,7 +90,7 @@ def check_compatible(saved: dict[str, Any], config: TrainingConfig, where: Path)
                          "output_name to start over")
 
 
-def load_state(step_dir: Path, models, optimizer, lr_scheduler, config: TrainingConfig) -> Progress:
+def load_state(step_dir: Path, models, optimizer, lr_scheduler, config: TrainingConfig, scaler=None) -> Progress:
     """Restore parameters, optimizer, scheduler and RNGs from ``step_dir/state/``."""
     import numpy as np
     import torch
@@ -108,6 +111,8 @@ def load_state(step_dir: Path, models, optimizer, lr_scheduler, config: Training
             param.copy_(tensors[name].to(device=param.device, dtype=param.dtype))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=True))
+    if scaler is not None and (folder / "grad_scaler.pt").is_file():
+        scaler.load_state_dict(torch.load(folder / "grad_scaler.pt", weights_only=True))
     rng = torch.load(folder / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
