@@ -27,9 +27,12 @@ from evaluator.errors import StateError
 from evaluator.training.config import TrainingConfig, config_dict
 
 STATE_DIR = "state"
-# Fields a resumed run may change: how long it runs, how often it saves, where and how
-# verbosely. Any other change would make the resumed run a different run.
-RESUMABLE_CHANGES = ("max_train_steps", "save_every", "validation_prompts", "validation_seeds", "device")
+# Fields a resumed run may change: how long it runs, how often it saves, where, and what
+# its validation images are. Any other change would make the resumed run a different run.
+RESUMABLE_CHANGES = (
+    "max_train_steps", "save_every", "device", "gradient_checkpointing", "validation_prompts", "validation_seeds",
+    "validation_inference_steps", "validation_guidance", "validation_clip_model", "validation_clip_pretrained",
+)
 
 
 @dataclass
