@@ -334,43 +334,9 @@ def _report_parts(store: q.Store, config: ReportConfig, links: MarkdownLinks) ->
             html_parts.append(f"<div class='plots'>{svg}</div>")
             md_parts.append(f"\n![{md_text(metric)} by checkpoint]({links.plot(svg)})\n")
 
-        pairs = q.comparison_pairs(store)
-        pairs = pairs[pairs.model == model]
-        for (base, finetune), group in pairs.groupby(["base", "finetune"], sort=True):
-            metrics = set(group.metric)
-            cmp_metric = next((m for m in PREFERRED_METRICS if m in metrics), sorted(metrics)[0])
-            s = q.comparison_summary(store, base, finetune, model, cmp_metric)
-            title = f"{finetune} vs {base}"
-            line = (f"{cmp_metric}: {s['gained']:,} gained · {s['lost']:,} lost · {s['kept']:,} kept "
-                    f"· {s['undecided']:,} undecided (no interval) "
-                    f"of {s['artists']:,} artists (mean Δ {_cell(s['mean_delta'])})")
-            html_parts.append(f"<h2>{_esc(title)}</h2><p>{_esc(line)}</p>")
-            md_parts.append(f"\n## {md_text(title)}\n\n{md_text(line)}\n")
-            for other in sorted(metrics - {cmp_metric}):
-                o = q.comparison_summary(store, base, finetune, model, other)
-                counts = (f"{o['gained']:,} gained · {o['lost']:,} lost · {o['kept']:,} kept · "
-                          f"{o['undecided']:,} undecided")
-                html_parts.append(f"<p class='muted'>{_esc(other)}: {counts}</p>")
-                md_parts.append(f"- {md_text(other)}: {counts}\n")
-            hist = q.delta_histogram(store, base, finetune, model, cmp_metric)
-            points = q.comparison_points(store, base, finetune, model, cmp_metric, limit=config.scatter_points)
-            h_svg = svg_histogram(hist, f"Δ {cmp_metric} ({finetune} − {base})")
-            s_svg = svg_scatter(points, base, finetune, f"{cmp_metric}: {base} vs {finetune}")
-            html_parts.append(f"<div class='plots'>{h_svg}{s_svg}</div>")
-            md_parts.append(f"\n![delta histogram]({links.plot(h_svg)})\n")
-            if s_svg:
-                md_parts.append(f"![scatter]({links.plot(s_svg)})\n")
-            cols = ["name", "base_value", "finetune_value", "delta", "ci_low", "ci_high"]
-            rising = not q.lower_is_better(cmp_metric)  # biggest change first
-            gained = q.comparison_table(store, base, finetune, model, cmp_metric, verdict="gained", order="delta",
-                                        descending=rising, limit=config.top)[cols]
-            lost = q.comparison_table(store, base, finetune, model, cmp_metric, verdict="lost", order="delta",
-                                      descending=not rising, limit=config.top)[cols]
-            html_parts.append(
-                "<div class='lists'>"
-                f"<div><h3 class='gained'>Gained ({s['gained']:,})</h3>{_html_table(gained, 'gained-list')}</div>"
-                f"<div><h3 class='lost'>Lost ({s['lost']:,})</h3>{_html_table(lost, 'lost-list')}</div></div>")
-            md_parts.append(f"\n### Gained ({s['gained']:,})\n\n{_md_table(gained)}\n### Lost ({s['lost']:,})\n\n{_md_table(lost)}")
+        section_html, section_md = _comparison_sections(store, model, config, links)
+        html_parts.append(section_html)
+        md_parts.append(section_md)
 
     prov = q.checkpoint_provenance(store)
     if not prov.empty:
@@ -383,6 +349,51 @@ def _report_parts(store: q.Store, config: ReportConfig, links: MarkdownLinks) ->
         html_parts.append("<h2>Gallery</h2>" + strip_html)
         md_parts.append("\n## Gallery\n\n" + strip_md)
     return html_parts, md_parts
+
+
+def _comparison_sections(store: q.Store, model: str, config: ReportConfig,
+                         links: MarkdownLinks) -> tuple[str, str]:
+    """(HTML, Markdown) of each fine-tune vs its base: counts, plots, the gained and lost lists."""
+    html_parts: list[str] = []
+    md_parts: list[str] = []
+    pairs = q.comparison_pairs(store)
+    pairs = pairs[pairs.model == model]
+    for (base, finetune), group in pairs.groupby(["base", "finetune"], sort=True):
+        metrics = set(group.metric)
+        cmp_metric = next((m for m in PREFERRED_METRICS if m in metrics), sorted(metrics)[0])
+        s = q.comparison_summary(store, base, finetune, model, cmp_metric)
+        title = f"{finetune} vs {base}"
+        line = (f"{cmp_metric}: {s['gained']:,} gained · {s['lost']:,} lost · {s['kept']:,} kept "
+                f"· {s['undecided']:,} undecided (no interval) "
+                f"of {s['artists']:,} artists (mean Δ {_cell(s['mean_delta'])})")
+        html_parts.append(f"<h2>{_esc(title)}</h2><p>{_esc(line)}</p>")
+        md_parts.append(f"\n## {md_text(title)}\n\n{md_text(line)}\n")
+        for other in sorted(metrics - {cmp_metric}):
+            o = q.comparison_summary(store, base, finetune, model, other)
+            counts = (f"{o['gained']:,} gained · {o['lost']:,} lost · {o['kept']:,} kept · "
+                      f"{o['undecided']:,} undecided")
+            html_parts.append(f"<p class='muted'>{_esc(other)}: {counts}</p>")
+            md_parts.append(f"- {md_text(other)}: {counts}\n")
+        hist = q.delta_histogram(store, base, finetune, model, cmp_metric)
+        points = q.comparison_points(store, base, finetune, model, cmp_metric, limit=config.scatter_points)
+        h_svg = svg_histogram(hist, f"Δ {cmp_metric} ({finetune} − {base})")
+        s_svg = svg_scatter(points, base, finetune, f"{cmp_metric}: {base} vs {finetune}")
+        html_parts.append(f"<div class='plots'>{h_svg}{s_svg}</div>")
+        md_parts.append(f"\n![delta histogram]({links.plot(h_svg)})\n")
+        if s_svg:
+            md_parts.append(f"![scatter]({links.plot(s_svg)})\n")
+        cols = ["name", "base_value", "finetune_value", "delta", "ci_low", "ci_high"]
+        rising = not q.lower_is_better(cmp_metric)  # biggest change first
+        gained = q.comparison_table(store, base, finetune, model, cmp_metric, verdict="gained", order="delta",
+                                    descending=rising, limit=config.top)[cols]
+        lost = q.comparison_table(store, base, finetune, model, cmp_metric, verdict="lost", order="delta",
+                                  descending=not rising, limit=config.top)[cols]
+        html_parts.append(
+            "<div class='lists'>"
+            f"<div><h3 class='gained'>Gained ({s['gained']:,})</h3>{_html_table(gained, 'gained-list')}</div>"
+            f"<div><h3 class='lost'>Lost ({s['lost']:,})</h3>{_html_table(lost, 'lost-list')}</div></div>")
+        md_parts.append(f"\n### Gained ({s['gained']:,})\n\n{_md_table(gained)}\n### Lost ({s['lost']:,})\n\n{_md_table(lost)}")
+    return "".join(html_parts), "".join(md_parts)
 
 
 def random_weight_models(models: list[str]) -> list[str]:

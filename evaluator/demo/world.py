@@ -127,9 +127,12 @@ def _plan_demo(wd: Workdir, config: DemoConfig, echo) -> list:
     from catalog.select import select_artists
     from catalog.templates import load_templates
 
+    # Artists with a movement: the strata of the sample, and names a newcomer may know (most
+    # Danbooru handles have none). The demo's templates are artist templates, not characters'.
+    with_movement = [a for a in load_catalog(config.catalog_path) if a.movements]
     artists = select_artists(
-        load_catalog(config.catalog_path),
-        kind="artist",  # the demo's templates are artist templates (the catalog also holds characters)
+        with_movement,
+        kind="artist",
         sample=config.n_artists,
         seed=config.sample_seed,
     )
