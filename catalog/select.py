@@ -78,6 +78,8 @@ def select_artists(
         if value:
             wanted = _fold(value)
             chosen = [a for a in chosen if any(_fold(v) == wanted for v in getattr(a, attribute))]
+            if not chosen:
+                _check_known(artists, attribute, value)
     if recognized:
         columns, wanted = _parse_recognized(recognized)
         chosen = [a for a in chosen if any(getattr(a, c) == wanted for c in columns)]
@@ -96,6 +98,22 @@ def select_artists(
     if sample is not None:
         chosen = stratified_sample(chosen, sample, seed)
     return chosen
+
+
+def _check_known(artists: Sequence[Artist], attribute: str, value: str) -> None:
+    """A value no row of the catalog has is a typo, not an empty selection: say the close ones."""
+    import difflib
+
+    spellings: dict[str, str] = {}
+    for artist in artists:
+        for item in getattr(artist, attribute):
+            spellings.setdefault(_fold(item), item)
+    wanted = _fold(value)
+    if wanted in spellings:
+        return  # known, only filtered out by the other filters
+    close = difflib.get_close_matches(wanted, list(spellings), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(spellings[c]) for c in close)}?" if close else ""
+    raise InputError(f"no artist of the catalog has the {attribute[:-1]} {value!r}{hint}")
 
 
 def _by_kind(artists: Sequence[Artist], kind: str | None, franchise: str | None, min_posts: int | None) -> list[Artist]:

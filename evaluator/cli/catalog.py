@@ -255,6 +255,8 @@ def _parse_csv_list(value: str) -> list[str]:
               help="Your TOML file of templates, merged over the defaults.")
 @click.option("--seeds", default="0", show_default=True, help="Seeds: 0,1,2 or 0-3 or 0-3,10.")
 @click.option("--checkpoints", required=True, help="Comma-separated checkpoint names, e.g. base,ft.")
+@click.option("--checkpoints-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The checkpoints TOML `generate` will use: names not in it are refused now, not then.")
 @click.option("--width", type=int, default=512, show_default=True)
 @click.option("--height", type=int, default=512, show_default=True)
 @click.option("--steps", type=int, default=25, show_default=True)
@@ -276,7 +278,10 @@ def plan_command(**options: Any) -> None:
     made, unless --yes.
     """
     yes, max_units = options.pop("yes"), options.pop("max_units")
+    checkpoints_file = options.pop("checkpoints_file")
     plan = PlanOptions.from_options(options)
+    if checkpoints_file:
+        _check_checkpoint_names(_parse_csv_list(plan.checkpoints), checkpoints_file)
     if (plan.rank is None) != (plan.world_size is None):
         raise click.UsageError("--rank and --world-size go together")
     selected = _select(plan.selection)
@@ -318,6 +323,18 @@ class PlanOptions:
         settings = {name: options.pop(name) for name in
                     ("width", "height", "steps", "guidance", "scheduler", "negative_prompt")}
         return cls(selection=selection, settings=settings, **options)
+
+
+def _check_checkpoint_names(names: list[str], checkpoints_file: str) -> None:
+    """Every planned checkpoint is defined in the file (with the closest names when not)."""
+    from evaluator.generation.checkpoints.spec import load_checkpoints, suggest
+
+    defined = list(load_checkpoints(checkpoints_file))
+    unknown = [name for name in names if name not in defined]
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(repr(n) for n in unknown)} not defined in {checkpoints_file}"
+            f"{suggest(unknown[0], defined)} (defined: {', '.join(defined)})", param_hint="--checkpoints")
 
 
 def _check_size(artists, plan: PlanOptions, max_units: int | None, yes: bool) -> None:

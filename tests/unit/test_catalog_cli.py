@@ -142,3 +142,18 @@ def test_missing_catalog_is_a_clear_error(tmp_path):
         load_catalog(tmp_path / "nope.csv")
     result = run("catalog", "list", "--catalog", str(tmp_path / "nope.csv"))
     assert result.exit_code == 1 and "nope.csv not found" in result.output
+
+
+def test_plan_refuses_checkpoints_the_checkpoints_file_does_not_define(tmp_path):
+    toml = tmp_path / "ck.toml"
+    toml.write_text('[[checkpoint]]\nname = "base"\nsource = "org/model"\n'
+                    '[[checkpoint]]\nname = "ft-lora"\nbase = "base"\n', encoding="utf-8")
+    args = ["plan", "--templates", "style", "--seeds", "0", "--kind", "artist", "--sample", "2",
+            "--checkpoints-file", str(toml), "--out", str(tmp_path / "plan.parquet")]
+    refused = CliRunner().invoke(main, [*args, "--checkpoints", "base,ft-lra"])
+    assert refused.exit_code == 2
+    assert "'ft-lra' not defined" in refused.output and "did you mean 'ft-lora'" in refused.output
+    assert not (tmp_path / "plan.parquet").exists()
+    done = CliRunner().invoke(main, [*args, "--checkpoints", "base,ft-lora"])
+    assert done.exit_code == 0, done.output
+    assert {u.checkpoint for u in read_plan(tmp_path / "plan.parquet")} == {"base", "ft-lora"}

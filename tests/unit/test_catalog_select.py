@@ -80,3 +80,17 @@ def test_catalog_frame_loads_into_the_store(tmp_path):
             "max(born) FILTER (WHERE artist_id = 'claude-monet') FROM artists"
         ).fetchone()
     assert count == len(real) and living > 1000 and monet == 1840
+
+
+def test_a_value_no_row_has_is_refused_with_close_spellings():
+    from catalog.model import load_catalog
+    from catalog.select import select_artists
+    from evaluator.errors import InputError
+
+    artists = load_catalog()
+    with pytest.raises(InputError, match=r"movement 'Impresionism'; did you mean 'Impressionism'"):
+        select_artists(artists, movement="Impresionism")
+    with pytest.raises(InputError, match="medium 'zzzq'"):
+        select_artists(artists, medium="zzzq")
+    # a known value that other filters leave empty is an empty selection, not an error
+    assert select_artists(artists, movement="Impressionism", text="no such name at all") == []
