@@ -28,6 +28,10 @@ from evaluator.curation.sources import Item, Source, folder_source, store_source
 from evaluator.workspace.records import utcnow
 from evaluator.workspace.workdir import Workdir
 
+# What a worker imports, loaded once by the fork server before it forks the workers.
+WORKER_MODULES = ("imwatermark", "imagehash", "cv2", "evaluator.ingest.importer", "evaluator.curation.signals",
+                  "evaluator.curation.sdmark")
+
 
 @dataclass(frozen=True)
 class CurateOptions:
@@ -157,12 +161,13 @@ def _signals(run: _Run, options: WorkerOptions):
     from concurrent.futures import ProcessPoolExecutor
 
     # invisible-watermark's package imports torch (for its rivaGan method): ~10 s and 0.7 GB
-    # per process. Imported once here and forked, the workers share it. They never run
-    # torch (dwtDct is numpy/OpenCV/PyWavelets), and no store connection is open now.
-    import imwatermark  # noqa: F401
-
+    # per spawned process. A fork server imports it once and forks the workers from that
+    # clean process. Forking this process instead can deadlock: OpenCV's or OpenMP's
+    # threads may already have run here (a library caller, the benchmark's naive loop).
     methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        context.set_forkserver_preload(list(WORKER_MODULES))
     with ProcessPoolExecutor(run.options.workers, mp_context=context, initializer=init_worker,
                              initargs=(options,)) as pool:
         yield from pool.map(pool_task, jobs, chunksize=max(1, min(8, len(jobs) // (4 * run.options.workers))))
