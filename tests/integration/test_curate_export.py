@@ -136,3 +136,28 @@ def test_from_store_curates_the_imported_images(corpus, tmp_path):
 def test_src_and_from_store_are_exclusive(tmp_path, corpus):
     result = invoke("curate", str(corpus), "--from-store", "-w", str(tmp_path / "wd"))
     assert result.exit_code != 0 and "one of them" in result.output
+
+
+@pytest.mark.slow
+def test_a_watermark_detector_file_fills_the_probability(corpus, tmp_path):
+    import torch
+
+    from evaluator.curation.detector import build_detector
+    from evaluator.workspace.store import connect_read_only
+
+    torch.manual_seed(0)
+    weights = tmp_path / "watermark_model_v1.pt"
+    torch.save(build_detector().state_dict(), weights)  # LAION's architecture, random weights
+    workdir = tmp_path / "wd"
+    result = invoke("curate", str(corpus), "-w", str(workdir), "-q", "--min-side", "32", "--watermark-model",
+                    str(weights), "--max-watermark", "1.0")
+    assert result.exit_code == 0, result.output
+    assert "no --watermark-model" not in result.output
+    con = connect_read_only(workdir / "atelier.duckdb")
+    try:
+        rows = con.execute("SELECT watermark_prob, watermark_model, error FROM curation").fetchall()
+    finally:
+        con.close()
+    readable = [r for r in rows if r[2] is None]
+    assert len(readable) == 6 and all(0.0 <= r[0] <= 1.0 and r[1].startswith("laion-watermark@") for r in readable)
+    assert all(r[0] is None for r in rows if r[2] is not None)  # an unreadable file has no probability
