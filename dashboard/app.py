@@ -15,14 +15,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import compare, similarity, training, views
+from dashboard import compare, gallery, similarity, training, views
 from dashboard import queries as q
 from dashboard.report import md_text
 
 PAGES = {
     "Leaderboard": views.page_leaderboard,
     "Compare": compare.page_compare,
-    "Gallery": views.page_gallery,
+    "Gallery": gallery.page_gallery,
     "Artist": views.page_artist,
     "Similarity": similarity.page_similarity,
     "SQL": views.page_sql,

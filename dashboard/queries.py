@@ -418,15 +418,27 @@ def delta_histogram(store: Store, base: str, finetune: str, model: str, metric: 
 
 # ---------------------------------------------------------------- gallery
 
-def gallery_artists(store: Store, filt: ArtistFilter, limit: int, offset: int) -> tuple[pd.DataFrame, int]:
-    """One page of catalog artists that have generated images (scored or not), and the total."""
+def gallery_artists(store: Store, filt: ArtistFilter, limit: int, offset: int,
+                    delta_of: tuple | None = None) -> tuple[pd.DataFrame, int]:
+    """One page of catalog artists that have generated images (scored or not), and the total.
+
+    ``delta_of`` = (base, finetune, model, metric, descending) orders them by that comparison's
+    delta (artists it has no delta for last), else by name.
+    """
     where, params = filt.where("ar")
+    order, order_params = "name, artist_id", []
+    if delta_of is not None:
+        base, finetune, model, metric, descending = delta_of
+        order = (f"(SELECT c.delta FROM comparisons c WHERE c.artist_id = shown.artist_id AND c.base = ? "
+                 f"AND c.finetune = ? AND c.model = ? AND c.metric = ?) {'DESC' if descending else 'ASC'} "
+                 "NULLS LAST, name, artist_id")
+        order_params = [base, finetune, model, metric]
     frame = store.df(
         f"""WITH shown AS (SELECT ar.artist_id, ar.name FROM artists ar
                            WHERE {where} AND ar.artist_id IN (SELECT DISTINCT artist_id FROM images WHERE source = 'generated'))
             SELECT artist_id, name, (SELECT count(*) FROM shown) AS total
-            FROM shown ORDER BY name, artist_id LIMIT ? OFFSET ?""",
-        [*params, int(limit), int(offset)],
+            FROM shown ORDER BY {order} LIMIT ? OFFSET ?""",
+        [*params, *order_params, int(limit), int(offset)],
     )
     total = int(frame["total"].iloc[0]) if not frame.empty else 0
     if frame.empty and offset > 0:
@@ -434,6 +446,21 @@ def gallery_artists(store: Store, filt: ArtistFilter, limit: int, offset: int) -
             f"""SELECT count(*) FROM artists ar WHERE {where}
                 AND ar.artist_id IN (SELECT DISTINCT artist_id FROM images WHERE source = 'generated')""", params) or 0)
     return frame.drop(columns=["total"]), total
+
+
+def gallery_cells(store: Store, artist_ids: list[str], template: str, seeds: list[int],
+                  checkpoints: list[str]) -> pd.DataFrame:
+    """The images of a gallery page: artists x checkpoints x seeds for one template; the
+    no-artist baseline (``_baseline``) with whichever baseline template it was made with."""
+    return store.df(
+        """SELECT image_id, artist_id, checkpoint, seed, thumb_path, path, error FROM images
+           WHERE source = 'generated' AND seed IN (SELECT unnest(?)) AND checkpoint IN (SELECT unnest(?))
+             AND ((artist_id = '_baseline' AND '_baseline' IN (SELECT unnest(?)))
+                  OR (artist_id IN (SELECT unnest(?)) AND template = ?))
+           QUALIFY row_number() OVER (PARTITION BY artist_id, checkpoint, seed ORDER BY template, image_id) = 1
+           ORDER BY artist_id, checkpoint, seed""",
+        [list(map(int, seeds)), list(checkpoints), list(artist_ids), list(artist_ids), template],
+    )
 
 
 def templates_and_seeds(store: Store) -> tuple[list[str], list[int]]:

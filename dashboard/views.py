@@ -7,7 +7,6 @@ and altair charts. Searches by text or image run `atelier search` in a child pro
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -213,64 +212,7 @@ def _png_parameters(path: Path | None) -> str:
         return ""
 
 
-def page_gallery(store: q.Store, model: str) -> None:
-    st.header("Gallery")
-    curated_gallery(store)
-    templates, seeds = q.templates_and_seeds(store)
-    checkpoints = q.checkpoint_names(store)
-    if not templates or not seeds:
-        st.info("No generated images yet: run `atelier generate`.")
-        return
-    c1, c2, c3, c4 = st.columns([1, 1, 3, 1])
-    template = c1.selectbox("Template", templates, key="gal-template")
-    seed = c2.selectbox("Seed", seeds, key="gal-seed")
-    # A default only when nothing set the choice already (Compare's "Gallery" links do).
-    defaults = {} if "gal-ckpts" in st.session_state else {"default": checkpoints}
-    chosen = c3.multiselect("Checkpoints", checkpoints, key="gal-ckpts", **defaults) or checkpoints
-    page_size = c4.selectbox("Artists per page", [6, 12, 24], index=1, key="gal-size")
-    filt = artist_filter_widgets(store, "gal", model, chosen[0])
-    carried = st.session_state.get("gal-artist-ids")
-    if carried:  # artists opened from the Compare page
-        filt = dataclasses.replace(filt, artist_ids=tuple(carried))
-        note, clear = st.columns([5, 1])
-        note.info(f"Showing the {len(carried):,} artists opened from Compare.")
-        clear.button("Show all artists", key="gal-clear-carried",
-                     on_click=lambda: st.session_state.pop("gal-artist-ids", None))
-
-    if st.session_state.get("gal-image") is not None:
-        show_image_detail(store, st.session_state["gal-image"], "gal-image")
-
-    first = q.gallery_artists(store, filt, 1, 0)[1]
-    pages = max(1, math.ceil(first / page_size))
-    page = st.number_input(f"Page (of {pages}; {first:,} artists)", min_value=1, max_value=pages, key="gal-page")
-    artists, total = q.gallery_artists(store, filt, page_size, (int(page) - 1) * page_size)
-    if artists.empty:
-        st.info("No artist matches the filters.")
-        return
-    images = q.gallery_images(store, artists.artist_id.tolist(), template, seed, chosen)
-    by_cell = {(r.artist_id, r.checkpoint): r for r in images.itertuples(index=False)}
-    shown = 0
-    header = st.columns([1] + [1] * len(chosen))
-    header[0].markdown("**artist**")
-    for col, name in zip(header[1:], chosen, strict=True):
-        col.markdown(f"**{md_text(name)}**")
-    for artist in artists.itertuples(index=False):
-        cols = st.columns([1] + [1] * len(chosen))
-        cols[0].markdown(f"{md_text(artist.name)}  \n{md_text(artist.artist_id)}")
-        for col, checkpoint in zip(cols[1:], chosen, strict=True):
-            cell = by_cell.get((artist.artist_id, checkpoint))
-            if cell is None:
-                col.caption("—")
-                continue
-            if cell.error is not None and not isinstance(cell.error, float):
-                col.caption(f"failed: {md_text(cell.error[:60])}")
-                continue
-            if _show_image(col, store.workdir, cell.thumb_path):
-                shown += 1
-            if col.button("View", key=f"gal-view-{cell.image_id}"):
-                st.session_state["gal-image"] = int(cell.image_id)
-                st.rerun()
-    st.caption(f"{shown} thumbnails · template {md_text(template)} · seed {md_text(seed)} · page {page} of {pages}")
+# The Gallery page lives in dashboard/gallery.py.
 
 
 # ------------------------------------------------------------------ Curated images (atelier curate)

@@ -147,6 +147,8 @@ def test_compare_shows_every_metric_thumbnails_and_carries_artists_to_the_galler
     ids = {r[0] for r in raw(workdir, "SELECT i.image_id FROM images i JOIN comparisons c USING (artist_id) "
                                       "WHERE c.finetune = 'ft-1' AND c.metric = 'artist_similarity' AND c.verdict = 'lost' "
                                       "AND i.checkpoint IN ('base', 'ft-1') AND i.source = 'generated'")}
+    ids |= {r[0] for r in raw(workdir, "SELECT image_id FROM images WHERE artist_id = '_baseline' "
+                                       "AND checkpoint IN ('base', 'ft-1')")}  # the no-artist row
     assert shown and {int(i) for i in shown} <= ids  # only the carried artists, only base and fine-tune
     assert any("opened from Compare" in i.value for i in at.info)
 
@@ -156,14 +158,18 @@ def test_gallery_grid_paging_and_full_image(workdir, monkeypatch):
     template = at.selectbox(key="gal-template").value
     failed = raw(workdir, """SELECT count(*) FROM images WHERE error IS NOT NULL AND template = ? AND seed = 0
                              AND artist_id IN (SELECT artist_id FROM artists ORDER BY name, artist_id LIMIT 12)""", [template])[0][0]
-    assert len(images(at)) == 12 * 3 - failed  # 12 artists x 3 checkpoints, same template and seed
-    assert any(f"{12 * 3 - failed} thumbnails" in c.value for c in at.caption)
+    baseline = raw(workdir, "SELECT count(DISTINCT checkpoint) FROM images WHERE artist_id = '_baseline' AND seed = 0 "
+                            "AND error IS NULL")[0][0]
+    # the no-artist baseline row, then 12 artists x 3 checkpoints, same template and seed
+    assert len(images(at)) == baseline + 12 * 3 - failed
+    assert any(f"{baseline + 12 * 3 - failed} thumbnails" in c.value for c in at.caption)
     at.number_input(key="gal-page").set_value(3).run()
-    assert len(images(at)) <= 6 * 3 and len(images(at)) >= 6 * 3 - 2
+    assert baseline + 6 * 3 - 2 <= len(images(at)) <= baseline + 6 * 3
     at.number_input(key="gal-page").set_value(1).run()
     at.text_input(key="gal-name").input("monet").run()
-    assert len(images(at)) == 3
-    view = [b for b in at.button if b.key and b.key.startswith("gal-view-")]
+    assert len(images(at)) == baseline + 3
+    view = [b for b in at.button if b.key and b.key.startswith("gal-view-")
+            and raw(workdir, "SELECT artist_id FROM images WHERE image_id = ?", [int(b.key[9:])])[0][0] != "_baseline"]
     assert len(view) == 3
     image_id = int(view[0].key.removeprefix("gal-view-"))
     view[0].click().run()
@@ -171,10 +177,14 @@ def test_gallery_grid_paging_and_full_image(workdir, monkeypatch):
     row = raw(workdir, "SELECT prompt, seed, checkpoint FROM images WHERE image_id = ?", [image_id])[0]
     assert params["prompt"] == row[0] and params["seed"] == str(row[1]) and params["checkpoint"] == row[2]
     assert "Claude Monet" in params["prompt"]
-    assert len(images(at)) == 4  # the full image above the grid
+    assert len(images(at)) == baseline + 4  # the full image, under the row clicked
     assert any("Seed: " in c.value for c in at.code)  # the PNG's own `parameters` chunk
     at.button(key="gal-image-close").click().run()
-    assert len(images(at)) == 3
+    assert len(images(at)) == baseline + 3
+    at.toggle(key="gal-strip").set_value(True).run()  # every seed (up to 4) in each cell
+    seeds = raw(workdir, "SELECT count(DISTINCT seed) FROM images WHERE artist_id = 'claude-monet' AND template = ?",
+                [template])[0][0]
+    assert len(images(at)) >= 3 * min(seeds, 4) > 3
 
 
 def test_artist_page_scores_neighbors_references_images(workdir, monkeypatch):
