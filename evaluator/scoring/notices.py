@@ -60,7 +60,10 @@ def checkpoint_notices(tables: ScoreTables) -> list[str]:
     if ck is None or ck.empty:
         return []
     null = ck[ck["value"].isna() & ck["reason"].notna() & ck["metric"].str.startswith("recognized_auc")]
-    return [f"warning: {r.metric} is NULL for {r.checkpoint}: {r.reason}" for r in null.itertuples(index=False)]
+    lines = []  # one line per metric and reason, naming every checkpoint it holds for
+    for (metric, reason), group in null.groupby(["metric", "reason"], sort=True):
+        lines.append(f"warning: {metric} is NULL for {', '.join(sorted(group['checkpoint']))}: {reason}")
+    return lines
 
 
 def baseline_notices(inputs: EvalInputs) -> list[str]:
