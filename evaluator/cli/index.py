@@ -25,8 +25,8 @@ def index_group() -> None:
 @model_option()
 @pretrained_option()
 @click.option("--ivf-threshold", default=200_000, show_default=True, type=click.IntRange(min=1), help="Switch from exact to IVF at this many vectors.")
-@click.option("--nprobe", default=32, show_default=True, type=click.IntRange(min=1), help="IVF lists probed per query (starting value).")
-@click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1), help="Raise nprobe until recall@10 vs exact reaches this.")
+@click.option("--nprobe", default=1, show_default=True, type=click.IntRange(min=1), help="IVF lists probed per query: where tuning starts.")
+@click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1), help="Raise nprobe until leave-one-out recall@10 vs exact reaches this (+0.01 margin).")
 @click.option("--rebuild", is_flag=True, help="Start from scratch instead of adding new vectors.")
 def index_build(workdir: Path, model: str, pretrained: str | None, rebuild: bool, **tuning: float) -> None:
     """Add every embedded image missing from the index (exact, or IVF past the threshold)."""

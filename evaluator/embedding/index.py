@@ -2,8 +2,12 @@
 
 Exact inner-product search (``IndexFlatIP``; vectors are L2-normalised, so inner
 product = cosine) until the index would hold ``ivf_threshold`` vectors; past that an
-IVF index (``IndexIVFFlat``, inner product) whose recall@10 against exact search is
-measured on a sample of queries and recorded in ``index/<model>.json``.
+IVF index (``IndexIVFFlat``, inner product) with ~4·sqrt(N) lists found by an HNSW
+coarse quantizer (the layout ``IVF{n}_HNSW32,Flat``) and trained with spherical
+k-means (centroids on the unit sphere, as the vectors are). nprobe is tuned to the
+target recall@10 on leave-one-out queries (sampled vectors whose own id is removed
+from both the exact and the approximate answer, so no query finds itself), and the
+recall is recorded in ``index/<model>.json``.
 
 Both are wrapped in ``IndexIDMap2`` (ids = image ids, ``reconstruct`` by id), new
 images are added without a rebuild (an IVF keeps its trained centroids), and the file
@@ -35,17 +39,29 @@ class IndexConfig:
     # Exact search over 200k x 512 float32 (400 MB) answers in ~50 ms a query on a CPU;
     # past that an IVF keeps queries fast as a store grows to millions of images.
     ivf_threshold: int = 200_000
-    # nlist = ivf_nlist_factor * sqrt(N): the usual rule, ~1,000 lists at 1M vectors.
-    ivf_nlist_factor: float = 1.0
-    # Lists probed per query to start with; doubled until recall@10 reaches
-    # target_recall on the sampled queries (how clustered the data is decides it).
-    nprobe: int = 32
+    # nlist = ivf_nlist_factor * sqrt(N): sqrt(N) lists (the textbook rule) needed nprobe 64
+    # for recall 0.945 at 1M clustered vectors (22x exact); 4*sqrt(N) with an HNSW quantizer
+    # reached 0.98 at nprobe 4 (issue 19). Capped so each list gets >= 39 training points.
+    ivf_nlist_factor: float = 4.0
+    # Lists probed per query to start tuning from; raised along a ladder finer than
+    # doubling (ratio ~1.4) until recall@10 reaches target_recall + recall_margin.
+    nprobe: int = 1
     # 0.95: one neighbour in twenty may be missed; below that users notice gaps.
     target_recall: float = 0.95
-    # Queries sampled to measure recall@10 against exact search: +-0.02 at 95%.
+    # The sampled recall is +-0.01 at 500 queries: tune to target + margin so the
+    # recall on unseen queries does not fall under the target (it did: 0.946 vs 0.95).
+    recall_margin: float = 0.01
+    # Queries sampled to measure recall@10 against exact search: +-0.01 at 95%.
     recall_queries: int = 500
-    # Training sample for the IVF centroids (FAISS wants >= 39 per list).
+    # Training sample for the centroids: FAISS wants 39..256 points per list; more than
+    # 256 per list buys nothing, fewer than 39 leaves centroids noisy. 100k caps k-means
+    # at ~1 min on 2 cores and allows up to 2,564 lists.
     train_size: int = 100_000
+    # k-means iterations: 10 is within 1% of FAISS's default 25 in quantisation error on
+    # clustered data, at 40% of the training time.
+    kmeans_iterations: int = 10
+    # HNSW neighbours per centroid in the coarse quantizer (the "HNSW32" of the layout).
+    quantizer_m: int = 32
     seed: int = 0
 
 
@@ -61,6 +77,8 @@ class IndexInfo:
     dim: int
     added: int
     nlist: int | None = None
+    layout: str | None = None  # the faiss index_factory string, e.g. IVF2048_HNSW32,Flat
+    train_size: int | None = None  # vectors the centroids were trained on
     nprobe: int | None = None
     recall_at_10: float | None = None
     recall_queries: int | None = None
@@ -80,21 +98,68 @@ def _new_flat(dim: int) -> Any:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
+def ivf_layout(n: int, config: IndexConfig) -> tuple[int, int]:
+    """(nlist, training sample size) for ``n`` vectors: ivf_nlist_factor*sqrt(n) lists,
+    at most one per 39 training vectors, trained on up to 256 vectors per list."""
+    import math
+
+    train = min(n, config.train_size)
+    nlist = max(1, min(int(config.ivf_nlist_factor * math.sqrt(n)), train // 39))
+    return nlist, min(train, 256 * nlist)
+
+
 def _new_ivf(vecs: np.ndarray, config: IndexConfig) -> tuple[Any, int]:
+    """An untrained-then-trained ``IVF{nlist}_HNSW{M},Flat`` (inner product) in an
+    ``IndexIDMap2``; the centroids come from spherical k-means on a sample, assigned
+    exactly during training (an HNSW over moving centroids would be rebuilt every
+    iteration) and then put in the HNSW quantizer that routes queries and adds."""
     import faiss
     import numpy as np
 
     n, dim = vecs.shape
-    nlist = max(1, min(int(config.ivf_nlist_factor * np.sqrt(n)), n // 39))
-    quantizer = faiss.IndexFlatIP(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    nlist, train = ivf_layout(n, config)
     rng = np.random.default_rng(config.seed)
-    sample = vecs[rng.choice(n, size=min(n, config.train_size), replace=False)]
-    ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
-    ivf.nprobe = config.nprobe
+    sample = np.ascontiguousarray(vecs[rng.choice(n, size=train, replace=False)], dtype=np.float32)
+    clustering = faiss.Clustering(dim, nlist)
+    clustering.spherical = True  # unit vectors: centroids renormalised each iteration
+    clustering.niter = config.kmeans_iterations
+    clustering.seed = config.seed
+    clustering.max_points_per_centroid = 256
+    clustering.train(sample, faiss.IndexFlatIP(dim))
+    centroids = faiss.vector_to_array(clustering.centroids).reshape(nlist, dim)
+    quantizer = faiss.IndexHNSWFlat(dim, config.quantizer_m, faiss.METRIC_INNER_PRODUCT)
+    quantizer.add(centroids)
+    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.is_trained = True  # the quantizer holds the trained centroids
+    _set_nprobe(ivf, config.nprobe)
     ivf.make_direct_map(True)  # reconstruct by id through IndexIDMap2
     # the faiss wrappers keep `quantizer` and `ivf` referenced by the objects built on them
     return faiss.IndexIDMap2(ivf), nlist
+
+
+def _set_nprobe(ivf: Any, nprobe: int) -> None:
+    """nprobe, and an HNSW quantizer's efSearch wide enough to return that many lists."""
+    import faiss
+
+    ivf.nprobe = int(nprobe)
+    hnsw = faiss.try_extract_index_hnsw(ivf.quantizer) if hasattr(faiss, "try_extract_index_hnsw") else None
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if hnsw is None and isinstance(quantizer, faiss.IndexHNSW):
+        hnsw = quantizer
+    if hnsw is not None:
+        hnsw.hnsw.efSearch = max(64, 2 * int(nprobe))
+
+
+def ivf_layout_name(index: Any) -> str | None:
+    """The index_factory string of an IVF index (``IVF2048_HNSW32,Flat``), None if exact."""
+    import faiss
+
+    ivf = _ivf_of(index)
+    if ivf is None:
+        return None
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    q = f"_HNSW{quantizer.hnsw.nb_neighbors(1)}" if isinstance(quantizer, faiss.IndexHNSW) else ""
+    return f"IVF{ivf.nlist}{q},Flat"
 
 
 def _ivf_of(index: Any) -> Any | None:
@@ -107,22 +172,26 @@ def _ivf_of(index: Any) -> Any | None:
 
 
 def exact_topk(
-    vecs: np.ndarray, ids: np.ndarray, k: int = 10, n_queries: int = 500, seed: int = 0
+    vecs: np.ndarray, ids: np.ndarray, k: int = 10, n_queries: int = 500, seed: int = 0, leave_out: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(queries [Q, D], exact top-k ids [Q, k]): queries sampled from ``vecs``, neighbours
-    by a chunked matmul over every vector (the ground truth for recall)."""
+    by a chunked matmul over every vector (the ground truth for recall). ``leave_out``:
+    a query is not its own neighbour, as for a new image that is not in the index."""
     import numpy as np
 
     n = len(vecs)
     rng = np.random.default_rng(seed)
     q = rng.choice(n, size=min(n_queries, n), replace=False)
     queries = np.ascontiguousarray(vecs[q], dtype=np.float32)
-    kk = min(k, n)
+    kk = min(k, n - 1 if leave_out else n)
     best_s = np.full((len(q), kk), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(q), kk), dtype=np.int64)
     for s in range(0, n, 65536):
         block = np.ascontiguousarray(vecs[s : s + 65536], dtype=np.float32)
         sims = queries @ block.T
+        if leave_out:
+            inside = np.flatnonzero((q >= s) & (q < s + len(block)))
+            sims[inside, q[inside] - s] = -np.inf
         cand_s = np.concatenate([best_s, sims], axis=1)
         cand_i = np.concatenate([best_i, np.broadcast_to(ids[s : s + 65536], sims.shape)], axis=1)
         top = np.argpartition(-cand_s, kk - 1, axis=1)[:, :kk]
@@ -131,37 +200,61 @@ def exact_topk(
     return queries, best_i
 
 
-def recall_against(index: Any, queries: np.ndarray, exact_ids: np.ndarray) -> float:
-    """Share of the exact top-k ids that ``index`` also returns in its top-k."""
+def recall_against(index: Any, queries: np.ndarray, exact_ids: np.ndarray, own_ids: np.ndarray | None = None) -> float:
+    """Share of the exact top-k ids that ``index`` also returns in its top-k; with
+    ``own_ids`` (each query's id in the index) the query itself is dropped from the answer."""
     k = exact_ids.shape[1]
-    _, found = index.search(queries, k)
-    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(exact_ids, found, strict=True))
+    _, found = index.search(queries, k + (own_ids is not None))
+    if own_ids is not None:
+        found = [[i for i in row if i != own][:k] for row, own in zip(found.tolist(), own_ids.tolist(), strict=True)]
+    hits = sum(len(set(a.tolist()) & set(b)) for a, b in zip(exact_ids, [list(r) for r in found], strict=True))
     return hits / (len(queries) * k)
+
+
+def _query_sample(vecs: np.ndarray, ids: np.ndarray, k: int, n_queries: int, seed: int):
+    """(queries, exact top-k without themselves, their own ids): leave-one-out ground truth."""
+    import numpy as np
+
+    queries, exact = exact_topk(vecs, ids, k, n_queries, seed, leave_out=True)
+    own = ids[np.random.default_rng(seed).choice(len(vecs), size=min(n_queries, len(vecs)), replace=False)]
+    return queries, exact, own
 
 
 def measure_recall(
     index: Any, vecs: np.ndarray, ids: np.ndarray, k: int = 10, n_queries: int = 500, seed: int = 0
 ) -> float:
-    """recall@k of ``index`` vs exact inner-product search, queries sampled from ``vecs``."""
-    if len(vecs) == 0:
+    """recall@k of ``index`` vs exact inner-product search on leave-one-out queries
+    sampled from ``vecs`` (a query's own vector is excluded from both answers)."""
+    if len(vecs) < 2:
         return float("nan")
-    queries, exact = exact_topk(vecs, ids, k, n_queries, seed)
-    return recall_against(index, queries, exact)
+    queries, exact, own = _query_sample(vecs, ids, k, n_queries, seed)
+    return recall_against(index, queries, exact, own)
+
+
+def nprobe_ladder(start: int, nlist: int) -> list[int]:
+    """nprobe values to try, ratio ~1.4 (1, 2, 3, 4, 6, 8, 11, 16, 22, ...): finer than
+    doubling, so tuning stops near the smallest nprobe that reaches the target."""
+    out, n = [], max(1, min(start, nlist))
+    while True:
+        out.append(n)
+        if n >= nlist:
+            return out
+        n = min(nlist, max(n + 1, round(n * 1.4)))
 
 
 def tune_nprobe(index: Any, vecs: np.ndarray, ids: np.ndarray, config: IndexConfig) -> tuple[int, float]:
-    """Double nprobe from the configured value until recall@10 reaches the target
-    (or every list is probed); returns (nprobe, recall). The exact neighbours are
-    computed once; each step is one approximate search of the sampled queries."""
+    """Raise nprobe along ``nprobe_ladder`` until leave-one-out recall@10 reaches
+    target_recall + recall_margin (or every list is probed); returns (nprobe, recall).
+    The exact neighbours are computed once; each step is one approximate search."""
     ivf = _ivf_of(index)
-    queries, exact = exact_topk(vecs, ids, 10, config.recall_queries, config.seed)
-    nprobe = min(config.nprobe, ivf.nlist)
-    while True:
-        ivf.nprobe = nprobe
-        recall = recall_against(index, queries, exact)
-        if recall >= config.target_recall or nprobe >= ivf.nlist:
-            return nprobe, recall
-        nprobe = min(nprobe * 2, ivf.nlist)
+    queries, exact, own = _query_sample(vecs, ids, 10, config.recall_queries, config.seed)
+    goal = min(1.0, config.target_recall + config.recall_margin)
+    for nprobe in nprobe_ladder(config.nprobe, ivf.nlist):
+        _set_nprobe(ivf, nprobe)
+        recall = recall_against(index, queries, exact, own)
+        if recall >= goal:
+            break
+    return nprobe, recall
 
 
 def save_index(index: Any, path: Path, info: IndexInfo) -> None:
@@ -185,7 +278,7 @@ def load_index(workdir: Workdir, model: str) -> tuple[Any, dict]:
     ivf = _ivf_of(index)
     meta = json.loads(meta_path(path).read_text(encoding="utf-8")) if meta_path(path).is_file() else {}
     if ivf is not None and meta.get("nprobe"):
-        ivf.nprobe = int(meta["nprobe"])
+        _set_nprobe(ivf, int(meta["nprobe"]))
     return index, meta
 
 
@@ -220,10 +313,11 @@ def update_index(
     missing = ~np.isin(ids, present)
     kind = meta.get("kind", "flat")
     nlist = meta.get("nlist")
+    new_ivf = False
     if index is None or (kind == "flat" and len(ids) >= cfg.ivf_threshold):
         if len(ids) >= cfg.ivf_threshold:
             index, nlist = _new_ivf(vecs, cfg)
-            kind = "ivf"
+            kind, new_ivf = "ivf", True
         else:
             index = _new_flat(dim or 1)
             kind = "flat"
@@ -246,6 +340,8 @@ def update_index(
         dim=int(index.d),
         added=added,
         nlist=nlist,
+        layout=ivf_layout_name(index) if kind == "ivf" else "Flat",
+        train_size=(meta.get("train_size") if not new_ivf else ivf_layout(len(ids), cfg)[1]) if kind == "ivf" else None,
         nprobe=nprobe if kind == "ivf" else None,
         recall_at_10=recall,
         recall_queries=n_q,

@@ -143,3 +143,103 @@ def test_nprobe_is_raised_until_the_target_recall_on_hard_data(tmp_path):
     from evaluator.embedding.index import _ivf_of
 
     assert _ivf_of(index).nprobe == meta["nprobe"] == info.nprobe  # the tuned value is what loads
+
+
+def overlapping(n, d=32, supers=40, subs=5, seed=0, sub_spread=0.5, noise=0.8):
+    """Two-level clusters: sibling clusters around a super-centre overlap, so a vector's
+    nearest neighbours straddle clusters (and IVF cells), as CLIP neighbourhoods do."""
+    r0 = np.random.default_rng(100)
+    sup = unit(r0.normal(size=(supers, d)))
+    centres = unit(np.repeat(sup, subs, axis=0) + sub_spread * r0.normal(size=(supers * subs, d)) / np.sqrt(d))
+    rng = np.random.default_rng(seed)
+    return unit(centres[rng.integers(0, len(centres), n)] + noise * rng.normal(size=(n, d)) / np.sqrt(d))
+
+
+def test_nprobe_ladder_is_finer_than_doubling():
+    from evaluator.embedding.index import nprobe_ladder
+
+    ladder = nprobe_ladder(1, 100)
+    assert ladder[:8] == [1, 2, 3, 4, 6, 8, 11, 15] and ladder[-1] == 100
+    assert all(b / a <= 1.5 for a, b in zip(ladder[1:], ladder[2:], strict=False))
+    assert nprobe_ladder(500, 64) == [64]
+
+
+def test_layout_lists_follow_sqrt_n_and_the_training_sample():
+    from evaluator.embedding.index import ivf_layout
+
+    assert ivf_layout(1_000_000, IndexConfig()) == (2564, 100_000)  # 4*sqrt(N) = 4000 lists, capped at 100k/39
+    assert ivf_layout(250_000, IndexConfig()) == (2000, 100_000)
+    assert ivf_layout(20_000, IndexConfig(train_size=1_000_000)) == (512, 20_000)  # 565 capped at 20k/39
+    assert ivf_layout(1_000_000, IndexConfig(ivf_nlist_factor=0.1)) == (100, 25_600)  # no more than 256 per list
+    assert ivf_layout(200_000, IndexConfig(train_size=1_000_000)) == (1788, 200_000)  # <= 256 per list: all of them
+
+
+@pytest.mark.slow
+def test_hnsw_ivf_past_the_threshold_reaches_the_target_on_held_out_queries(tmp_path):
+    import faiss
+
+    from evaluator.embedding.index import _ivf_of
+
+    wd = Workdir.at(tmp_path)
+    n = 20_000
+    vecs = overlapping(n, seed=1)
+    ids = np.arange(n, dtype=np.int64) * 5 + 3
+    add_vectors(wd, ids, vecs)
+    cfg = IndexConfig(ivf_threshold=10_000, recall_queries=300)
+    info = update_index(wd, MODEL, cfg)
+    # 1. the layout: ~4*sqrt(N) lists found by an HNSW quantizer, recorded in the meta JSON
+    assert info.kind == "ivf" and info.nlist == 512 and info.train_size == n  # 565 capped at 20k/39
+    assert info.layout == "IVF512_HNSW32,Flat"
+    meta = json.loads(wd.index(MODEL).with_suffix(".json").read_text())
+    assert (meta["layout"], meta["nlist"], meta["nprobe"]) == (info.layout, 512, info.nprobe)
+    index, _ = load_index(wd, MODEL)
+    ivf = _ivf_of(index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSWFlat)
+    # 2. spherical k-means: the centroids are unit vectors
+    centroids = quantizer.reconstruct_n(0, ivf.nlist)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-4)
+    # 3. held-out queries (never indexed), same distribution: recall@10 at the tuned nprobe
+    stored = vecs.astype(np.float16).astype(np.float32)
+    queries = overlapping(400, seed=2).astype(np.float32)
+    exact = ids[np.argsort(-(queries @ stored.T), axis=1)[:, :10]]
+    _, found = index.search(queries, 10)
+    held_out = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.tolist(), found.tolist(), strict=True)])
+    assert held_out >= cfg.target_recall
+    assert info.nprobe < ivf.nlist // 4  # far from probing everything: the layout does the work
+    # ... and probing a single list is measurably worse on these overlapping neighbourhoods
+    ivf.nprobe = 1
+    _, few = index.search(queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.tolist(), few.tolist(), strict=True)]) < held_out
+
+
+@pytest.mark.slow
+def test_hnsw_ivf_incremental_add_keeps_ids_and_survives_save_load(tmp_path):
+    from evaluator.embedding.index import _ivf_of
+
+    wd = Workdir.at(tmp_path)
+    vecs = overlapping(12_000, seed=3)
+    ids = np.random.default_rng(7).choice(2**62, size=12_000, replace=False).astype(np.int64)
+    add_vectors(wd, ids[:10_000], vecs[:10_000])
+    cfg = IndexConfig(ivf_threshold=5_000, recall_queries=200)
+    first = update_index(wd, MODEL, cfg)
+    assert first.kind == "ivf" and first.ntotal == 10_000
+    before, _ = load_index(wd, MODEL)
+    centroids = _ivf_of(before).quantizer.reconstruct_n(0, first.nlist)
+    add_vectors(wd, ids[10_000:], vecs[10_000:])
+    more = update_index(wd, MODEL, cfg)
+    assert (more.kind, more.added, more.ntotal, more.nlist, more.layout) == ("ivf", 2_000, 12_000, first.nlist, first.layout)
+    index, meta = load_index(wd, MODEL)
+    ivf = _ivf_of(index)
+    np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, ivf.nlist), centroids)  # not retrained
+    assert ivf.nprobe == meta["nprobe"] == more.nprobe
+    stored = vecs.astype(np.float16).astype(np.float32)
+    # the added vectors come back under their own image ids, each as its own nearest neighbour
+    sims, found = index.search(stored[10_000:10_050], 1)
+    np.testing.assert_array_equal(found[:, 0], ids[10_000:10_050])
+    np.testing.assert_allclose(index.reconstruct(int(ids[11_999])), stored[11_999], atol=1e-6)
+    # a reload answers exactly what the index answered before it was written
+    again, _ = load_index(wd, MODEL)
+    q = overlapping(50, seed=4).astype(np.float32)
+    np.testing.assert_array_equal(again.search(q, 10)[1], index.search(q, 10)[1])
+    assert sorted(np.asarray(__import__("faiss").vector_to_array(again.id_map)).tolist()) == sorted(ids.tolist())
