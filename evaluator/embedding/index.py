@@ -142,12 +142,9 @@ def _set_nprobe(ivf: Any, nprobe: int) -> None:
     import faiss
 
     ivf.nprobe = int(nprobe)
-    hnsw = faiss.try_extract_index_hnsw(ivf.quantizer) if hasattr(faiss, "try_extract_index_hnsw") else None
     quantizer = faiss.downcast_index(ivf.quantizer)
-    if hnsw is None and isinstance(quantizer, faiss.IndexHNSW):
-        hnsw = quantizer
-    if hnsw is not None:
-        hnsw.hnsw.efSearch = max(64, 2 * int(nprobe))
+    if isinstance(quantizer, faiss.IndexHNSW):  # HNSW returns at most efSearch lists
+        quantizer.hnsw.efSearch = max(64, 2 * int(nprobe))
 
 
 def ivf_layout_name(index: Any) -> str | None:
