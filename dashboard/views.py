@@ -194,9 +194,16 @@ def show_image_detail(store: q.Store, image_id: int, key: str) -> None:
         if not scores.empty:
             right.markdown("**Scores**")
             right.dataframe(scores, hide_index=True, key=f"{key}-scores")
+        right.button("More like this", key=f"{key}-like", on_click=_more_like, args=(int(image_id),),
+                     help="Search the index with this image (Similarity page)")
         if right.button("Close", key=f"{key}-close"):
             st.session_state.pop(key, None)
             st.rerun()
+
+
+def _more_like(image_id: int) -> None:
+    st.session_state["sim-like"] = image_id
+    st.session_state["page"] = "Similarity"
 
 
 def _png_parameters(path: Path | None) -> str:

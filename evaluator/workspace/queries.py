@@ -717,7 +717,8 @@ class CurationFilter:
 
 
 def has_curation(store: Reader) -> bool:
-    return bool(table_columns(store, "curation_files"))
+    """Whether `atelier curate` recorded anything here (migration 5 makes the table empty)."""
+    return bool(table_columns(store, "curation_files")) and bool(store.scalar("SELECT count(*) FROM curation_files"))
 
 
 def curated_files(store: Reader, filt: CurationFilter, *, limit: int, offset: int = 0) -> tuple[pd.DataFrame, int]:

@@ -186,6 +186,49 @@ def test_gallery_renders_thumbnails_in_a_real_browser(served, tmp_path):
     assert "Traceback" not in dom and "StreamlitAPIException" not in dom
 
 
+def test_gallery_detail_opens_in_view_under_the_last_row_clicked(served, tmp_path):
+    _, base_url = served
+    browser, ws_url = start_chromium(tmp_path / "chromium-profile")
+    tools = None
+    try:
+        tools = DevTools(ws_url)
+        tools.call("Page.enable")
+        tools.call("Runtime.enable")
+        tools.call("Page.navigate", url=f"{base_url}/?page=Gallery")
+        views = "Array.from(document.querySelectorAll('[data-testid=stMain] button')).filter(b => b.innerText.trim() === 'View')"
+        state = "(document.querySelector('[data-testid=stApp]') || {dataset: {}}).dataset.testScriptState"
+        deadline = time.monotonic() + 90  # a click while the script still runs is dropped
+        while time.monotonic() < deadline and not (
+                (tools.evaluate(f"{views}.length") or 0) >= 12 * 3 and tools.evaluate(state) == "notRunning"):
+            time.sleep(0.5)
+        tools.evaluate(f"(() => {{ const b = {views}; b[b.length - 1].scrollIntoView({{block: 'center'}}); "
+                       "b[b.length - 1].click(); })()")
+        probe = ("(() => { const m = Array.from(document.querySelectorAll('[data-testid=stMarkdownContainer]'))"
+                 ".find(e => e.innerText.trim() === 'Generation parameters');"
+                 " if (!m) return null; const r = m.getBoundingClientRect();"
+                 " return {top: r.top, height: window.innerHeight}; })()")
+        where = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (where and tools.evaluate(state) == "notRunning"):
+            where = tools.evaluate(probe)
+            time.sleep(0.5)
+        time.sleep(1.0)
+        where = tools.evaluate(probe)
+        shot = tools.call("Page.captureScreenshot", format="png")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "gallery-detail.png").write_bytes(base64.b64decode(shot["data"]))
+    finally:
+        if tools is not None:
+            tools.close()
+        browser.terminate()
+        try:
+            browser.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+    assert where is not None, "the detail never opened"
+    assert 0 <= where["top"] < where["height"], where  # on screen, where the user clicked
+
+
 PAGE_HEADERS = {"Leaderboard": "Leaderboard", "Compare": "Compare a fine-tune with its base", "Artist": "Artist",
                 "Similarity": "Similarity", "SQL": "SQL", "Runs": "Runs"}
 # (charts, tables) each page draws at least, once rendered
