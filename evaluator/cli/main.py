@@ -121,7 +121,7 @@ def main() -> None:
 
     \b
     Pipeline:  catalog -> plan -> generate -> embed -> index -> score -> dashboard
-    Quick look: atelier demo --workdir demo   (tiny random-weight models, ~1.5 minutes on 2 CPU cores)
+    Quick look: atelier demo --workdir demo   (tiny random-weight models, ~2 minutes on 2 CPU cores)
     """
 
 
