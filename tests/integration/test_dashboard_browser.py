@@ -289,3 +289,77 @@ def test_every_other_page_renders_without_an_exception_in_the_browser(served, tm
 
 if __name__ == "__main__":  # pragma: no cover - run by hand: python tests/integration/test_dashboard_browser.py
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+@pytest.fixture(scope="module")
+def served_demo(pipeline_workdir, tmp_path_factory):
+    """The dashboard on the store `atelier demo` makes (tiny models, real embeddings and index)."""
+    from dashboard.cli import streamlit_command
+
+    port = free_port()
+    log = (tmp_path_factory.mktemp("demo-logs") / "streamlit.log").open("w")
+    proc = subprocess.Popen(streamlit_command(pipeline_workdir, port, "127.0.0.1"),
+                            env=dict(os.environ, ATELIER_WORKDIR=str(pipeline_workdir)),
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health", 60)
+        yield pipeline_workdir, f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+DEMO_PROBE = ("({s: (document.querySelector('[data-testid=stApp]') || {dataset: {}}).dataset.testScriptState,"
+              " x: document.querySelectorAll('[data-testid=stException]').length,"
+              " charts: document.querySelectorAll('[data-testid=stVegaLiteChart]').length,"
+              " text: (document.querySelector('[data-testid=stMain]') || {innerText: ''}).innerText,"
+              " images: Array.from(document.querySelectorAll('[data-testid=stMain] img'))"
+              "   .filter(i => i.complete && i.naturalWidth > 0 && i.src.includes('/media/')).length})")
+# page -> (charts, images) it must draw on the demo store
+DEMO_PAGES = {"Compare": (3, 2), "Gallery": (0, 9), "Similarity": (2, 0)}
+
+
+def test_the_demo_store_pages_show_their_new_elements_in_a_real_browser(served_demo, tmp_path):
+    """Compare: verdict matrix, scatter, forest plot, thumbnails of the lost; Gallery: the grid;
+    Similarity: the matrix from embeddings (not the top-k pairs with holes) and the artist map."""
+    _, base_url = served_demo
+    browser, ws_url = start_chromium(tmp_path / "chromium-profile")
+    tools, seen = None, {}
+    try:
+        tools = DevTools(ws_url)
+        tools.call("Page.enable")
+        tools.call("Runtime.enable")
+        for page, (charts, images) in DEMO_PAGES.items():
+            tools.call("Page.navigate", url=f"{base_url}/?page={page}")
+            state, deadline = {}, time.monotonic() + 120
+            while time.monotonic() < deadline:
+                state = tools.evaluate(DEMO_PROBE) or {}
+                if (state.get("s") == "notRunning" and state.get("charts", 0) >= charts
+                        and state.get("images", 0) >= images):
+                    break
+                time.sleep(0.5)
+            time.sleep(0.5)
+            shot = tools.call("Page.captureScreenshot", format="png")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / f"demo-{page.lower()}.png").write_bytes(base64.b64decode(shot["data"]))
+            seen[page] = state
+    finally:
+        if tools is not None:
+            tools.close()
+        browser.terminate()
+        try:
+            browser.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+    for page, (charts, images) in DEMO_PAGES.items():
+        state = seen[page]
+        assert state.get("x") == 0 and state.get("charts", 0) >= charts and state.get("images", 0) >= images, (
+            page, {k: v for k, v in state.items() if k != "text"})
+    assert "Verdict matrix" in seen["Compare"]["text"] and "Lost (" in seen["Compare"]["text"]
+    assert "baseline (no artist)" in seen["Gallery"]["text"]
+    assert "only the stored nearest pairs are known" not in seen["Similarity"]["text"]
+    assert "Map of" in seen["Similarity"]["text"]
