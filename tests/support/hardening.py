@@ -49,6 +49,15 @@ TABLE_KEYS: dict[str, list[str]] = {
     "embedding_errors": ["image_id", "model"],
     "score_state": ["model"],
     "schema_migrations": ["version"],
+    # atelier train (migration 4) and atelier curate (migration 5)
+    "training_runs": ["run"],
+    "training_split": ["run", "sha256"],
+    "training_steps": ["run", "step"],
+    "training_images": ["run", "step", "image_id"],
+    "training_metrics": ["run", "step", "model", "metric"],
+    "training_memorization": ["run", "step", "model", "image_id"],
+    "curation": ["sha256"],
+    "curation_files": ["source", "path"],
 }
 
 # Columns that legitimately differ between a crashed-and-resumed run and a clean one:
