@@ -374,7 +374,7 @@ def test_pages_before_scoring_show_images_and_say_what_is_missing(tmp_path, monk
         if page == "Leaderboard":
             assert metrics(at)["Images"] == "14"  # 6 artists x 2 checkpoints + 2 baselines
         if page == "Gallery":
-            assert len(images(at)) == 6 * 2
+            assert len(images(at)) == 6 * 2 + 2  # the baseline row, then 6 artists x 2 checkpoints
         if page == "Compare":
             assert any("No comparisons yet" in i.value for i in at.info)
     assert any("No scores yet" in i.value for i in at.sidebar.info)

@@ -144,7 +144,7 @@ def served(tmp_path_factory):
 
 def test_gallery_renders_thumbnails_in_a_real_browser(served, tmp_path):
     workdir, base_url = served
-    expected = 12 * 3  # 12 artists x 3 checkpoints, one template, seed 0, no failures
+    expected = 3 + 12 * 3  # the baseline row, then 12 artists x 3 checkpoints, one template, seed 0
     browser, ws_url = start_chromium(tmp_path / "chromium-profile")
     tools = None
     try:
