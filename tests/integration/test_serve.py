@@ -278,7 +278,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 def test_search_by_uploaded_image(api: AtelierClient, workdir: Path) -> None:
-    image_id, path, _ = an_image(workdir)
+    _, path, _ = an_image(workdir)
     data = (workdir / path).read_bytes()
     result = api.search_image(data, k=5)
     # the same answer as `atelier search --image` computes here, on the same model and index
@@ -290,7 +290,9 @@ def test_search_by_uploaded_image(api: AtelierClient, workdir: Path) -> None:
     sims, ids = search_by_image_file(Workdir.at(workdir, create=False), clip, workdir / path, k=5)
     assert [h["image_id"] for h in result["images"]] == [int(i) for i in ids[0]]
     assert [h["similarity"] for h in result["images"]] == pytest.approx([float(x) for x in sims[0]], abs=1e-4)
-    assert image_id in [h["image_id"] for h in result["images"]]  # the image finds itself
+    # an indexed image as the query: the best hit is at least as close as the image itself (the
+    # tiny random CLIP puts many images within float16 rounding of it, so its own rank may vary)
+    assert result["images"][0]["similarity"] >= 0.999
     only = api.search_image(data, k=3, checkpoint="ft-lora")["images"]
     assert len(only) == 3 and {h["checkpoint"] for h in only} == {"ft-lora"}
 
