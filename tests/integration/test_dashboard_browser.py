@@ -13,6 +13,7 @@ Skipped only when chromium is absent and ATELIER_REQUIRE_BROWSER is unset.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -118,39 +119,60 @@ def start_chromium(user_dir: Path) -> tuple[subprocess.Popen, str]:
     return proc, pages[0]["webSocketDebuggerUrl"]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("dash-browser")
-    build_store(workdir, n_artists=12, n_templates=1, n_seeds=2, n_checkpoints=3, with_images=True,
-                       error_rate=0.0)
-    port = free_port()
+@contextlib.contextmanager
+def serve_dashboard(workdir: Path, log_dir: Path):
+    """`streamlit run` of the dashboard on ``workdir`` at a free loopback port; yields its URL."""
     from dashboard.cli import streamlit_command
 
-    env = dict(os.environ, ATELIER_WORKDIR=str(workdir))
-    log = (tmp_path_factory.mktemp("logs") / "streamlit.log").open("w")
-    proc = subprocess.Popen(streamlit_command(workdir, port, "127.0.0.1"), env=env, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=REPO)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/_stcore/health", 60)
-        yield workdir, f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
+    port = free_port()
+    with (log_dir / "streamlit.log").open("w") as log:
+        proc = subprocess.Popen(streamlit_command(workdir, port, "127.0.0.1"),
+                                env=dict(os.environ, ATELIER_WORKDIR=str(workdir)),
+                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            wait_http(f"http://127.0.0.1:{port}/_stcore/health", 60)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(proc)
 
 
-def test_gallery_renders_thumbnails_in_a_real_browser(served, tmp_path):
-    workdir, base_url = served
-    expected = 3 + 12 * 3  # the baseline row, then 12 artists x 3 checkpoints, one template, seed 0
-    browser, ws_url = start_chromium(tmp_path / "chromium-profile")
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@contextlib.contextmanager
+def browser(profile: Path):
+    """Headless chromium with one page, its DevTools session ready (Page and Runtime enabled)."""
+    proc, ws_url = start_chromium(profile)
     tools = None
     try:
         tools = DevTools(ws_url)
         tools.call("Page.enable")
         tools.call("Runtime.enable")
+        yield tools
+    finally:
+        if tools is not None:
+            tools.close()
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("dash-browser")
+    build_store(workdir, n_artists=12, n_templates=1, n_seeds=2, n_checkpoints=3, with_images=True,
+                       error_rate=0.0)
+    with serve_dashboard(workdir, tmp_path_factory.mktemp("logs")) as url:
+        yield workdir, url
+
+
+def test_gallery_renders_thumbnails_in_a_real_browser(served, tmp_path):
+    workdir, base_url = served
+    expected = 3 + 12 * 3  # the baseline row, then 12 artists x 3 checkpoints, one template, seed 0
+    with browser(tmp_path / "chromium-profile") as tools:
         tools.call("Page.navigate", url=f"{base_url}/?page=Gallery")
         loaded, deadline = 0, time.monotonic() + 90
         probe = ("Array.from(document.querySelectorAll('[data-testid=\"stMain\"] img'))"
@@ -170,14 +192,6 @@ def test_gallery_renders_thumbnails_in_a_real_browser(served, tmp_path):
         header = tools.evaluate("Array.from(document.querySelectorAll('[data-testid=stMain] h2')).map(h => h.innerText).join(' ')")
         sizes = tools.evaluate(
             "Array.from(document.querySelectorAll('[data-testid=\"stMain\"] img')).map(i => [i.naturalWidth, i.naturalHeight])")
-    finally:
-        if tools is not None:
-            tools.close()
-        browser.terminate()
-        try:
-            browser.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            browser.kill()
     assert loaded == expected, f"{loaded} of {expected} thumbnails rendered; see {ARTIFACTS / 'gallery.png'}"
     assert "Gallery" in (header or "")
     assert dom.count("<img") >= expected and "/media/" in dom
@@ -188,12 +202,7 @@ def test_gallery_renders_thumbnails_in_a_real_browser(served, tmp_path):
 
 def test_gallery_detail_opens_in_view_under_the_last_row_clicked(served, tmp_path):
     _, base_url = served
-    browser, ws_url = start_chromium(tmp_path / "chromium-profile")
-    tools = None
-    try:
-        tools = DevTools(ws_url)
-        tools.call("Page.enable")
-        tools.call("Runtime.enable")
+    with browser(tmp_path / "chromium-profile") as tools:
         tools.call("Page.navigate", url=f"{base_url}/?page=Gallery")
         views = "Array.from(document.querySelectorAll('[data-testid=stMain] button')).filter(b => b.innerText.trim() === 'View')"
         state = "(document.querySelector('[data-testid=stApp]') || {dataset: {}}).dataset.testScriptState"
@@ -217,14 +226,6 @@ def test_gallery_detail_opens_in_view_under_the_last_row_clicked(served, tmp_pat
         shot = tools.call("Page.captureScreenshot", format="png")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "gallery-detail.png").write_bytes(base64.b64decode(shot["data"]))
-    finally:
-        if tools is not None:
-            tools.close()
-        browser.terminate()
-        try:
-            browser.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            browser.kill()
     assert where is not None, "the detail never opened"
     assert 0 <= where["top"] < where["height"], where  # on screen, where the user clicked
 
@@ -240,13 +241,8 @@ PAGE_IMAGES = {"Compare": 2}
 
 def test_every_other_page_renders_without_an_exception_in_the_browser(served, tmp_path):
     _, base_url = served
-    browser, ws_url = start_chromium(tmp_path / "chromium-profile")
-    tools = None
     seen: dict[str, dict] = {}
-    try:
-        tools = DevTools(ws_url)
-        tools.call("Page.enable")
-        tools.call("Runtime.enable")
+    with browser(tmp_path / "chromium-profile") as tools:
         for page, header in PAGE_HEADERS.items():
             tools.call("Page.navigate", url=f"{base_url}/?page={page}")
             state: dict = {}
@@ -271,14 +267,6 @@ def test_every_other_page_renders_without_an_exception_in_the_browser(served, tm
             shot = tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             (ARTIFACTS / f"{page.lower()}.png").write_bytes(base64.b64decode(shot["data"]))
-    finally:
-        if tools is not None:
-            tools.close()
-        browser.terminate()
-        try:
-            browser.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            browser.kill()
     for page, header in PAGE_HEADERS.items():
         assert header in seen[page].get("h", ""), (page, seen[page])
         assert seen[page].get("x") == 0, (page, seen[page])
@@ -294,23 +282,8 @@ if __name__ == "__main__":  # pragma: no cover - run by hand: python tests/integ
 @pytest.fixture(scope="module")
 def served_demo(pipeline_workdir, tmp_path_factory):
     """The dashboard on the store `atelier demo` makes (tiny models, real embeddings and index)."""
-    from dashboard.cli import streamlit_command
-
-    port = free_port()
-    log = (tmp_path_factory.mktemp("demo-logs") / "streamlit.log").open("w")
-    proc = subprocess.Popen(streamlit_command(pipeline_workdir, port, "127.0.0.1"),
-                            env=dict(os.environ, ATELIER_WORKDIR=str(pipeline_workdir)),
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/_stcore/health", 60)
-        yield pipeline_workdir, f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with serve_dashboard(pipeline_workdir, tmp_path_factory.mktemp("demo-logs")) as url:
+        yield pipeline_workdir, url
 
 
 DEMO_PROBE = ("({s: (document.querySelector('[data-testid=stApp]') || {dataset: {}}).dataset.testScriptState,"
@@ -327,12 +300,8 @@ def test_the_demo_store_pages_show_their_new_elements_in_a_real_browser(served_d
     """Compare: verdict matrix, scatter, forest plot, thumbnails of the lost; Gallery: the grid;
     Similarity: the matrix from embeddings (not the top-k pairs with holes) and the artist map."""
     _, base_url = served_demo
-    browser, ws_url = start_chromium(tmp_path / "chromium-profile")
-    tools, seen = None, {}
-    try:
-        tools = DevTools(ws_url)
-        tools.call("Page.enable")
-        tools.call("Runtime.enable")
+    seen: dict[str, dict] = {}
+    with browser(tmp_path / "chromium-profile") as tools:
         for page, (charts, images) in DEMO_PAGES.items():
             tools.call("Page.navigate", url=f"{base_url}/?page={page}")
             state, deadline = {}, time.monotonic() + 120
@@ -347,14 +316,6 @@ def test_the_demo_store_pages_show_their_new_elements_in_a_real_browser(served_d
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             (ARTIFACTS / f"demo-{page.lower()}.png").write_bytes(base64.b64decode(shot["data"]))
             seen[page] = state
-    finally:
-        if tools is not None:
-            tools.close()
-        browser.terminate()
-        try:
-            browser.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            browser.kill()
     for page, (charts, images) in DEMO_PAGES.items():
         state = seen[page]
         assert state.get("x") == 0 and state.get("charts", 0) >= charts and state.get("images", 0) >= images, (
