@@ -18,7 +18,7 @@ import streamlit as st
 
 from dashboard import queries as q
 from dashboard.report import md_text
-from dashboard.views import VERDICT_COLORS, _fmt, _show_image, artist_filter_widgets
+from dashboard.views import VERDICT_COLORS, _fmt, _show_image, artist_filter_widgets, open_artist
 from evaluator.demo.summary import headline_metric
 
 VERDICTS = ["gained", "lost", "kept", "undecided"]
@@ -169,15 +169,10 @@ def _thumbnail_rows(col, store: q.Store, pair: tuple[str, str, str], rows: pd.Da
             _show_image(right, store.workdir, pair_row.finetune_thumb, f"{finetune} · seed {pair_row.seed}")
         else:
             left.caption("no base and fine-tune image share a template and seed")
-        links.button("Artist", key=f"cmp-{verdict}-artist-{row.artist_id}", on_click=_open_artist,
+        links.button("Artist", key=f"cmp-{verdict}-artist-{row.artist_id}", on_click=open_artist,
                      args=(row.name,))
         links.button("Gallery", key=f"cmp-{verdict}-gallery-{row.artist_id}", on_click=_open_gallery,
                      args=([row.artist_id], [base, finetune]))
-
-
-def _open_artist(name: str) -> None:
-    st.session_state["art-search"] = name
-    st.session_state["page"] = "Artist"
 
 
 def _open_gallery(artist_ids: list[str], checkpoints: list[str]) -> None:

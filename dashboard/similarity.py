@@ -23,6 +23,7 @@ from dashboard.views import (
     _default_clip_spec,
     _show_image,
     artist_filter_widgets,
+    open_artist,
     similarity_search,
 )
 
@@ -218,9 +219,4 @@ def _map_section(store: q.Store, checkpoint: str, model: str) -> None:
     if chosen:
         artist_id = chosen[0].get("artist_id")
         name = names.get(artist_id, artist_id)
-        st.button(f"Open {name} on the Artist page", key="sim-map-open", on_click=_open_artist, args=(name,))
-
-
-def _open_artist(name: str) -> None:
-    st.session_state["art-search"] = name
-    st.session_state["page"] = "Artist"
+        st.button(f"Open {name} on the Artist page", key="sim-map-open", on_click=open_artist, args=(name,))

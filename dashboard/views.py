@@ -201,6 +201,12 @@ def show_image_detail(store: q.Store, image_id: int, key: str) -> None:
             st.rerun()
 
 
+def open_artist(name: str) -> None:
+    """Button callback: show this artist on the Artist page (its search box filled in)."""
+    st.session_state["art-search"] = name
+    st.session_state["page"] = "Artist"
+
+
 def _more_like(image_id: int) -> None:
     st.session_state["sim-like"] = image_id
     st.session_state["page"] = "Similarity"
