@@ -71,6 +71,7 @@ class TrainingConfig:
     # --- the objective
     min_snr_gamma: float | None = None  # min-SNR loss weighting; off by default (as both examples); the paper recommends 5
     noise_offset: float = 0.0  # offset noise; off by default; ~0.05 helps very dark or light styles
+    caption_dropout_rate: float = 0.0  # share of captions trained as "" (kohya's option): a model trained from scratch needs it for guidance; a base has its own
     prediction_type: str | None = None  # epsilon | v_prediction; unset = the base scheduler's (v for SD 2.x 768)
 
     # --- prior preservation (full / DreamBooth-style)
@@ -132,6 +133,8 @@ class TrainingConfig:
         if not self.noise_offset >= 0 or not self.adam_weight_decay >= 0:
             bad = "noise_offset" if not self.noise_offset >= 0 else "adam_weight_decay"
             raise InputError(f"{where}: field {bad!r} must be >= 0 but is {getattr(self, bad)}")
+        if not 0 <= self.caption_dropout_rate < 1:
+            raise InputError(f"{where}: field 'caption_dropout_rate' must be in [0, 1) but is {self.caption_dropout_rate}")
         if not 0 < self.validation_fraction < 1:
             raise InputError(f"{where}: field 'validation_fraction' must be between 0 and 1 (exclusive) "
                              f"but is {self.validation_fraction}")

@@ -163,7 +163,7 @@ def ss_metadata(config: TrainingConfig, models: TrainingModels, facts: RunFacts)
         "ss_max_grad_norm": config.max_grad_norm,
         "ss_optimizer": f"torch.optim.adamw.AdamW(weight_decay={config.adam_weight_decay})",
         "ss_clip_skip": None,
-        "ss_caption_dropout_rate": 0.0,
+        "ss_caption_dropout_rate": config.caption_dropout_rate,
         "ss_prior_loss_weight": config.prior_loss_weight,
         "ss_training_comment": f"atelier train, method {config.method}",
         "ss_tag_frequency": json.dumps(tag_frequency(facts.train_items), ensure_ascii=False),

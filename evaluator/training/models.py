@@ -176,6 +176,20 @@ def training_caption(config: TrainingConfig, caption: str) -> str:
     return caption.replace(token, " ".join(placeholder_tokens(config))) if config.num_vectors > 1 else caption
 
 
+def dropped_caption(config: TrainingConfig, caption: str, step: int, index: int) -> str:
+    """``caption``, or "" for a ``caption_dropout_rate`` share of (step, image) pairs: the
+    draw is seeded by (seed, step, index in the global batch), like the noise, so it does
+    not depend on the batch layout or the number of processes."""
+    if not config.caption_dropout_rate:
+        return caption
+    import torch
+
+    from evaluator.training.objective import CAPTION_STREAM, sample_generator
+
+    draw = float(torch.rand((), generator=sample_generator(config.seed, CAPTION_STREAM, step, index)))
+    return "" if draw < config.caption_dropout_rate else caption
+
+
 def _add_tokens(models: TrainingModels, config: TrainingConfig) -> None:
     import torch
 

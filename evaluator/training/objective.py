@@ -20,6 +20,7 @@ from typing import Any
 # Salts that keep the streams of one (seed, step, index) apart.
 TRAIN_STREAM = 1
 VALIDATION_STREAM = 2
+CAPTION_STREAM = 3  # caption dropout: its own draws, so turning it on changes no noise
 
 
 @dataclass
