@@ -82,6 +82,8 @@ class Artist:
     post_count: int | None = None
     # A character's franchise: a Danbooru copyright tag ("kantai_collection"), or blank
     franchise: str = ""
+    # Danbooru's aliases of ``tag`` (tag form, ``_`` for spaces); empty without a tag
+    tag_aliases: tuple[str, ...] = ()
     # Columns a user added by hand: kept so a load/write round trip loses nothing.
     extra: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
@@ -106,6 +108,7 @@ class Artist:
             "tag": self.tag,
             "post_count": "" if self.post_count is None else str(self.post_count),
             "franchise": self.franchise,
+            "tag_aliases": join_list(self.tag_aliases),
         }
         row.update(dict(self.extra))
         return row
@@ -162,6 +165,7 @@ def artist_from_row(row: dict[str, str]) -> Artist:
         tag=get("tag", ""),
         post_count=parse_post_count(get("post_count", "")),
         franchise=get("franchise", ""),
+        tag_aliases=split_list(get("tag_aliases", "")),
         extra=extra,
     )
 

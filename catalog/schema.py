@@ -33,13 +33,17 @@ COLUMNS: tuple[str, ...] = (
     "tag",
     "post_count",
     "franchise",
+    # Danbooru's other names for the tag (``jonathan_hamilton`` for ``tsuaii``): prompts and
+    # labels written with an old or alternative tag still find the row
+    "tag_aliases",
 )
 # Only these must be present: a hand-made catalog of ids and names is a valid catalog.
 REQUIRED_COLUMNS: tuple[str, ...] = ("artist_id", "name")
 # Multi-valued cells, joined with catalog.units.LIST_SEPARATOR.
-LIST_COLUMNS: tuple[str, ...] = ("aliases", "movements", "mediums", "tags", "sources")
+LIST_COLUMNS: tuple[str, ...] = ("aliases", "movements", "mediums", "tags", "sources", "tag_aliases")
 # Free-text columns besides the name: a formula start there is only a warning.
-TEXT_COLUMNS: tuple[str, ...] = ("aliases", "nationality", "movements", "mediums", "tags", "notes", "tag", "franchise")
+TEXT_COLUMNS: tuple[str, ...] = ("aliases", "nationality", "movements", "mediums", "tags", "notes", "tag", "franchise",
+                                   "tag_aliases")
 YEAR_COLUMNS: tuple[str, ...] = ("born", "died")
 RECOGNITION_VALUES: tuple[str, ...] = ("yes", "no", "unsure")
 RECOGNITION_COLUMNS: tuple[str, ...] = ("recognized_sdxl", "recognized_sd1")
@@ -104,6 +108,17 @@ def escape_tag(tag: str) -> str:
     for bracket in "()[]":
         out = out.replace(bracket, "\\" + bracket)
     return out
+
+
+def unescape_tag(text: str) -> str:
+    """The inverse of ``escape_tag`` (``akira_\\(coffee_curry\\)`` -> ``akira_(coffee_curry)``)."""
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def tag_key(label: str) -> str:
+    """How a label or prompt token is compared with tags: unescaped, trimmed, lower case,
+    blanks as ``_`` (booru sites and prompts write ``ilya kuvshinov`` and ``ilya_kuvshinov``)."""
+    return re.sub(r"\s+", "_", unescape_tag(label).strip().lower())
 
 
 def parse_living(cell: str) -> bool | None:

@@ -359,11 +359,22 @@ class _RowChecker:
             first = self.tags_seen.setdefault((kind, tag), self.line)
             if first != self.line:
                 self._error("tag", f"duplicate {kind} tag {tag!r} (first on line {first})")
+        self._tag_aliases(row.get("tag_aliases", ""), tag)
         franchise = row.get("franchise", "").strip()
         if franchise and kind == "artist":
             self._error("franchise", f"franchise {franchise[:40]!r} is for characters, but this row is an artist")
         elif franchise and not TAG_PATTERN.match(franchise):
             self._error("franchise", f"franchise {franchise[:60]!r} is not a Danbooru copyright tag")
+
+
+    def _tag_aliases(self, cell: str, tag: str) -> None:
+        """Danbooru's aliases of the row's tag: tags themselves, and only beside a tag."""
+        aliases = [a.strip() for a in (cell or "").split(";") if a.strip()]
+        if aliases and not tag:
+            self._error("tag_aliases", "tag_aliases are given but the row has no tag")
+        for alias in aliases:
+            if not TAG_PATTERN.match(alias):
+                self._error("tag_aliases", f"alias {alias[:60]!r} is not a Danbooru tag (lower case, no commas)")
 
 
 def validate_catalog(path: str | os.PathLike[str], now_year: int | None = None) -> ValidationReport:

@@ -50,7 +50,7 @@ from catalog.build.records import BuildReport, Dropped
 from catalog.build.rules import REJECTED_TAG_MERGES
 from catalog.model import Artist
 from catalog.names import is_latin, name_key, slugify
-from catalog.schema import looks_like_formula
+from catalog.schema import TAG_PATTERN, looks_like_formula
 from evaluator.errors import InputError
 
 DANBOORU_FILE = "danbooru-tags.csv"
@@ -252,6 +252,14 @@ def _row_problem(tag: Tag, name: str) -> str | None:
     return None
 
 
+def stored_aliases(tag: Tag) -> tuple[str, ...]:
+    """The tag's Danbooru aliases a catalog cell can hold: valid tags, no list separator, no
+    formula start; sorted, so a rebuild writes the same cell."""
+    keep = {a for a in tag.aliases
+            if a != tag.name and TAG_PATTERN.match(a) and ";" not in a and not looks_like_formula(a)}
+    return tuple(sorted(keep))
+
+
 def _new_row(tag: Tag, name: str, artist_id: str, franchises: Franchises) -> Artist:
     kind = KIND_OF_TYPE[tag.type]
     return Artist(
@@ -262,6 +270,7 @@ def _new_row(tag: Tag, name: str, artist_id: str, franchises: Franchises) -> Art
         tag=tag.name,
         post_count=tag.post_count,
         franchise=franchises.of(tag.name) if kind == "character" else "",
+        tag_aliases=stored_aliases(tag),
     )
 
 
@@ -293,7 +302,8 @@ def new_ids(
 
 def _attach(artist: Artist, match: Match) -> Artist:
     sources = artist.sources if DANBOORU_SOURCE in artist.sources else (*artist.sources, DANBOORU_SOURCE)
-    return dataclasses.replace(artist, tag=match.tag.name, post_count=match.tag.post_count, sources=sources)
+    return dataclasses.replace(artist, tag=match.tag.name, post_count=match.tag.post_count, sources=sources,
+                               tag_aliases=stored_aliases(match.tag))
 
 
 def claim_artists(index: CatalogIndex, tags: list[Tag], report: BuildReport) -> dict[int, Match]:

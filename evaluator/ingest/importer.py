@@ -163,11 +163,18 @@ def _name_keys(name: str) -> list[str]:
     return list(dict.fromkeys([nfc, spaced, slugify(name)]))
 
 
+# A Danbooru tag with a qualifier (``akira_(coffee_curry)``, escaped or not): the qualifier
+# names the person, so such a label is never cut down to ``akira`` to find a name.
+QUALIFIED_TAG = re.compile(r"^[^\s(]+_\\?\([^\s]*\\?\)$")
+
+
 class ArtistIndex:
-    """Label name -> catalog artist_id, by NFC/casefolded name or alias, then by slug."""
+    """Label name -> catalog artist_id: by id, by Danbooru tag or one of its aliases (exact,
+    escapes undone), then by NFC/casefolded name or alias, then by slug."""
 
     def __init__(self, artists: list | None):
         self.by_key: dict[str, str] = {}
+        self.by_tag: dict[str, str] = {}
         self.ids: set[str] = set()
         for artist in artists or []:
             self.ids.add(artist.artist_id)
@@ -175,11 +182,30 @@ class ArtistIndex:
                 for key in _name_keys(name):
                     self.by_key.setdefault(key, artist.artist_id)
             self.by_key.setdefault(artist.artist_id, artist.artist_id)
+            self._add_tags(artist)
         self.has_catalog = artists is not None
+
+    def _add_tags(self, artist) -> None:
+        tag = getattr(artist, "tag", "")
+        if tag:  # the row's own tag first: an alias never takes another row's tag
+            self.by_tag.setdefault(tag, artist.artist_id)
+        for alias in getattr(artist, "tag_aliases", ()) or ():
+            self.by_tag.setdefault(alias, artist.artist_id)
+
+    def lookup_tag(self, label: str) -> str | None:
+        """The row whose Danbooru tag (or tag alias) ``label`` is, or None."""
+        from catalog.schema import tag_key
+
+        return self.by_tag.get(tag_key(label))
 
     def lookup(self, name: str) -> str | None:
         if name in self.ids:
             return name
+        tagged = self.lookup_tag(name)
+        if tagged is not None:
+            return tagged
+        if QUALIFIED_TAG.match(name.strip()):
+            return next((self.by_key[k] for k in _name_keys(name) if k in self.by_key), None)
         for variant in name_variants(name):
             for key in _name_keys(variant):
                 if key in self.by_key:
@@ -188,14 +214,30 @@ class ArtistIndex:
 
 
     def lookup_in_prompt(self, prompt: str) -> str | None:
-        """The catalog artist a prompt names ("... in the style of X", "art by X, ...")."""
+        """The catalog artist a prompt names ("... in the style of X", "art by X, ...") or,
+        in a booru prompt, the first comma-separated token that is a catalog tag
+        ("ilya_kuvshinov, 1girl", "(artist:wlop:1.2)")."""
         for match in STYLE_PHRASE.finditer(prompt):
             words = match.group(1).strip().split()
             for end in range(len(words), 0, -1):  # "Claude Monet soft light" -> ... "Claude Monet"
                 found = self.lookup(" ".join(words[:end]))
                 if found is not None:
                     return found
+        for token in prompt.split(","):
+            found = self.lookup_tag(_bare_token(token))
+            if found is not None:
+                return found
         return None
+
+
+def _bare_token(token: str) -> str:
+    """A prompt token without attention syntax or an ``artist:`` prefix: ``(artist:wlop:1.2)``
+    -> ``wlop``; escaped brackets (``akira_\\(coffee_curry\\)``) are part of the tag and stay."""
+    text = token.strip()
+    while text[:1] in "([" and text[-1:] in ")]" and not text.endswith("\\)") and not text.endswith("\\]"):
+        text = text[1:-1].strip()
+    text = re.sub(r":\s*[0-9.]+$", "", text)
+    return re.sub(r"^(?:artist|by)\s*:\s*", "", text, flags=re.IGNORECASE)
 
 
 STYLE_PHRASE = re.compile(r"(?:style of|artwork by|painting by|art by|painted by|\bby)\s+([^,.;:\n()]+)", re.IGNORECASE)

@@ -408,6 +408,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "UPDATE images SET seed_text = CAST(seed AS VARCHAR) WHERE seed_text IS NULL AND seed >= 0",
         ],
     ),
+    (
+        9,
+        "Danbooru's aliases of a row's tag, as styles.csv keeps them (issue 15)",
+        ["ALTER TABLE artists ADD COLUMN IF NOT EXISTS tag_aliases VARCHAR"],
+    ),
 ]
 
 SCHEMA_VERSION = max(version for version, _, _ in MIGRATIONS)

@@ -23,7 +23,8 @@ OLD_IDS = REPO / "tests" / "corpus" / "catalog_ids_before_issue15.txt"
 
 ROWS = [
     Artist("claude-monet", "Claude Monet", movements=("Impressionism",)),
-    Artist("ilya-kuvshinov", "Ilya Kuvshinov", tag="ilya_kuvshinov", post_count=1508, sources=("danbooru",)),
+    Artist("ilya-kuvshinov", "Ilya Kuvshinov", tag="ilya_kuvshinov", post_count=1508, sources=("danbooru",),
+           tag_aliases=("kr0npr1nz", "madartist")),
     Artist("akira-coffee-curry", "Akira (coffee curry)", tag="akira_(coffee_curry)", post_count=418),
     Artist("hakurei-reimu", "Hakurei Reimu", kind="character", tag="hakurei_reimu", post_count=90000,
            franchise="touhou"),
@@ -61,7 +62,26 @@ def test_kind_columns_round_trip(tmp_path):
     write_catalog(ROWS, tmp_path / "c.csv")
     assert load_catalog(tmp_path / "c.csv") == sorted(ROWS, key=lambda a: a.artist_id)
     header = (tmp_path / "c.csv").read_text(encoding="utf-8").split("\n", 1)[0]
-    assert header.endswith(",notes,kind,tag,post_count,franchise")
+    assert header.endswith(",notes,kind,tag,post_count,franchise,tag_aliases")
+
+
+def test_committed_catalog_keeps_danbooru_aliases_of_its_tags():
+    rows = {a.artist_id: a for a in load_catalog(REPO / "styles.csv")}
+    assert "jonathan_hamilton" in rows["jonathan-hamilton"].tag_aliases  # tsuaii: Danbooru's own alias
+    assert rows["hatsune-miku"].tag_aliases  # characters keep theirs too
+    assert not any(a.tag_aliases for a in rows.values() if not a.tag)
+    assert all(";" not in alias and "," not in alias for a in rows.values() for alias in a.tag_aliases)
+
+
+@pytest.mark.parametrize(("cells", "message"), [
+    ("x,X,,,,,,,,,,,,,artist,,,,old_x", "tag_aliases are given but the row has no tag"),
+    ("x,X,,,,,,,,,,,,,artist,x_tag,,,Old X", "alias 'Old X' is not a Danbooru tag"),
+])
+def test_bad_tag_aliases_are_named(cells, message):
+    header = "artist_id,name,aliases,born,died,living,nationality,movements,mediums,tags,recognized_sdxl," \
+             "recognized_sd1,sources,notes,kind,tag,post_count,franchise,tag_aliases"
+    report = validate_text(f"{header}\n{cells}\n".encode(), path="c.csv")
+    assert any("tag_aliases" in str(e) and message in str(e) for e in report.errors), report.errors
 
 
 def test_a_catalog_without_kinds_is_artists():
@@ -237,3 +257,17 @@ def test_class_count_beside_each_figure_is_null_when_class_sets_mix():
     checkpoint_rows = pd.DataFrame({"checkpoint": ["base", "ft"], "metric": ["top1", "top1"]})
     got = _with_class_counts(checkpoint_rows, inputs)["n_classes"].tolist()
     assert got[0] == 3.0 and np.isnan(got[1])  # ft mixes artists (N 3) and characters (N 1)
+
+
+def test_every_tag_merge_of_the_committed_catalog_was_reviewed():
+    """A merge says two sources name one person: each was checked by hand (the CSV gives the
+    evidence), so a rebuild that merges a new pair fails here until someone reviews it."""
+    import csv
+
+    reviewed_file = REPO / "tests" / "corpus" / "reviewed_tag_merges.csv"
+    lines = [line for line in reviewed_file.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    reviewed = {(r["tag"], r["artist_id"]) for r in csv.DictReader(lines) if r["same_person"] == "yes"}
+    merged = {(a.tag, a.artist_id) for a in load_catalog(REPO / "styles.csv")
+              if a.tag and any(source != "danbooru" for source in a.sources)}
+    assert merged == reviewed, {"not reviewed": sorted(merged - reviewed), "no longer merged": sorted(reviewed - merged)}
+    assert len(reviewed) == 37
