@@ -7,6 +7,12 @@ of fixed size, L2-normalised, the model key in the file metadata.
 ``embed_images`` decodes and preprocesses in DataLoader workers while the main process
 runs the model, and writes a part file atomically every ``part_size`` images, so a
 killed run loses at most one part and a rerun skips what is done.
+
+Under a launcher (``torchrun --nproc_per_node N``: RANK/WORLD_SIZE) each process embeds
+the images it owns (``image_id % world_size == rank``, see
+``evaluator.generation.distributed.owns_image``) and writes its own parts
+(``part-<time>-r<rank>-<uuid>.parquet``); every rank reads every part first, so a rerun,
+with any number of processes, embeds only the gaps and no image is embedded twice.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from evaluator.embedding.clip import LoadedClip
+    from evaluator.generation.distributed import DistEnv
     from evaluator.workspace.workdir import Workdir
 
 
@@ -36,8 +43,10 @@ def _embedding_schema(dim: int):
     return pa.schema([("image_id", pa.int64()), ("embedding", pa.list_(pa.float16(), dim))])
 
 
-def _write_part(folder: Path, ids: list[int], vecs: np.ndarray, model: str) -> Path:
-    """One part file, written under a temporary name and renamed: never seen half-written."""
+def _write_part(folder: Path, ids: list[int], vecs: np.ndarray, model: str, tag: str = "") -> Path:
+    """One part file, written under a temporary name and renamed: never seen half-written.
+
+    ``tag`` (``r<rank>-`` under a launcher) says which process wrote it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -49,7 +58,7 @@ def _write_part(folder: Path, ids: list[int], vecs: np.ndarray, model: str) -> P
         {"image_id": pa.array(ids, type=pa.int64()), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)},
         schema=_embedding_schema(dim).with_metadata({"model": model}),
     )
-    path = folder / f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+    path = folder / f"part-{time.strftime('%Y%m%dT%H%M%S')}-{tag}{uuid.uuid4().hex[:8]}.parquet"
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
@@ -193,6 +202,20 @@ class EmbedResult:
     errors: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
     parts: list[str] = field(default_factory=list)
+    rank: int = 0
+    world_size: int = 1
+    n_elsewhere: int = 0  # listed images another rank owns
+
+
+def _owned_rows(rows: list[tuple[int, str]], env: DistEnv, result: EmbedResult) -> list[tuple[int, str]]:
+    """The rows this rank embeds (all of them in one process); the others count as elsewhere."""
+    from evaluator.generation.distributed import owns_image
+
+    if env.world_size == 1:
+        return rows
+    mine = [row for row in rows if owns_image(row[0], env)]
+    result.n_elsewhere = len(rows) - len(mine)
+    return mine
 
 
 def _images_to_embed(rows: list[tuple[int, str]], done: set[int], result: EmbedResult) -> list[tuple[int, str]]:
@@ -211,8 +234,9 @@ def _images_to_embed(rows: list[tuple[int, str]], done: set[int], result: EmbedR
 class _PartWriter:
     """Collects normalised vectors and writes a part file each time ``part_size`` are pending."""
 
-    def __init__(self, folder: Path, model: str, part_size: int, result: EmbedResult) -> None:
+    def __init__(self, folder: Path, model: str, part_size: int, result: EmbedResult, tag: str = "") -> None:
         self.folder = folder
+        self.tag = tag
         self.model = model
         self.part_size = part_size
         self.result = result
@@ -232,7 +256,8 @@ class _PartWriter:
 
         if not self.ids:
             return
-        self.result.parts.append(str(_write_part(self.folder, self.ids, np.concatenate(self.vecs), self.model)))
+        self.result.parts.append(str(_write_part(self.folder, self.ids, np.concatenate(self.vecs), self.model,
+                                                     self.tag)))
         self.result.n_done += len(self.ids)
         self.ids, self.vecs = [], []
 
@@ -261,15 +286,21 @@ def embed_images(
     num_workers: int = 2,
     part_size: int = 4096,
     progress: bool = True,
+    *,
+    env: DistEnv | None = None,
 ) -> EmbedResult:
     """Embed every listed image not yet embedded by this model; return what happened.
 
     ``image_rows``: a DataFrame or dicts with ``image_id`` and ``path`` (relative to the
     workdir). Workers decode and preprocess (a DataLoader) while this process runs the
     model: on a 2-core CPU the model is the bottleneck and decoding hides behind it.
+    ``env`` (``dist_env()`` under a launcher): embed only this rank's images; None = every image,
+    so a caller that does not know about ranks never embeds half.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
+
+    from evaluator.generation.distributed import DistEnv
 
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1 but is {batch_size}")
@@ -277,8 +308,9 @@ def embed_images(
         raise InputError(f"num_workers must be >= 0 but is {num_workers}")
     start = time.perf_counter()
     rows = _rows_of(image_rows)
-    result = EmbedResult(model=clip.key)
-    todo = _images_to_embed(rows, embedded_ids(workdir, clip.key), result)
+    env = env or DistEnv(0, 1, 0)
+    result = EmbedResult(model=clip.key, rank=env.rank, world_size=env.world_size)
+    todo = _images_to_embed(_owned_rows(rows, env, result), embedded_ids(workdir, clip.key), result)
     folder = workdir.embeddings(clip.key)
     folder.mkdir(parents=True, exist_ok=True)
     if not todo:
@@ -292,8 +324,10 @@ def embed_images(
         prefetch_factor=4 if num_workers > 0 else None,
         persistent_workers=False,
     )
-    writer = _PartWriter(folder, clip.key, part_size, result)
-    bar = tqdm(total=len(todo), desc=f"embed {clip.key}", unit="img", disable=not progress)
+    ranked = env.world_size > 1
+    writer = _PartWriter(folder, clip.key, part_size, result, f"r{env.rank}-" if ranked else "")
+    bar = tqdm(total=len(todo), desc=f"embed {clip.key}" + (f" r{env.rank}" if ranked else ""), unit="img",
+               disable=not progress, position=env.rank if ranked else None)
     _encode_batches(clip, loader, writer, bar)
     bar.close()
     writer.flush()

@@ -1,13 +1,17 @@
 """Rank and world size from the launcher's environment (torchrun, accelerate launch, SLURM).
 
-Generation needs no collective communication: each process takes its units by rank
-(``catalog.units.shard``) and writes its own manifest shards. So no process group is
-started; the launcher's variables are read, and a plain ``python`` run is rank 0 of 1.
+Generation and embedding need no collective communication: each process takes its
+units (``catalog.units.shard``) or images (:func:`owns_image`) by rank and writes its own
+manifest shards or embedding parts. So no process group is started; the launcher's
+variables are read, and a plain ``python`` run is rank 0 of 1. Scoring and training do
+need one (barriers, gathers): :func:`join_process_group` starts it, once, for both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from evaluator.errors import InputError
 
@@ -43,3 +47,53 @@ def device_for(device: str, env: DistEnv) -> str:
     if device == "cuda" and env.world_size > 1:
         return f"cuda:{env.local_rank}"
     return device
+
+
+def owns_image(image_id: int, env: DistEnv) -> bool:
+    """Whether this rank handles ``image_id``: ``image_id % world_size == rank``.
+
+    Image ids are hashes (``catalog.units.image_id_of``), so the split is even; an image's
+    rank depends on its id alone, so adding images never moves one between ranks, and the
+    union over ranks is every image once.
+    """
+    return int(image_id) % env.world_size == env.rank
+
+
+def share_mask(image_ids: Any, env: DistEnv) -> Any:
+    """bool array: which of ``image_ids`` (int64 array) this rank handles (see :func:`owns_image`)."""
+    import numpy as np
+
+    ids = np.asarray(image_ids, dtype=np.int64)
+    return (ids % env.world_size) == env.rank
+
+
+def join_process_group(env: DistEnv, device: str = "cpu", timeout: timedelta = timedelta(hours=4)) -> bool:
+    """Join the launcher's process group (gloo on CPU, nccl on CUDA) when world_size > 1.
+
+    ``timeout`` bounds every collective: a rank waiting at a barrier for a slower one
+    (rank 0 validating, or writing the store) must not give up at torch's 30-minute
+    default. Returns whether a group is in use. Rendezvous is the launcher's
+    (MASTER_ADDR/MASTER_PORT from torchrun or accelerate).
+    """
+    if env.world_size == 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(env.local_rank)
+        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
+    return True
+
+
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (a barrier too); ``[obj]`` alone."""
+    if env.world_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out

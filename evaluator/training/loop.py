@@ -117,19 +117,11 @@ class _Session:
 
 def start_distributed(env, device: str) -> None:
     """Join the launcher's process group (gloo on CPU, nccl on CUDA) when world_size > 1."""
-    if env.world_size == 1:
-        return
-    import torch
-    import torch.distributed as dist
+    from evaluator.generation.distributed import join_process_group
 
-    if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(env.local_rank)
-        # Rank 0 validates (and generates images) at every saved step while the others wait at
-        # a barrier: give that the time a real model's validation takes, not the 30-min default.
-        dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
-                                timeout=timedelta(hours=4))
+    # Rank 0 validates (and generates images) at every saved step while the others wait at
+    # a barrier: give that the time a real model's validation takes, not the 30-min default.
+    join_process_group(env, device, timeout=timedelta(hours=4))
 
 
 def prepare_data(config: TrainingConfig, wd: Workdir, world_size: int) -> TrainingData:
@@ -260,7 +252,7 @@ def _micro_loss(session: _Session, entries: list[tuple[int, Any, tuple[int, int]
     import torch
 
     from evaluator.training.buckets import load_pixels
-    from evaluator.training.models import encode_text, training_caption
+    from evaluator.training.models import dropped_caption, encode_text, training_caption
     from evaluator.training.objective import (
         TRAIN_STREAM,
         draw_noise,
@@ -283,7 +275,8 @@ def _micro_loss(session: _Session, entries: list[tuple[int, Any, tuple[int, int]
     draw = draw_noise(latents.shape[1:], generators, models.noise_scheduler.config.num_train_timesteps,
                       config.noise_offset, latents.device, latents.dtype)
     with session.autocast():
-        captions = [training_caption(config, item.caption) for _, item, _, _ in images]
+        captions = [dropped_caption(config, training_caption(config, item.caption), step, index)
+                    for index, item, _, _ in images]
         cond = encode_text(models, captions, [size for *_, size, _ in images])
         loss = per_image_loss(models.unet, models.noise_scheduler, latents, draw, cond, session.loss_settings)
     weights = torch.tensor([w for *_, w in images], device=loss.device)

@@ -158,9 +158,10 @@ LOCKS = {"score": "atelier score/embed", "import": "atelier import / references 
 
 @contextlib.contextmanager
 def workdir_lock(wd: Workdir, timeout: float = 3600.0, echo: Callable[[str], None] | None = None,
-                 name: str = "score") -> Iterator[None]:
+                 name: str = "score", shared: bool = False) -> Iterator[None]:
     """Exclusive lock on ``DIR/.<name>.lock`` (``score``: scoring or embedding;
-    ``import``: imports).
+    ``import``: imports). ``shared``: the ranks of one launch (torchrun) hold it together,
+    so they do not queue behind each other while a single-process run still waits for them.
 
     An OS lock (flock): released by the kernel when the holder dies, even by SIGKILL,
     so a crash never leaves a stale lock behind. A second run waits; past ``timeout``
@@ -175,7 +176,7 @@ def workdir_lock(wd: Workdir, timeout: float = 3600.0, echo: Callable[[str], Non
     try:
         while True:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 handle.seek(0)
@@ -188,7 +189,7 @@ def workdir_lock(wd: Workdir, timeout: float = 3600.0, echo: Callable[[str], Non
                     echo(f"waiting for another {what} run (pid {holder}) on {wd.root} ...")
                     told = True
                 time.sleep(0.2)
-        handle.seek(0)
+        handle.seek(0)  # shared: the last rank to arrive names the holders
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
