@@ -10,9 +10,16 @@ baseline image, what the recognition metrics compare with. Artist names are mapp
 (NFC + casefold on names and aliases, then accent-insensitive); a name the catalog does
 not know is kept under a slug of the name and reported.
 
-Every file is copied into ``DIR/imported/<checkpoint>/<artist>/<stem>-<unit8>.png`` as
-an RGB PNG (EXIF rotation applied; CMYK, 16-bit, palette, grey and alpha converted;
-animations keep their first frame), with a thumbnail. A file that cannot be decoded
+Every file is copied into ``DIR/imported/<checkpoint>/<artist>/<stem>-<unit8><suffix>``
+with a thumbnail: byte for byte, in its own encoding, when it is a whole 8-bit RGB PNG,
+JPEG or WebP that needed no change (``evaluator.ingest.originals``), else as an RGB PNG
+(EXIF rotation applied; CMYK, 16-bit, palette, grey and alpha converted; animations keep
+their first frame; other formats re-encoded). The settings live in the store's ``images``
+row (prompt, negative prompt, seed, steps, guidance, sampler, size, model, source path and
+the original's SHA-256, which is the image's provenance); a converted PNG also carries them
+as A1111 infotext plus atelier's chunk, a kept original keeps whatever its own metadata
+says. No sidecar is written: the one tool that needs a file beside the image, kohya-style
+training, gets ``<stem>.txt`` captions from ``atelier curate --export``. A file that cannot be decoded
 (empty, truncated, not an image, a decompression bomb) is reported and still recorded,
 with its reason in ``error`` and an id from its SHA-256 and path: nothing is dropped.
 So is, before anything is written, a file whose artist id, checkpoint or template would be
@@ -59,7 +66,7 @@ from typing import Any
 
 from catalog.units import BASELINE_ARTIST_ID, WorkUnit
 from evaluator.errors import InputError
-from evaluator.generation.pngmeta import png_is_complete
+from evaluator.ingest.originals import copy_is_complete, keep_original
 from evaluator.workspace.records import Provenance, RunRecord, image_record, utcnow
 from evaluator.workspace.workdir import Workdir
 
@@ -607,6 +614,8 @@ class _Decoded:
     info: dict
     notes: list[str]
     error: str | None
+    original: bytes | None = None  # the file's bytes when they are kept as they are (evaluator.ingest.originals)
+    suffix: str = ".png"  # the copy's suffix: the original's, or .png for a converted copy
 
 
 @dataclass(frozen=True)
@@ -814,7 +823,9 @@ def _import_file(job: _Import, path: Path) -> None:
         sha = hashlib.sha256(data).hexdigest()
         try:
             image, info, notes = _decode(path, data)
-            decoded = _Decoded(image, info or {}, notes, None)
+            suffix, why = keep_original(data, bool(notes), path.name)
+            decoded = _Decoded(image, info or {}, notes + ([why] if why else []), None,
+                               data if suffix else None, suffix or ".png")
         except ValueError as exc:
             decoded = _Decoded(None, {}, [], str(exc))
     found = _identify(job, path, rel, sha, decoded)
@@ -823,13 +834,13 @@ def _import_file(job: _Import, path: Path) -> None:
     record = _image_row(job, path, rel, sha, found, decoded)
     previous = job.known.get(found.unit.image_id)
     if previous is not None and previous[0] == sha and previous[2] == record["error"] and (
-        record["path"] is None or png_is_complete(job.wd.root / record["path"])
-    ):
+        record["path"] is None or (previous[1] is not None and copy_is_complete(job.wd.root / previous[1]))
+    ):  # the copy an earlier import made (a PNG before originals were kept) is whole: it stays
         job.summary.unchanged += 1
         return
     if record["error"] is None:
         try:
-            _write_copy(job, path, rel, record, decoded.image)
+            _write_copy(job, path, rel, record, decoded)
         except (OSError, ValueError) as exc:  # a name the file system refuses, a link out: this file's error
             _unwrite(job, record)
             reason = f"cannot write its copy: {exc}"
@@ -960,7 +971,7 @@ def _image_row(job: _Import, path: Path, rel: str, sha: str, found: _Identified,
     info, unit = decoded.info, found.unit
     folder = found.checkpoint or ("reference" if job.options.as_reference else UNKNOWN_ARTIST)
     stem = short_name(NAME_SAFE.sub("-", path.stem).strip("-") or "image", MAX_STEM)
-    relpath = Path("imported") / folder / unit.artist_id / f"{stem}-{unit.unit_id[:8]}.png"
+    relpath = Path("imported") / folder / unit.artist_id / f"{stem}-{unit.unit_id[:8]}{decoded.suffix}"
     numbers = {"width": found.width or None, "height": found.height or None, "steps": info.get("steps") or 0}
     for key, value in numbers.items():  # a header or infotext value the int32 columns cannot hold: unknown
         if value is not None and not INT32_RANGE[0] <= value <= INT32_RANGE[1]:
@@ -982,11 +993,24 @@ def _image_row(job: _Import, path: Path, rel: str, sha: str, found: _Identified,
     return record
 
 
-def _write_copy(job: _Import, path: Path, rel: str, record: dict, image) -> None:
-    """Step 4, write: the RGB PNG copy (A1111 infotext + our chunk) and its thumbnail."""
+def _write_copy(job: _Import, path: Path, rel: str, record: dict, decoded: _Decoded) -> None:
+    """Step 4, write: the original bytes, or an RGB PNG (A1111 infotext + our chunk) for a
+    converted file, and the thumbnail; each written atomically (temporary + rename)."""
     from catalog.atomic import atomic_write_bytes
-    from evaluator.generation.pngmeta import InfotextParams, encode_png
     from evaluator.workspace.thumbs import write_thumbnail
+
+    image = decoded.image
+    # folders resolved inside the workdir: a link in it pointing out is refused, not written through
+    target = job.wd.write_path(record["path"])
+    atomic_write_bytes(target, decoded.original if decoded.original is not None else _png_copy(job, path, rel, record, image))
+    write_thumbnail(image, job.wd.write_path(record["thumb_path"]), job.options.thumb_size)
+    image.close()
+    job.summary.imported += 1
+
+
+def _png_copy(job: _Import, path: Path, rel: str, record: dict, image) -> bytes:
+    """The RGB PNG of a converted file, its settings in A1111 infotext and atelier's chunk."""
+    from evaluator.generation.pngmeta import InfotextParams, encode_png
 
     width, height = image.size
     seed = int(record["seed_text"]) if record.get("seed_text") else -1  # exact, also past int64
@@ -995,12 +1019,7 @@ def _write_copy(job: _Import, path: Path, rel: str, record: dict, image) -> None
         record["guidance"], seed, width, height, model=record["checkpoint"], extra={"Imported from": rel},
     ).text()
     meta = {**record, "created_at": job.started.isoformat(), "imported_from": str(path)}
-    encoded = encode_png(image, parameters, meta, compress_level=IMPORT_PNG_LEVEL)
-    # folders resolved inside the workdir: a link in it pointing out is refused, not written through
-    atomic_write_bytes(job.wd.write_path(record["path"]), encoded)
-    write_thumbnail(image, job.wd.write_path(record["thumb_path"]), job.options.thumb_size)
-    image.close()
-    job.summary.imported += 1
+    return encode_png(image, parameters, meta, compress_level=IMPORT_PNG_LEVEL)
 
 
 def _finish_import(job: _Import) -> None:

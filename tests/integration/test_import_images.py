@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from support.gen import CORPUS, SHARED_DATA
 
 from evaluator.generation.pngmeta import format_parameters, parse_comfyui, parse_parameters
@@ -41,10 +41,10 @@ def test_generated_sd15_folder_with_labels(tmp_path, data):
     (monet,) = rows(tmp_path, "SELECT artist_id, checkpoint, prompt, source, width FROM images WHERE path LIKE '%Fragonard%'")
     assert monet[0] == "jean-honore-fragonard"  # NFC/accents matched to the catalog id
     assert monet[1] == "Deliberate-2.0" and monet[2] == "style of Jean-Honoré Fragonard" and monet[3] == "imported"
-    # every copied file is an RGB PNG with a parameters chunk, and has a thumbnail
-    for path, thumb in rows(tmp_path, "SELECT path, thumb_path FROM images LIMIT 5"):
-        with Image.open(tmp_path / path) as image:
-            assert image.format == "PNG" and image.mode == "RGB" and "parameters" in image.text
+    # every copy is the original WebP byte for byte (its SHA-256 the row's), and has a thumbnail
+    for path, thumb, sha, source_path in rows(tmp_path, "SELECT path, thumb_path, sha256, source_path FROM images LIMIT 5"):
+        assert path.endswith(".webp") and (tmp_path / path).read_bytes() == (src / source_path).read_bytes()
+        assert hashlib.sha256((tmp_path / path).read_bytes()).hexdigest() == sha
         assert (tmp_path / thumb).is_file()
     # unknown artists are reported and still recorded under a slug
     known = set(summary.unknown_artists)
