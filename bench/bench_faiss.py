@@ -128,46 +128,51 @@ def exact_baseline(vecs, ids, queries, n_single: int) -> tuple[dict, object]:
     return sp, exact
 
 
-def atelier_index(vecs, ids, queries, n_single: int) -> dict:
-    """Build, tune and measure the index ``update_index`` would build for ``vecs``."""
+def atelier_index(vecs, ids, queries, n_single: int, memory_budget: str | None = None, ivf_threshold: int | None = None) -> dict:
+    """Build, tune and measure the index ``update_index`` would build for ``vecs``
+    (``build_index``: the default IVF, its exact fallbacks, or a budget's choice), searched
+    as ``atelier search`` does (``search_by_vector`` with the meta: large batches go exact
+    when that measured faster)."""
     import faiss
 
-    from evaluator.embedding.index import (
-        IndexConfig,
-        _ivf_of,
-        _new_ivf,
-        _set_nprobe,
-        ivf_layout,
-        ivf_layout_name,
-        tune_nprobe,
-    )
+    from evaluator.embedding.index import IndexConfig, build_index, set_search_param
+    from evaluator.embedding.index_budget import parse_size
 
     exact_speed, exact = exact_baseline(vecs, ids, queries, n_single)
-    cfg = IndexConfig()
+    cfg = IndexConfig() if ivf_threshold is None else IndexConfig(ivf_threshold=ivf_threshold)
+    budget = parse_size(memory_budget) if memory_budget else None
     t0 = time.perf_counter()
-    index, nlist = _new_ivf(vecs, cfg)
-    train_s = time.perf_counter() - t0
-    index.add_with_ids(vecs, ids)
-    add_s = time.perf_counter() - t0 - train_s
-    nprobe, sample_recall = tune_nprobe(index, vecs, ids, cfg)
+    index, meta = build_index(vecs, ids, cfg, budget)
     build_s = time.perf_counter() - t0
-    inner = _ivf_of(index)
+    searcher = _Searcher(index, meta)
+    tuned = versus_exact(searcher, queries, exact, exact_speed, n_single)
     by_nprobe = {}
-    for probe in sorted({1, 2, 4, 8, 16, 32, nprobe}):
-        if probe <= nlist:
-            _set_nprobe(inner, probe)
-            by_nprobe[probe] = versus_exact(index, queries, exact, exact_speed, n_single)
-    _set_nprobe(inner, nprobe)
-    tuned = versus_exact(index, queries, exact, exact_speed, n_single)
+    if meta["kind"] in ("ivf", "ivfpq"):
+        for probe in sorted({1, 2, 4, 8, 16, 32, meta["nprobe"]}):
+            if probe <= meta["nlist"]:
+                set_search_param(index, meta["kind"], probe)
+                by_nprobe[probe] = versus_exact(index, queries, exact, exact_speed, n_single)
+        set_search_param(index, meta["kind"], meta["nprobe"])
     return {
-        "kind": ivf_layout_name(index), "nlist": nlist, "train_size": ivf_layout(len(vecs), cfg)[1], "nprobe": nprobe,
-        "target_recall": cfg.target_recall, "recall_at_10_tuning_sample": round(sample_recall, 4), **tuned,
-        "build_seconds": round(build_s, 1), "train_seconds": round(train_s, 1), "add_seconds": round(add_s, 1),
-        "bytes": len(faiss.serialize_index(index)),
+        "kind": meta.get("layout") or "Flat", "atelier_kind": meta["kind"], "nlist": meta.get("nlist"), "nprobe": meta.get("nprobe"),
+        "ef_search": meta.get("ef_search"), "train_size": meta.get("train_size"), "target_recall": cfg.target_recall,
+        "recall_at_10_tuning_sample": round(meta["recall_at_10"], 4), **tuned,
+        "build_seconds": round(build_s, 1), "bytes": meta.get("bytes"), "file_bytes": len(faiss.serialize_index(index)),
+        "reason": meta.get("reason"), "exact_batch_from": meta.get("exact_batch_from"), "batch_timing": meta.get("batch_timing"),
+        "candidates": meta.get("candidates"), "memory_budget": memory_budget,
         "exact_ms_per_query_single": round(1000 * exact_speed["single"], 3),
         "exact_ms_per_query_batch": round(1000 * exact_speed["batch"], 4),
         "by_nprobe": by_nprobe, "_exact": exact, "_exact_speed": exact_speed,
     }
+
+
+class _Searcher:
+    """The index searched the way atelier's search functions do (``search_by_vector``)."""
+
+    def __init__(self, index, meta: dict) -> None:
+        from evaluator.embedding.index import search_by_vector
+
+        self.search = lambda q, k: search_by_vector(index, q, k, meta)
 
 
 def autofaiss_index(vecs, queries, exact, exact_speed: dict, n_single: int, budget: str) -> dict:
@@ -210,6 +215,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sub-spread", type=float, default=0.3, help="noise norm of a sibling centre around its super-centre")
     parser.add_argument("--noise", type=float, default=1.0, help="noise norm of a vector around its centre")
     parser.add_argument("--uniform-n", type=int, default=None, help="size of the uniform worst case (default --n; 0 skips)")
+    parser.add_argument("--index-memory", default=None, help="also build atelier's choice under this memory budget (e.g. 2GB)")
     parser.add_argument("--autofaiss", action="store_true", help="also build and measure autofaiss on the clustered data")
     parser.add_argument("--autofaiss-budget", default="2GB")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "faiss.json")
@@ -227,13 +233,19 @@ def main() -> None:
     result = atelier_index(vecs, ids, queries, args.single)
     exact, exact_speed = result.pop("_exact"), result.pop("_exact_speed")
     overlap = neighbourhood_overlap(exact, ids, labels, query_labels, args.sub)
+    if args.index_memory:
+        budgeted = atelier_index(vecs, ids, queries, args.single, memory_budget=args.index_memory)
+        budgeted.pop("_exact"), budgeted.pop("_exact_speed")
+        result["index_memory"] = budgeted
     if args.autofaiss:
         positions = (exact - 1) // 2  # ids are 2 * row + 1
         result["autofaiss"] = autofaiss_index(vecs, queries, positions, exact_speed, args.single, args.autofaiss_budget)
     del vecs
     n_uniform = args.n if args.uniform_n is None else args.uniform_n
     if n_uniform:
-        uni = atelier_index(uniform_vectors(n_uniform, args.dim, 1), ids[:n_uniform], uniform_vectors(args.queries, args.dim, 2), args.single)
+        # past the exact threshold at any size: the worst case of the approximate path
+        uni = atelier_index(uniform_vectors(n_uniform, args.dim, 1), ids[:n_uniform], uniform_vectors(args.queries, args.dim, 2),
+                            args.single, ivf_threshold=min(n_uniform, 200_000))
         uni.pop("_exact"), uni.pop("_exact_speed")
         result["uniform"] = {"n": n_uniform, **uni}
     out = {

@@ -1,17 +1,31 @@
 """One FAISS index per embedding model over every image; FAISS ids are image ids.
 
-Exact inner-product search (``IndexFlatIP``; vectors are L2-normalised, so inner
-product = cosine) until the index would hold ``ivf_threshold`` vectors; past that an
-IVF index (``IndexIVFFlat``, inner product) with ~4·sqrt(N) lists found by an HNSW
-coarse quantizer (the layout ``IVF{n}_HNSW32,Flat``) and trained with spherical
-k-means (centroids on the unit sphere, as the vectors are). nprobe is tuned to the
-target recall@10 on leave-one-out queries (sampled vectors whose own id is removed
-from both the exact and the approximate answer, so no query finds itself), and the
-recall is recorded in ``index/<model>.json``.
+The kind (``kind`` in ``index/<model>.json``) is chosen by measurement:
+- ``flat``: exact inner-product search (``IndexFlatIP``; vectors are L2-normalised, so
+  inner product = cosine) below ``ivf_threshold`` vectors, and past it when no
+  approximate index is worth it (``reason`` says why);
+- ``ivf``: the default past the threshold, ``IVF{n}_HNSW32,Flat`` with ~4·sqrt(N) lists
+  found by an HNSW coarse quantizer and trained with spherical k-means (centroids on the
+  unit sphere, as the vectors are);
+- ``ivfpq`` / ``hnsw``: chosen with ``ivf`` under a memory budget (``--index-memory``,
+  ``evaluator.embedding.index_budget``).
 
-Both are wrapped in ``IndexIDMap2`` (ids = image ids, ``reconstruct`` by id), new
-images are added without a rebuild (an IVF keeps its trained centroids), and the file
-is written atomically: a reader sees the old index or the new one, never half of one.
+Tuning: nprobe (efSearch for HNSW) is raised along a ladder finer than doubling until
+recall@10 on leave-one-out queries (sampled vectors whose own id is removed from both the
+exact and the approximate answer, so no query finds itself) reaches the target plus a
+margin. An IVF that needs more than a quarter of its lists scans about that share of the
+vectors query by query, no faster than exact BLAS search: the index is then exact, with
+the reason recorded. Batches past faiss's BLAS threshold are searched exactly when that
+measured faster (``exact_batch_from``, ``evaluator.embedding.index_exact``).
+
+A recall under the target is never silent: ``warning`` in the meta JSON and the runs row,
+printed by ``atelier index build`` / ``info``, returned by ``index_status``.
+
+Everything is wrapped in ``IndexIDMap2`` (ids = image ids, ``reconstruct`` by id). New
+images are added without a rebuild (an IVF keeps its trained centroids); after adds the
+recall is re-measured and nprobe re-tuned, and when the target is out of reach the
+index is rebuilt, logged and recorded in ``rebuilt``. Files are written atomically: a
+reader sees the old index or the new one, never half of one.
 
 Reads ``embeddings/<model>/part-*.parquet``; writes ``index/<model>.faiss`` and its
 ``index/<model>.json``.
@@ -20,8 +34,9 @@ Reads ``embeddings/<model>/part-*.parquet``; writes ``index/<model>.faiss`` and 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +47,14 @@ if TYPE_CHECKING:
 
     from evaluator.embedding.clip import LoadedClip
     from evaluator.workspace.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+# An IVF probing more than this share of its lists reads about that share of the vectors
+# one query at a time: exact BLAS search is as fast and exact (issue 19).
+EXACT_SHARE = 0.25
+# HNSW efSearch ladder (ratio ~1.4 from 16): past 1024 an HNSW query costs more than an IVF's.
+EF_SEARCH = (16, 1024)
 
 
 @dataclass(frozen=True)
@@ -72,7 +95,7 @@ def meta_path(index_path: Path) -> Path:
 @dataclass
 class IndexInfo:
     model: str
-    kind: str  # flat | ivf
+    kind: str  # flat | ivf | ivfpq | hnsw
     ntotal: int
     dim: int
     added: int
@@ -80,8 +103,21 @@ class IndexInfo:
     layout: str | None = None  # the faiss index_factory string, e.g. IVF2048_HNSW32,Flat
     train_size: int | None = None  # vectors the centroids were trained on
     nprobe: int | None = None
+    ef_search: int | None = None  # HNSW's search width, the nprobe of kind hnsw
     recall_at_10: float | None = None
     recall_queries: int | None = None
+    target_recall: float | None = None
+    warning: str | None = None  # the recall is under the target: said wherever the index is used
+    reason: str | None = None  # why this kind: an exact fallback, a budget's choice
+    exact_batch_from: int | None = None  # batches this large are searched exactly (measured faster)
+    batch_timing: dict | None = None  # that measurement
+    bytes: int | None = None  # estimated resident bytes when loaded for search
+    file_bytes: int | None = None
+    disk_bytes: int | None = None  # an IVF-PQ's re-ranking vectors, memory-mapped from the file
+    memory_budget: int | None = None  # --index-memory, kept for later updates
+    candidates: list | None = None  # what the budget measured or skipped
+    rebuilt: str | None = None  # why this update rebuilt the index
+    fallback_at: int | None = None  # vectors when exact was chosen past the threshold: retried at 2x
     built_at: str = ""
     seconds: float = 0.0
 
@@ -108,11 +144,18 @@ def ivf_layout(n: int, config: IndexConfig) -> tuple[int, int]:
     return nlist, min(train, 256 * nlist)
 
 
-def _new_ivf(vecs: np.ndarray, config: IndexConfig) -> tuple[Any, int]:
-    """An untrained-then-trained ``IVF{nlist}_HNSW{M},Flat`` (inner product) in an
-    ``IndexIDMap2``; the centroids come from spherical k-means on a sample, assigned
-    exactly during training (an HNSW over moving centroids would be rebuilt every
-    iteration) and then put in the HNSW quantizer that routes queries and adds."""
+def layout_string(kind: str, nlist: int | None, dim: int, m: int = 32) -> str:
+    """The index_factory string of a kind: ``IVF2048_HNSW32,Flat``, ``HNSW32,Flat``..."""
+    from evaluator.embedding.index_budget import pq_subquantizers
+
+    return {"flat": "Flat", "ivf": f"IVF{nlist}_HNSW{m},Flat", "ivfpq": f"IVF{nlist}_HNSW{m},PQ{pq_subquantizers(dim)},RFlat",
+            "hnsw": f"HNSW{m},Flat"}[kind]
+
+
+def _trained_quantizer(vecs: np.ndarray, config: IndexConfig) -> tuple[Any, int, np.ndarray]:
+    """(HNSW quantizer holding spherical k-means centroids, nlist, training sample). The
+    centroids are assigned exactly during training (an HNSW over moving centroids would be
+    rebuilt every iteration) and then put in the HNSW that routes queries and adds."""
     import faiss
     import numpy as np
 
@@ -129,12 +172,64 @@ def _new_ivf(vecs: np.ndarray, config: IndexConfig) -> tuple[Any, int]:
     centroids = faiss.vector_to_array(clustering.centroids).reshape(nlist, dim)
     quantizer = faiss.IndexHNSWFlat(dim, config.quantizer_m, faiss.METRIC_INNER_PRODUCT)
     quantizer.add(centroids)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    return quantizer, nlist, sample
+
+
+def _new_ivf(vecs: np.ndarray, config: IndexConfig) -> tuple[Any, int]:
+    """An empty trained ``IVF{nlist}_HNSW{M},Flat`` (inner product) in an ``IndexIDMap2``."""
+    import faiss
+
+    quantizer, nlist, _ = _trained_quantizer(vecs, config)
+    ivf = faiss.IndexIVFFlat(quantizer, vecs.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.is_trained = True  # the quantizer holds the trained centroids
     _set_nprobe(ivf, config.nprobe)
     ivf.make_direct_map(True)  # reconstruct by id through IndexIDMap2
     # the faiss wrappers keep `quantizer` and `ivf` referenced by the objects built on them
     return faiss.IndexIDMap2(ivf), nlist
+
+
+def _new_ivfpq(vecs: np.ndarray, config: IndexConfig) -> Any:
+    """An empty trained ``IVF{nlist}_HNSW{M},PQ{dim/8}`` whose candidates an
+    ``IndexRefineFlat`` re-ranks exactly (RERANK_FACTOR candidates per neighbour)."""
+    import faiss
+
+    from evaluator.embedding.index_budget import RERANK_FACTOR, pq_subquantizers
+
+    dim = vecs.shape[1]
+    quantizer, nlist, sample = _trained_quantizer(vecs, config)
+    ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_subquantizers(dim), 8, faiss.METRIC_INNER_PRODUCT)
+    # The quantizer already holds nlist centroids: only the PQ is trained, on 16k residuals
+    # (faiss wants >= 39 per code, 256 codes) in 10 iterations: 64 sub-k-means over the
+    # whole sample took 97 s at 30k x 512 on two busy cores, for no recall after re-ranking.
+    ivf.pq.cp.niter = 10
+    ivf.train(sample[:16_384])
+    _set_nprobe(ivf, config.nprobe)
+    refine = faiss.IndexRefineFlat(ivf)
+    refine.k_factor = RERANK_FACTOR
+    return faiss.IndexIDMap2(refine)
+
+
+def build_kind(kind: str, vecs: np.ndarray, ids: np.ndarray, config: IndexConfig) -> Any:
+    """An index of ``kind`` holding every vector under its id (not yet tuned)."""
+    import faiss
+    import numpy as np
+
+    from evaluator.embedding.index_budget import HNSW_M
+
+    dim = vecs.shape[1]
+    if kind == "flat":
+        index = _new_flat(dim)
+    elif kind == "ivf":
+        index = _new_ivf(vecs, config)[0]
+    elif kind == "ivfpq":
+        index = _new_ivfpq(vecs, config)
+    elif kind == "hnsw":
+        index = faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT))
+    else:
+        raise ValueError(f"unknown index kind {kind!r}")
+    for s in range(0, len(vecs), 262_144):  # float32 copies a quarter million at a time
+        index.add_with_ids(np.ascontiguousarray(vecs[s : s + 262_144], dtype=np.float32), ids[s : s + 262_144])
+    return index
 
 
 def _set_nprobe(ivf: Any, nprobe: int) -> None:
@@ -147,8 +242,18 @@ def _set_nprobe(ivf: Any, nprobe: int) -> None:
         quantizer.hnsw.efSearch = max(64, 2 * int(nprobe))
 
 
+def set_search_param(index: Any, kind: str, param: int) -> None:
+    """nprobe of an IVF kind, efSearch of an HNSW."""
+    import faiss
+
+    if kind == "hnsw":
+        faiss.downcast_index(index.index).hnsw.efSearch = int(param)
+    elif kind in ("ivf", "ivfpq"):
+        _set_nprobe(_ivf_of(index), param)
+
+
 def ivf_layout_name(index: Any) -> str | None:
-    """The index_factory string of an IVF index (``IVF2048_HNSW32,Flat``), None if exact."""
+    """The index_factory string of an IVF-Flat index (``IVF2048_HNSW32,Flat``), None if exact."""
     import faiss
 
     ivf = _ivf_of(index)
@@ -239,44 +344,175 @@ def nprobe_ladder(start: int, nlist: int) -> list[int]:
         n = min(nlist, max(n + 1, round(n * 1.4)))
 
 
-def tune_nprobe(index: Any, vecs: np.ndarray, ids: np.ndarray, config: IndexConfig) -> tuple[int, float]:
-    """Raise nprobe along ``nprobe_ladder`` until leave-one-out recall@10 reaches
-    target_recall + recall_margin (or every list is probed); returns (nprobe, recall).
-    The exact neighbours are computed once; each step is one approximate search."""
-    ivf = _ivf_of(index)
-    queries, exact, own = _query_sample(vecs, ids, 10, config.recall_queries, config.seed)
+def search_ladder(index: Any, kind: str, start: int) -> list[int]:
+    """The values tuning tries: nprobe up to a quarter of the lists (past that exact search
+    is as fast), efSearch from 16 to 1024 for HNSW."""
+    if kind == "hnsw":
+        low, high = EF_SEARCH
+        return [low * v for v in nprobe_ladder(1, high // low)]
+    nlist = _ivf_of(index).nlist
+    return nprobe_ladder(start, max(1, int(nlist * EXACT_SHARE)))
+
+
+def tune(index: Any, kind: str, sample: tuple, config: IndexConfig) -> tuple[int, float]:
+    """Raise nprobe / efSearch along ``search_ladder`` until leave-one-out recall@10 on
+    ``sample`` (queries, exact ids, own ids) reaches target_recall + recall_margin;
+    returns (value, recall) — the last value tried and its recall when never reached."""
     goal = min(1.0, config.target_recall + config.recall_margin)
-    for nprobe in nprobe_ladder(config.nprobe, ivf.nlist):
-        _set_nprobe(ivf, nprobe)
-        recall = recall_against(index, queries, exact, own)
+    for param in search_ladder(index, kind, config.nprobe):
+        set_search_param(index, kind, param)
+        recall = recall_against(index, *sample)
         if recall >= goal:
             break
-    return nprobe, recall
+    return param, recall
 
 
-def save_index(index: Any, path: Path, info: IndexInfo) -> None:
-    import faiss
-
-    from catalog.atomic import atomic_path, atomic_write_text
-
-    with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
-    atomic_write_text(meta_path(path), json.dumps(asdict(info), indent=2) + "\n")
+def tune_nprobe(index: Any, vecs: np.ndarray, ids: np.ndarray, config: IndexConfig) -> tuple[int, float]:
+    """``tune`` of an IVF-Flat on a fresh leave-one-out sample of ``vecs``."""
+    return tune(index, "ivf", _query_sample(vecs, ids, 10, config.recall_queries, config.seed), config)
 
 
-def load_index(workdir: Workdir, model: str) -> tuple[Any, dict]:
-    """The saved index of ``model`` and its metadata; a clear error if none was built."""
-    import faiss
+def recall_warning(meta: dict) -> str | None:
+    """The warning for an index whose measured recall is under its target, else None
+    (also for meta files written before warnings were recorded)."""
+    if meta.get("warning"):
+        return meta["warning"]
+    recall, target = meta.get("recall_at_10"), meta.get("target_recall") or IndexConfig.target_recall
+    if meta.get("kind", "flat") == "flat" or recall is None or recall >= target:
+        return None
+    return (f"recall@10 {recall:.3f} (on {meta.get('recall_queries')} held-out queries) is under the target {target}: "
+            f"about {1 - recall:.0%} of the nearest neighbours are missed; rebuild with a larger --index-memory or "
+            "a lower --target-recall")
 
-    path = workdir.index(model)
+
+def index_status(workdir: Workdir, model: str) -> dict:
+    """What a search caller (``atelier search``, ``serve`` /health) says about the index:
+    kind, size, recall, target and the warning when the recall is under the target."""
+    path = meta_path(workdir.index(model))
     if not path.is_file():
-        raise FileNotFoundError(f"no FAISS index for model {model!r} at {path}; run `atelier index build` or `atelier score`")
-    index = faiss.read_index(str(path))
-    ivf = _ivf_of(index)
-    meta = json.loads(meta_path(path).read_text(encoding="utf-8")) if meta_path(path).is_file() else {}
-    if ivf is not None and meta.get("nprobe"):
-        _set_nprobe(ivf, int(meta["nprobe"]))
-    return index, meta
+        return {"model": model, "built": False, "warning": f"no index for model {model!r}: run `atelier index build`"}
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    keys = ("kind", "layout", "ntotal", "dim", "nprobe", "ef_search", "recall_at_10", "recall_queries", "target_recall",
+            "reason", "exact_batch_from", "bytes", "memory_budget", "rebuilt", "built_at")
+    warning = recall_warning(meta)
+    return {"model": model, "built": True, **{k: meta.get(k) for k in keys}, "recall_ok": warning is None, "warning": warning}
+
+
+# ------------------------------------------------------------------ build and update
+
+
+def _goal(config: IndexConfig) -> float:
+    return min(1.0, config.target_recall + config.recall_margin)
+
+
+def _flat_of(vecs: np.ndarray, ids: np.ndarray, memory_budget: int | None, **extra: Any) -> tuple[Any, dict]:
+    from evaluator.embedding.index_budget import estimate_bytes
+
+    fields = {"kind": "flat", "recall_at_10": 1.0, "recall_queries": 0, "memory_budget": memory_budget,
+              "bytes": estimate_bytes("flat", len(vecs), vecs.shape[1], 0), **extra}
+    return build_kind("flat", vecs, ids, IndexConfig()), fields
+
+
+def _approximate(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_budget: int | None, sample: tuple):
+    """(index, kind, param, recall, reason, candidates): the default IVF, or the budget's choice."""
+    from evaluator.embedding.index_budget import choose
+
+    if memory_budget is None:
+        index = build_kind("ivf", vecs, ids, config)
+        param, recall = tune(index, "ivf", sample, config)
+        return index, "ivf", param, recall, None, None
+    index, best, cands = choose(vecs, ids, config, memory_budget, sample)
+    met = best.recall_at_10 >= _goal(config)
+    reason = (f"--index-memory {memory_budget / 1e6:,.0f}MB: {best.layout} is the fastest measured candidate "
+              f"({best.ms_per_query} ms a query) reaching recall@10 {_goal(config)} within the budget" if met else
+              f"--index-memory {memory_budget / 1e6:,.0f}MB: no candidate within the budget reached recall@10 "
+              f"{_goal(config)}; {best.layout} came closest")
+    return index, best.kind, best.param, best.recall_at_10, reason, [c.row() for c in cands]
+
+
+def build_index(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_budget: int | None = None) -> tuple[Any, dict]:
+    """(index, IndexInfo fields) for ``vecs``, chosen by measurement.
+
+    1. Exact below the threshold (when it fits the budget).
+    2. Past it the default IVF, or the fastest candidate meeting the target within
+       ``memory_budget`` bytes, tuned on one leave-one-out sample.
+    3. Exact when the target was out of reach within a quarter of the lists (and exact fits).
+    4. The batch size from which exact search is faster, measured.
+    """
+    from evaluator.embedding.index_budget import disk_bytes, estimate_bytes
+    from evaluator.embedding.index_exact import batch_fallback
+
+    n, dim = vecs.shape
+    flat_fits = memory_budget is None or estimate_bytes("flat", n, dim, 0) <= memory_budget
+    if n < config.ivf_threshold and flat_fits:
+        return _flat_of(vecs, ids, memory_budget)
+    sample = _query_sample(vecs, ids, 10, config.recall_queries, config.seed)
+    index, kind, param, recall, reason, cands = _approximate(vecs, ids, config, memory_budget, sample)
+    nlist, train = ivf_layout(n, config)
+    layout = layout_string(kind, nlist, dim, config.quantizer_m)
+    if recall < _goal(config) and flat_fits:
+        what = f"efSearch {param}" if kind == "hnsw" else f"nprobe {param}, a quarter of its {nlist} lists,"
+        del index
+        return _flat_of(vecs, ids, memory_budget, candidates=cands, fallback_at=n, reason=(
+            f"{layout} reached recall@10 {recall:.3f} at {what} under the goal {_goal(config)}: "
+            "exact search is about as fast there, and exact"))
+    exact_from, timing = batch_fallback(index, sample[0])
+    fields = {"kind": kind, "layout": layout, "recall_at_10": recall, "recall_queries": len(sample[0]),
+              "reason": reason, "candidates": cands, "memory_budget": memory_budget, "exact_batch_from": exact_from,
+              "batch_timing": timing, "bytes": estimate_bytes(kind, n, dim, nlist)}
+    if kind == "hnsw":
+        fields["ef_search"] = param
+    else:
+        fields.update(nlist=nlist, train_size=train, nprobe=param, disk_bytes=disk_bytes(kind, n, dim))
+    return index, fields
+
+
+def _rebuild_reason(index: Any, meta: dict, n: int, config: IndexConfig, memory_budget: int | None) -> str | None:
+    """Why this update builds the index from scratch, or None to add to the existing one."""
+    if index is None:
+        return "new"
+    if memory_budget is not None and memory_budget != meta.get("memory_budget"):
+        return f"--index-memory changed to {memory_budget / 1e6:,.0f}MB"
+    if meta.get("kind", "flat") == "flat" and n >= config.ivf_threshold:
+        tried = meta.get("fallback_at")
+        if not tried or n >= 2 * tried:
+            return f"{n:,} vectors: past the exact threshold {config.ivf_threshold:,}"
+    return None
+
+
+def _add_and_remeasure(index: Any, meta: dict, vecs: np.ndarray, ids: np.ndarray, config: IndexConfig) -> tuple[int, dict, str | None]:
+    """(vectors added, IndexInfo fields, why a rebuild is needed or None): new vectors go
+    into the existing index; an approximate one has its recall re-measured and re-tuned."""
+    import numpy as np
+
+    missing = ~np.isin(ids, _ids_in(index))
+    added = int(missing.sum())
+    for s in np.array_split(np.flatnonzero(missing), max(1, added // 262_144)):
+        if len(s):
+            index.add_with_ids(np.ascontiguousarray(vecs[s], dtype=np.float32), ids[s])
+    keep = {f.name for f in fields(IndexInfo)} - {"model", "ntotal", "dim", "added", "rebuilt", "built_at", "seconds", "warning"}
+    out = {k: v for k, v in meta.items() if k in keep}
+    kind = meta.get("kind", "flat")
+    if kind == "flat":
+        return added, {**out, "recall_at_10": 1.0, "recall_queries": 0}, None
+    if not added and meta.get("recall_at_10") is not None:
+        return added, out, None
+    sample = _query_sample(vecs, ids, 10, config.recall_queries, config.seed + len(ids))  # new queries each size
+    param, recall = tune(index, kind, sample, config)
+    out.update({"ef_search" if kind == "hnsw" else "nprobe": param, "recall_at_10": recall, "recall_queries": len(sample[0])})
+    was_met = (meta.get("recall_at_10") or 0) >= _goal(config)
+    if recall < _goal(config) and was_met:
+        return added, out, (f"after {added:,} adds recall@10 on held-out queries is {recall:.3f} at its best "
+                            f"{'efSearch' if kind == 'hnsw' else 'nprobe'} {param}, under the goal {_goal(config)}")
+    return added, out, None
+
+
+def _existing(path: Path, dim: int) -> tuple[Any, dict]:
+    """The saved index, fully in memory (adds need that), and its meta; (None, {}) if none or another dim."""
+    if not path.is_file():
+        return None, {}
+    index, meta = _read(path, mmap=False)
+    return (None, {}) if dim and index.d != dim else (index, meta)
 
 
 def update_index(
@@ -285,15 +521,15 @@ def update_index(
     config: IndexConfig | None = None,
     rebuild: bool = False,
     embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+    memory_budget: int | None = None,
 ) -> IndexInfo:
-    """Add every embedded image missing from the model's index; switch to IVF past the threshold.
+    """Add every embedded image missing from the model's index, or (re)build it when
+    needed: past the exact threshold, a new ``memory_budget`` (bytes; kept in the meta for
+    later updates), or a recall after adds under the target (logged, in ``rebuilt``).
 
     ``embeddings``: ``load_embeddings`` output when the caller has it already (a
-    million vectors are 2 GB; read them once). Returns what was done (kind, ntotal,
-    recall@10 when approximate).
+    million vectors are 2 GB; read them once).
     """
-    import numpy as np
-
     from evaluator.embedding.images import load_embeddings
 
     cfg = config or IndexConfig()
@@ -301,58 +537,88 @@ def update_index(
     path = workdir.index(model)
     ids, vecs = embeddings if embeddings is not None else load_embeddings(workdir, model)
     dim = vecs.shape[1] if vecs.ndim == 2 and len(vecs) else 0
-    index, meta = (None, {})
-    if path.is_file() and not rebuild:
-        index, meta = load_index(workdir, model)
-        if dim and index.d != dim:
-            index, meta = None, {}  # the model changed shape: start over
-    present = _ids_in(index) if index is not None else np.zeros(0, dtype=np.int64)
-    missing = ~np.isin(ids, present)
-    kind = meta.get("kind", "flat")
-    nlist = meta.get("nlist")
-    new_ivf = False
-    if index is None or (kind == "flat" and len(ids) >= cfg.ivf_threshold):
-        if len(ids) >= cfg.ivf_threshold:
-            index, nlist = _new_ivf(vecs, cfg)
-            kind, new_ivf = "ivf", True
+    index, meta = (None, {}) if rebuild else _existing(path, dim)
+    budget = memory_budget if memory_budget is not None else meta.get("memory_budget")
+    why = "--rebuild" if rebuild and path.is_file() else _rebuild_reason(index, meta, len(ids), cfg, memory_budget)
+    added, rebuilt = 0, None
+    if why is None:
+        added, fields_, why = _add_and_remeasure(index, meta, vecs, ids, cfg)
+    if why is not None:
+        if why != "new":
+            log.warning("rebuilding the index of %s: %s", model, why)
+            rebuilt = why
+        if len(ids):
+            index, fields_ = build_index(vecs, ids, cfg, budget)
         else:
-            index = _new_flat(dim or 1)
-            kind = "flat"
-        missing = np.ones(len(ids), dtype=bool)
-    added = int(missing.sum())
-    if added:
-        index.add_with_ids(np.ascontiguousarray(vecs[missing], dtype=np.float32), ids[missing])
-    recall = meta.get("recall_at_10") if not added else None
-    n_q = meta.get("recall_queries")
-    nprobe = meta.get("nprobe") or cfg.nprobe
-    if kind == "ivf" and (added or recall is None):
-        nprobe, recall = tune_nprobe(index, vecs, ids, cfg)
-        n_q = min(cfg.recall_queries, len(ids))
-    elif kind == "flat":
-        recall, n_q = 1.0, 0
-    info = IndexInfo(
-        model=model,
-        kind=kind,
-        ntotal=int(index.ntotal),
-        dim=int(index.d),
-        added=added,
-        nlist=nlist,
-        layout=ivf_layout_name(index) if kind == "ivf" else "Flat",
-        train_size=(meta.get("train_size") if not new_ivf else ivf_layout(len(ids), cfg)[1]) if kind == "ivf" else None,
-        nprobe=nprobe if kind == "ivf" else None,
-        recall_at_10=recall,
-        recall_queries=n_q,
-        built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )
+            index, fields_ = _new_flat(dim or 1), {"kind": "flat", "recall_at_10": 1.0, "recall_queries": 0}
+        added = len(ids)
+    info = _info(model, index, fields_, added, cfg)
+    info.rebuilt = rebuilt
     info.seconds = time.perf_counter() - start
-    if added or not path.is_file() or kind != meta.get("kind"):
+    if added or rebuilt or not path.is_file() or info.kind != meta.get("kind"):
         save_index(index, path, info)
+    else:
+        info.file_bytes = meta.get("file_bytes")
     return info
 
 
+def _info(model: str, index: Any, fields_: dict, added: int, config: IndexConfig) -> IndexInfo:
+    known = {f.name for f in fields(IndexInfo)}
+    info = IndexInfo(model=model, ntotal=int(index.ntotal), dim=int(index.d), added=added,
+                     **{k: v for k, v in fields_.items() if k in known and k not in ("model", "ntotal", "dim", "added")})
+    info.layout = info.layout or ("Flat" if info.kind == "flat" else None)
+    info.target_recall = config.target_recall
+    info.warning = recall_warning(asdict(info))
+    info.built_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return info
+
+
+def atomic_meta(path: Path, info: IndexInfo) -> None:
+    from catalog.atomic import atomic_write_text
+
+    atomic_write_text(meta_path(path), json.dumps(asdict(info), indent=2) + "\n")
+
+
+def save_index(index: Any, path: Path, info: IndexInfo) -> int:
+    """Write the index and its meta atomically; returns the index file's bytes."""
+    import faiss
+
+    from catalog.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+        size = tmp.stat().st_size
+    info.file_bytes = size
+    atomic_meta(path, info)
+    return size
+
+
+def _read(path: Path, mmap: bool) -> tuple[Any, dict]:
+    """The index at ``path`` with its search parameters applied, and its meta. ``mmap``:
+    an IVF-PQ's re-ranking vectors stay in the file (the page cache holds what queries
+    read); such an index is read-only, so adds load it without."""
+    import faiss
+
+    meta = json.loads(meta_path(path).read_text(encoding="utf-8")) if meta_path(path).is_file() else {}
+    kind = meta.get("kind", "flat")
+    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap and kind == "ivfpq" else 0)
+    param = meta.get("ef_search") if kind == "hnsw" else meta.get("nprobe")
+    if param and kind != "flat":
+        set_search_param(index, kind, int(param))
+    return index, meta
+
+
+def load_index(workdir: Workdir, model: str) -> tuple[Any, dict]:
+    """The saved index of ``model`` (for search) and its metadata; a clear error if none was built."""
+    path = workdir.index(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"no FAISS index for model {model!r} at {path}; run `atelier index build` or `atelier score`")
+    return _read(path, mmap=True)
+
+
 def record_index_run(workdir: Workdir, info: IndexInfo, config: IndexConfig, timeout: float = 120.0) -> str:
-    """A ``runs`` row (kind='index') with the index's recall, written in one transaction,
-    and its JSON under ``runs/``. Returns the run id."""
+    """A ``runs`` row (kind='index') with the index's choice, recall, speed, bytes and any
+    warning, written in one transaction, and its JSON under ``runs/``. Returns the run id."""
     import uuid
 
     import pandas as pd
@@ -364,7 +630,8 @@ def record_index_run(workdir: Workdir, info: IndexInfo, config: IndexConfig, tim
     record = RunRecord(
         run_id=f"index-{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}", kind="index",
         provenance=Provenance.collect(device="cpu", dtype="float32"),  # FAISS runs on the CPU in float32
-        started_at=now, finished_at=now, config=asdict(config), timings={"seconds": round(info.seconds, 3)},
+        started_at=now, finished_at=now, config={**asdict(config), "memory_budget": info.memory_budget},
+        timings={"seconds": round(info.seconds, 3)},
         n_done=info.added, n_skipped=info.ntotal - info.added, message=json.dumps(asdict(info)),
     )
     with open_store(workdir.store, timeout=timeout) as con, transaction(con):
@@ -376,25 +643,32 @@ def record_index_run(workdir: Workdir, info: IndexInfo, config: IndexConfig, tim
 # ------------------------------------------------------------------ search
 
 
-def search_by_vector(index: Any, vecs: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities [Q, k], image ids [Q, k]); -1 ids pad when the index is small."""
+def search_by_vector(index: Any, vecs: np.ndarray, k: int = 10, meta: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities [Q, k], image ids [Q, k]); -1 ids pad when the index is small. With
+    the index's ``meta``, a batch of at least ``exact_batch_from`` queries is answered
+    exactly (measured faster than the index at build time)."""
     import numpy as np
+
+    from evaluator.embedding.index_exact import exact_search
 
     if k < 1:
         raise InputError(f"k must be >= 1 but is {k}")
     q = np.ascontiguousarray(np.atleast_2d(vecs), dtype=np.float32)
     if q.shape[1] != index.d:
         raise InputError(f"query has dimension {q.shape[1]} but the index has {index.d}")
+    exact_from = (meta or {}).get("exact_batch_from")
+    if exact_from and len(q) >= exact_from and (meta or {}).get("kind", "flat") != "flat":
+        return exact_search(index, q, k)
     return index.search(q, k)
 
 
 def search_by_image_id(workdir: Workdir, model: str, image_id: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    index, _ = load_index(workdir, model)
+    index, meta = load_index(workdir, model)
     try:
         vec = index.reconstruct(int(image_id))
     except RuntimeError as exc:
         raise KeyError(f"image id {image_id} is not in the index of model {model!r}") from exc
-    return search_by_vector(index, vec, k)
+    return search_by_vector(index, vec, k, meta)
 
 
 def search_by_text(workdir: Workdir, clip: LoadedClip, text: str, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -402,9 +676,9 @@ def search_by_text(workdir: Workdir, clip: LoadedClip, text: str, k: int = 10) -
 
     if not text.strip():
         raise InputError("text must be non-empty")
-    index, _ = load_index(workdir, clip.key)
+    index, meta = load_index(workdir, clip.key)
     vec = embed_texts(clip, [text], cache_dir=text_cache_dir(workdir, clip.key))
-    return search_by_vector(index, vec, k)
+    return search_by_vector(index, vec, k, meta)
 
 
 def search_by_image_file(
@@ -412,8 +686,8 @@ def search_by_image_file(
 ) -> tuple[np.ndarray, np.ndarray]:
     from evaluator.embedding.images import embed_image_files
 
-    index, _ = load_index(workdir, clip.key)
-    return search_by_vector(index, embed_image_files(clip, [path]), k)
+    index, meta = load_index(workdir, clip.key)
+    return search_by_vector(index, embed_image_files(clip, [path]), k, meta)
 
 
 # ------------------------------------------------------------------ artist centroids

@@ -132,17 +132,32 @@ def test_centroid_neighbors_match_a_naive_loop():
     assert hits[0][0][0] == "a2"
 
 
-def test_nprobe_is_raised_until_the_target_recall_on_hard_data(tmp_path):
+def test_nprobe_is_raised_until_the_target_recall_and_the_tuned_value_loads(tmp_path):
     wd = Workdir.at(tmp_path)
-    rng = np.random.default_rng(6)
-    vecs = unit(rng.normal(size=(5000, 32)))  # no clusters: the hardest case for IVF
-    add_vectors(wd, np.arange(5000), vecs)
-    info = update_index(wd, MODEL, IndexConfig(ivf_threshold=1000, nprobe=1, target_recall=0.9, recall_queries=200))
-    assert info.kind == "ivf" and info.nprobe > 1 and info.recall_at_10 >= 0.9
+    vecs = overlapping(6000, seed=6)
+    add_vectors(wd, np.arange(6000), vecs)
+    info = update_index(wd, MODEL, IndexConfig(ivf_threshold=1000, nprobe=1, recall_queries=200))
+    assert info.kind == "ivf" and info.nprobe > 1 and info.recall_at_10 >= 0.96 and info.warning is None
     index, meta = load_index(wd, MODEL)
     from evaluator.embedding.index import _ivf_of
 
     assert _ivf_of(index).nprobe == meta["nprobe"] == info.nprobe  # the tuned value is what loads
+
+
+def test_uniform_data_past_the_threshold_falls_back_to_exact_with_the_reason(tmp_path):
+    """No clusters: the IVF needs more than a quarter of its lists, so the index is exact."""
+    wd = Workdir.at(tmp_path)
+    vecs = unit(np.random.default_rng(6).normal(size=(5000, 32)))
+    add_vectors(wd, np.arange(5000), vecs)
+    cfg = IndexConfig(ivf_threshold=1000, recall_queries=200)
+    info = update_index(wd, MODEL, cfg)
+    assert (info.kind, info.layout, info.recall_at_10, info.fallback_at) == ("flat", "Flat", 1.0, 5000)
+    assert "a quarter of its 128 lists" in info.reason and info.warning is None
+    assert json.loads(wd.index(MODEL).with_suffix(".json").read_text())["reason"] == info.reason
+    # a few more vectors do not retry the IVF (it is retried at twice the size)
+    add_vectors(wd, np.arange(5000, 5100), unit(np.random.default_rng(7).normal(size=(100, 32))))
+    more = update_index(wd, MODEL, cfg)
+    assert (more.kind, more.added, more.ntotal, more.rebuilt) == ("flat", 100, 5100, None)
 
 
 def overlapping(n, d=32, supers=40, subs=5, seed=0, sub_spread=0.5, noise=0.8):
