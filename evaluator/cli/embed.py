@@ -17,7 +17,7 @@ from evaluator.cli.options import clip_options, workdir_option
 @workdir_option()
 @clip_options
 def embed_cmd(workdir: Path, model: str, pretrained: str | None, device: str, dtype: str,
-              batch_size: int, num_workers: int) -> None:
+              batch_size: int, num_workers: int | None) -> None:
     """Embed every image of the manifests not yet embedded by MODEL (resumable).
 
     \b

@@ -117,8 +117,9 @@ def batch_size_option(*, default: int = 64, help: str = "Images per model call."
 
 
 def num_workers_option() -> Decorator:
-    return click.option("--num-workers", default=2, show_default=True, type=click.IntRange(min=0),
-                        help="DataLoader workers decoding images.")
+    return click.option("--num-workers", default=None, type=click.IntRange(min=0),
+                        help="DataLoader workers decoding images [default: from the cores: 1 per 4 on CPU, "
+                             "all but one with CUDA].")
 
 
 def clip_options(function: Callable[..., Any]) -> Callable[..., Any]:

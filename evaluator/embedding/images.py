@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,6 +157,8 @@ class _ImageDataset:
         image_id, relpath = self.rows[i]
         try:
             path = (self.root / relpath) if not os.path.isabs(relpath) else Path(relpath)
+            if hasattr(self.preprocess, "open"):  # clip.ClipPreprocess: JPEG draft mode, shrink, transform
+                return image_id, self.preprocess.open(path), None
             with Image.open(path) as img:
                 img.load()
                 tensor = self.preprocess(img.convert("RGB"))
@@ -171,6 +175,57 @@ def _collate(batch):
     ids = [i for i, _ in ok]
     tensors = torch.stack([t for _, t in ok]) if ok else None
     return ids, tensors, bad
+
+
+@dataclass(frozen=True)
+class LoaderPlan:
+    """How many decode workers and torch threads an embedding run uses, and how batches move.
+
+    On a CPU the model and the decoders share the cores: measured on 2 cores (ViT-B-32,
+    SD 1.5 WebP), 2 workers + 2 torch threads reached 77% of the model-alone throughput,
+    1 worker + 2 threads 89%, so the model keeps every core and one worker per 4 cores
+    decodes (decoding is a small share of the work once originals are kept). On a GPU the
+    cores only decode: all but one become workers, and batches are pinned in page-locked
+    memory so the host-to-device copy runs without blocking.
+    """
+
+    workers: int
+    torch_threads: int
+    pin_memory: bool
+    prefetch_factor: int | None
+
+
+def usable_cores(processes: int = 1) -> int:
+    """The cores this process may run on (its CPU affinity), shared among ``processes``
+    ranks of a launch on one machine; at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, processes))
+
+
+def loader_plan(device: str, num_workers: int | None = None, cores: int | None = None) -> LoaderPlan:
+    """The plan for ``device`` on ``cores`` (default: ``usable_cores()``); an explicit
+    ``num_workers`` wins over the default."""
+    cores = cores or usable_cores()
+    cuda = device.startswith("cuda")
+    workers = num_workers if num_workers is not None else (max(1, min(8, cores - 1)) if cuda else max(1, cores // 4))
+    threads = cores if cuda or cores - workers < 2 else cores - workers
+    return LoaderPlan(workers, max(1, threads), cuda, 4 if workers > 0 else None)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set for a block, then restored."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _rows_of(image_rows: Any) -> list[tuple[int, str]]:
@@ -271,7 +326,8 @@ def _encode_batches(clip: LoadedClip, loader: Any, writer: _PartWriter, progress
             for image_id, error in bad:
                 writer.result.errors[image_id] = error
             if tensors is not None:
-                feats = clip.model.encode_image(tensors.to(clip.spec.device, clip.torch_dtype))
+                # non_blocking: from pinned memory (CUDA) the copy overlaps; on CPU it is a no-op
+                feats = clip.model.encode_image(tensors.to(clip.spec.device, clip.torch_dtype, non_blocking=True))
                 feats = torch.nn.functional.normalize(feats.float(), dim=-1)
                 writer.add(ids, feats.cpu().numpy())
             progress_bar.update(len(ids) + len(bad))
@@ -283,7 +339,7 @@ def embed_images(
     clip: LoadedClip,
     image_rows: Any,
     batch_size: int = 64,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     part_size: int = 4096,
     progress: bool = True,
     *,
@@ -304,7 +360,7 @@ def embed_images(
 
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1 but is {batch_size}")
-    if num_workers < 0:
+    if num_workers is not None and num_workers < 0:
         raise InputError(f"num_workers must be >= 0 but is {num_workers}")
     start = time.perf_counter()
     rows = _rows_of(image_rows)
@@ -316,19 +372,22 @@ def embed_images(
     if not todo:
         result.seconds = time.perf_counter() - start
         return result
+    plan = loader_plan(clip.spec.device, num_workers, usable_cores(env.world_size))
     loader = DataLoader(
         _ImageDataset(workdir.root, todo, clip.preprocess),
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=plan.workers,
         collate_fn=_collate,
-        prefetch_factor=4 if num_workers > 0 else None,
+        prefetch_factor=plan.prefetch_factor,
         persistent_workers=False,
+        pin_memory=plan.pin_memory,
     )
     ranked = env.world_size > 1
     writer = _PartWriter(folder, clip.key, part_size, result, f"r{env.rank}-" if ranked else "")
     bar = tqdm(total=len(todo), desc=f"embed {clip.key}" + (f" r{env.rank}" if ranked else ""), unit="img",
                disable=not progress, position=env.rank if ranked else None)
-    _encode_batches(clip, loader, writer, bar)
+    with torch_threads(plan.torch_threads):
+        _encode_batches(clip, loader, writer, bar)
     bar.close()
     writer.flush()
     result.n_failed = len(result.errors)
@@ -344,6 +403,9 @@ def embed_image_files(clip: LoadedClip, paths: list[str | Path]) -> np.ndarray:
     tensors = []
     for path in paths:
         try:
+            if hasattr(clip.preprocess, "open"):  # the same pixels as the embedder's workers
+                tensors.append(clip.preprocess.open(path))
+                continue
             with Image.open(path) as img:
                 img.load()
                 tensors.append(clip.preprocess(img.convert("RGB")))
