@@ -57,7 +57,8 @@ def score_cmd(workdir: Path, compare: tuple[str, ...], ivf_threshold: int, quiet
     Writes images, image_scores, artist_scores (n, CI over seeds), checkpoint_scores,
     artist_neighbors and comparisons (fine-tune vs base: delta, CI, verdict) in one
     transaction. A rerun with nothing new writes nothing; a new checkpoint scores only
-    its own images.
+    its own images. Under `torchrun --nproc_per_node N` each process embeds and scores
+    its share of the images (image_scores parts) and rank 0 writes the store.
     """
     import duckdb
 
@@ -73,7 +74,7 @@ def score_cmd(workdir: Path, compare: tuple[str, ...], ivf_threshold: int, quiet
         raise click.ClickException(
             f"writing the store {Path(workdir) / 'atelier.duckdb'} failed, nothing was written (it is as before): {exc}"
         ) from exc
-    if not summary.noop:
+    if not summary.noop and summary.rank == 0:  # ranks > 0 of a launch said what they did
         idx = summary.index
         click.echo(f"index: {idx.get('kind')} over {idx.get('ntotal')} images (recall@10 {idx.get('recall_at_10')})")
 

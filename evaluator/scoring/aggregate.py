@@ -62,6 +62,9 @@ class ScoringBatch:
     pairs: list[tuple[str, str]]  # (base, finetune) to compare
     bootstrap: BootstrapConfig
     k_neighbors: int
+    # image_id, model, metric, value of the new images, when computed elsewhere (the
+    # ranks of a launch, evaluator.scoring.parts); None: computed here from new_mask
+    new_scores: pd.DataFrame | None = None
 
 
 @dataclass
@@ -138,21 +141,39 @@ def _new_images(inputs: EvalInputs, new_mask: np.ndarray) -> EvalInputs:
     )
 
 
-def _image_level(batch: ScoringBatch, tables: ScoreTables) -> pd.DataFrame:
-    """Image scores of the new images; returns every image's (old and new) scores with meta."""
+def image_metric_rows(inputs: EvalInputs, mask: np.ndarray, model: str) -> pd.DataFrame:
+    """(image_id, model, metric, value) of every image metric on the images ``mask`` selects.
+
+    An image's values depend on it, the catalog, the references and the CSLS pool only,
+    never on which other images are selected: the ranks of a launch each take a share.
+    Rows come in the registry's metric order, images in ``inputs`` order (by image id).
+    """
     import numpy as np
     import pandas as pd
 
     from evaluator.scoring.metrics import list_metrics
 
-    sub = _new_images(batch.inputs, batch.new_mask)
+    if not mask.any():
+        return pd.DataFrame({"image_id": pd.Series(dtype="int64"), "model": pd.Series(dtype=object),
+                             "metric": pd.Series(dtype=object), "value": pd.Series(dtype="float64")})
+    sub = _new_images(inputs, mask)
     metrics = list_metrics("image", has_references=sub.has_references())
     new_long = _image_long({m.name: np.asarray(m.fn(sub), dtype=np.float64) for m in metrics}, sub.image_ids)
-    new_long["model"] = batch.model
-    tables.image_scores = new_long[["image_id", "model", "metric", "value"]]
+    new_long["model"] = model
+    return new_long[["image_id", "model", "metric", "value"]]
+
+
+def _image_level(batch: ScoringBatch, tables: ScoreTables) -> pd.DataFrame:
+    """Image scores of the new images; returns every image's (old and new) scores with meta."""
+    import pandas as pd
+
+    new_long = batch.new_scores
+    if new_long is None:
+        new_long = image_metric_rows(batch.inputs, batch.new_mask, batch.model)
+    tables.image_scores = new_long
     old = batch.old_scores
     current = set(batch.inputs.image_ids.tolist())
-    old = old[old["image_id"].isin(current) & ~old["image_id"].isin(set(sub.image_ids.tolist()))]
+    old = old[old["image_id"].isin(current) & ~old["image_id"].isin(set(batch.inputs.image_ids[batch.new_mask].tolist()))]
     long = pd.concat([old[["image_id", "metric", "value"]], new_long[["image_id", "metric", "value"]]], ignore_index=True)
     long = long.merge(batch.meta, on="image_id", how="inner")
     long["value"] = long["value"].astype("float64")  # an empty store frame is object-typed

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from evaluator.embedding.embed import EmbedResult, LoadedClip
     from evaluator.embedding.index import IndexConfig, IndexInfo
+    from evaluator.generation.distributed import DistEnv
     from evaluator.scoring.metrics import EvalInputs
     from evaluator.workspace.workdir import Workdir
 
@@ -295,19 +296,37 @@ class EmbedSettings:
     """How to embed images: throughput and resumability, never the values."""
 
     batch_size: int
-    num_workers: int
+    num_workers: int | None  # None: from the cores (embedding.images.loader_plan)
     part_size: int
     progress: bool
 
 
-def embed_missing(wd: Workdir, clip: LoadedClip, inputs: ScoreInputs, settings: EmbedSettings) -> EmbedResult:
-    """Embed every scored and reference image not embedded yet (resumable part files)."""
+def embed_missing(wd: Workdir, clip: LoadedClip, inputs: ScoreInputs, settings: EmbedSettings,
+                  env: DistEnv | None = None) -> EmbedResult:
+    """Embed every scored and reference image not embedded yet (resumable part files);
+    under a launcher (``env``) only this rank's share."""
     import pandas as pd
 
     from evaluator.embedding.embed import embed_images
 
     to_embed = pd.concat([inputs.scored_rows, inputs.reference_rows], ignore_index=True)[["image_id", "path"]]
-    return embed_images(wd, clip, to_embed, settings.batch_size, settings.num_workers, settings.part_size, settings.progress)
+    return embed_images(wd, clip, to_embed, settings.batch_size, settings.num_workers, settings.part_size,
+                        settings.progress, env=env)
+
+
+def merge_embed_results(results: list[EmbedResult]) -> EmbedResult:
+    """One result for the ranks' results (gathered in rank order): counts summed, errors joined."""
+    from dataclasses import replace
+
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    return replace(
+        first, rank=0, world_size=len(results), n_elsewhere=0,
+        n_done=sum(r.n_done for r in results), n_skipped=sum(r.n_skipped for r in results),
+        n_failed=sum(r.n_failed for r in results), errors={k: v for r in results for k, v in r.errors.items()},
+        seconds=max(r.seconds for r in results), parts=[p for r in results for p in r.parts],
+    )
 
 
 @dataclass
@@ -324,16 +343,24 @@ class Embedded:
         return self.vecs[self.position.loc[rows["image_id"]].to_numpy()]
 
 
-def load_and_index(wd: Workdir, model: str, inputs: ScoreInputs, index_config: IndexConfig) -> Embedded:
-    """Load the model's embeddings, add new ones to the FAISS index, keep rows with a vector."""
+def load_and_index(wd: Workdir, model: str, inputs: ScoreInputs, index_config: IndexConfig,
+                   update: bool = True) -> Embedded:
+    """Load the model's embeddings, add new ones to the FAISS index, keep rows with a vector.
+
+    ``update=False`` (ranks > 0 of a launch: rank 0 is the index's one writer) leaves
+    the index alone; ``index_info`` then only counts the vectors.
+    """
     import numpy as np
     import pandas as pd
 
     from evaluator.embedding.embed import load_embeddings
-    from evaluator.embedding.index import update_index
+    from evaluator.embedding.index import IndexInfo, update_index
 
     ids, vecs = load_embeddings(wd, model)
-    index_info = update_index(wd, model, index_config, embeddings=(ids, vecs))
+    if update:
+        index_info = update_index(wd, model, index_config, embeddings=(ids, vecs))
+    else:
+        index_info = IndexInfo(model, "not updated on this rank", len(ids), int(vecs.shape[1]) if vecs.ndim == 2 else 0, 0)
     position = pd.Series(np.arange(len(ids)), index=ids)
 
     def with_vector(rows: pd.DataFrame) -> pd.DataFrame:

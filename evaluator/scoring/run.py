@@ -16,6 +16,16 @@ Order of work, and why:
    (``aggregate``);
 6. open the store once and write everything in ONE transaction, then close (``write``).
 
+Under ``torchrun --nproc_per_node N`` (or ``accelerate launch``) the same command runs
+on N processes (a gloo/nccl process group): step 3 embeds each rank's images
+(``image_id % N == rank``) into its own parts; after a gather every rank loads all
+vectors, rank 0 alone updates the index and embeds the texts (the others then read them
+from the cache); step 5's image-level metrics are computed by each rank for its share
+of the new images and written as ``image_scores`` parts (``evaluator.scoring.parts``);
+after a second gather rank 0 reads every part with DuckDB, computes the aggregates and
+writes the store in one transaction (step 6), as in one process. Ranks > 0 never open
+the store for writing. One process does exactly what it did before.
+
 A run whose inputs are unchanged (same images, catalog, references and config) writes
 nothing: a rerun adds no row, not even a `runs` row. A killed run leaves the store as
 it was (nothing is written before step 6) and its finished embedding parts are reused.
@@ -59,13 +69,18 @@ from typing import TYPE_CHECKING, Any
 
 from evaluator.embedding.index import IndexConfig
 from evaluator.errors import InputError
+from evaluator.generation.distributed import DistEnv
 from evaluator.workspace.records import utcnow
 from evaluator.workspace.workdir import Workdir, workdir_lock
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
     from evaluator.embedding.embed import EmbedResult, LoadedClip
     from evaluator.scoring.aggregate import ScoreTables
-    from evaluator.scoring.inputs import Embedded, ScoreInputs
+    from evaluator.scoring.inputs import Embedded, ScoreInputs, TextVectors
+    from evaluator.scoring.metrics import EvalInputs
     from evaluator.scoring.write import StoreRows
 
 
@@ -118,9 +133,10 @@ class ScoreConfig:
     # None: only the `base` field of checkpoint records pairs checkpoints; explicit
     # (base, finetune) pairs are compared on top of those.
     base_pairs: list[tuple[str, str]] | None = _result(default=None)
-    # Embedding: 64 images a batch fill a CPU's vector units; 2 workers = this machine's cores.
+    # Embedding: 64 images a batch fill a CPU's vector units; workers None = from the cores
+    # (embedding.images.loader_plan: 1 per 4 cores on CPU, the model keeps the rest).
     batch_size: int = _operational(default=64)
-    num_workers: int = _operational(default=2)
+    num_workers: int | None = _operational(default=None)
     part_size: int = _operational(default=4096)  # images per embedding part file: what a killed run can lose
     # FAISS: exact search up to 200k images, IVF past that (see IndexConfig).
     index: IndexConfig = _result(default_factory=IndexConfig)
@@ -185,6 +201,8 @@ class ScoreSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     # undecided verdicts, NULL metrics and their reasons (evaluator.scoring.notices)
     warnings: list[str] = field(default_factory=list)
+    rank: int = 0  # under a launcher: this process; only rank 0 writes the store
+    world_size: int = 1
 
 
 class _Clock:
@@ -211,6 +229,7 @@ class _Prepared:
     embedding: EmbedResult
     embedded: Embedded
     fingerprint: dict
+    env: DistEnv
 
     @property
     def unchanged(self) -> bool:
@@ -228,39 +247,59 @@ def score(workdir: str | Path, config: ScoreConfig | None = None, echo=None, **o
 
         cfg = replace(cfg, **overrides)
     cfg.validate()
+    from datetime import timedelta
+
+    from evaluator.generation.distributed import dist_env, join_process_group
+
+    env = dist_env()
     wd = Workdir.at(workdir)
     say = echo or (lambda msg: None)
-    with workdir_lock(wd, cfg.lock_timeout, echo=say):  # 1.
-        return _score_locked(wd, cfg, say)
+    # the ranks of a launch share the lock (they must not queue behind each other)
+    with workdir_lock(wd, cfg.lock_timeout, echo=say, shared=env.world_size > 1):  # 1.
+        # a day: ranks > 0 wait at a gather while rank 0 indexes, embeds texts, writes
+        join_process_group(env, cfg.device, timeout=timedelta(hours=24))
+        return _score_locked(wd, cfg, say, env)
 
 
-def _score_locked(wd: Workdir, cfg: ScoreConfig, say) -> ScoreSummary:
+def _score_locked(wd: Workdir, cfg: ScoreConfig, say, env: DistEnv) -> ScoreSummary:
+    from evaluator.generation.distributed import gather_objects
+    from evaluator.scoring.inputs import embed_text_inputs
+
     clock = _Clock()
     started = utcnow()
-    prepared = _prepare(wd, cfg, say, clock)  # 2.-4.
+    prepared = _prepare(wd, cfg, say, clock, env)  # 2.-4.
     model = prepared.clip.key
     rows = prepared.embedded.scored_rows
-    if prepared.unchanged:
+    texts = None
+    unchanged = prepared.unchanged if env.is_main else None
+    if env.world_size > 1:  # rank 0 decides (its index) and fills the text cache first
+        if env.is_main and not unchanged:
+            texts = embed_text_inputs(wd, prepared.clip, prepared.inputs, prepared.embedded, cfg.progress)
+        unchanged = gather_objects(unchanged, env)[0]
+    if unchanged:
         say(f"score: nothing new for {model} ({len(rows)} images already scored)")
         return ScoreSummary(None, model, noop=True, n_images=len(rows), n_skipped=len(rows),
-                            index=asdict(prepared.embedded.index_info), seconds=clock.timings)
-    return _score_and_write(wd, cfg, prepared, clock, started, say)  # 5.-6.
+                            index=asdict(prepared.embedded.index_info), seconds=clock.timings,
+                            rank=env.rank, world_size=env.world_size)
+    return _score_and_write(wd, cfg, prepared, clock, started, say, texts)  # 5.-6.
 
 
-def _prepare(wd: Workdir, cfg: ScoreConfig, say, clock: _Clock) -> _Prepared:
+def _prepare(wd: Workdir, cfg: ScoreConfig, say, clock: _Clock, env: DistEnv) -> _Prepared:
     """Steps 2-4: the model, the inputs, embeddings and index, the fingerprint."""
     from evaluator.embedding.embed import load_clip
+    from evaluator.generation.distributed import device_for, gather_objects
     from evaluator.scoring.inputs import (
         EmbedSettings,
         embed_missing,
         fingerprint,
         load_and_index,
+        merge_embed_results,
         read_inputs,
         resolve_pairs,
     )
 
     # 2. the model (its key names every row), then everything scoring reads
-    clip = load_clip(cfg.model, cfg.pretrained, cfg.device, cfg.dtype)
+    clip = load_clip(cfg.model, cfg.pretrained, device_for(cfg.device, env), cfg.dtype)
     clock.lap("load_model")
     inputs = read_inputs(wd, clip.key, catalog_path=cfg.catalog_path, templates_path=cfg.templates_path,
                          store_timeout=cfg.store_timeout)
@@ -268,62 +307,47 @@ def _prepare(wd: Workdir, cfg: ScoreConfig, say, clock: _Clock) -> _Prepared:
     pairs = resolve_pairs(inputs.checkpoint_records, cfg.base_pairs, inputs.checkpoints_seen)  # a typo fails early
     # 3. embed what is missing, update the index
     settings = EmbedSettings(cfg.batch_size, cfg.num_workers, cfg.part_size, cfg.progress)
-    embedding = embed_missing(wd, clip, inputs, settings)
+    embedding = embed_missing(wd, clip, inputs, settings, env)
     if embedding.n_done:
-        say(f"embedded {embedding.n_done} images with {clip.key} ({embedding.n_skipped} already done, "
+        where = f"rank {env.rank}/{env.world_size}: " if env.world_size > 1 else ""
+        say(f"{where}embedded {embedding.n_done} images with {clip.key} ({embedding.n_skipped} already done, "
             f"{embedding.n_failed} unreadable)")
+    embedding = merge_embed_results(gather_objects(embedding, env))  # every rank's parts are written
     clock.lap("embed")
-    embedded = load_and_index(wd, clip.key, inputs, cfg.index)
+    embedded = load_and_index(wd, clip.key, inputs, cfg.index, update=env.is_main)  # one index writer
     clock.lap("index")
     # 4. what a write would be computed from
     fp = fingerprint(inputs, embedded, embedding.errors, model=clip.key, config_digest=cfg.fingerprint(),
                      identification={"retrieval_ks": sorted(set(cfg.retrieval_ks)), "readout": cfg.readout,
                                      "csls_k": cfg.csls_k})
-    return _Prepared(clip, inputs, pairs, embedding, embedded, fp)
+    return _Prepared(clip, inputs, pairs, embedding, embedded, fp, env)
 
 
-def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: _Clock, started, say) -> ScoreSummary:
+def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: _Clock, started, say,
+                     texts: TextVectors | None) -> ScoreSummary:
     """Steps 5-6: every metric of the new images and every aggregate, then one write."""
-    from dataclasses import replace
-
-    import pandas as pd
-
-    from evaluator.scoring.aggregate import (
-        ScoreTables,
-        ScoringBatch,
-        compute_scores,
-        scored_meta,
-    )
-    from evaluator.scoring.inputs import (
-        embed_text_inputs,
-        eval_inputs,
-    )
-    from evaluator.scoring.metrics import register_retrieval_map
+    from evaluator.scoring.aggregate import ScoreTables, ScoringBatch, compute_scores, scored_meta
     from evaluator.scoring.notices import score_warnings
+    from evaluator.scoring.parts import clear_parts
     from evaluator.scoring.stats import BootstrapConfig
     from evaluator.scoring.write import ScoreRun, write_all
     from evaluator.workspace.records import Provenance, RunRecord
 
-    inputs, embedded, model = prepared.inputs, prepared.embedded, prepared.clip.key
+    embedded, model, env = prepared.embedded, prepared.clip.key, prepared.env
     rows = embedded.scored_rows
     # 5a. what is already scored under the same context is kept, the rest is computed
-    same_context = inputs.store.fingerprint.get("context") == prepared.fingerprint["context"]
-    old_scores = inputs.store.scores if same_context else pd.DataFrame(columns=["image_id", "metric", "value"])
-    already = set(old_scores["image_id"].astype(int).tolist()) if len(old_scores) else set()
-    new_mask = ~rows["image_id"].isin(already).to_numpy()
+    same_context, old_scores, new_mask = _already_scored(prepared)
     # 5b. text embeddings (cached on disk by model and text), then the metrics' inputs
-    for k in cfg.retrieval_ks:  # a k other than 1, 5, 10 is registered on first use
-        register_retrieval_map(k)
-    texts = embed_text_inputs(wd, prepared.clip, inputs, embedded, cfg.progress)
+    metric_inputs = _metric_inputs(wd, cfg, prepared, texts)
     clock.lap("texts")
-    metric_inputs = eval_inputs(inputs, embedded, texts, embed_dim=prepared.clip.embed_dim,
-                                recognized_threshold=cfg.recognized_threshold)
-    metric_inputs = replace(metric_inputs, retrieval_ks=tuple(sorted(set(cfg.retrieval_ks))), readout=cfg.readout,
-                            csls_k=cfg.csls_k, csls_pool=metric_inputs.vecs)
-    # 5c. every table's rows
+    # 5c. the image metrics of this rank's share, gathered on rank 0 (parts), then every table's rows
+    new_scores, mine = _image_scores(wd, prepared, metric_inputs, new_mask)
+    if not env.is_main:
+        say(f"rank {env.rank}/{env.world_size}: image metrics of {mine} images written to parts; rank 0 writes the store")
+        return ScoreSummary(None, model, n_images=len(rows), n_scored=mine, rank=env.rank, world_size=env.world_size)
     batch = ScoringBatch(metric_inputs, scored_meta(rows), new_mask, old_scores, model, prepared.pairs,
                          BootstrapConfig(n_boot=cfg.bootstrap, alpha=cfg.ci_alpha, seed=cfg.bootstrap_seed),
-                         cfg.k_neighbors)
+                         cfg.k_neighbors, new_scores=new_scores)
     tables = compute_scores(batch) if len(rows) else ScoreTables()
     tables.warnings = score_warnings(metric_inputs, tables) if len(rows) else []
     clock.lap("metrics")
@@ -332,16 +356,18 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
     run_id = f"score-{started.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     summary = ScoreSummary(run_id, model, n_images=len(rows), n_embedded=prepared.embedding.n_done,
                            n_scored=int(new_mask.sum()), n_skipped=int((~new_mask).sum()),
-                           n_failed=prepared.embedding.n_failed, index=asdict(info))
+                           n_failed=prepared.embedding.n_failed, index=asdict(info), world_size=env.world_size)
+    processes = f"; {env.world_size} processes" if env.world_size > 1 else ""
     record = RunRecord(
         run_id, "score", Provenance.collect(cfg.device, cfg.dtype), started_at=started, config=asdict(cfg),
         timings=clock.timings, n_done=summary.n_scored, n_skipped=summary.n_skipped, n_failed=summary.n_failed,
-        message=f"model {model}; index {info.kind} ntotal {info.ntotal} recall@10 {info.recall_at_10}",
+        message=f"model {model}; index {info.kind} ntotal {info.ntotal} recall@10 {info.recall_at_10}{processes}",
     )
     run = ScoreRun(record, model, info, asdict(cfg.index), clock.start)
     store_rows = _store_rows(prepared, tables, run_id)
     store_rows.new_context = not same_context
     summary.rows = write_all(wd, store_rows, run, store_timeout=cfg.store_timeout)
+    clear_parts(wd, model)  # the store holds them now
     summary.seconds = clock.timings
     summary.warnings = list(tables.warnings)
     say(
@@ -351,6 +377,78 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
     for line in summary.warnings:
         say(line)
     return summary
+
+
+def _already_scored(prepared: _Prepared) -> tuple[bool, pd.DataFrame, np.ndarray]:
+    """(same scoring context as the store's, the image scores kept, bool mask of the images to score)."""
+    import pandas as pd
+
+    inputs, rows = prepared.inputs, prepared.embedded.scored_rows
+    same_context = inputs.store.fingerprint.get("context") == prepared.fingerprint["context"]
+    old_scores = inputs.store.scores if same_context else pd.DataFrame(columns=["image_id", "metric", "value"])
+    already = set(old_scores["image_id"].astype(int).tolist()) if len(old_scores) else set()
+    return same_context, old_scores, ~rows["image_id"].isin(already).to_numpy()
+
+
+def _metric_inputs(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, texts: TextVectors | None) -> EvalInputs:
+    """The metrics' inputs: image vectors, text embeddings (embedded now unless given), readout."""
+    from dataclasses import replace
+
+    from evaluator.scoring.inputs import embed_text_inputs, eval_inputs
+    from evaluator.scoring.metrics import register_retrieval_map
+
+    for k in cfg.retrieval_ks:  # a k other than 1, 5, 10 is registered on first use
+        register_retrieval_map(k)
+    if texts is None:
+        texts = embed_text_inputs(wd, prepared.clip, prepared.inputs, prepared.embedded, cfg.progress)
+    metric_inputs = eval_inputs(prepared.inputs, prepared.embedded, texts, embed_dim=prepared.clip.embed_dim,
+                                recognized_threshold=cfg.recognized_threshold)
+    return replace(metric_inputs, retrieval_ks=tuple(sorted(set(cfg.retrieval_ks))), readout=cfg.readout,
+                   csls_k=cfg.csls_k, csls_pool=metric_inputs.vecs)
+
+
+def _image_scores(wd: Workdir, prepared: _Prepared, metric_inputs: EvalInputs,
+                  new_mask: np.ndarray) -> tuple[pd.DataFrame | None, int]:
+    """This rank's share of the new images' image metrics; (every new image's rows on rank 0, images done here).
+
+    Without a launcher and without parts left by a killed launch: (None, n), and the
+    aggregation computes them in place, as it always did. Otherwise each rank writes its
+    rows as a part, and after a gather rank 0 reads them all (``evaluator.scoring.parts``).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from evaluator.generation.distributed import gather_objects, share_mask
+    from evaluator.scoring.aggregate import image_metric_rows
+    from evaluator.scoring.parts import parts_dir, read_parts, write_part
+
+    env, model = prepared.env, prepared.clip.key
+    folder = parts_dir(wd, model, prepared.fingerprint["context"])
+    earlier = read_parts(folder)  # a killed launch's rows under this context: reused
+    if env.world_size == 1 and earlier.empty:
+        return None, int(new_mask.sum())
+    mask = new_mask & share_mask(metric_inputs.image_ids, env) & ~np.isin(metric_inputs.image_ids, earlier["image_id"])
+    rows = image_metric_rows(metric_inputs, mask, model)
+    if env.world_size > 1:
+        write_part(folder, rows, env)
+        gather_objects(None, env)  # every rank's part is on disk
+        if not env.is_main:
+            return None, int(mask.sum())
+        rows = pd.DataFrame(columns=rows.columns)
+    every = pd.concat([read_parts(folder), rows], ignore_index=True)
+    every = every[every["image_id"].isin(metric_inputs.image_ids[new_mask])]
+    return _in_registry_order(every), int(mask.sum())
+
+
+def _in_registry_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered as one process computes them (metric by registry order, then image id):
+    the bootstrap resamples rows in order, so the order is part of a bit-identical result."""
+    from evaluator.scoring.metrics import list_metrics
+
+    order = {m.name: i for i, m in enumerate(list_metrics("image"))}
+    keyed = rows.assign(_order=rows["metric"].map(order).fillna(len(order)))
+    keyed = keyed.sort_values(["_order", "metric", "image_id"], kind="stable", ignore_index=True)
+    return keyed.drop(columns="_order").astype({"image_id": "int64", "value": "float64"})
 
 
 def _store_rows(prepared: _Prepared, tables: ScoreTables, run_id: str) -> StoreRows:

@@ -1,0 +1,102 @@
+"""`atelier score` under torchrun (2 CPU processes, gloo): the same store as one process.
+
+Each rank embeds and scores (image-level metrics) the images whose id % 2 is its rank and
+writes its own ``image_scores`` part; rank 0 reads the parts with DuckDB, aggregates and
+writes the store in one transaction. Checked: every image scored once (the ranks' counts
+add up, split by id), no part left once the store holds them, the store equal to a
+one-process run's on the same inputs, and a rerun under the launcher writes nothing.
+
+Equality: with 1 image a batch both runs embed the same batches, so the vectors are bit
+for bit equal (asserted), and so are the image metrics: each is a row-wise dot product
+of the image's vector with the class texts, whose float32 value does not depend on how
+many other rows the matrix product holds (asserted exact). The aggregates are computed
+by one process in both runs from the same rows in the same order: exact too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from support.scoring import make_workdir, write_catalog
+
+from evaluator.scoring.run import ScoreConfig, score
+from evaluator.testing.tiny_clip import build_tiny_clip
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+# The tables whose rows a scoring run computes, and the columns that identify a row.
+TABLES = {
+    "images": ["image_id"],
+    "image_scores": ["image_id", "model", "metric"],
+    "artist_scores": ["checkpoint", "artist_id", "model", "metric"],
+    "checkpoint_scores": ["checkpoint", "model", "metric"],
+    "artist_neighbors": ["checkpoint", "model", "artist_id", "rank"],
+    "comparisons": ["base", "finetune", "artist_id", "model", "metric"],
+    "embedding_errors": ["image_id", "model"],
+    "reference_prototypes": ["artist_id", "model"],
+}
+VOLATILE = {"run_id", "created_at"}  # differ between two runs by construction
+
+
+def _table(store: Path, table: str) -> pd.DataFrame:
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        frame = con.execute(f"SELECT * FROM {table}").df()
+    finally:
+        con.close()
+    frame = frame.drop(columns=[c for c in VOLATILE if c in frame])
+    if "error" in frame:  # an unreadable file's message names it: the workdirs' roots differ
+        frame["error"] = frame["error"].str.replace(str(store.parent), "<WD>", regex=False)
+    return frame.sort_values(TABLES[table], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny", seed=0)
+
+
+def _launch(workdir: Path, clip: Path, catalog: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "evaluator.cli.main", "score", "-w", str(workdir), "--model", str(clip), "--catalog", str(catalog),
+           "--compare", "base:ft", "--bootstrap", "100", "--batch-size", "1", "--num-workers", "0", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    env |= {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_score_like_one(tmp_path, clip):
+    catalog = write_catalog(tmp_path / "styles.csv")
+    records = make_workdir(tmp_path / "two", broken=1)
+    make_workdir(tmp_path / "one", broken=1)
+    result = _launch(tmp_path / "two", clip, catalog)
+    # rank 1 scored exactly its share (odd ids among the readable images), rank 0 the rest
+    broken = {int(records[0]["image_id"]), int(records[len(records) // 2]["image_id"])}  # each checkpoint's first
+    readable = [int(r["image_id"]) for r in records if int(r["image_id"]) not in broken]
+    odd = sum(1 for i in readable if i % 2 == 1)
+    assert f"rank 1/2: image metrics of {odd} images written to parts" in result.stdout, result.stdout
+    assert f"scored {len(readable)} new images" in result.stdout
+    assert not any((tmp_path / "two" / "image_scores").rglob("*.parquet"))  # the store holds them now
+
+    one = score(tmp_path / "one", ScoreConfig(model=str(clip), catalog_path=catalog, base_pairs=[("base", "ft")],
+                                              bootstrap=100, batch_size=1, num_workers=0, progress=False))
+    assert one.n_scored == len(readable) and one.world_size == 1
+    for table in TABLES:
+        two_rows, one_rows = _table(tmp_path / "two" / "atelier.duckdb", table), _table(tmp_path / "one" / "atelier.duckdb", table)
+        if table == "images":  # paths are relative: the workdirs differ only in their root
+            assert len(two_rows) == len(records)
+        pd.testing.assert_frame_equal(two_rows, one_rows, check_exact=True, obj=table)
+    scores = _table(tmp_path / "two" / "atelier.duckdb", "image_scores")
+    assert not scores.duplicated(["image_id", "metric"]).any()
+    assert set(scores["image_id"]) == set(readable)
+
+    again = _launch(tmp_path / "two", clip, catalog)  # nothing new: both ranks stop, nothing written
+    assert again.stdout.count("nothing new") == 2
