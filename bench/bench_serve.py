@@ -89,8 +89,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(workdir: Path, baseline_src: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """`atelier serve` on a free port: this tree, or ``baseline_src`` first on the path (its own options)."""
+def start_server(workdir: Path, baseline_src: Path | None = None, workers: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`atelier serve` on a free port: this tree, or ``baseline_src`` first on the path (its own options).
+
+    The current server is ready when its read model is built (/health says so), so the
+    figures are those of a server answering from it, not from its queries meanwhile.
+    """
     import httpx
 
     port = free_port()
@@ -103,14 +107,22 @@ def start_server(workdir: Path, baseline_src: Path | None = None) -> tuple[subpr
         env["PYTHONPATH"] = str(baseline_src)
     else:
         cmd += ["--rate-limit", "0"]  # every bench client is 127.0.0.1: one "client" to the limiter
+        if workers:
+            cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, env=env, cwd=workdir)
-    deadline = time.monotonic() + 120
+    deadline, ready = time.monotonic() + 600, 0
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=10).status_code == 200:
+        try:  # a new connection each time: with --workers, any worker may answer; each must be ready
+            response = httpx.get(url + "/health", timeout=10)
+            snapshot = (response.json().get("snapshot") or {}) if response.status_code == 200 else None
+            up = snapshot is not None and (baseline_src is not None or "read_model" not in snapshot
+                                           or bool(snapshot["read_model"] or snapshot.get("read_model_error")))
+            ready = ready + 1 if up else 0
+            if ready >= (8 if workers and workers > 1 else 1):
                 return proc, url
         except httpx.TransportError:
-            time.sleep(0.3)
+            ready = 0
+        time.sleep(0.5)
     proc.kill()
     raise RuntimeError("server did not start")
 
@@ -238,9 +250,12 @@ def writer_loop(store: str, every: float, seconds: float) -> None:
 
 def run_variant(workdir: Path, args: argparse.Namespace, baseline_src: Path | None) -> dict:
     """Every endpoint at every client count, then under a writer; one server."""
-    proc, url = start_server(workdir, baseline_src)
-    results: dict = {}
+    proc, url = start_server(workdir, baseline_src, None if baseline_src else args.workers)
+    results: dict = {"load_average_at_start": os.getloadavg()}
     try:
+        import httpx
+
+        results["snapshot"] = httpx.get(url + "/health", timeout=30).json().get("snapshot")
         makers = request_makers(url)
         for clients in args.clients:
             for name in ENDPOINTS:
@@ -249,6 +264,7 @@ def run_variant(workdir: Path, args: argparse.Namespace, baseline_src: Path | No
                 print(f"  {name + '@' + str(clients):22} {json.dumps(results[f'{name}@{clients}'])}", flush=True)
         if args.write_every > 0:
             results["under_writer"] = under_writer(workdir, url, makers, args)
+        results["load_average_at_end"] = os.getloadavg()
     finally:
         results["server_exit"] = stop_server(proc)
     return results
@@ -301,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per endpoint and client count at most")
     parser.add_argument("--write-every", type=float, default=2.0, help="seconds between a writer's commits (0: skip)")
     parser.add_argument("--baseline-src", type=Path, default=None, help="an older source tree to compare with")
+    parser.add_argument("--workers", type=int, default=None, help="the current server's --workers (default: its own)")
     args = parser.parse_args(argv)
     workdir = ensure_store(args.workdir or Path(f"/tmp/bench_serve_{args.artists}x{args.checkpoints}"), args)
     variants = {}

@@ -30,12 +30,12 @@ from starlette.responses import FileResponse, Response
 
 from catalog.schema import KINDS
 from evaluator.errors import InputError
-from evaluator.serve import deadline
+from evaluator.serve import deadline, readmodel
 from evaluator.serve.config import ServeConfig
 from evaluator.serve.errors import ApiError, check_name, pick_name, suggest
 from evaluator.serve.guard import Guard, RateLimiter
-from evaluator.serve.jsonio import ApiJSON, records, records_json
-from evaluator.serve.reader import DirectReader, SnapshotReader, busy
+from evaluator.serve.jsonio import ApiJSON, RawJSON, records, records_json
+from evaluator.serve.reader import DirectReader, PinnedReader, SnapshotReader, busy
 from evaluator.serve.search import SearchEngine, SearchQuery
 from evaluator.serve.snapshot import StoreSnapshots
 from evaluator.serve.upload import UploadLimits, decode_upload
@@ -72,7 +72,8 @@ class State:
             folder = config.snapshot_dir
             if folder is None:
                 folder = self.own_snapshot_dir = Path(tempfile.mkdtemp(prefix="atelier-serve-"))
-            self.snapshots = StoreSnapshots(self.wd.store, folder, config.lock_wait)
+            self.snapshots = StoreSnapshots(self.wd.store, folder, config.lock_wait,
+                                            prepare=build_read_model if config.read_model else None)
 
     def reader(self) -> SnapshotReader | DirectReader:
         if self.snapshots is not None:
@@ -93,6 +94,18 @@ class State:
             self.snapshots.close()
         if self.own_snapshot_dir is not None:
             shutil.rmtree(self.own_snapshot_dir, ignore_errors=True)
+
+
+def build_read_model(snapshot, previous):
+    """The read model of one snapshot (``serve.readmodel``), taking over ``previous``' unchanged parts."""
+    with PinnedReader(snapshot) as store:
+        return readmodel.build(store, previous)
+
+
+def page_json(items: bytes, more: bool, limit: int, offset: int, **extra) -> ApiJSON:
+    """What ``page`` answers, from rows a read model encoded already."""
+    return ApiJSON({**extra, "items": RawJSON(items), "limit": limit, "offset": offset,
+                    "next_offset": offset + limit if more else None})
 
 
 def page(frame, limit: int, offset: int, **extra) -> ApiJSON:
@@ -126,7 +139,7 @@ def names(store, what: str) -> list[str]:
 
 
 def _artist(store, field: str, artist_id: str) -> str:
-    if queries.artist_exists(store, artist_id):
+    if artist_id in store.remember("artist_set", lambda: frozenset(names(store, "artists"))):
         return artist_id
     return check_name(field, artist_id, names(store, "artists"), "artist")
 
@@ -202,7 +215,11 @@ def table_routes(state: State) -> APIRouter:
             if artist_id:
                 _artist(store, "artist_id", artist_id)
             filt = queries.ScoreFilter(model=model, checkpoint=checkpoint, artist_id=artist_id, metric=metric)
-            return page(queries.artist_scores(store, filt, limit=limit + 1, offset=offset), limit, offset)
+            read_model = store.read_model()
+            if read_model is not None and read_model.scores is not None:
+                return page_json(*read_model.scores.page(filt, limit, offset), limit, offset)
+            relation = queries.artist_scores(readmodel.relations(store), filt, limit=limit + 1, offset=offset)
+            return page_json(*readmodel.page_json(relation, limit), limit, offset)
 
         return answer(state, request, build)
 
@@ -242,15 +259,22 @@ def comparison_routes(state: State) -> APIRouter:
             model = _model(store, model)
             pairs = pairs[(pairs["base"] == base) & (pairs["model"] == model)]
             metric = pick_name("metric", metric, sorted(set(pairs["metric"])), "compared metric")
+            read_model = store.read_model()
             try:
-                frame = queries.comparison_table(store, base, finetune, model, metric, verdict=verdict, order=order,
-                                                 descending=descending, limit=limit + 1, offset=offset)
+                if read_model is not None:
+                    group = read_model.comparison_group(store, base, finetune, model, metric, order, descending)
+                    items, more = group.page(verdict, limit, offset)
+                else:  # the same encoding, from the page's own query
+                    relation = queries.comparison_table(readmodel.relations(store), base, finetune, model, metric,
+                                                        verdict=verdict, order=order, descending=descending,
+                                                        limit=limit + 1, offset=offset)
+                    items, more = readmodel.page_json(relation, limit)
             except InputError as exc:
                 raise ApiError(str(exc), field="order") from exc
             summary = store.remember(f"summary\0{base}\0{finetune}\0{model}\0{metric}",
                                      lambda: queries.comparison_summary(store, base, finetune, model, metric))
-            return page(frame, limit, offset, base=base, finetune=finetune, model=model, metric=metric,
-                        summary=summary)
+            return page_json(items, more, limit, offset, base=base, finetune=finetune, model=model, metric=metric,
+                             summary=summary)
 
         return answer(state, request, build)
 

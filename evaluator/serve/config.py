@@ -38,6 +38,9 @@ class ServeConfig:
     # Requests read a copy of the store (see serve.snapshot); False: a connection per request.
     snapshot: bool = True
     snapshot_dir: Path | None = None  # None: a fresh temporary folder of this process
+    # Each snapshot's hot tables in memory as encoded rows (see serve.readmodel): a page is a
+    # slice, not a query. False: every request queries the copy (less memory, ~50x slower).
+    read_model: bool = True
     # A request with no response after this long answers 503 (its queries interrupted):
     # longer than user SQL's own 10 s limit, so that limit speaks first.
     request_timeout: float | None = 15.0

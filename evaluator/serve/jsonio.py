@@ -45,12 +45,12 @@ def records(frame) -> list[dict[str, Any]]:
 
 
 class RawJSON:
-    """JSON text already encoded (a frame's rows), put into a response as it is."""
+    """JSON already encoded (a frame's rows, a read model's page), put into a response as it is."""
 
-    __slots__ = ("text",)
+    __slots__ = ("data",)
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, text: str | bytes) -> None:
+        self.data = text.encode("utf-8") if isinstance(text, str) else text
 
 
 def records_json(frame) -> RawJSON:
@@ -60,8 +60,16 @@ def records_json(frame) -> RawJSON:
                                  force_ascii=False))
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(_clean(value), default=_default, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+def _dumps(value: Any) -> bytes:
+    """orjson (NaN and infinities as null, numpy values as numbers), ~10x json's speed; json for
+    what orjson refuses (integers past 64 bits, from user SQL's HUGEINT sums)."""
+    import orjson
+
+    try:
+        return orjson.dumps(value, default=_default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(_clean(value), default=_default, allow_nan=False, ensure_ascii=False,
+                          separators=(",", ":")).encode("utf-8")
 
 
 class ApiJSON(JSONResponse):
@@ -70,7 +78,7 @@ class ApiJSON(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         if isinstance(content, dict) and any(isinstance(v, RawJSON) for v in content.values()):
-            parts = [json.dumps(str(k)) + ":" + (v.text if isinstance(v, RawJSON) else _dumps(v))
+            parts = [_dumps(str(k)) + b":" + (v.data if isinstance(v, RawJSON) else _dumps(v))
                      for k, v in content.items()]
-            return ("{" + ",".join(parts) + "}").encode("utf-8")
-        return _dumps(content).encode("utf-8")
+            return b"{" + b",".join(parts) + b"}"
+        return _dumps(content)

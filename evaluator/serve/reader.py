@@ -53,6 +53,10 @@ class _Reader:
         with work_slot():
             return compute(), False
 
+    def read_model(self):
+        """The snapshot's ``readmodel.ReadModel`` (None: not built yet, or no snapshot)."""
+        return None
+
     def _execute(self, sql: str, params: tuple | list):
         import duckdb
 
@@ -75,8 +79,8 @@ class _Reader:
         return self._execute(sql, params).df()
 
     def scalar(self, sql: str, params: tuple | list = ()) -> Any:
-        row = self._execute(sql, params).fetchone()
-        return None if row is None else row[0]
+        rows = self._execute(sql, params).fetchall()  # all: DuckDB refuses new work beside an open result
+        return rows[0][0] if rows else None
 
 
 class SnapshotReader(_Reader):
@@ -97,7 +101,6 @@ class SnapshotReader(_Reader):
             except StoreLockedError as exc:
                 raise busy(self.snapshots.lock_wait) from exc
             self._snapshot = snapshot
-            self._cursor = snapshot.con.cursor()
         return self._snapshot
 
     @property
@@ -106,17 +109,46 @@ class SnapshotReader(_Reader):
         return self._acquire().path
 
     def connection(self):
-        self._acquire()
+        if self._cursor is None:  # only a request that queries pays for a cursor
+            self._cursor = self._acquire().con.cursor()
         return self._cursor
 
     def recall(self, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
         return self._acquire().recall(key, compute)
 
+    def read_model(self):
+        return self._acquire().model
+
     def close(self) -> None:
-        if self._snapshot is not None:
+        if self._cursor is not None:
             self._cursor.close()
+            self._cursor = None
+        if self._snapshot is not None:
             self.snapshots.release(self._snapshot)
-            self._snapshot = self._cursor = None
+            self._snapshot = None
+
+
+class PinnedReader(_Reader):
+    """A reader of one given snapshot (the read model's build): its own cursor, no deadline."""
+
+    def __init__(self, snapshot: Snapshot, lock_timeout: float = 0.0) -> None:
+        self.snapshot = snapshot
+        self.lock_timeout = lock_timeout
+        self._cursor = None
+
+    @property
+    def path(self) -> Path:
+        return self.snapshot.path
+
+    def connection(self):
+        if self._cursor is None:
+            self._cursor = self.snapshot.con.cursor()
+        return self._cursor
+
+    def close(self) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
 
 
 class DirectReader(_Reader):

@@ -16,6 +16,7 @@ from typing import Any
 from evaluator.serve import deadline
 from evaluator.serve.config import ServeConfig
 from evaluator.serve.errors import ApiError
+from evaluator.serve.jsonio import RawJSON
 from evaluator.serve.snapshot import work_slot
 from evaluator.workspace import queries
 from evaluator.workspace.workdir import Workdir
@@ -181,6 +182,9 @@ class SearchEngine:
             params, _selector = kept
             sims, ids = index.search(np.ascontiguousarray(vec, dtype=np.float32), query.k, params=params)
         hits = [(float(s), int(i)) for s, i in zip(sims[0], ids[0], strict=True) if i >= 0]
+        read_model = store.read_model()
+        if read_model is not None and read_model.images is not None:
+            return {"model": key, "ntotal": int(index.ntotal), "images": hits_json(hits, read_model.images)}
         rows = queries.images_by_ids(store, [i for _, i in hits]).set_index("image_id")
         images = []
         for rank, (sim, image_id) in enumerate(hits, start=1):
@@ -206,6 +210,20 @@ class SearchEngine:
             return faiss.SearchParametersIVF(sel=selector, nprobe=int(ivf.nprobe)), selector
         return faiss.SearchParameters(sel=selector), selector
 
+
+
+def hits_json(hits: list[tuple[float, int]], images) -> RawJSON:
+    """The hits as ``_search`` lists them (rank, similarity, id, the image's row, urls), from the
+    read model's encoded rows: no query."""
+    import orjson
+
+    parts = []
+    for rank, ((sim, image_id), fields) in enumerate(zip(hits, images.fields([i for _, i in hits]), strict=True),
+                                                      start=1):
+        row = b"," + fields if fields else b""
+        parts.append(b'{"rank":%d,"similarity":%s,"image_id":%d%s,"file_url":"/images/%d/file",'
+                     b'"thumb_url":"/images/%d/thumb"}' % (rank, orjson.dumps(sim), image_id, row, image_id, image_id))
+    return RawJSON(b"[" + b",".join(parts) + b"]")
 
 
 def embed_image(clip, image):

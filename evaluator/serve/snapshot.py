@@ -30,6 +30,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ class Snapshot:
     taken_at: float
     users: int = 0
     retired: bool = False
+    # The copy's read model (``serve.readmodel``): None until built, or if building failed.
+    model: Any = None
     # Answers computed from this copy (names, summaries, rendered pages): a copy never
     # changes, so they hold until it is retired. The least recently used go past MEMO_ENTRIES.
     memo: collections.OrderedDict = field(default_factory=collections.OrderedDict)
@@ -132,8 +135,12 @@ class Snapshot:
 class StoreSnapshots:
     """The current snapshot of one store, refreshed in the background when the store changes."""
 
-    def __init__(self, store: Path, folder: Path, lock_wait: float, check_every: float = 0.5) -> None:
+    def __init__(self, store: Path, folder: Path, lock_wait: float, check_every: float = 0.5,
+                 prepare: Callable[[Snapshot, Any], Any] | None = None) -> None:
         self.store = store
+        # prepare(snapshot, previous model) -> the snapshot's read model (None: requests query the copy)
+        self.prepare = prepare
+        self.model_error: str | None = None
         self.folder = folder
         self.lock_wait = lock_wait
         self.check_every = check_every  # how often a request looks at the store's stamp
@@ -201,7 +208,9 @@ class StoreSnapshots:
         return {"taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(current.taken_at)),
                 "age_seconds": round(time.time() - current.taken_at, 1), "stale": stale,
                 "copy_seconds": round(self.copy_seconds, 3) if self.copy_seconds is not None else None,
-                "refresh_error": self.last_error if stale else None}
+                "refresh_error": self.last_error if stale else None,
+                "read_model": current.model.status() if current.model is not None else None,
+                "read_model_error": self.model_error}
 
     # ------------------------------------------------------------ copies
 
@@ -216,6 +225,9 @@ class StoreSnapshots:
             if current is not None and store_stamp(self.store) == current.stamp:
                 return
             fresh = self._copy(max(0.0, wait - (time.monotonic() - started)))
+            if current is not None and current.model is not None:
+                # before the swap: requests never fall back from a read model to the queries
+                self._prepare(fresh, current.model)
             with self._lock:
                 old, self._current = self._current, fresh
                 if old is not None:
@@ -226,6 +238,20 @@ class StoreSnapshots:
             self._refresh_lock.release()
         if discard:
             self._discard(old)
+        if self.prepare is not None and fresh.model is None:  # the first copy: answer by queries meanwhile
+            threading.Thread(target=self._prepare, args=(fresh, None), name="atelier-read-model", daemon=True).start()
+
+    def _prepare(self, snapshot: Snapshot, previous: Any) -> None:
+        """Build ``snapshot``'s read model (holding it as a user, so it is not closed meanwhile)."""
+        with self._lock:
+            snapshot.users += 1
+        try:
+            snapshot.model = self.prepare(snapshot, previous)
+            self.model_error = None
+        except Exception as exc:  # noqa: BLE001 - requests query the copy instead; /health says why
+            self.model_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.release(snapshot)
 
     def _copy(self, wait: float) -> Snapshot:
         """A new snapshot: copied without holding the store, then checked under a read-only

@@ -372,15 +372,33 @@ def image_ids_of(store: Reader, *, checkpoint: str = "", artist_id: str = "") ->
     return frame["image_id"].astype("int64").tolist()
 
 
+# What a search hit says about its image (images_by_ids, all_image_hits).
+_IMAGE_HIT_SELECT = """SELECT i.image_id, i.checkpoint, i.artist_id, ar.name, i.template, i.seed, i.thumb_path, i.path
+           FROM images i LEFT JOIN artists ar USING (artist_id)"""
+
+
 def images_by_ids(store: Reader, image_ids: list[int]) -> pd.DataFrame:
     if not image_ids:
         return pd.DataFrame(columns=["image_id", "checkpoint", "artist_id", "name", "template", "seed",
                                      "thumb_path", "path"])
     return store.df(
-        """SELECT i.image_id, i.checkpoint, i.artist_id, ar.name, i.template, i.seed, i.thumb_path, i.path
-           FROM images i LEFT JOIN artists ar USING (artist_id) WHERE i.image_id IN (SELECT unnest(?))""",
+        f"{_IMAGE_HIT_SELECT} WHERE i.image_id IN (SELECT unnest(?))",
         (list(int(i) for i in image_ids),),
     )
+
+
+def all_image_hits(store: Reader) -> pd.DataFrame:
+    """``images_by_ids``' rows for every image, by image id (the server's in-memory copy)."""
+    return store.df(f"{_IMAGE_HIT_SELECT} ORDER BY i.image_id")
+
+
+def table_fingerprint(store: Reader, table: str, columns: tuple[str, ...] = ()) -> str:
+    """"rows:sum of the rows' hashes" of one of the store's tables (of ``columns``, default all):
+    equal when its content is."""
+    if not all(re.fullmatch(r"[a-z_0-9]+", name) for name in (table, *columns)):
+        raise InputError(f"table and columns must be plain names but are {table!r}, {columns!r}")
+    hashed = ", ".join(columns) if columns else "t"
+    return str(store.scalar(f"SELECT count(*) || ':' || coalesce(sum(hash({hashed})), 0) FROM {table} t"))
 
 
 # ---------------------------------------------------------------- user SQL
