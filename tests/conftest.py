@@ -38,7 +38,7 @@ def pipeline_workdir(tmp_path_factory) -> Path:
     from evaluator.cli.main import main
 
     workdir = tmp_path_factory.mktemp("pipeline")
-    result = CliRunner().invoke(main, ["demo", "--workdir", str(workdir), "--artists", "8", "--seeds", "2"])
+    result = CliRunner().invoke(main, ["demo", "--random-weights", "--workdir", str(workdir), "--artists", "8", "--seeds", "2"])
     if result.exit_code != 0:
         raise RuntimeError(f"demo failed:\n{result.output}") from result.exception
     (workdir / "demo-output.txt").write_text(result.output)

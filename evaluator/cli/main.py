@@ -76,7 +76,7 @@ COMMANDS: dict[str, CommandEntry] = {
     "report": CommandEntry("dashboard.cli:report_command",
                            "Write a self-contained HTML (and Markdown) report: leaderboard, gains, losses, plots."),
     "demo": CommandEntry("evaluator.cli.demo:demo_command",
-                         "Run plan -> generate -> embed -> index -> score on tiny random-weight models."),
+                         "Run train -> plan -> generate -> embed -> score on a world whose truth is known."),
 }
 
 
@@ -121,7 +121,7 @@ def main() -> None:
 
     \b
     Pipeline:  catalog -> plan -> generate -> embed -> index -> score -> dashboard
-    Quick look: atelier demo --workdir demo   (tiny random-weight models, ~2 minutes on 2 CPU cores)
+    Quick look: atelier demo --workdir demo   (a world whose truth is known, ~3 minutes on 2 CPU cores)
     """
 
 

@@ -83,7 +83,7 @@ def test_every_generated_image_is_present_with_its_parameters(pipeline_workdir):
 def test_second_demo_run_makes_no_image_and_adds_no_row(pipeline_workdir):
     before = _snapshot(pipeline_workdir)
     images_before = {p: p.stat().st_mtime_ns for p in (pipeline_workdir / "images").rglob("*.png")}
-    result = CliRunner().invoke(main, ["demo", "--workdir", str(pipeline_workdir), "--artists", "8", "--seeds", "2"])
+    result = CliRunner().invoke(main, ["demo", "--random-weights", "--workdir", str(pipeline_workdir), "--artists", "8", "--seeds", "2"])
     assert result.exit_code == 0, result.output
     assert "generated 0" in result.output
     after = _snapshot(pipeline_workdir)

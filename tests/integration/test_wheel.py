@@ -84,7 +84,7 @@ def test_installed_atelier_lists_the_catalog_outside_the_repo(installed):
 
 def test_installed_demo_runs(installed):
     workdir = installed["root"] / "demo"
-    result = _run([installed["venv"] / "bin" / "atelier", "demo", "--workdir", workdir, "--artists", "3", "--seeds", "2"],
+    result = _run([installed["venv"] / "bin" / "atelier", "demo", "--random-weights", "--workdir", workdir, "--artists", "3", "--seeds", "2"],
                   cwd=installed["root"])
     assert "failed 0" in result.stdout, result.stdout
     assert (workdir / "atelier.duckdb").is_file()

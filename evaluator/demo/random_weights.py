@@ -156,7 +156,7 @@ def _plan_demo(wd: Workdir, config: DemoConfig, echo) -> list:
     return units
 
 
-def run_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) -> DemoResult:
+def run_random_demo(workdir: str | Path, config: DemoConfig | None = None, echo=print) -> DemoResult:
     """Run every stage into ``workdir``; a second run makes no image and adds no row."""
     import torch
 
