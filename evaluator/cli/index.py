@@ -1,11 +1,13 @@
-"""`atelier index build | search`: the FAISS index of a model's image embeddings.
+"""`atelier index build | info | search`: the FAISS index of a model's image embeddings.
 
-Reads the workdir's embedding parts; writes the index file and its run record.
+Reads the workdir's embedding parts; writes the index file and its run record (`build`);
+`info` reads the index's meta JSON only.
 `atelier index search` is the same command as `atelier search` (evaluator.cli.query).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -27,13 +29,17 @@ def index_group() -> None:
 @click.option("--ivf-threshold", default=200_000, show_default=True, type=click.IntRange(min=1), help="Switch from exact to IVF at this many vectors.")
 @click.option("--nprobe", default=1, show_default=True, type=click.IntRange(min=1), help="IVF lists probed per query: where tuning starts.")
 @click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1), help="Raise nprobe until leave-one-out recall@10 vs exact reaches this (+0.01 margin).")
+@click.option("--index-memory", default=None, metavar="SIZE",
+              help="Memory budget (512MB, 2GB): choose the fastest of IVF-HNSW Flat, IVF-PQ re-ranked, HNSW that reaches the target within it, measured.")
 @click.option("--rebuild", is_flag=True, help="Start from scratch instead of adding new vectors.")
-def index_build(workdir: Path, model: str, pretrained: str | None, rebuild: bool, **tuning: float) -> None:
+def index_build(workdir: Path, model: str, pretrained: str | None, rebuild: bool, index_memory: str | None, **tuning: float) -> None:
     """Add every embedded image missing from the index (exact, or IVF past the threshold)."""
     from evaluator.embedding.embed import load_embeddings, model_key
     from evaluator.embedding.index import IndexConfig, record_index_run, update_index
+    from evaluator.embedding.index_budget import parse_size
     from evaluator.workspace.workdir import Workdir, workdir_lock
 
+    budget = parse_size(index_memory) if index_memory is not None else None  # before any work
     wd = Workdir.at(workdir, create=False)
     key = model_key(model, pretrained)
     config = IndexConfig(**tuning)
@@ -42,11 +48,50 @@ def index_build(workdir: Path, model: str, pretrained: str | None, rebuild: bool
         if not len(embeddings[0]):
             raise StateError(f"no embeddings of model {key!r} in {wd.root}: an index of nothing would be empty. "
                  f"Run `atelier embed -w {wd.root} --model {model}` (or `atelier score`) first.")
-        info = update_index(wd, key, config, rebuild=rebuild, embeddings=embeddings)
-        if info.added:
+        info = update_index(wd, key, config, rebuild=rebuild, embeddings=embeddings, memory_budget=budget)
+        if info.added or info.rebuilt:
             record_index_run(wd, info, config)
-    recall = "exact" if info.kind == "flat" else f"nprobe {info.nprobe}, recall@10 {info.recall_at_10:.3f} on {info.recall_queries} queries"
-    click.echo(f"{key}: {info.kind} index, {info.ntotal} vectors (+{info.added}), dim {info.dim}, {recall} -> {wd.index(key)}")
+    for line in describe(asdict(info)):
+        click.echo(f"{key}: {line}")
+    click.echo(f"-> {wd.index(key)}")
+
+
+def describe(meta: dict) -> list[str]:
+    """The lines `index build` and `index info` print: kind, size, recall, why, warnings."""
+    from evaluator.embedding.index_budget import human_size
+
+    kind = meta.get("kind", "?")
+    param = f"efSearch {meta.get('ef_search')}" if kind == "hnsw" else f"nprobe {meta.get('nprobe')}"
+    recall = "exact" if kind == "flat" else f"{param}, recall@10 {meta.get('recall_at_10', 0):.3f} on {meta.get('recall_queries')} held-out queries"
+    size = f", ~{human_size(meta['bytes'])} in memory" if meta.get("bytes") else ""
+    lines = [f"{meta.get('layout') or kind} ({kind}), {meta.get('ntotal')} vectors (+{meta.get('added', 0)}), dim {meta.get('dim')}, {recall}{size}"]
+    if meta.get("exact_batch_from"):
+        lines.append(f"batches of {meta['exact_batch_from']}+ queries are searched exactly (measured faster)")
+    for label in ("reason", "rebuilt"):
+        if meta.get(label):
+            lines.append(f"{label}: {meta[label]}")
+    if meta.get("warning"):
+        lines.append(f"WARNING: {meta['warning']}")
+    return lines
+
+
+@index_group.command("info")
+@workdir_option()
+@model_option()
+@pretrained_option()
+def index_info(workdir: Path, model: str, pretrained: str | None) -> None:
+    """What the index of a model is: kind, size, measured recall and any warning."""
+    from evaluator.embedding.embed import model_key
+    from evaluator.embedding.index import index_status
+    from evaluator.workspace.workdir import Workdir
+
+    wd = Workdir.at(workdir, create=False)
+    key = model_key(model, pretrained)
+    status = index_status(wd, key)
+    if not status["built"]:
+        raise StateError(f"{status['warning']} -w {wd.root} --model {model}")
+    for line in describe(status):
+        click.echo(f"{key}: {line}")
 
 
 # The same command is `atelier search` and `atelier index search`.

@@ -146,7 +146,7 @@ def _nearest_artists(wd, key: str, query, request: SearchRequest) -> list[dict[s
 
 def run_search(request: SearchRequest) -> SearchResult:
     """Search the workdir's index (or the artist centroids of a checkpoint) for the query."""
-    from evaluator.embedding.index import load_index, search_by_vector
+    from evaluator.embedding.index import load_index, recall_warning, search_by_vector
     from evaluator.workspace.workdir import Workdir
 
     if sum(x is not None for x in (request.text, request.image, request.image_id)) != 1:
@@ -159,7 +159,7 @@ def run_search(request: SearchRequest) -> SearchResult:
         artists = _nearest_artists(wd, key, query, request)
         return SearchResult(key, {}, [], artists, checkpoint=request.checkpoint)
     index, meta = load_index(wd, key)
-    sims, ids = search_by_vector(index, query, request.k)
+    sims, ids = search_by_vector(index, query, request.k, meta)
     found = [int(i) for i in ids[0] if i >= 0]
     info = _image_rows(wd, found)
     unknown = sorted(set(found) - set(info))
@@ -174,7 +174,8 @@ def run_search(request: SearchRequest) -> SearchResult:
         checkpoint, artist, template, seed, path = info[int(image_id)]
         images.append({"rank": rank, "similarity": float(sim), "image_id": int(image_id), "checkpoint": checkpoint,
                        "artist_id": artist, "template": template, "seed": seed, "path": path})
-    return SearchResult(key, {"kind": meta.get("kind", "?"), "ntotal": meta.get("ntotal", "?")}, images, [])
+    return SearchResult(key, {"kind": meta.get("kind", "?"), "ntotal": meta.get("ntotal", "?"),
+                              "recall_at_10": meta.get("recall_at_10"), "warning": recall_warning(meta)}, images, [])
 
 
 def echo_search_table(result: SearchResult) -> None:
@@ -185,6 +186,8 @@ def echo_search_table(result: SearchResult) -> None:
             click.echo(f"{hit['rank']:>4}  {hit['similarity']:6.3f}  {hit['artist_id']}")
         return
     click.echo(f"{result.model} ({result.index['kind']} index, {result.index['ntotal']} images)")
+    if result.index.get("warning"):
+        click.echo(f"WARNING: {result.index['warning']}", err=True)
     click.echo(f"{'rank':>4}  {'cos':>6}  {'image_id':>20}  checkpoint / artist / template / seed  path")
     for hit in result.images:
         click.echo(f"{hit['rank']:>4}  {hit['similarity']:6.3f}  {hit['image_id']:>20}  {hit['checkpoint']} / "

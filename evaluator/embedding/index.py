@@ -191,13 +191,17 @@ def _new_ivf(vecs: np.ndarray, config: IndexConfig) -> tuple[Any, int]:
 def _new_ivfpq(vecs: np.ndarray, config: IndexConfig) -> Any:
     """An empty trained ``IVF{nlist}_HNSW{M},PQ{dim/8}`` whose candidates an
     ``IndexRefineFlat`` re-ranks exactly (RERANK_FACTOR candidates per neighbour)."""
+    import math
+
     import faiss
 
     from evaluator.embedding.index_budget import RERANK_FACTOR, pq_subquantizers
 
     dim = vecs.shape[1]
     quantizer, nlist, sample = _trained_quantizer(vecs, config)
-    ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_subquantizers(dim), 8, faiss.METRIC_INNER_PRODUCT)
+    # 8-bit codes need 39 * 256 training points; a smaller sample gets fewer bits (4 at 624)
+    bits = min(8, max(1, int(math.log2(min(len(sample), 16_384) / 39))))
+    ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_subquantizers(dim), bits, faiss.METRIC_INNER_PRODUCT)
     # The quantizer already holds nlist centroids: only the PQ is trained, on 16k residuals
     # (faiss wants >= 39 per code, 256 codes) in 10 iterations: 64 sub-k-means over the
     # whole sample took 97 s at 30k x 512 on two busy cores, for no recall after re-ranking.
@@ -415,7 +419,7 @@ def _flat_of(vecs: np.ndarray, ids: np.ndarray, memory_budget: int | None, **ext
 
 def _approximate(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_budget: int | None, sample: tuple):
     """(index, kind, param, recall, reason, candidates): the default IVF, or the budget's choice."""
-    from evaluator.embedding.index_budget import choose
+    from evaluator.embedding.index_budget import choose, human_size
 
     if memory_budget is None:
         index = build_kind("ivf", vecs, ids, config)
@@ -423,9 +427,9 @@ def _approximate(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_
         return index, "ivf", param, recall, None, None
     index, best, cands = choose(vecs, ids, config, memory_budget, sample)
     met = best.recall_at_10 >= _goal(config)
-    reason = (f"--index-memory {memory_budget / 1e6:,.0f}MB: {best.layout} is the fastest measured candidate "
+    reason = (f"--index-memory {human_size(memory_budget)}: {best.layout} is the fastest measured candidate "
               f"({best.ms_per_query} ms a query) reaching recall@10 {_goal(config)} within the budget" if met else
-              f"--index-memory {memory_budget / 1e6:,.0f}MB: no candidate within the budget reached recall@10 "
+              f"--index-memory {human_size(memory_budget)}: no candidate within the budget reached recall@10 "
               f"{_goal(config)}; {best.layout} came closest")
     return index, best.kind, best.param, best.recall_at_10, reason, [c.row() for c in cands]
 
@@ -439,17 +443,24 @@ def build_index(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_b
     3. Exact when the target was out of reach within a quarter of the lists (and exact fits).
     4. The batch size from which exact search is faster, measured.
     """
-    from evaluator.embedding.index_budget import disk_bytes, estimate_bytes
+    import faiss
+
+    from evaluator.embedding.index_budget import candidates_within, disk_bytes, estimate_bytes
     from evaluator.embedding.index_exact import batch_fallback
 
     n, dim = vecs.shape
     flat_fits = memory_budget is None or estimate_bytes("flat", n, dim, 0) <= memory_budget
     if n < config.ivf_threshold and flat_fits:
         return _flat_of(vecs, ids, memory_budget)
+    if memory_budget is not None:
+        candidates_within(memory_budget, n, dim, ivf_layout(n, config)[0])  # nothing fits: say so before any work
     sample = _query_sample(vecs, ids, 10, config.recall_queries, config.seed)
     index, kind, param, recall, reason, cands = _approximate(vecs, ids, config, memory_budget, sample)
     nlist, train = ivf_layout(n, config)
     layout = layout_string(kind, nlist, dim, config.quantizer_m)
+    bits = faiss.downcast_index(_ivf_of(index)).pq.nbits if kind == "ivfpq" else 8
+    if bits != 8:
+        layout = layout.replace(",RFlat", f"x{bits},RFlat")
     if recall < _goal(config) and flat_fits:
         what = f"efSearch {param}" if kind == "hnsw" else f"nprobe {param}, a quarter of its {nlist} lists,"
         del index
@@ -472,7 +483,9 @@ def _rebuild_reason(index: Any, meta: dict, n: int, config: IndexConfig, memory_
     if index is None:
         return "new"
     if memory_budget is not None and memory_budget != meta.get("memory_budget"):
-        return f"--index-memory changed to {memory_budget / 1e6:,.0f}MB"
+        from evaluator.embedding.index_budget import human_size
+
+        return f"--index-memory changed to {human_size(memory_budget)}"
     if meta.get("kind", "flat") == "flat" and n >= config.ivf_threshold:
         tried = meta.get("fallback_at")
         if not tried or n >= 2 * tried:

@@ -55,6 +55,14 @@ def parse_size(text: str, option: str = "--index-memory") -> int:
     return size
 
 
+def human_size(size: float) -> str:
+    """``243KB``, ``2.1GB``: decimal units, as ``--index-memory`` reads them."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g}{unit}"
+    return f"{int(size)}B"
+
+
 def pq_subquantizers(dim: int) -> int:
     """PQ sub-vectors: 8 dimensions each (64 bytes a vector at d 512), a divisor of dim."""
     m = max(1, dim // 8)
@@ -121,9 +129,9 @@ def candidates_within(budget: int, n: int, dim: int, nlist: int) -> list[Candida
     found = [Candidate(kind, layout_string(kind, nlist, dim), estimate_bytes(kind, n, dim, nlist)) for kind in KINDS]
     if not any(c.estimated_bytes <= budget for c in found):
         smallest = min(found, key=lambda c: c.estimated_bytes)
-        raise InputError(f"--index-memory {budget / 1e6:,.0f}MB is too small for {n:,} vectors of dim {dim}: "
-                         f"the smallest candidate, {smallest.layout}, needs about {smallest.estimated_bytes / 1e6:,.0f}MB "
-                         f"({', '.join(f'{c.layout} {c.estimated_bytes / 1e6:,.0f}MB' for c in found)}); "
+        raise InputError(f"--index-memory {human_size(budget)} is too small for {n:,} vectors of dim {dim}: "
+                         f"the smallest candidate, {smallest.layout}, needs about {human_size(smallest.estimated_bytes)} "
+                         f"({', '.join(f'{c.layout} {human_size(c.estimated_bytes)}' for c in found)}); "
                          "give a larger --index-memory or leave it out")
     return found
 

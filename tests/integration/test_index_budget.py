@@ -1,0 +1,155 @@
+"""`--index-memory`: sizes, the measured choice within a budget, warnings, rebuilds after adds."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import duckdb
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from evaluator.cli.main import main
+from evaluator.embedding.images import _write_part
+from evaluator.embedding.index import (
+    IndexConfig,
+    index_status,
+    load_index,
+    recall_warning,
+    update_index,
+)
+from evaluator.embedding.index_budget import estimate_bytes, parse_size
+from evaluator.errors import InputError
+from evaluator.workspace.workdir import Workdir
+
+KEY = "ViT-B-32/random-seed0"  # what `--model ViT-B-32 --pretrained random` is stored under
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n, d=32, centers=40, seed=0):
+    rng = np.random.default_rng(seed)
+    c = unit(rng.normal(size=(centers, d)))
+    return unit(c[rng.integers(0, centers, n)] + 0.6 * rng.normal(size=(n, d)) / np.sqrt(d))
+
+
+def uniform(n, d=32, seed=0):
+    return unit(np.random.default_rng(seed).normal(size=(n, d)))
+
+
+def workdir_with(tmp_path, vecs, start=0):
+    wd = Workdir.at(tmp_path)
+    _write_part(wd.embeddings(KEY), list(range(start, start + len(vecs))), vecs, KEY)
+    return wd
+
+
+@pytest.mark.parametrize(("text", "size"), [("512MB", 512 * 10**6), ("2GB", 2 * 10**9), ("1.5GiB", int(1.5 * 2**30)),
+                                            ("2000000", 2_000_000), (" 64 kb ", 64_000)])
+def test_sizes_parse(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["2XB", "GB", "-1GB", "0MB", "two GB", ""])
+def test_a_bad_size_names_the_option(text):
+    with pytest.raises(InputError, match="--index-memory must be"):
+        parse_size(text)
+
+
+@pytest.mark.slow
+def test_the_budget_decides_which_candidates_are_built_and_the_fastest_measured_one_wins(tmp_path):
+    n, d = 4000, 32
+    cfg = IndexConfig(ivf_threshold=1000, recall_queries=200)
+    small = estimate_bytes("ivfpq", n, d, 102) + 10_000  # only the PQ codes fit
+    assert small < min(estimate_bytes(k, n, d, 102) for k in ("flat", "ivf", "hnsw"))
+    wd = workdir_with(tmp_path / "a", clustered(n))
+    tight = update_index(wd, KEY, cfg, memory_budget=small)
+    status = {c["kind"]: c["status"] for c in tight.candidates}
+    assert tight.kind == "ivfpq" and status == {"ivf": "over budget", "ivfpq": "measured", "hnsw": "over budget"}
+    assert tight.layout.startswith("IVF102_HNSW32,PQ4") and tight.bytes <= small and tight.warning is None
+    assert tight.recall_at_10 >= 0.96 and "fastest measured candidate" in tight.reason
+    # the search index keeps the re-ranking vectors in the file (memory-mapped) and answers exactly near the top
+    index, meta = load_index(wd, KEY)
+    assert meta["disk_bytes"] == 4 * d * n
+    wide = update_index(wd, KEY, cfg, memory_budget=parse_size("10MB"))
+    assert wide.rebuilt == "--index-memory changed to 10MB"
+    measured = [c for c in wide.candidates if c["status"] == "measured"]
+    assert {c["kind"] for c in measured} == {"ivf", "ivfpq", "hnsw"}
+    meeting = [c for c in measured if c["recall_at_10"] >= 0.96]
+    assert wide.kind == min(meeting, key=lambda c: c["ms_per_query"])["kind"]
+    # the budget is kept: a later update without it adds to the same kind
+    _write_part(wd.embeddings(KEY), list(range(n, n + 50)), clustered(50, seed=5), KEY)
+    more = update_index(wd, KEY, cfg)
+    assert (more.kind, more.added, more.memory_budget, more.rebuilt) == (wide.kind, 50, 10**7, None)
+
+
+def test_an_impossible_budget_is_refused_naming_the_option_before_anything_is_written(tmp_path):
+    wd = workdir_with(tmp_path, clustered(3000))
+    with pytest.raises(InputError, match=r"--index-memory 1KB is too small for 3,000 vectors of dim 32.*IVF.*PQ"):
+        update_index(wd, KEY, IndexConfig(ivf_threshold=1000), memory_budget=1000)
+    assert not wd.index(KEY).exists()
+
+
+def test_a_recall_under_the_target_is_said_in_the_meta_and_the_status(tmp_path):
+    n = 4000
+    wd = workdir_with(tmp_path, uniform(n))
+    budget = estimate_bytes("ivfpq", n, 32, 102) + 10_000  # no room for exact search either
+    info = update_index(wd, KEY, IndexConfig(ivf_threshold=1000, recall_queries=200, target_recall=0.99), memory_budget=budget)
+    assert info.kind == "ivfpq" and info.recall_at_10 < 0.99
+    assert info.warning.startswith(f"recall@10 {info.recall_at_10:.3f} (on 200 held-out queries) is under the target 0.99")
+    assert "no candidate within the budget reached" in info.reason
+    meta = json.loads(wd.index(KEY).with_suffix(".json").read_text())
+    assert recall_warning(meta) == info.warning
+    status = index_status(wd, KEY)
+    assert status["recall_ok"] is False and status["warning"] == info.warning and status["kind"] == "ivfpq"
+    # an exact index, or one over its target, has none
+    assert recall_warning({"kind": "flat", "recall_at_10": 1.0}) is None
+    assert recall_warning({"kind": "ivf", "recall_at_10": 0.97, "target_recall": 0.95}) is None
+    assert "under the target 0.95" in recall_warning({"kind": "ivf", "recall_at_10": 0.9, "recall_queries": 500})
+
+
+def test_adds_that_drag_recall_under_the_target_trigger_a_logged_rebuild(tmp_path, caplog):
+    cfg = IndexConfig(ivf_threshold=1000, recall_queries=300)
+    wd = workdir_with(tmp_path, clustered(3000))
+    first = update_index(wd, KEY, cfg)
+    assert first.kind == "ivf" and first.recall_at_10 >= 0.96
+    # structureless vectors land in centroids trained on clusters: the old layout cannot keep up
+    _write_part(wd.embeddings(KEY), list(range(3000, 9000)), uniform(6000, seed=3), KEY)
+    with caplog.at_level(logging.WARNING, logger="evaluator.embedding.index"):
+        again = update_index(wd, KEY, cfg)
+    assert again.rebuilt.startswith("after 6,000 adds recall@10 on held-out queries is")
+    assert any("rebuilding the index of" in r.getMessage() for r in caplog.records)
+    assert again.ntotal == 9000 and again.added == 9000
+    assert again.warning is None and (again.kind == "flat" or again.recall_at_10 >= 0.96)
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_cli_index_memory_records_the_choice_and_warns(tmp_path):
+    n = 4000
+    wd = workdir_with(tmp_path, uniform(n))
+    base = ["index", "build", "-w", tmp_path, "--model", "ViT-B-32", "--pretrained", "random", "--ivf-threshold", 1000]
+    bad = _run(*base, "--index-memory", "2XB")
+    assert bad.exit_code == 1 and "--index-memory must be a size like 512MB or 2GB but is '2XB'" in bad.output
+    tiny = _run(*base, "--index-memory", "1KB")
+    assert tiny.exit_code == 1 and "--index-memory 1KB is too small" in tiny.output and not wd.index(KEY).exists()
+    budget = estimate_bytes("ivfpq", n, 32, 102) + 10_000
+    built = _run(*base, "--index-memory", f"{budget}B", "--target-recall", "0.99")
+    assert built.exit_code == 0, built.output
+    assert "IVF102_HNSW32,PQ4" in built.output and "WARNING: recall@10" in built.output
+    con = duckdb.connect(str(wd.store), read_only=True)
+    try:
+        message, config = con.execute("SELECT message, config FROM runs WHERE kind = 'index'").fetchone()
+    finally:
+        con.close()
+    row = json.loads(message)
+    assert (row["kind"], row["memory_budget"], row["warning"] is not None) == ("ivfpq", budget, True)
+    assert row["bytes"] <= budget and row["candidates"][1]["ms_per_query"] > 0 and row["recall_at_10"] < 0.99
+    assert json.loads(config)["memory_budget"] == budget
+    info = _run("index", "info", "-w", tmp_path, "--model", "ViT-B-32", "--pretrained", "random")
+    assert info.exit_code == 0 and "WARNING: recall@10" in info.output and "reason:" in info.output
