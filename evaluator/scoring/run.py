@@ -203,6 +203,7 @@ class ScoreSummary:
     warnings: list[str] = field(default_factory=list)
     rank: int = 0  # under a launcher: this process; only rank 0 writes the store
     world_size: int = 1
+    n_from_parts: int = 0  # new images whose image metrics a killed launch's parts already held
 
 
 class _Clock:
@@ -341,7 +342,7 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
     metric_inputs = _metric_inputs(wd, cfg, prepared, texts)
     clock.lap("texts")
     # 5c. the image metrics of this rank's share, gathered on rank 0 (parts), then every table's rows
-    new_scores, mine = _image_scores(wd, prepared, metric_inputs, new_mask)
+    new_scores, mine, reused = _image_scores(wd, prepared, metric_inputs, new_mask)
     if not env.is_main:
         say(f"rank {env.rank}/{env.world_size}: image metrics of {mine} images written to parts; rank 0 writes the store")
         return ScoreSummary(None, model, n_images=len(rows), n_scored=mine, rank=env.rank, world_size=env.world_size)
@@ -356,7 +357,8 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
     run_id = f"score-{started.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     summary = ScoreSummary(run_id, model, n_images=len(rows), n_embedded=prepared.embedding.n_done,
                            n_scored=int(new_mask.sum()), n_skipped=int((~new_mask).sum()),
-                           n_failed=prepared.embedding.n_failed, index=asdict(info), world_size=env.world_size)
+                           n_failed=prepared.embedding.n_failed, index=asdict(info), world_size=env.world_size,
+                           n_from_parts=reused)
     processes = f"; {env.world_size} processes" if env.world_size > 1 else ""
     record = RunRecord(
         run_id, "score", Provenance.collect(cfg.device, cfg.dtype), started_at=started, config=asdict(cfg),
@@ -374,6 +376,8 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
         f"scored {summary.n_scored} new images ({summary.n_skipped} already scored, {summary.n_failed} unreadable) "
         f"with {model}; wrote {sum(summary.rows.values())} rows to {wd.store} (run {run_id})"
     )
+    if reused:
+        say(f"  {reused} of them from the image_scores parts of an interrupted launch")
     for line in summary.warnings:
         say(line)
     return summary
@@ -408,8 +412,9 @@ def _metric_inputs(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, texts: Te
 
 
 def _image_scores(wd: Workdir, prepared: _Prepared, metric_inputs: EvalInputs,
-                  new_mask: np.ndarray) -> tuple[pd.DataFrame | None, int]:
-    """This rank's share of the new images' image metrics; (every new image's rows on rank 0, images done here).
+                  new_mask: np.ndarray) -> tuple[pd.DataFrame | None, int, int]:
+    """This rank's share of the new images' image metrics: (every new image's rows on rank 0,
+    images scored here, new images found in earlier parts).
 
     Without a launcher and without parts left by a killed launch: (None, n), and the
     aggregation computes them in place, as it always did. Otherwise each rank writes its
@@ -426,18 +431,20 @@ def _image_scores(wd: Workdir, prepared: _Prepared, metric_inputs: EvalInputs,
     folder = parts_dir(wd, model, prepared.fingerprint["context"])
     earlier = read_parts(folder)  # a killed launch's rows under this context: reused
     if env.world_size == 1 and earlier.empty:
-        return None, int(new_mask.sum())
-    mask = new_mask & share_mask(metric_inputs.image_ids, env) & ~np.isin(metric_inputs.image_ids, earlier["image_id"])
+        return None, int(new_mask.sum()), 0
+    done = np.isin(metric_inputs.image_ids, earlier["image_id"])
+    reused = int((new_mask & done).sum())
+    mask = new_mask & share_mask(metric_inputs.image_ids, env) & ~done
     rows = image_metric_rows(metric_inputs, mask, model)
     if env.world_size > 1:
         write_part(folder, rows, env)
         gather_objects(None, env)  # every rank's part is on disk
         if not env.is_main:
-            return None, int(mask.sum())
+            return None, int(mask.sum()), reused
         rows = pd.DataFrame(columns=rows.columns)
     every = pd.concat([read_parts(folder), rows], ignore_index=True)
     every = every[every["image_id"].isin(metric_inputs.image_ids[new_mask])]
-    return _in_registry_order(every), int(mask.sum())
+    return _in_registry_order(every), int(mask.sum()), reused
 
 
 def _in_registry_order(rows: pd.DataFrame) -> pd.DataFrame:

@@ -15,9 +15,12 @@ by one process in both runs from the same rows in the same order: exact too.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -61,12 +64,17 @@ def clip(tmp_path_factory):
     return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny", seed=0)
 
 
-def _launch(workdir: Path, clip: Path, catalog: Path) -> subprocess.CompletedProcess:
+def _command(workdir: Path, clip: Path, catalog: Path, bootstrap: int = 100,
+             compare: tuple[str, ...] = ("--compare", "base:ft")) -> tuple[list[str], dict[str, str]]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "evaluator.cli.main", "score", "-w", str(workdir), "--model", str(clip), "--catalog", str(catalog),
-           "--compare", "base:ft", "--bootstrap", "100", "--batch-size", "1", "--num-workers", "0", "--quiet"]
+           *compare, "--bootstrap", str(bootstrap), "--batch-size", "1", "--num-workers", "0", "--quiet"]
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    env |= {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return cmd, env | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _launch(workdir: Path, clip: Path, catalog: Path) -> subprocess.CompletedProcess:
+    cmd, env = _command(workdir, clip, catalog)
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -100,3 +108,64 @@ def test_torchrun_two_processes_score_like_one(tmp_path, clip):
 
     again = _launch(tmp_path / "two", clip, catalog)  # nothing new: both ranks stop, nothing written
     assert again.stdout.count("nothing new") == 2
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), children before their own children."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    out, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        out.extend(frontier)
+    return out
+
+
+def _image_score_rows(store: Path) -> int:
+    if not store.is_file():
+        return 0
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM image_scores").fetchone()[0]
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_a_launch_killed_before_its_store_write_leaves_parts_that_a_rerun_reuses(tmp_path, clip):
+    from evaluator.scoring.parts import read_parts
+
+    catalog = write_catalog(tmp_path / "styles.csv")
+    records = make_workdir(tmp_path / "wd", checkpoints=("base",), seeds=(0, 1, 2))
+    cmd, env = _command(tmp_path / "wd", clip, catalog, bootstrap=5000, compare=())  # a long aggregation
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = tmp_path / "wd" / "image_scores"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        names = {p.name.split("-")[0] for p in folder.rglob("rank*.parquet")} if folder.is_dir() else set()
+        if names == {"rank0", "rank1"}:
+            break
+        time.sleep(0.01)
+    for pid in [*_descendants(proc.pid), proc.pid]:  # both ranks (torchrun starts them in their own sessions), then it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    store = tmp_path / "wd" / "atelier.duckdb"
+    killed_before_write = _image_score_rows(store) == 0
+    print("killed before the store write:", killed_before_write)
+    left = pd.concat([read_parts(d) for d in {p.parent for p in folder.rglob("rank*.parquet")}])
+    print("parts left:", sorted(p.name for p in folder.rglob("*.parquet")), "rows", len(left))
+
+    rerun = score(tmp_path / "wd", ScoreConfig(model=str(clip), catalog_path=catalog, bootstrap=100, batch_size=1,
+                                               num_workers=0, progress=False))
+    if killed_before_write:  # both ranks' parts were on disk: the rerun computed no image metric again
+        assert rerun.n_from_parts == left["image_id"].nunique() == len(records) == rerun.n_scored
+        assert rerun.n_embedded == 0
+    assert _image_score_rows(store) > 0
+    scores = _table(store, "image_scores")
+    assert not scores.duplicated(["image_id", "metric"]).any()
+    assert set(scores["image_id"]) == {int(r["image_id"]) for r in records}
+    assert not any(folder.rglob("*.parquet"))
