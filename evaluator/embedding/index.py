@@ -144,14 +144,6 @@ def ivf_layout(n: int, config: IndexConfig) -> tuple[int, int]:
     return nlist, min(train, 256 * nlist)
 
 
-def layout_string(kind: str, nlist: int | None, dim: int, m: int = 32) -> str:
-    """The index_factory string of a kind: ``IVF2048_HNSW32,Flat``, ``HNSW32,Flat``..."""
-    from evaluator.embedding.index_budget import pq_subquantizers
-
-    return {"flat": "Flat", "ivf": f"IVF{nlist}_HNSW{m},Flat", "ivfpq": f"IVF{nlist}_HNSW{m},PQ{pq_subquantizers(dim)},RFlat",
-            "hnsw": f"HNSW{m},Flat"}[kind]
-
-
 def _trained_quantizer(vecs: np.ndarray, config: IndexConfig) -> tuple[Any, int, np.ndarray]:
     """(HNSW quantizer holding spherical k-means centroids, nlist, training sample). The
     centroids are assigned exactly during training (an HNSW over moving centroids would be
@@ -417,15 +409,38 @@ def _flat_of(vecs: np.ndarray, ids: np.ndarray, memory_budget: int | None, **ext
     return build_kind("flat", vecs, ids, IndexConfig()), fields
 
 
+def choose_within(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, budget: int, sample: tuple):
+    """(the chosen index, its Candidate, every Candidate): build and measure each candidate
+    within ``budget`` bytes on the leave-one-out ``sample``; the fastest meeting the target
+    wins, else the one with the best recall."""
+    from evaluator.embedding.index_budget import candidates_within, single_query_ms
+
+    n, dim = vecs.shape
+    cands = candidates_within(budget, n, dim, ivf_layout(n, config)[0])
+    built: dict[str, Any] = {}
+    for cand in [c for c in cands if c.estimated_bytes <= budget]:
+        start = time.perf_counter()
+        index = build_kind(cand.kind, vecs, ids, config)
+        cand.param, cand.recall_at_10 = tune(index, cand.kind, sample, config)
+        cand.build_seconds = round(time.perf_counter() - start, 2)
+        cand.ms_per_query = round(single_query_ms(index, sample[0]), 4)
+        cand.status = "measured"
+        built[cand.kind] = index
+    measured = [c for c in cands if c.status == "measured"]
+    meeting = [c for c in measured if c.recall_at_10 >= _goal(config)]
+    best = min(meeting, key=lambda c: c.ms_per_query) if meeting else max(measured, key=lambda c: c.recall_at_10)
+    return built.pop(best.kind), best, cands  # the others are freed on return
+
+
 def _approximate(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_budget: int | None, sample: tuple):
     """(index, kind, param, recall, reason, candidates): the default IVF, or the budget's choice."""
-    from evaluator.embedding.index_budget import choose, human_size
+    from evaluator.embedding.index_budget import human_size
 
     if memory_budget is None:
         index = build_kind("ivf", vecs, ids, config)
         param, recall = tune(index, "ivf", sample, config)
         return index, "ivf", param, recall, None, None
-    index, best, cands = choose(vecs, ids, config, memory_budget, sample)
+    index, best, cands = choose_within(vecs, ids, config, memory_budget, sample)
     met = best.recall_at_10 >= _goal(config)
     reason = (f"--index-memory {human_size(memory_budget)}: {best.layout} is the fastest measured candidate "
               f"({best.ms_per_query} ms a query) reaching recall@10 {_goal(config)} within the budget" if met else
@@ -445,7 +460,12 @@ def build_index(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_b
     """
     import faiss
 
-    from evaluator.embedding.index_budget import candidates_within, disk_bytes, estimate_bytes
+    from evaluator.embedding.index_budget import (
+        candidates_within,
+        disk_bytes,
+        estimate_bytes,
+        layout_string,
+    )
     from evaluator.embedding.index_exact import batch_fallback
 
     n, dim = vecs.shape

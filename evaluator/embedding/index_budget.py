@@ -16,7 +16,8 @@ clip-retrieval, but by measuring each one that fits:
 Each candidate's resident bytes are estimated before anything is built; those over the
 budget are skipped with their estimate, the others are built, tuned to the target recall
 on the same leave-one-out queries and timed one query at a time. The fastest that meets
-the target is chosen; if none does, the one with the best recall, with a warning.
+the target is chosen; if none does, the one with the best recall, with a warning
+(``evaluator.embedding.index.choose_within``; this module builds nothing).
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from evaluator.errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from evaluator.embedding.index import IndexConfig
 
 # IndexIDMap2: 8 bytes of id and ~40 of reverse hash map a vector; an IVF list entry's id.
 ID_BYTES = 48
@@ -53,6 +52,12 @@ def parse_size(text: str, option: str = "--index-memory") -> int:
     if size <= 0:
         raise InputError(f"{option} must be more than 0 bytes but is {text!r}")
     return size
+
+
+def layout_string(kind: str, nlist: int | None, dim: int, m: int = HNSW_M) -> str:
+    """The index_factory string of a kind: ``IVF2048_HNSW32,Flat``, ``HNSW32,Flat``..."""
+    return {"flat": "Flat", "ivf": f"IVF{nlist}_HNSW{m},Flat", "ivfpq": f"IVF{nlist}_HNSW{m},PQ{pq_subquantizers(dim)},RFlat",
+            "hnsw": f"HNSW{m},Flat"}[kind]
 
 
 def human_size(size: float) -> str:
@@ -124,8 +129,6 @@ def single_query_ms(index: Any, queries: np.ndarray, n: int = 100) -> float:
 
 def candidates_within(budget: int, n: int, dim: int, nlist: int) -> list[Candidate]:
     """Every candidate with its estimate; a clear error naming the option if none fits."""
-    from evaluator.embedding.index import layout_string
-
     found = [Candidate(kind, layout_string(kind, nlist, dim), estimate_bytes(kind, n, dim, nlist)) for kind in KINDS]
     if not any(c.estimated_bytes <= budget for c in found):
         smallest = min(found, key=lambda c: c.estimated_bytes)
@@ -134,30 +137,3 @@ def candidates_within(budget: int, n: int, dim: int, nlist: int) -> list[Candida
                          f"({', '.join(f'{c.layout} {human_size(c.estimated_bytes)}' for c in found)}); "
                          "give a larger --index-memory or leave it out")
     return found
-
-
-def choose(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, budget: int, sample: tuple) -> tuple[Any, Candidate, list[Candidate]]:
-    """(the chosen index, its candidate, every candidate): build and measure each
-    candidate within ``budget`` on the leave-one-out ``sample``; fastest meeting the target wins."""
-    from evaluator.embedding.index import build_kind, ivf_layout, tune
-
-    n, dim = vecs.shape
-    cands = candidates_within(budget, n, dim, ivf_layout(n, config)[0])
-    goal = min(1.0, config.target_recall + config.recall_margin)
-    built: dict[str, Any] = {}
-    for cand in cands:
-        if cand.estimated_bytes > budget:
-            continue
-        start = time.perf_counter()
-        index = build_kind(cand.kind, vecs, ids, config)
-        cand.param, cand.recall_at_10 = tune(index, cand.kind, sample, config)
-        cand.build_seconds = round(time.perf_counter() - start, 2)
-        cand.ms_per_query = round(single_query_ms(index, sample[0]), 4)
-        cand.status = "measured"
-        built[cand.kind] = index
-    measured = [c for c in cands if c.status == "measured"]
-    meeting = [c for c in measured if c.recall_at_10 >= goal]
-    best = min(meeting, key=lambda c: c.ms_per_query) if meeting else max(measured, key=lambda c: c.recall_at_10)
-    for kind in [k for k in built if k != best.kind]:
-        del built[kind]  # free the losers before the winner is saved
-    return built[best.kind], best, cands
