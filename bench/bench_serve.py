@@ -3,8 +3,8 @@
 Builds (once) a synthetic store (``evaluator.testing.synthetic_store``, rows only) and a
 FAISS index of random unit vectors for its images, starts `atelier serve` on a free
 loopback port, and sends ``--requests`` requests per endpoint from each ``--clients``
-count of threads (httpx, closed loop: each client sends its next request when the last
-one is answered), stopping early at ``--time-cap`` seconds: /comparisons, /scores and
+count of clients (httpx tasks of one event loop, closed loop: each client sends its next
+request when the last one is answered), stopping early at ``--time-cap`` seconds: /comparisons, /scores and
 /search by image id. Then the same while a writer process commits to the store every
 ``--write-every`` seconds (as `atelier score` does at the end of a run), counting how
 long each commit waited for the store. Bounded in count and time; loopback only.
@@ -32,7 +32,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -105,10 +104,11 @@ def start_server(workdir: Path, baseline_src: Path | None = None, workers: int |
     env = dict(os.environ)
     if baseline_src is not None:
         env["PYTHONPATH"] = str(baseline_src)
-    else:
-        cmd += ["--rate-limit", "0"]  # every bench client is 127.0.0.1: one "client" to the limiter
-        if workers:
-            cmd += ["--workers", str(workers)]
+    help_text = subprocess.run([*cmd[:2], "--help"], env=env, capture_output=True, text=True).stdout
+    if "--rate-limit" in help_text:  # every bench client is 127.0.0.1: one "client" to the limiter
+        cmd += ["--rate-limit", "0"]
+    if workers:
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, env=env, cwd=workdir)
     deadline, ready = time.monotonic() + 600, 0
     while time.monotonic() < deadline:
@@ -149,46 +149,46 @@ def summarize(latencies: list[float], errors: list[str], wall: float) -> dict:
 
 
 def load(url: str, make_request, n: int, clients: int, time_cap: float) -> dict:
-    """``n`` requests from ``clients`` threads (or until ``time_cap`` s): rate, latencies, errors."""
+    """``n`` requests from ``clients`` clients (or until ``time_cap`` s): rate, latencies, errors.
+
+    The clients are tasks of one event loop, each with its own keep-alive connection: 50
+    client threads in one process spent their time waiting for the GIL, and measured that.
+    """
+    import asyncio
+
     import httpx
 
     latencies: list[float] = []
     hits: list[float] = []  # answered from the server's per-snapshot memory (X-Cache: hit)
     misses: list[float] = []
     errors: list[str] = []
-    lock = threading.Lock()
     remaining = [n]
-    stop_at = time.monotonic() + time_cap
 
-    def worker(seed: int) -> None:
+    async def client(seed: int, stop_at: float) -> None:
         rng = random.Random(seed)
-        with httpx.Client(base_url=url, timeout=30) as http:
-            while time.monotonic() < stop_at:
-                with lock:
-                    if remaining[0] <= 0:
-                        return
-                    remaining[0] -= 1
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            while time.monotonic() < stop_at and remaining[0] > 0:
+                remaining[0] -= 1
                 method, path, kwargs = make_request(rng)
                 t0 = time.perf_counter()
                 try:
-                    response = http.request(method, path, **kwargs)
+                    response = await http.request(method, path, **kwargs)
                     status, text = response.status_code, response.text[:120]
                     hit = response.headers.get("x-cache") == "hit"
                 except httpx.HTTPError as exc:
                     status, text, hit = 0, f"{type(exc).__name__}: {exc}", False
                 elapsed = time.perf_counter() - t0
-                with lock:
-                    latencies.append(elapsed)
-                    (hits if hit else misses).append(elapsed)
-                    if status != 200:
-                        errors.append(f"{status} {text}")
+                latencies.append(elapsed)
+                (hits if hit else misses).append(elapsed)
+                if status != 200:
+                    errors.append(f"{status} {text}")
+
+    async def run_all() -> None:
+        stop_at = time.monotonic() + time_cap
+        await asyncio.gather(*(client(i, stop_at) for i in range(clients)))
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    asyncio.run(run_all())
     result = summarize(latencies, errors, time.perf_counter() - started)
     if hits:  # the computed answers and the remembered ones, apart
         result["remembered"] = len(hits)
@@ -250,7 +250,7 @@ def writer_loop(store: str, every: float, seconds: float) -> None:
 
 def run_variant(workdir: Path, args: argparse.Namespace, baseline_src: Path | None) -> dict:
     """Every endpoint at every client count, then under a writer; one server."""
-    proc, url = start_server(workdir, baseline_src, None if baseline_src else args.workers)
+    proc, url = start_server(workdir, baseline_src, args.workers)
     results: dict = {"load_average_at_start": os.getloadavg()}
     try:
         import httpx
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per endpoint and client count at most")
     parser.add_argument("--write-every", type=float, default=2.0, help="seconds between a writer's commits (0: skip)")
     parser.add_argument("--baseline-src", type=Path, default=None, help="an older source tree to compare with")
-    parser.add_argument("--workers", type=int, default=None, help="the current server's --workers (default: its own)")
+    parser.add_argument("--workers", type=int, default=None, help="both servers' --workers (default: their own)")
     args = parser.parse_args(argv)
     workdir = ensure_store(args.workdir or Path(f"/tmp/bench_serve_{args.artists}x{args.checkpoints}"), args)
     variants = {}

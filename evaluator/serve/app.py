@@ -37,7 +37,7 @@ from evaluator.serve.guard import Guard, RateLimiter
 from evaluator.serve.jsonio import ApiJSON, RawJSON, records, records_json
 from evaluator.serve.reader import DirectReader, PinnedReader, SnapshotReader, busy
 from evaluator.serve.search import SearchEngine, SearchQuery
-from evaluator.serve.snapshot import StoreSnapshots
+from evaluator.serve.snapshot import StoreSnapshots, inline_work
 from evaluator.serve.upload import UploadLimits, decode_upload
 from evaluator.workspace import queries
 from evaluator.workspace.store import StoreLockedError
@@ -99,7 +99,34 @@ class State:
 def build_read_model(snapshot, previous):
     """The read model of one snapshot (``serve.readmodel``), taking over ``previous``' unchanged parts."""
     with PinnedReader(snapshot) as store:
-        return readmodel.build(store, previous)
+        model = readmodel.build(store, previous)
+        warm_lookups(store)
+        model.lookups = store.lookups
+        return model
+
+
+def warm_lookups(store: PinnedReader) -> None:
+    """Compute what requests look up by ``store.remember`` (names, the comparison tree, each
+    group's summary, counts) with the functions the routes use: a request then runs no query."""
+    for what in ("models", "checkpoints", "metrics", "artists"):
+        names(store, what)
+    artist_set(store)
+    store.remember("overview", lambda: queries.overview(store))
+    tree = store.remember("comparison_tree", lambda: comparison_tree(queries.comparison_pairs(store)))
+    for finetune, bases in tree.items():
+        for base, models in bases.items():
+            for model, metrics in models.items():
+                for metric in metrics:
+                    comparison_summary(store, base, finetune, model, metric)
+
+
+def artist_set(store) -> frozenset[str]:
+    return store.remember("artist_set", lambda: frozenset(names(store, "artists")))
+
+
+def comparison_summary(store, base: str, finetune: str, model: str, metric: str) -> dict:
+    return store.remember(f"summary\0{base}\0{finetune}\0{model}\0{metric}",
+                          lambda: queries.comparison_summary(store, base, finetune, model, metric))
 
 
 def page_json(items: bytes, more: bool, limit: int, offset: int, **extra) -> ApiJSON:
@@ -125,10 +152,50 @@ def answer(state: State, request: Request, build: Callable[..., ApiJSON]) -> Res
 
     Only a success is remembered: an error raised by ``build`` is raised again next time.
     """
-    key = "page\0" + request.url.path + "?" + urlencode(sorted(request.query_params.multi_items()))
+    key = page_key(request.scope)
     with state.reader() as store:
         body, hit = store.recall(key, lambda: build(store).body)
     return Response(body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"})
+
+
+def page_key(scope: dict) -> str:
+    """The memo key of a GET page: its path and its sorted query parameters (as Starlette parses them)."""
+    from urllib.parse import parse_qsl
+
+    items = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return "page\0" + scope["path"] + "?" + urlencode(sorted(items))
+
+
+class RememberedPages:
+    """ASGI: a GET page the current snapshot remembers is sent from here, before FastAPI's routing
+    and parameter checks (half the CPU of a remembered answer): the same bytes, checked when
+    they were first computed (only successes are remembered). Token and rate limit still apply
+    (``Guard`` is outside this)."""
+
+    def __init__(self, app: Callable, state: State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        snapshots = self.state.snapshots
+        if scope["type"] == "http" and scope["method"] == "GET" and snapshots is not None and snapshots.ready():
+            body = snapshots.remembered(page_key(scope))
+            if body is not None:
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"x-cache", b"hit")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+async def answer_soon(state: State, request: Request, build: Callable[..., ApiJSON], inline: bool = True) -> Response:
+    """``answer``: on the event loop when the snapshot's read model is ready (a lookup and a slice:
+    a thread hop would cost more, and 50 threads fighting for the GIL starve the loop), else in a thread."""
+    if inline and state.snapshots is not None and state.snapshots.ready():
+        with inline_work():
+            return answer(state, request, build)
+    return await run_in_threadpool(answer, state, request, build)
 
 
 def names(store, what: str) -> list[str]:
@@ -139,7 +206,7 @@ def names(store, what: str) -> list[str]:
 
 
 def _artist(store, field: str, artist_id: str) -> str:
-    if artist_id in store.remember("artist_set", lambda: frozenset(names(store, "artists"))):
+    if artist_id in artist_set(store):
         return artist_id
     return check_name(field, artist_id, names(store, "artists"), "artist")
 
@@ -201,8 +268,8 @@ def table_routes(state: State) -> APIRouter:
         return answer(state, request, build)
 
     @router.get("/scores", summary="Per-artist scores (artist_scores) with their CIs.")
-    def scores(request: Request, checkpoint: str = "", artist_id: str = "", metric: str = "", model: str = "",
-               limit: int | None = None, offset: int = 0) -> Response:
+    async def scores(request: Request, checkpoint: str = "", artist_id: str = "", metric: str = "", model: str = "",
+                     limit: int | None = None, offset: int = 0) -> Response:
         limit, offset = state.limit(limit, offset)
 
         def build(store) -> ApiJSON:
@@ -218,10 +285,11 @@ def table_routes(state: State) -> APIRouter:
             read_model = store.read_model()
             if read_model is not None and read_model.scores is not None:
                 return page_json(*read_model.scores.page(filt, limit, offset), limit, offset)
-            relation = queries.artist_scores(readmodel.relations(store), filt, limit=limit + 1, offset=offset)
-            return page_json(*readmodel.page_json(relation, limit), limit, offset)
+            with readmodel.relations(store) as source:  # the read model's encoding, from the page's own query
+                relation = queries.artist_scores(source, filt, limit=limit + 1, offset=offset)
+                return page_json(*readmodel.page_json(relation, limit), limit, offset)
 
-        return answer(state, request, build)
+        return await answer_soon(state, request, build)
 
     @router.get("/leaderboard", summary="checkpoint_scores of one model (default: the most used).")
     def leaderboard(request: Request, model: str = "", limit: int | None = None, offset: int = 0) -> Response:
@@ -236,14 +304,27 @@ def table_routes(state: State) -> APIRouter:
     return router
 
 
+def comparison_tree(pairs) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """finetune -> base -> model -> its compared metrics (sorted), from ``queries.comparison_pairs``:
+    a request resolves its names by lookups (filtering the pairs' frame took ~4 ms a request)."""
+    tree: dict[str, dict[str, dict[str, list[str]]]] = {}
+    for base, finetune, model, metric in pairs[["base", "finetune", "model", "metric"]].itertuples(index=False):
+        tree.setdefault(finetune, {}).setdefault(base, {}).setdefault(model, []).append(metric)
+    for bases in tree.values():
+        for models in bases.values():
+            for model, metrics in models.items():
+                models[model] = sorted(set(metrics))
+    return tree
+
+
 def comparison_routes(state: State) -> APIRouter:
     """/comparisons and /neighbors."""
     router = APIRouter()
 
     @router.get("/comparisons", summary="Per-artist base vs fine-tune deltas with CIs and verdicts.")
-    def comparisons(request: Request, *, finetune: str = "", base: str = "", metric: str = "", verdict: str = "",
-                    model: str = "", order: str = "delta", descending: bool = False,
-                    limit: int | None = None, offset: int = 0) -> Response:
+    async def comparisons(request: Request, *, finetune: str = "", base: str = "", metric: str = "",
+                          verdict: str = "", model: str = "", order: str = "delta", descending: bool = False,
+                          limit: int | None = None, offset: int = 0) -> Response:
         from evaluator.scoring.stats import VERDICTS
 
         limit, offset = state.limit(limit, offset)
@@ -252,31 +333,30 @@ def comparison_routes(state: State) -> APIRouter:
 
         def build(store) -> ApiJSON:
             nonlocal finetune, base, model, metric
-            pairs = store.remember("comparison_pairs", lambda: queries.comparison_pairs(store))
-            finetune = pick_name("finetune", finetune, sorted(set(pairs["finetune"])), "fine-tune")
-            pairs = pairs[pairs["finetune"] == finetune]
-            base = pick_name("base", base, sorted(set(pairs["base"])), "base of " + finetune)
+            tree = store.remember("comparison_tree", lambda: comparison_tree(queries.comparison_pairs(store)))
+            finetune = pick_name("finetune", finetune, sorted(tree), "fine-tune")
+            base = pick_name("base", base, sorted(tree[finetune]), "base of " + finetune)
             model = _model(store, model)
-            pairs = pairs[(pairs["base"] == base) & (pairs["model"] == model)]
-            metric = pick_name("metric", metric, sorted(set(pairs["metric"])), "compared metric")
+            metric = pick_name("metric", metric, tree[finetune][base].get(model, []), "compared metric")
             read_model = store.read_model()
             try:
                 if read_model is not None:
                     group = read_model.comparison_group(store, base, finetune, model, metric, order, descending)
                     items, more = group.page(verdict, limit, offset)
                 else:  # the same encoding, from the page's own query
-                    relation = queries.comparison_table(readmodel.relations(store), base, finetune, model, metric,
-                                                        verdict=verdict, order=order, descending=descending,
-                                                        limit=limit + 1, offset=offset)
-                    items, more = readmodel.page_json(relation, limit)
+                    with readmodel.relations(store) as source:
+                        relation = queries.comparison_table(source, base, finetune, model, metric, verdict=verdict,
+                                                            order=order, descending=descending, limit=limit + 1,
+                                                            offset=offset)
+                        items, more = readmodel.page_json(relation, limit)
             except InputError as exc:
                 raise ApiError(str(exc), field="order") from exc
-            summary = store.remember(f"summary\0{base}\0{finetune}\0{model}\0{metric}",
-                                     lambda: queries.comparison_summary(store, base, finetune, model, metric))
+            summary = comparison_summary(store, base, finetune, model, metric)
             return page_json(items, more, limit, offset, base=base, finetune=finetune, model=model, metric=metric,
                              summary=summary)
 
-        return answer(state, request, build)
+        # another order is read on first use (a query): not on the event loop
+        return await answer_soon(state, request, build, inline=(order, descending) == readmodel.DEFAULT_ORDER)
 
     @router.get("/neighbors", summary="An artist's nearest artists per checkpoint.")
     def neighbors(request: Request, artist_id: str, checkpoint: str = "", k: int = 10, model: str = "") -> Response:
@@ -467,7 +547,12 @@ def query_routes(state: State) -> APIRouter:
                              "`artist_id`.", openapi_extra=SEARCH_BODY_DOC)
     async def search(request: Request) -> ApiJSON:
         query = await _search_body(request, state)
-        hits, remembered = await run_in_threadpool(run_search, query)
+        by_id = query.image_id is not None and not (query.checkpoint or query.artist_id)
+        if by_id and state.search.has_index() and state.snapshots is not None and state.snapshots.ready():
+            with inline_work():  # the stored vector, FAISS and the read model's rows: no query, no model
+                hits, remembered = run_search(query)
+        else:
+            hits, remembered = await run_in_threadpool(run_search, query)
         return ApiJSON(hits, headers={"X-Cache": "hit" if remembered else "miss"})
 
     return router
@@ -541,6 +626,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     for routes in (table_routes, comparison_routes, image_routes, query_routes):
         app.include_router(routes(state))
     install_error_handlers(app)
+    app.add_middleware(RememberedPages, state=state)
     app.add_middleware(deadline.Deadline, seconds=config.request_timeout)
     limiter = RateLimiter(config.rate_limit, config.rate_burst) if config.rate_limit else None
     app.add_middleware(Guard, token=config.token, max_body_bytes=config.max_body_bytes,

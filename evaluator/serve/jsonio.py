@@ -1,8 +1,8 @@
 """JSON for the API: data frames as records (NaN and infinities as null, times as ISO text).
 
-Reads and writes nothing. A page of rows is encoded by pandas in C (``records_json``,
-~50x faster than building dicts and running ``json.dumps`` over them: 0.3 ms vs 15 ms
-for 100 rows) and spliced into the response as is (``RawJSON``).
+Reads and writes nothing. A page of rows is encoded in C (by pandas, ``records_json``, or
+by DuckDB for the read model's tables, ``readmodel.encode``) and spliced into the
+response as is (``RawJSON``); the rest of a response goes through orjson.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class RawJSON:
 
 def records_json(frame) -> RawJSON:
     """The rows of a data frame as a JSON array: NaN, infinities and NaT as null, times ISO (µs),
-    15 significant digits (what a double holds exactly in decimal)."""
+    numbers rounded to 15 decimals."""
     return RawJSON(frame.to_json(orient="records", date_format="iso", date_unit="us", double_precision=15,
                                  force_ascii=False))
 

@@ -119,6 +119,14 @@ class SnapshotReader(_Reader):
     def read_model(self):
         return self._acquire().model
 
+    def remember(self, key: str, compute: Callable[[], Any]) -> Any:
+        """From the read model's lookups when it has ``key`` (names every request checks: kept
+        with the model, not among the pages a busy server forgets), else the snapshot's memo."""
+        model = self._acquire().model
+        if model is not None and key in model.lookups:
+            return model.lookups[key]
+        return self.recall(key, compute)[0]
+
     def close(self) -> None:
         if self._cursor is not None:
             self._cursor.close()
@@ -135,6 +143,12 @@ class PinnedReader(_Reader):
         self.snapshot = snapshot
         self.lock_timeout = lock_timeout
         self._cursor = None
+        self.lookups: dict[str, Any] = {}  # what ``remember`` computed (the read model keeps it)
+
+    def remember(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self.lookups:
+            self.lookups[key] = compute()
+        return self.lookups[key]
 
     @property
     def path(self) -> Path:

@@ -20,6 +20,7 @@ writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -47,6 +48,12 @@ class RelationReader:
         self.con = con
         self.path = path
         self.lock_timeout = lock_timeout
+
+    def __enter__(self) -> RelationReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.con.close()  # its own cursor (``relations``)
 
     def df(self, sql: str, params: tuple | list = ()):
         return self.con.sql(sql, params=list(params)) if params else self.con.sql(sql)
@@ -88,8 +95,9 @@ class Rows:
 
     def take(self, positions) -> bytes:
         """The rows at ``positions`` as a JSON array."""
-        buf, starts, ends = self.buf, self.starts, self.ends
-        return b"[" + b",".join([buf[starts[p]:ends[p]] for p in positions]) + b"]"
+        buf = self.buf
+        starts, ends = self.starts[positions].tolist(), self.ends[positions].tolist()  # ints, not numpy scalars
+        return b"[" + b",".join([buf[a:z] for a, z in zip(starts, ends, strict=True)]) + b"]"
 
     def row(self, position: int) -> bytes:
         return self.buf[self.starts[position]:self.ends[position]]
@@ -148,9 +156,10 @@ class ComparisonGroup:
     @classmethod
     def read(cls, store, key: tuple) -> ComparisonGroup:
         base, finetune, model, metric, order, descending = key
-        relation = queries.comparison_table(relations(store), base, finetune, model, metric, order=order,
-                                            descending=descending, limit=ALL_ROWS, offset=0)
-        rows, keys = encode(relation, keys=("verdict",))
+        with _as_relations(store) as source:
+            relation = queries.comparison_table(source, base, finetune, model, metric, order=order,
+                                                descending=descending, limit=ALL_ROWS, offset=0)
+            rows, keys = encode(relation, keys=("verdict",))
         return cls(rows, _positions_by(keys["verdict"]))
 
     def page(self, verdict: str, limit: int, offset: int) -> tuple[bytes, bool]:
@@ -176,8 +185,9 @@ class ScoreTable:
 
     @classmethod
     def read(cls, store) -> ScoreTable:
-        relation = queries.artist_scores(relations(store), queries.ScoreFilter(), limit=ALL_ROWS, offset=0)
-        rows, keys = encode(relation, keys=cls.COLUMNS)
+        with _as_relations(store) as source:
+            relation = queries.artist_scores(source, queries.ScoreFilter(), limit=ALL_ROWS, offset=0)
+            rows, keys = encode(relation, keys=cls.COLUMNS)
         return cls(rows, {column: _positions_by(keys[column]) for column in cls.COLUMNS})
 
     def page(self, filt: queries.ScoreFilter, limit: int, offset: int) -> tuple[bytes, bool]:
@@ -206,7 +216,8 @@ class ImageHits:
 
     @classmethod
     def read(cls, store) -> ImageHits:
-        rows, keys = encode(queries.all_image_hits(relations(store)), keys=("image_id",), drop=("image_id",))
+        with _as_relations(store) as source:
+            rows, keys = encode(queries.all_image_hits(source), keys=("image_id",), drop=("image_id",))
         return cls(keys["image_id"].to_numpy().astype(np.int64), rows)
 
     def fields(self, image_ids: list[int]) -> list[bytes | None]:
@@ -240,6 +251,8 @@ class ReadModel:
     images: ImageHits | None
     seconds: float = 0.0
     reused: tuple[str, ...] = ()
+    # names and summaries every request checks (``app.warm_lookups``), by their memo keys
+    lookups: dict[str, Any] = field(default_factory=dict)
     extra: OrderedDict = field(default_factory=OrderedDict)  # other orders, least recently used first
     extra_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -275,16 +288,24 @@ class ReadModel:
 
 
 def relations(store) -> RelationReader:
-    """``store`` (a reader of the snapshot, or one already giving relations) as a ``RelationReader``."""
-    if isinstance(store, RelationReader):
-        return store
-    # a cursor of its own: a result the reader left open on its connection would block the relations
+    """A ``RelationReader`` on a cursor of its own of ``store``'s connection (a result the reader
+    left open would block relations); closing it (``with``) closes that cursor."""
     return RelationReader(store.connection().cursor(), store.path, store.lock_timeout)
 
 
 # The columns hashed per table (default: all): of the 1M image rows, only what a hit shows
 # (hashing every column took 4 s on busy cores, these 0.4 s).
 FINGERPRINT_COLUMNS = {"images": ("image_id", "checkpoint", "artist_id", "template", "seed", "thumb_path", "path")}
+
+
+@contextlib.contextmanager
+def _as_relations(store):
+    """``store`` if it gives relations already (the build's), else a ``RelationReader`` of it, closed after."""
+    if isinstance(store, RelationReader):
+        yield store
+        return
+    with relations(store) as source:
+        yield source
 
 
 def fingerprints(store) -> dict[str, Any]:
@@ -296,7 +317,8 @@ def build(store, previous: ReadModel | None = None) -> ReadModel:
     """The read model of the snapshot ``store`` reads, taking over ``previous``' unchanged parts.
 
     1. fingerprint the tables the parts read;
-    2. per part: the previous one if its tables are unchanged, else read it again.
+    2. per part: the previous one if its tables are unchanged, else read it again (the
+       comparison groups: one per ``comparison_pairs`` row, in the default order).
     """
     started = time.monotonic()
     prints = fingerprints(store)
@@ -305,12 +327,11 @@ def build(store, previous: ReadModel | None = None) -> ReadModel:
         return previous is not None and all(previous.fingerprints.get(t) == prints[t] for t in PART_TABLES[part])
 
     reused = tuple(part for part in PART_TABLES if unchanged(part))
-    if "comparisons" in reused:
-        comparisons = previous.comparisons
-    else:
-        pairs = queries.comparison_pairs(store)
-        comparisons = {key: ComparisonGroup.read(store, (*key, *DEFAULT_ORDER))
-                       for key in pairs[["base", "finetune", "model", "metric"]].itertuples(index=False, name=None)}
-    scores = previous.scores if "scores" in reused else ScoreTable.read(store)
-    images = previous.images if "images" in reused else ImageHits.read(store)
+    groups = [] if "comparisons" in reused else list(
+        queries.comparison_pairs(store)[["base", "finetune", "model", "metric"]].itertuples(index=False, name=None))
+    with relations(store) as source:
+        comparisons = previous.comparisons if "comparisons" in reused else {
+            key: ComparisonGroup.read(source, (*key, *DEFAULT_ORDER)) for key in groups}
+        scores = previous.scores if "scores" in reused else ScoreTable.read(source)
+        images = previous.images if "images" in reused else ImageHits.read(source)
     return ReadModel(prints, comparisons, scores, images, seconds=time.monotonic() - started, reused=reused)

@@ -60,6 +60,11 @@ class SearchEngine:
         raise ApiError("no FAISS index in the workdir; run `atelier index build` or `atelier score`",
                        status=503, headers={"Retry-After": "60"})
 
+    def has_index(self) -> bool:
+        """Whether an index is in memory already (the first search reads it: seconds at 1M vectors)."""
+        with self._lock:
+            return bool(self._indexes)
+
     def index(self, key: str):
         """The index of ``key``: read on first use; a changed file is reread in the background."""
         return self.index_entry(key)[1]

@@ -85,6 +85,18 @@ def work_slot():
         _SLOTS.release()
 
 
+@contextlib.contextmanager
+def inline_work():
+    """Work on the event loop's thread (a read model's answer: well under a millisecond): no
+    slot is taken, since waiting for one there would stall every request."""
+    depth = getattr(_HOLDING, "depth", 0)
+    _HOLDING.depth = depth + 1
+    try:
+        yield
+    finally:
+        _HOLDING.depth = depth
+
+
 def store_stamp(path: Path) -> tuple[int, int, int, int]:
     """(mtime, size) of the store and of its WAL: every committed write changes it."""
     parts: list[int] = []
@@ -177,6 +189,24 @@ class StoreSnapshots:
             assert current is not None  # refresh() set it or raised
             current.users += 1
             return current
+
+    def ready(self) -> bool:
+        """Whether the current snapshot has its read model (a request can be answered without waiting)."""
+        current = self._current
+        return current is not None and current.model is not None
+
+    def remembered(self, key: str) -> Any:
+        """What the current snapshot remembers under ``key``, or None (as a request, it notices a
+        changed store: ``acquire``)."""
+        snapshot = self.acquire()
+        try:
+            with snapshot.memo_lock:
+                if key not in snapshot.memo:
+                    return None
+                snapshot.memo.move_to_end(key)
+                return snapshot.memo[key]
+        finally:
+            self.release(snapshot)
 
     def release(self, snapshot: Snapshot) -> None:
         with self._lock:
