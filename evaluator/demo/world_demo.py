@@ -16,8 +16,8 @@ procedural styles apart; text-side metrics are structural only), and the store's
 verdicts are checked against the planted truth (``evaluator.demo.truth``).
 
 Eight numbered steps (``run_world_demo``). Reads the world package; writes into the
-workdir: ``models/`` (CLIP, the two LoRA files), ``world/`` (references, LoRA datasets, the
-trainer's scratch workdir), ``checkpoints.toml``, ``plan.parquet``, the images, embeddings,
+workdir: ``models/`` (CLIP, the two LoRA files), ``world/training/`` (the trainer's scratch
+workdir with the LoRA datasets), ``checkpoints.toml``, ``plan.parquet``, the images, embeddings,
 store and ``demo-truth.csv``. A second run trains nothing, makes no image, adds no row.
 """
 
@@ -46,18 +46,13 @@ class WorldDemoConfig:
     # The prompt the world model and the LoRAs were captioned with, and the no-artist baseline.
     templates: tuple[str, ...] = ("style", "null")
     resolution: int = 32  # the world model's size: its paintings are 32 px
-    steps: int = 20  # sampler steps: the tiny model's images stop changing past ~20
-    guidance: float = 4.0  # classifier-free guidance: the world model was trained with caption dropout
+    steps: int = 12  # sampler steps: evaluator.world.measure.SAMPLER_STEPS, where its images stop changing
+    guidance: float = 4.0  # evaluator.world.measure.GUIDANCE (the model was trained with caption dropout)
     batch_size: int = 16
     references_per_artist: int = 12  # fresh paintings per artist: a stable prototype and retrieval set
-    # --- the two LoRAs (trained by evaluator.training, method lora)
+    # --- the two LoRAs: evaluator.world.lora.LORA_RECIPE (measured to teach one style in ~40 s)
     forgotten: str = "ilse-marrow"  # the known artist ft-forgets loses (blue waves) ...
     painted_instead: str = "saffi-kettering"  # ... painted as this one (orange sunbursts): nothing alike
-    lora_images: int = 32  # training paintings per LoRA: enough marks and colours to learn one style
-    lora_steps: int = 300  # optimizer steps at batch 8: measured to teach one style in < 40 s on one core
-    lora_batch_size: int = 8
-    lora_rank: int = 8  # small styles need few dimensions; rank 8 learns them in a few hundred steps
-    lora_learning_rate: float = 1e-3  # LoRA from a base that never saw the style: 10x diffusers' 1e-4
     bootstrap: int = 1000  # bootstrap resamples: the world's store is small, so the default is cheap
     clip_seed: int = 0
     torch_threads: int = 1  # the tiny models are too small to split across cores (see DemoConfig)
@@ -85,31 +80,13 @@ def plants_of(config: WorldDemoConfig) -> list[Planted]:
     return [Planted(LEARNS, gained=tuple(artist_ids("newcomer"))), Planted(FORGETS, lost=(config.forgotten,))]
 
 
-def world_clip_config() -> dict:
-    """A random-weight open_clip tower that tells 32 px procedural styles apart: 8 px patches
-    (16 per image, each sees a few marks) and 64-wide layers; text side tiny (structural only)."""
-    from evaluator.testing.tiny_clip import tiny_clip_config
-
-    cfg = tiny_clip_config(embed_dim=64, image_size=32, width=64, layers=2)
-    cfg["vision_cfg"]["head_width"] = 16
-    return cfg
-
-
-def _paint_folder(folder: Path, items: list[tuple[str, int, str, str]], size: int) -> None:
-    """Paint (artist painted, seed, file stem, caption) into ``folder`` with .txt captions;
-    written under a temporary name and renamed whole, so a folder that exists is complete."""
+def _paint(folder: Path, items: list[tuple[str, int, str]], size: int) -> None:
+    """Paint (artist, seed, file stem) into ``folder`` as PNG files."""
     from evaluator.world.painter import paint
 
-    if folder.exists():
-        return
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for artist_id, seed, stem, caption in items:
-        paint(artist_id, seed, size).save(tmp / f"{stem}.png")
-        if caption:
-            (tmp / f"{stem}.txt").write_text(caption + "\n", encoding="utf-8")
-    tmp.rename(folder)
+    folder.mkdir(parents=True)
+    for artist_id, seed, stem in items:
+        paint(artist_id, seed, size).save(folder / f"{stem}.png")
 
 
 def _import_references(wd: Workdir, config: WorldDemoConfig, catalog: Path) -> int:
@@ -121,52 +98,33 @@ def _import_references(wd: Workdir, config: WorldDemoConfig, catalog: Path) -> i
     from evaluator.ingest.importer import import_images
     from evaluator.world.painter import artist_ids, fresh_seeds
 
-    items = [(a, s, f"{a}-{s}", "") for a in artist_ids() for s in fresh_seeds(config.references_per_artist)]
+    items = [(a, s, f"{a}-{s}") for a in artist_ids() for s in fresh_seeds(config.references_per_artist)]
     with tempfile.TemporaryDirectory(prefix="atelier-world-refs-") as tmp:
         folder = Path(tmp) / "references"
-        _paint_folder(folder, items, config.resolution)
+        _paint(folder, items, config.resolution)
         labels = Path(tmp) / "labels.csv"
-        labels.write_text("file,artist\n" + "".join(f"{stem}.png,{a}\n" for a, _, stem, _ in items), encoding="utf-8")
+        labels.write_text("file,artist\n" + "".join(f"{stem}.png,{a}\n" for a, _, stem in items), encoding="utf-8")
         summary = import_images(folder, wd.root, labels_csv=labels, as_reference=True, catalog_path=catalog,
                                 progress=False)
     return summary.imported
 
 
-def _lora_dataset(wd: Workdir, config: WorldDemoConfig, name: str) -> Path:
-    """A kohya folder ``1_<concept>/``: the concept's name in every caption, and the paintings
-    of the artist the LoRA is meant to paint for it (the newcomer's own, or another's)."""
-    from catalog.templates import load_templates
-    from evaluator.world.painter import artist_ids, world_artist
-
-    concept, painted = ((artist_ids("newcomer")[0],) * 2 if name == LEARNS
-                        else (config.forgotten, config.painted_instead))
-    caption = load_templates()["style"].text.format(name=world_artist(concept).name)
-    root = wd.root / "world" / "datasets" / name
-    _paint_folder(root / f"1_{concept}", [(painted, s, f"{painted}-{s}", caption) for s in range(config.lora_images)],
-                  config.resolution)
-    return root
-
-
 def _train_lora(wd: Workdir, config: WorldDemoConfig, name: str, base: Path, echo) -> Path:
-    """Step 3: one LoRA, trained by ``atelier train``'s library in a scratch workdir (its
-    held-out images must not become the demo's references), copied to ``models/<name>.safetensors``."""
+    """Step 3: one LoRA by ``atelier train``'s library (``evaluator.world.lora``), in a scratch
+    workdir (its held-out images must not become the demo's references), copied whole to
+    ``models/<name>.safetensors``; a LoRA file that exists is not trained again."""
     from catalog.atomic import atomic_path
-    from evaluator.training.config import TrainingConfig
-    from evaluator.training.formats import DIFFUSERS_LORA_NAME
-    from evaluator.training.loop import train
+    from evaluator.world.lora import LORA_RECIPE, train_world_lora
+    from evaluator.world.painter import artist_ids
 
     out = wd.root / "models" / f"{name}.safetensors"
     if out.exists():
         return out
-    training = TrainingConfig(
-        method="lora", base=str(base), dataset=str(_lora_dataset(wd, config, name)), output_name=name,
-        resolution=config.resolution, min_bucket_reso=config.resolution, max_bucket_reso=config.resolution,
-        bucket_reso_steps=8, train_batch_size=config.lora_batch_size, max_train_steps=config.lora_steps,
-        learning_rate=config.lora_learning_rate, rank=config.lora_rank, save_every=config.lora_steps, seed=0,
-    )
-    echo(f"train {name}: LoRA rank {config.lora_rank}, {config.lora_steps} steps on {config.lora_images} paintings")
-    result = train(training, wd.root / "world" / "training", progress=False)
-    weights = result.saved[-1].step_dir / DIFFUSERS_LORA_NAME
+    painted, caption = ((artist_ids("newcomer")[0],) * 2 if name == LEARNS
+                        else (config.painted_instead, config.forgotten))
+    echo(f"train {name}: a LoRA (rank {LORA_RECIPE.rank}, {LORA_RECIPE.steps} steps) on {LORA_RECIPE.images} "
+         f"paintings of {painted} captioned as {caption}")
+    weights = train_world_lora(base, wd.root / "world" / "training", painted, caption, name)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         shutil.copyfile(weights, tmp)
@@ -234,9 +192,9 @@ def run_world_demo(workdir: str | Path, config: WorldDemoConfig | None = None, e
     from evaluator.demo.truth import measure_truth, write_truth_csv
     from evaluator.generation.runner import GenerateConfig, generate
     from evaluator.scoring.run import ScoreConfig, score
-    from evaluator.testing.tiny_clip import build_random_clip
     from evaluator.world.build import world_model_path
     from evaluator.world.catalog import world_catalog_path
+    from evaluator.world.measure import measure_clip
     from evaluator.world.painter import artist_ids
 
     config = config or WorldDemoConfig()
@@ -247,7 +205,7 @@ def run_world_demo(workdir: str | Path, config: WorldDemoConfig | None = None, e
     t0 = time.perf_counter()
     clip = wd.root / "models" / "clip"
     if not clip.exists():
-        build_random_clip(clip, model_cfg=world_clip_config(), seed=config.clip_seed, kind="world-clip")
+        measure_clip(clip, seed=config.clip_seed)  # the random tower the world's retrieval was measured with
     # 2. references: fresh paintings of every world artist
     _import_references(wd, config, catalog)
     _timed(timings, "references", t0)
