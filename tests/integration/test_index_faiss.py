@@ -138,6 +138,10 @@ def test_nprobe_is_raised_until_the_target_recall_and_the_tuned_value_loads(tmp_
     add_vectors(wd, np.arange(6000), vecs)
     info = update_index(wd, MODEL, IndexConfig(ivf_threshold=1000, nprobe=1, recall_queries=200))
     assert info.kind == "ivf" and info.nprobe > 1 and info.recall_at_10 >= 0.96 and info.warning is None
+    # the large-batch fallback was measured on a batch past faiss's BLAS size (4,000 queries at d 32)
+    timing = info.batch_timing
+    assert timing["batch"] == 4000 and timing["approx_ms_per_query"] > 0 and timing["exact_ms_per_query"] > 0
+    assert info.exact_batch_from == (4000 if timing["exact_ms_per_query"] < timing["approx_ms_per_query"] else None)
     index, meta = load_index(wd, MODEL)
     from evaluator.embedding.index import _ivf_of
 
