@@ -577,8 +577,8 @@ def update_index(
     if why is None:
         added, fields_, why = _add_and_remeasure(index, meta, vecs, ids, cfg)
     if why is not None:
-        if why != "new":
-            log.warning("rebuilding the index of %s: %s", model, why)
+        if why != "new":  # a recall lost to adds is a warning; a threshold, budget or --rebuild is the plan
+            log.log(logging.WARNING if why.startswith("after") else logging.INFO, "rebuilding the index of %s: %s", model, why)
             rebuilt = why
         if len(ids):
             index, fields_ = build_index(vecs, ids, cfg, budget)
