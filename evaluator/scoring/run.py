@@ -432,6 +432,7 @@ def _image_scores(wd: Workdir, prepared: _Prepared, metric_inputs: EvalInputs,
     earlier = read_parts(folder)  # a killed launch's rows under this context: reused
     if env.world_size == 1 and earlier.empty:
         return None, int(new_mask.sum()), 0
+    gather_objects(None, env)  # every rank has read the earlier parts before any writes its own
     done = np.isin(metric_inputs.image_ids, earlier["image_id"])
     reused = int((new_mask & done).sum())
     mask = new_mask & share_mask(metric_inputs.image_ids, env) & ~done
