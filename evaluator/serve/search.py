@@ -175,9 +175,14 @@ class SearchEngine:
             return self._search(store, query, key, index), False
 
     def _search(self, store: queries.Reader, query: SearchQuery, key: str, index) -> dict[str, Any]:
+        import faiss
         import numpy as np
 
         from evaluator.embedding.index import search_by_vector
+
+        # OpenMP's thread count is per calling thread: set it here, where the search runs (the
+        # event loop or a pool thread), not only where the index was read (see ``_load``)
+        faiss.omp_set_num_threads(1)
 
         vec = self.vector(index, query)
         kept = self._filter(store, index, query)
