@@ -213,15 +213,18 @@ def _more_like(image_id: int) -> None:
 
 
 def _png_parameters(path: Path | None) -> str:
-    """The A1111-style `parameters` text chunk of a PNG, if any."""
-    if path is None or path.suffix.lower() != ".png":
+    """The A1111-style `parameters` text of an image, if any: a PNG's text chunk, or the EXIF
+    UserComment A1111 writes into JPEG and WebP (imported originals keep their own)."""
+    if path is None:
         return ""
     from PIL import Image
 
+    from evaluator.generation.pngmeta import read_text_chunks
+
     try:
         with Image.open(path) as image:
-            return str(image.info.get("parameters", ""))
-    except OSError:
+            return str(read_text_chunks(image).get("parameters", ""))
+    except (OSError, ValueError, Image.DecompressionBombError):
         return ""
 
 

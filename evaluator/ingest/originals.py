@@ -90,5 +90,5 @@ def keep_original(data: bytes, converted: bool, source_name: str = "") -> tuple[
     if not bytes_look_complete(data, suffix):
         return None, f"{image_format} does not end the way a whole file does (data past its end?): re-encoded as PNG"
     if suffix == ".png" and data[24:25] != b"\x08":  # IHDR bit depth: Pillow reads 16-bit RGB as 8-bit
-        return None, "16-bit RGB PNG re-encoded as 8-bit PNG"
+        return None, "16-bit PNG re-encoded as 8-bit PNG"
     return suffix, None
