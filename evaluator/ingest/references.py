@@ -1,8 +1,8 @@
 """Reference works: real images of an artist, the ground truth of its style.
 
 ``add_references(workdir, folder, artist=...)`` imports reference works through the
-importer (``evaluator.ingest.importer.import_images`` with ``as_reference=True``: PNG
-copy with its provenance, thumbnail, manifest shard with ``source = 'reference'``,
+importer (``evaluator.ingest.importer.import_images`` with ``as_reference=True``: the
+original's bytes, or a PNG when it needs converting, with its provenance, thumbnail, manifest shard with ``source = 'reference'``,
 ``reference_images`` rows), so the same painting imported by ``atelier import
 --reference`` or by ``atelier references add`` is one image. Three layouts:
 
