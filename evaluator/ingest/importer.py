@@ -241,7 +241,8 @@ def _bare_token(token: str) -> str:
     """A prompt token without attention syntax or an ``artist:`` prefix: ``(artist:wlop:1.2)``
     -> ``wlop``; escaped brackets (``akira_\\(coffee_curry\\)``) are part of the tag and stay."""
     text = token.strip()
-    while text[:1] in "([" and text[-1:] in ")]" and not text.endswith("\\)") and not text.endswith("\\]"):
+    # `text and`: "" is in every string, so an empty token (a file without a prompt) looped forever
+    while text and text[:1] in "([" and text[-1:] in ")]" and not text.endswith("\\)") and not text.endswith("\\]"):
         text = text[1:-1].strip()
     text = re.sub(r":\s*[0-9.]+$", "", text)
     return re.sub(r"^(?:artist|by)\s*:\s*", "", text, flags=re.IGNORECASE)
