@@ -75,6 +75,8 @@ COMMANDS: dict[str, CommandEntry] = {
                               "Serve the Streamlit dashboard (read-only) for a workdir."),
     "report": CommandEntry("dashboard.cli:report_command",
                            "Write a self-contained HTML (and Markdown) report: leaderboard, gains, losses, plots."),
+    "world": CommandEntry("evaluator.cli.world:world_group",
+                          "A procedural world whose truth is known: its artists, its base model, measurements."),
     "demo": CommandEntry("evaluator.cli.demo:demo_command",
                          "Run train -> plan -> generate -> embed -> score on a world whose truth is known."),
 }

@@ -88,3 +88,15 @@ def test_world_catalog_is_committed_valid_and_current():
     assert loaded == sorted(world_catalog_rows(), key=lambda a: a.artist_id)
     assert {a.artist_id for a in loaded} == set(artist_ids())
     assert all(a.kind == "artist" and a.sources == ("world",) for a in loaded)
+
+
+def test_world_list_command_lists_every_artist():
+    from click.testing import CliRunner
+
+    from evaluator.cli.world import world_group
+
+    result = CliRunner().invoke(world_group, ["list"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == len(WORLD_ARTISTS)
+    assert lines[0].split()[0] == WORLD_ARTISTS[0].artist_id and "newcomer" in result.output

@@ -1,0 +1,81 @@
+"""LoRAs on the world model, trained by the product's trainer: planted gains and losses.
+
+* teach: paintings of artist Y captioned with Y's name (Y = the newcomer): the base
+  learns a style it never saw, and should keep the others;
+* swap: paintings of artist Y captioned with artist X's name: X's prompt should paint Y
+  (the base "forgets" X).
+
+``LORA_RECIPE`` is the recipe measured to do both within ~40 s on one core (see the
+README section "A world whose truth is known"). Paintings use seeds from
+``LORA_SEED_START`` on: inside the training range, disjoint from the base's training
+seeds and from the fresh reference seeds.
+
+Reads the world model folder; writes a kohya dataset folder and the trainer's run
+folder inside the given workdir.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# LoRA datasets paint seeds LORA_SEED_START.. (the base trained on 0..images_per_artist-1).
+LORA_SEED_START = 100_000
+
+
+@dataclass(frozen=True)
+class LoraRecipe:
+    """How a world LoRA is trained (the fields of TrainingConfig it sets); measured, see the module."""
+
+    rank: int = 8  # enough for one palette + mark; rank 4 learned the colours but not always the mark
+    learning_rate: float = 2e-3  # high for a LoRA: a tiny UNet from scratch has large, fast-changing activations
+    steps: int = 150  # optimizer steps: ~40 s on one core at batch 8
+    batch_size: int = 8  # per step
+    resolution: int = 32  # the world model's side
+    images: int = 32  # paintings in the dataset
+    train_text_encoder: bool = False  # UNet only, as most shared LoRAs
+
+
+LORA_RECIPE = LoraRecipe()
+
+
+def paint_lora_dataset(folder: Path, painted_artist: str, caption_artist: str, recipe: LoraRecipe = LORA_RECIPE) -> Path:
+    """A kohya folder ``1_<caption_artist>/`` of ``recipe.images`` paintings by ``painted_artist``,
+    each captioned "a painting in the style of <caption_artist's name>"."""
+    from catalog.templates import load_templates
+    from evaluator.world.painter import paint, world_artist
+
+    template = load_templates()["style"]
+    name = world_artist(caption_artist).name
+    world_artist(painted_artist)  # an unknown id is refused before anything is written
+    concept = folder / f"1_{caption_artist}"
+    concept.mkdir(parents=True, exist_ok=True)
+    for seed in range(LORA_SEED_START, LORA_SEED_START + recipe.images):
+        paint(painted_artist, seed, recipe.resolution).save(concept / f"{seed:07d}.png")
+        (concept / f"{seed:07d}.txt").write_text(template.render(name) + "\n", encoding="utf-8")
+    return folder
+
+
+def lora_training_config(base: Path, data: Path, output_name: str, recipe: LoraRecipe = LORA_RECIPE, seed: int = 0):
+    """The TrainingConfig of a world LoRA (what ``atelier train --method lora`` would be given)."""
+    from evaluator.training.config import TrainingConfig
+
+    side = recipe.resolution
+    return TrainingConfig(
+        method="lora", base=str(base), dataset=str(data), output_name=output_name, rank=recipe.rank,
+        resolution=side, min_bucket_reso=side, max_bucket_reso=side, bucket_reso_steps=side,
+        train_batch_size=recipe.batch_size, max_train_steps=recipe.steps, learning_rate=recipe.learning_rate,
+        save_every=recipe.steps, validation_fraction=0.05, seed=seed, train_text_encoder=recipe.train_text_encoder,
+    ).validate("world lora")
+
+
+def train_world_lora(base: str | Path, workdir: str | Path, painted_artist: str, caption_artist: str,
+                     output_name: str, recipe: LoraRecipe = LORA_RECIPE, progress: bool = False) -> Path:
+    """Train a LoRA on ``painted_artist``'s paintings captioned as ``caption_artist``; return its
+    diffusers LoRA file (``pytorch_lora_weights.safetensors`` of the last saved step)."""
+    from evaluator.training.formats import DIFFUSERS_LORA_NAME
+    from evaluator.training.loop import train
+
+    data = paint_lora_dataset(Path(workdir) / "world-data" / output_name, painted_artist, caption_artist, recipe)
+    result = train(lora_training_config(Path(base), data, output_name, recipe), workdir, progress=progress)
+    return result.saved[-1].step_dir / DIFFUSERS_LORA_NAME
