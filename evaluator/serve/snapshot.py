@@ -153,6 +153,7 @@ class StoreSnapshots:
         # prepare(snapshot, previous model) -> the snapshot's read model (None: requests query the copy)
         self.prepare = prepare
         self.model_error: str | None = None
+        self._preparing: set[threading.Thread] = set()  # builds under way (``close`` waits for them)
         self.folder = folder
         self.lock_wait = lock_wait
         self.check_every = check_every  # how often a request looks at the store's stamp
@@ -275,12 +276,15 @@ class StoreSnapshots:
         """Build ``snapshot``'s read model (holding it as a user, so it is not closed meanwhile)."""
         with self._lock:
             snapshot.users += 1
+            self._preparing.add(threading.current_thread())
         try:
             snapshot.model = self.prepare(snapshot, previous)
             self.model_error = None
         except Exception as exc:  # noqa: BLE001 - requests query the copy instead; /health says why
             self.model_error = f"{type(exc).__name__}: {exc}"
         finally:
+            with self._lock:
+                self._preparing.discard(threading.current_thread())
             self.release(snapshot)
 
     def _copy(self, wait: float) -> Snapshot:
@@ -342,7 +346,12 @@ class StoreSnapshots:
         _remove_pair(snapshot.path)  # another worker's open handle stays valid (POSIX)
 
     def close(self) -> None:
-        """Close and delete the current snapshot (at shutdown)."""
+        """Close and delete the current snapshot (at shutdown), once a read model's build has ended:
+        a process exiting under DuckDB's running query aborts instead of exiting 0."""
+        with self._lock:
+            building = list(self._preparing)
+        for thread in building:
+            thread.join(timeout=120)
         with self._lock:
             current, self._current = self._current, None
         if current is not None:
