@@ -571,7 +571,8 @@ def update_index(
     ids, vecs = embeddings if embeddings is not None else load_embeddings(workdir, model)
     dim = vecs.shape[1] if vecs.ndim == 2 and len(vecs) else 0
     index, meta = (None, {}) if rebuild else _existing(path, dim)
-    budget = memory_budget if memory_budget is not None else meta.get("memory_budget")
+    saved = meta or (json.loads(meta_path(path).read_text(encoding="utf-8")) if meta_path(path).is_file() else {})
+    budget = memory_budget if memory_budget is not None else saved.get("memory_budget")  # --rebuild keeps it too
     why = "--rebuild" if rebuild and path.is_file() else _rebuild_reason(index, meta, len(ids), cfg, memory_budget)
     added, rebuilt = 0, None
     if why is None:
