@@ -105,6 +105,11 @@ class WorldConfig:
         return 2 ** (len(self.vae_channels) - 1)
 
 
+# Fields that change what is kept or how fast it runs, never the weights (every draw of the
+# trainer is seeded per step and image): two builds differing only in these are equal.
+NON_WEIGHT_FIELDS = ("unet_save_every", "threads")
+
+
 def world_model_path() -> Path:
     """The committed world model folder (a diffusers StableDiffusionPipeline + ``world.json``)."""
     return Path(__file__).resolve().parent / MODEL_DIR
