@@ -190,7 +190,7 @@ def test_cli_score_sql_and_search(clip_dir, tmp_path):
     assert len([line for line in found.output.splitlines() if "images/" in line]) == 3
     built = runner.invoke(main, ["index", "build", "--workdir", str(tmp_path), "--model", str(clip_dir),
                                  "--ivf-threshold", "10", "--nprobe", "1", "--rebuild"])
-    assert built.exit_code == 0 and "ivf index" in built.output and "recall@10" in built.output, built.output
+    assert built.exit_code == 0 and "(ivf)" in built.output and "recall@10" in built.output, built.output
     con = duckdb.connect(str(tmp_path / "atelier.duckdb"), read_only=True)
     try:
         assert con.execute("SELECT count(*) FROM runs WHERE kind = 'index'").fetchone()[0] == 2
