@@ -5,8 +5,10 @@
 * swap: paintings of artist Y captioned with artist X's name: X's prompt should paint Y
   (the base "forgets" X).
 
-``LORA_RECIPE`` is the recipe measured to do both within ~40 s on one core (see the
-README section "A world whose truth is known"). Paintings use seeds from
+``LORA_RECIPE`` is the recipe tried on the committed model; measured (README section "A
+world whose truth is known"): the swap makes X's prompt lose X's style, but neither it nor
+lr 5e-3 / 200 steps (with or without the text encoder) taught the newcomer yet; the base
+itself paints only some artists recognisably (retrieval top-1 0.375). Paintings use seeds from
 ``LORA_SEED_START`` on: inside the training range, disjoint from the base's training
 seeds and from the fresh reference seeds.
 
@@ -25,11 +27,11 @@ LORA_SEED_START = 100_000
 
 @dataclass(frozen=True)
 class LoraRecipe:
-    """How a world LoRA is trained (the fields of TrainingConfig it sets); measured, see the module."""
+    """How a world LoRA is trained (the fields of TrainingConfig it sets); see the module for what it does."""
 
-    rank: int = 8  # enough for one palette + mark; rank 4 learned the colours but not always the mark
-    learning_rate: float = 2e-3  # high for a LoRA: a tiny UNet from scratch has large, fast-changing activations
-    steps: int = 150  # optimizer steps: ~40 s on one core at batch 8
+    rank: int = 8  # one palette + mark in a ~1M-parameter UNet; not yet shown to be enough (see the module)
+    learning_rate: float = 2e-3  # high for a LoRA: the base was trained from scratch at 1e-3
+    steps: int = 150  # optimizer steps: ~110 s at batch 8 on this loaded machine (the aim was <= 40 s)
     batch_size: int = 8  # per step
     resolution: int = 32  # the world model's side
     images: int = 32  # paintings in the dataset
