@@ -43,3 +43,20 @@ def pipeline_workdir(tmp_path_factory) -> Path:
         raise RuntimeError(f"demo failed:\n{result.output}") from result.exception
     (workdir / "demo-output.txt").write_text(result.output)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def world_workdir(tmp_path_factory) -> Path:
+    """A workdir filled by `atelier demo` on the world (issue 18): the committed world model,
+    two LoRAs trained with planted answers, fresh paintings as references. Run once per session."""
+    from click.testing import CliRunner
+
+    from evaluator.cli.main import main
+
+    workdir = tmp_path_factory.mktemp("world")
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(workdir)])
+    if result.exit_code != 0:
+        raise RuntimeError(f"world demo failed:\n{result.output}") from result.exception
+    (workdir / "demo-output.txt").write_text(result.output)
+    return workdir
+

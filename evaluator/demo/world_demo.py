@@ -51,8 +51,9 @@ class WorldDemoConfig:
     batch_size: int = 16
     references_per_artist: int = 12  # fresh paintings per artist: a stable prototype and retrieval set
     # --- the two LoRAs: evaluator.world.lora.LORA_RECIPE (measured to teach one style in ~40 s)
-    forgotten: str = "ilse-marrow"  # the known artist ft-forgets loses (blue waves) ...
-    painted_instead: str = "saffi-kettering"  # ... painted as this one (orange sunbursts): nothing alike
+    forgotten: str = "saffi-kettering"  # the known artist ft-forgets loses (orange sunbursts: the best learned) ...
+    painted_instead: str = "ilse-marrow"  # ... painted as this one (blue waves): nothing alike
+    lora_recipe: object = None  # an evaluator.world.lora.LoraRecipe; None: LORA_RECIPE
     bootstrap: int = 1000  # bootstrap resamples: the world's store is small, so the default is cheap
     clip_seed: int = 0
     torch_threads: int = 1  # the tiny models are too small to split across cores (see DemoConfig)
@@ -122,9 +123,10 @@ def _train_lora(wd: Workdir, config: WorldDemoConfig, name: str, base: Path, ech
         return out
     painted, caption = ((artist_ids("newcomer")[0],) * 2 if name == LEARNS
                         else (config.painted_instead, config.forgotten))
-    echo(f"train {name}: a LoRA (rank {LORA_RECIPE.rank}, {LORA_RECIPE.steps} steps) on {LORA_RECIPE.images} "
+    recipe = config.lora_recipe or LORA_RECIPE
+    echo(f"train {name}: a LoRA (rank {recipe.rank}, {recipe.steps} steps) on {recipe.images} "
          f"paintings of {painted} captioned as {caption}")
-    weights = train_world_lora(base, wd.root / "world" / "training", painted, caption, name)
+    weights = train_world_lora(base, wd.root / "world" / "training", painted, caption, name, recipe=recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         shutil.copyfile(weights, tmp)

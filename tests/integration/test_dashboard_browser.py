@@ -324,3 +324,31 @@ def test_the_demo_store_pages_show_their_new_elements_in_a_real_browser(served_d
     assert "baseline (no artist)" in seen["Gallery"]["text"]
     assert "only the stored nearest pairs are known" not in seen["Similarity"]["text"]
     assert "Map of" in seen["Similarity"]["text"]
+
+
+@pytest.fixture(scope="module")
+def served_world(world_workdir, tmp_path_factory):
+    """The dashboard on the world demo's store (issue 18)."""
+    with serve_dashboard(world_workdir, tmp_path_factory.mktemp("world-logs")) as url:
+        yield world_workdir, url
+
+
+@pytest.mark.slow
+def test_the_world_demo_gallery_shows_its_paintings_in_a_real_browser(served_world, tmp_path):
+    """The Gallery of the world store: base and fine-tunes side by side, each row an artist's
+    style (kept as tests/artifacts/world-gallery.png, the README's picture of the world)."""
+    _, base_url = served_world
+    with browser(tmp_path / "chromium-profile") as tools:
+        tools.call("Page.navigate", url=f"{base_url}/?page=Gallery")
+        state, deadline = {}, time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = tools.evaluate(DEMO_PROBE) or {}
+            if state.get("s") == "notRunning" and state.get("images", 0) >= 9:
+                break
+            time.sleep(0.5)
+        time.sleep(0.5)
+        shot = tools.call("Page.captureScreenshot", format="png")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "world-gallery.png").write_bytes(base64.b64decode(shot["data"]))
+    assert state.get("x") == 0 and state.get("images", 0) >= 9, {k: v for k, v in state.items() if k != "text"}
+    assert "baseline (no artist)" in state["text"] and "ft-learns" in state["text"]

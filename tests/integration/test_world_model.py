@@ -64,7 +64,7 @@ def test_committed_model_paints_its_known_artists(tmp_path):
     clip = load_clip(str(measure_clip(tmp_path / "clip")))
     result = retrieval(pipe, clip, artist_ids("known"), per_artist=2, settings=SamplerSettings(steps=8))
     assert result.paintings_top1 >= 0.9  # the encoder tells the paintings apart
-    assert result.generated_top1 >= 0.25  # chance is 1/12; measured 0.375 with 6 per artist (README)
+    assert result.generated_top1 >= 0.25  # chance is 1/12; measured 0.417 with 6 per artist (README)
 
 
 @pytest.mark.slow

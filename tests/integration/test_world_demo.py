@@ -1,0 +1,72 @@
+"""The demo on the world (issue 18): the store's own verdicts recover the planted truth.
+
+`atelier demo` trains two LoRAs on the committed world model: ft-learns on the newcomer
+(planted: gained), ft-forgets painting another artist for one known artist's name
+(planted: lost). These tests read the store the demo wrote, not only its CSV."""
+
+from __future__ import annotations
+
+import csv
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from evaluator.cli.main import main
+from evaluator.demo.truth import REFERENCE_METRICS
+from evaluator.demo.world_demo import FORGETS, LEARNS, WorldDemoConfig
+from evaluator.world.painter import artist_ids
+
+pytestmark = pytest.mark.slow
+
+
+def _comparisons(workdir) -> dict[tuple[str, str, str], str]:
+    con = duckdb.connect(str(workdir / "atelier.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT finetune, artist_id, metric, verdict FROM comparisons WHERE base = 'base'").fetchall()
+    finally:
+        con.close()
+    return {(f, a, m): v for f, a, m, v in rows}
+
+
+def test_the_planted_lost_artist_is_lost_on_every_reference_metric(world_workdir):
+    """ft-forgets paints another artist's works for one artist's name: the store says lost."""
+    verdicts = _comparisons(world_workdir)
+    forgotten = WorldDemoConfig().forgotten
+    for metric in REFERENCE_METRICS:
+        assert verdicts[(FORGETS, forgotten, metric)] == "lost", metric
+
+
+def test_every_planted_cell_has_a_verdict_in_the_store(world_workdir):
+    """No planted cell is silently missing: each (fine-tune, world artist, reference metric)
+    has a comparison with a verdict (the truth table is only as good as its coverage)."""
+    verdicts = _comparisons(world_workdir)
+    cells = [(f, a, m) for f in (LEARNS, FORGETS) for a in artist_ids() for m in REFERENCE_METRICS]
+    assert all(verdicts.get(c) in {"gained", "lost", "kept"} for c in cells), [c for c in cells if c not in verdicts]
+
+
+def test_demo_truth_csv_is_the_store_and_the_output_says_how_much_matched(world_workdir):
+    verdicts = _comparisons(world_workdir)
+    with open(world_workdir / "demo-truth.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["finetune", "artist_id", "metric", "expected", "measured"]
+    assert len(rows) == 2 * len(artist_ids()) * len(REFERENCE_METRICS)
+    for row in rows:
+        assert row["measured"] == verdicts.get((row["finetune"], row["artist_id"], row["metric"]), "missing")
+    matched = sum(r["expected"] == r["measured"] for r in rows)
+    assert f"planted truth: {matched} of {len(rows)} cells match" in (world_workdir / "demo-output.txt").read_text()
+
+
+def test_a_second_world_demo_trains_nothing_and_adds_no_row(world_workdir):
+    con = duckdb.connect(str(world_workdir / "atelier.duckdb"), read_only=True)
+    tables = ("images", "reference_images", "image_scores", "artist_scores", "comparisons")
+    before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+    con.close()
+    loras = {p: p.stat().st_mtime_ns for p in (world_workdir / "models").glob("*.safetensors")}
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(world_workdir)])
+    assert result.exit_code == 0, result.output
+    assert "generated 0" in result.output and "train ft-" not in result.output
+    con = duckdb.connect(str(world_workdir / "atelier.duckdb"), read_only=True)
+    assert {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables} == before
+    con.close()
+    assert {p: p.stat().st_mtime_ns for p in (world_workdir / "models").glob("*.safetensors")} == loras
