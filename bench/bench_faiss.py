@@ -72,12 +72,9 @@ def uniform_vectors(n: int, dim: int, seed: int):
 
 
 def best_of(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    from evaluator.embedding.index_exact import best_seconds
+
+    return best_seconds(fn, repeat)
 
 
 def speed(index, queries, n_single: int) -> dict:

@@ -112,7 +112,8 @@ def exact_search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, n
     return sims, np.where(internal >= 0, id_map[np.maximum(internal, 0)], -1)
 
 
-def _seconds(fn, repeat: int = 2) -> float:
+def best_seconds(fn, repeat: int = 2) -> float:
+    """The fastest of ``repeat`` timed calls of ``fn`` (the least disturbed by other work)."""
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
@@ -129,8 +130,8 @@ def batch_fallback(index: Any, queries: np.ndarray, k: int = 10) -> tuple[int | 
     size = blas_batch_size(index.d)
     reps = math.ceil(size / max(1, len(queries)))
     batch = np.ascontiguousarray(np.tile(queries, (reps, 1))[: max(size, len(queries))], dtype=np.float32)
-    approx = _seconds(lambda: index.search(batch, k))
-    exact = _seconds(lambda: exact_search(index, batch, k))
+    approx = best_seconds(lambda: index.search(batch, k))
+    exact = best_seconds(lambda: exact_search(index, batch, k))
     timing = {"batch": len(batch), "approx_ms_per_query": round(1000 * approx / len(batch), 4),
               "exact_ms_per_query": round(1000 * exact / len(batch), 4)}
     return (size if exact < approx else None), timing

@@ -26,6 +26,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from support.hardening import TABLE_KEYS
 from support.scoring import make_workdir, write_catalog
 
 from evaluator.scoring.run import ScoreConfig, score
@@ -34,16 +35,9 @@ from evaluator.testing.tiny_clip import build_tiny_clip
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 # The tables whose rows a scoring run computes, and the columns that identify a row.
-TABLES = {
-    "images": ["image_id"],
-    "image_scores": ["image_id", "model", "metric"],
-    "artist_scores": ["checkpoint", "artist_id", "model", "metric"],
-    "checkpoint_scores": ["checkpoint", "model", "metric"],
-    "artist_neighbors": ["checkpoint", "model", "artist_id", "rank"],
-    "comparisons": ["base", "finetune", "artist_id", "model", "metric"],
-    "embedding_errors": ["image_id", "model"],
-    "reference_prototypes": ["artist_id", "model"],
-}
+TABLES = {name: TABLE_KEYS[name] for name in (
+    "images", "image_scores", "artist_scores", "checkpoint_scores", "artist_neighbors", "comparisons",
+    "embedding_errors", "reference_prototypes")}
 VOLATILE = {"run_id", "created_at"}  # differ between two runs by construction
 
 
