@@ -33,6 +33,7 @@ from catalog.schema import (  # noqa: F401  (re-exported: importers predate cata
     parse_kind,
     parse_living,
     parse_post_count,
+    split_list,
 )
 from catalog.units import LIST_SEPARATOR
 from catalog.validate import validate_text
@@ -122,13 +123,6 @@ class Artist:
     def primary_movement(self) -> str:
         """The first listed movement (the builder lists the best-attested first)."""
         return self.movements[0] if self.movements else ""
-
-
-def split_list(cell: str) -> tuple[str, ...]:
-    """Split a multi-valued cell; tolerant of ';' without the space (hand edits)."""
-    if not cell or not cell.strip():
-        return ()
-    return tuple(part.strip() for part in cell.split(LIST_SEPARATOR.strip()) if part.strip())
 
 
 def join_list(values: Iterable[str]) -> str:

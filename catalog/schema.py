@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from catalog.units import LIST_SEPARATOR
 from evaluator.errors import InputError
 
 # Column order of styles.csv and of the `artists` table of the store.
@@ -96,6 +97,13 @@ def parse_post_count(cell: str) -> int | None:
     if not value.isdigit():
         raise InputError(f"post_count must be a non-negative integer or blank but is {cell[:40]!r}")
     return int(value)
+
+
+def split_list(cell: str) -> tuple[str, ...]:
+    """Split a multi-valued cell; tolerant of ';' without the space (hand edits)."""
+    if not cell or not cell.strip():
+        return ()
+    return tuple(part.strip() for part in cell.split(LIST_SEPARATOR.strip()) if part.strip())
 
 
 def escape_tag(tag: str) -> str:

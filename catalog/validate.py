@@ -46,6 +46,7 @@ from catalog.schema import (
     parse_kind,
     parse_living,
     parse_post_count,
+    split_list,
 )
 
 # A cell larger than this is an error: names and notes are short, and a megabyte in one
@@ -369,7 +370,7 @@ class _RowChecker:
 
     def _tag_aliases(self, cell: str, tag: str) -> None:
         """Danbooru's aliases of the row's tag: tags themselves, and only beside a tag."""
-        aliases = [a.strip() for a in (cell or "").split(";") if a.strip()]
+        aliases = split_list(cell or "")
         if aliases and not tag:
             self._error("tag_aliases", "tag_aliases are given but the row has no tag")
         for alias in aliases:

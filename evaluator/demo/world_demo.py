@@ -27,9 +27,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evaluator.demo.truth import Planted
 from evaluator.workspace.workdir import Workdir
+
+if TYPE_CHECKING:
+    from evaluator.world.lora import LoraRecipe
 
 BASE = "base"
 LEARNS = "ft-learns"
@@ -53,7 +57,7 @@ class WorldDemoConfig:
     # --- the two LoRAs: evaluator.world.lora.LORA_RECIPE (measured to teach one style in ~40 s)
     forgotten: str = "saffi-kettering"  # the known artist ft-forgets loses (orange sunbursts: the best learned) ...
     painted_instead: str = "ilse-marrow"  # ... painted as this one (blue waves): nothing alike
-    lora_recipe: object = None  # an evaluator.world.lora.LoraRecipe; None: LORA_RECIPE
+    lora_recipe: LoraRecipe | None = None  # None: evaluator.world.lora.LORA_RECIPE (measured)
     bootstrap: int = 1000  # bootstrap resamples: the world's store is small, so the default is cheap
     clip_seed: int = 0
     torch_threads: int = 1  # the tiny models are too small to split across cores (see DemoConfig)

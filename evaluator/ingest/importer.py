@@ -64,6 +64,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from catalog.schema import tag_key
 from catalog.units import BASELINE_ARTIST_ID, WorkUnit
 from evaluator.errors import InputError
 from evaluator.ingest.originals import copy_is_complete, keep_original
@@ -201,8 +202,6 @@ class ArtistIndex:
 
     def lookup_tag(self, label: str) -> str | None:
         """The row whose Danbooru tag (or tag alias) ``label`` is, or None."""
-        from catalog.schema import tag_key
-
         return self.by_tag.get(tag_key(label))
 
     def lookup(self, name: str) -> str | None:
