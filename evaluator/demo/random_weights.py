@@ -60,28 +60,6 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-CHECKPOINTS_TOML = """\
-# Tiny random-weight checkpoints built by `atelier demo` (scores are meaningless).
-[[checkpoint]]
-name = "base"
-source = "{base}"
-notes = "tiny random-weight SD 1.x pipeline (demo)"
-
-[[checkpoint]]
-name = "ft-lora"
-source = "{base}"
-base = "base"
-lora = [{{ path = "{lora}", scale = 1.0 }}]
-notes = "the base plus a random LoRA (demo)"
-
-[[checkpoint]]
-name = "ft-weights"
-source = "{finetune}"
-base = "base"
-notes = "the base with perturbed UNet weights (demo)"
-"""
-
-
 def build_demo_models(models_dir: Path) -> dict[str, Path]:
     """Build (once) the tiny base, its two fine-tunes and the tiny CLIP model."""
     from evaluator.testing.tiny import build_finetune, build_tiny_lora, build_tiny_pipeline
@@ -108,16 +86,14 @@ def build_demo_models(models_dir: Path) -> dict[str, Path]:
 
 
 def _write_checkpoints_file(wd: Workdir, paths: dict[str, Path]) -> Path:
-    """``checkpoints.toml`` naming the demo models; rewritten only when its text changes."""
-    from catalog.atomic import atomic_write_text
+    """``checkpoints.toml`` naming the demo models."""
+    from evaluator.demo.checkpoints import DemoCheckpoint, write_checkpoints_file
 
-    checkpoints_file = wd.root / "checkpoints.toml"
-    text = CHECKPOINTS_TOML.format(
-        base=paths["base"].as_posix(), lora=paths["lora"].as_posix(), finetune=paths["finetune"].as_posix()
-    )
-    if not checkpoints_file.exists() or checkpoints_file.read_text() != text:
-        atomic_write_text(checkpoints_file, text)
-    return checkpoints_file
+    return write_checkpoints_file(wd.root, "Tiny random-weight checkpoints built by `atelier demo` (scores are meaningless).", [
+        DemoCheckpoint("base", paths["base"], "tiny random-weight SD 1.x pipeline (demo)"),
+        DemoCheckpoint("ft-lora", paths["base"], "the base plus a random LoRA (demo)", base="base", lora=paths["lora"]),
+        DemoCheckpoint("ft-weights", paths["finetune"], "the base with perturbed UNet weights (demo)", base="base"),
+    ])
 
 
 def _plan_demo(wd: Workdir, config: DemoConfig, echo) -> list:

@@ -137,38 +137,19 @@ def _train_lora(wd: Workdir, config: WorldDemoConfig, name: str, base: Path, ech
     return out
 
 
-CHECKPOINTS_TOML = """\
-# The world demo's checkpoints: the committed world model and two LoRAs trained by the demo.
-[[checkpoint]]
-name = "base"
-source = "{base}"
-notes = "the world model: a tiny SD 1.x pipeline trained from scratch on twelve procedural artists"
-
-[[checkpoint]]
-name = "ft-learns"
-source = "{base}"
-base = "base"
-lora = [{{ path = "{learns}", scale = 1.0 }}]
-notes = "LoRA on the newcomer's paintings (planted: gained for it, kept for the others)"
-
-[[checkpoint]]
-name = "ft-forgets"
-source = "{base}"
-base = "base"
-lora = [{{ path = "{forgets}", scale = 1.0 }}]
-notes = "LoRA painting another artist's works for one known artist's name (planted: lost for it)"
-"""
-
-
 def _write_checkpoints(wd: Workdir, base: Path, loras: dict[str, Path]) -> Path:
-    from catalog.atomic import atomic_write_text
+    """Step 4: ``checkpoints.toml``: the committed world model and the two LoRAs trained here."""
+    from evaluator.demo.checkpoints import DemoCheckpoint, write_checkpoints_file
 
-    path = wd.root / "checkpoints.toml"
-    text = CHECKPOINTS_TOML.format(base=base.as_posix(), learns=loras[LEARNS].as_posix(),
-                                   forgets=loras[FORGETS].as_posix())
-    if not path.exists() or path.read_text() != text:
-        atomic_write_text(path, text)
-    return path
+    comment = "The world demo's checkpoints: the committed world model and two LoRAs trained by the demo."
+    return write_checkpoints_file(wd.root, comment, [
+        DemoCheckpoint(BASE, base, "the world model: a tiny SD 1.x pipeline trained from scratch on twelve "
+                                   "procedural artists"),
+        DemoCheckpoint(LEARNS, base, "LoRA on the newcomer's paintings (planted: gained for it, kept for the others)",
+                       base=BASE, lora=loras[LEARNS]),
+        DemoCheckpoint(FORGETS, base, "LoRA painting another artist's works for one known artist's name "
+                                      "(planted: lost for it)", base=BASE, lora=loras[FORGETS]),
+    ])
 
 
 def _plan(wd: Workdir, config: WorldDemoConfig, catalog: Path, echo) -> list:
