@@ -10,6 +10,7 @@ embeddings are not added to the workdir's text cache.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ from evaluator.serve.jsonio import RawJSON
 from evaluator.serve.snapshot import work_slot
 from evaluator.workspace import queries
 from evaluator.workspace.workdir import Workdir
+
+# How often a search looks whether its index file changed (a rebuild is picked up this late).
+STAMP_EVERY = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class SearchEngine:
         self._clip_loader: threading.Thread | None = None
         self._clip_ready = threading.Event()
         self._clip_error: str | None = None
+        self._stamps: dict[str, tuple[float, tuple[int, int] | None]] = {}  # key -> (checked at, file stamp)
 
     def model_key(self, store: queries.Reader) -> str:
         """The configured model's key, else the first scored model that has an index."""
@@ -55,7 +60,7 @@ class SearchEngine:
 
             return model_key(self.config.model, self.config.pretrained)
         for key in store.remember("models", lambda: queries.models(store)):
-            if self.wd.index(key).is_file():
+            if self.file_stamp(key) is not None:
                 return key
         raise ApiError("no FAISS index in the workdir; run `atelier index build` or `atelier score`",
                        status=503, headers={"Retry-After": "60"})
@@ -71,13 +76,10 @@ class SearchEngine:
 
     def index_entry(self, key: str) -> tuple[tuple[int, int], Any]:
         """(the file's (mtime, size) when read, the index) of ``key``."""
-        path = self.wd.index(key)
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
+        stamp = self.file_stamp(key)
+        if stamp is None:
             raise ApiError(f"no FAISS index for model {key!r}; run `atelier index build`", status=503,
-                           headers={"Retry-After": "60"}) from None
-        stamp = (stat.st_mtime_ns, stat.st_size)
+                           headers={"Retry-After": "60"})
         with self._lock:
             cached = self._indexes.get(key)
         if cached is not None:
@@ -90,6 +92,21 @@ class SearchEngine:
             if cached is None:
                 cached = self._load(key, stamp)
         return cached
+
+    def file_stamp(self, key: str) -> tuple[int, int] | None:
+        """(mtime, size) of ``key``'s index file, None when there is none; looked at every
+        ``STAMP_EVERY`` s at most (two stats a search were a twentieth of its time at 1,000/s)."""
+        now = time.monotonic()
+        checked = self._stamps.get(key)
+        if checked is not None and now - checked[0] < STAMP_EVERY:
+            return checked[1]
+        try:
+            stat = self.wd.index(key).stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            stamp = None
+        self._stamps[key] = (now, stamp)
+        return stamp
 
     def _load(self, key: str, stamp: tuple[int, int]):
         import faiss

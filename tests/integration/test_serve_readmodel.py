@@ -219,6 +219,16 @@ def test_a_real_server_answers_from_its_read_model(workdir: Path, store, tmp_pat
         hits = httpx.post(url + "/search", json={"image_id": image_id, "k": 3}).json()["images"]
         rows = {r.pop("image_id"): r for r in _rows(queries.images_by_ids(store, [h["image_id"] for h in hits]))}
         assert hits and all({k: h[k] for k in rows[h["image_id"]]} == rows[h["image_id"]] for h in hits)
+        # what the by-id shortcut does not answer reaches the route, body and all, with its own errors
+        for body, status, field in (({"image_id": image_id, "k": 0}, 400, "k"),
+                                    ({"image_id": 10**12, "k": 3}, 404, "image_id"),
+                                    ({"image_id": image_id, "text": "x"}, 400, "text"),
+                                    ({"image_id": image_id, "k": 3, "artist_id": "nobody-at-all"}, 400, "artist_id")):
+            response = httpx.post(url + "/search", json=body)
+            assert (response.status_code, response.json()["field"]) == (status, field), response.text
+        artist = hits[0]["artist_id"]
+        only = httpx.post(url + "/search", json={"image_id": image_id, "k": 3, "artist_id": artist}).json()["images"]
+        assert only and {h["artist_id"] for h in only} == {artist}
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
