@@ -54,7 +54,7 @@ class WorldDemoConfig:
     guidance: float = 4.0  # evaluator.world.measure.GUIDANCE (the model was trained with caption dropout)
     batch_size: int = 16
     references_per_artist: int = 12  # fresh paintings per artist: a stable prototype and retrieval set
-    # --- the two LoRAs: evaluator.world.lora.LORA_RECIPE (measured to teach one style in ~40 s)
+    # --- the two LoRAs: evaluator.world.lora.LORA_RECIPE (measured: see its module)
     forgotten: str = "saffi-kettering"  # the known artist ft-forgets loses (orange sunbursts: the best learned) ...
     painted_instead: str = "ilse-marrow"  # ... painted as this one (blue waves): nothing alike
     lora_recipe: LoraRecipe | None = None  # None: evaluator.world.lora.LORA_RECIPE (measured)
@@ -128,8 +128,9 @@ def _train_lora(wd: Workdir, config: WorldDemoConfig, name: str, base: Path, ech
     painted, caption = ((artist_ids("newcomer")[0],) * 2 if name == LEARNS
                         else (config.painted_instead, config.forgotten))
     recipe = config.lora_recipe or LORA_RECIPE
+    prior = f", beside {recipe.prior_images} of each other known artist" if recipe.prior_images else ""
     echo(f"train {name}: a LoRA (rank {recipe.rank}, {recipe.steps} steps) on {recipe.images} "
-         f"paintings of {painted} captioned as {caption}")
+         f"paintings of {painted} captioned as {caption}{prior}")
     weights = train_world_lora(base, wd.root / "world" / "training", painted, caption, name, recipe=recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

@@ -244,7 +244,10 @@ def save_textual_inversion(step_dir: Path, config: TrainingConfig, models: Train
 
 def save_full(step_dir: Path, config: TrainingConfig, models: TrainingModels, facts: RunFacts) -> list[Path]:
     """The whole pipeline, trained parts included, as a diffusers folder ``<output_name>/``."""
+    from evaluator.generation.checkpoints import quiet_hf_libraries
+
     folder = step_dir / config.output_name
+    quiet_hf_libraries()  # transformers' "Writing model shards" bar is not atelier's progress
     models.pipe.save_pretrained(str(folder), safe_serialization=True)
     return [folder]
 

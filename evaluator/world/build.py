@@ -171,6 +171,7 @@ def build_base(folder: Path, data: Path, config: WorldConfig, progress: bool) ->
     """Steps 2 and 3: the random pipeline with a pre-trained VAE, saved to ``folder``."""
     from diffusers import StableDiffusionPipeline
 
+    from evaluator.generation.checkpoints import quiet_hf_libraries
     from evaluator.world.components import build_components, pretrain_vae, reconstruction_error
 
     components = build_components(config)
@@ -179,6 +180,7 @@ def build_base(folder: Path, data: Path, config: WorldConfig, progress: bool) ->
     losses = pretrain_vae(components["vae"], images, config, progress=progress)
     pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+    quiet_hf_libraries()  # transformers' "Writing model shards" bar is not the build's progress
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return {"seconds": round(time.perf_counter() - t0, 2), "loss": _log(losses),
             "reconstruction_mae": round(reconstruction_error(components["vae"], images[:256]), 5),

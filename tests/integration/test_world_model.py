@@ -102,5 +102,15 @@ def test_world_lora_trains_through_the_product_trainer(tmp_path):
     before = np.asarray(generate(load_world_pipeline(world_model_path()), prompt, [0], settings)[0], dtype=float)
     after = np.asarray(generate(load_world_pipeline(world_model_path(), lora), prompt, [0], settings)[0], dtype=float)
     assert np.abs(before - after).mean() > 0.1
-    captions = sorted((tmp_path / "wd" / "world-data" / "teach" / "1_nadia-vell").glob("*.txt"))
+    data = tmp_path / "wd" / "world-data" / "teach"
+    captions = sorted((data / f"{recipe.target_repeats}_nadia-vell").glob("*.txt"))
     assert len(captions) == 8 and captions[0].read_text().strip() == "a painting in the style of Nadia Vell"
+    # the prior: every known artist (the newcomer is not one), under its own name
+    from evaluator.world.painter import artist_ids, world_artist
+
+    priors = {p.name: sorted(p.glob("*.txt")) for p in data.iterdir() if p.name.startswith("1_")}
+    assert sorted(priors) == sorted(f"1_{a}" for a in artist_ids("known"))
+    for folder, texts in priors.items():
+        name = world_artist(folder.removeprefix("1_")).name
+        assert len(texts) == recipe.prior_images
+        assert {t.read_text().strip() for t in texts} == {f"a painting in the style of {name}"}

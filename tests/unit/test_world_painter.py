@@ -100,3 +100,33 @@ def test_world_list_command_lists_every_artist():
     lines = result.output.strip().splitlines()
     assert len(lines) == len(WORLD_ARTISTS)
     assert lines[0].split()[0] == WORLD_ARTISTS[0].artist_id and "newcomer" in result.output
+
+
+def test_lora_dataset_with_a_prior_keeps_the_swapped_artist_out_and_seeds_apart(tmp_path):
+    """A swap LoRA's prior holds every known artist but the one whose name it takes over, each
+    under its own name; the target's and the prior's seeds never meet, nor reach the references'."""
+    import dataclasses
+
+    from evaluator.world.lora import LORA_RECIPE, LORA_SEED_START, paint_lora_dataset
+    from evaluator.world.painter import FRESH_SEED_START, artist_ids
+
+    recipe = dataclasses.replace(LORA_RECIPE, images=3, prior_images=2, target_repeats=2)
+    folder = paint_lora_dataset(tmp_path / "swap", "ilse-marrow", "saffi-kettering", recipe)
+    concepts = sorted(p.name for p in folder.iterdir())
+    assert "2_saffi-kettering" in concepts and "1_saffi-kettering" not in concepts
+    assert sorted(c for c in concepts if c.startswith("1_")) == sorted(
+        f"1_{a}" for a in artist_ids("known") if a != "saffi-kettering")
+    target = {int(p.stem) for p in (folder / "2_saffi-kettering").glob("*.png")}
+    prior = {int(p.stem) for p in (folder / "1_ilse-marrow").glob("*.png")}
+    assert len(target) == 3 and len(prior) == 2 and not target & prior
+    assert min(target | prior) >= LORA_SEED_START and max(target | prior) < FRESH_SEED_START
+    text = (folder / "1_ilse-marrow" / f"{min(prior):07d}.txt").read_text().strip()
+    assert text == "a painting in the style of Ilse Marrow"
+
+
+
+def test_lora_recipe_refuses_a_negative_prior():
+    from evaluator.world.lora import LoraRecipe
+
+    with pytest.raises(InputError, match="prior_images must be >= 0"):
+        LoraRecipe(prior_images=-1)
