@@ -33,30 +33,24 @@ def pipeline_workdir(tmp_path_factory) -> Path:
     8 artists x (style, portrait) x 2 seeds x 3 checkpoints, plus the null baseline:
     small enough for CI, large enough that every table has rows.
     """
-    from click.testing import CliRunner
-
-    from evaluator.cli.main import main
-
-    workdir = tmp_path_factory.mktemp("pipeline")
-    result = CliRunner().invoke(main, ["demo", "--random-weights", "--workdir", str(workdir), "--artists", "8", "--seeds", "2"])
-    if result.exit_code != 0:
-        raise RuntimeError(f"demo failed:\n{result.output}") from result.exception
-    (workdir / "demo-output.txt").write_text(result.output)
-    return workdir
+    return _demo(tmp_path_factory.mktemp("pipeline"), "--random-weights", "--artists", "8", "--seeds", "2")
 
 
 @pytest.fixture(scope="session")
 def world_workdir(tmp_path_factory) -> Path:
     """A workdir filled by `atelier demo` on the world (issue 18): the committed world model,
     two LoRAs trained with planted answers, fresh paintings as references. Run once per session."""
+    return _demo(tmp_path_factory.mktemp("world"))
+
+
+def _demo(workdir: Path, *options: str) -> Path:
+    """``atelier demo --workdir workdir *options``, its output kept as ``demo-output.txt``."""
     from click.testing import CliRunner
 
     from evaluator.cli.main import main
 
-    workdir = tmp_path_factory.mktemp("world")
-    result = CliRunner().invoke(main, ["demo", "--workdir", str(workdir)])
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(workdir), *options])
     if result.exit_code != 0:
-        raise RuntimeError(f"world demo failed:\n{result.output}") from result.exception
+        raise RuntimeError(f"demo {' '.join(options)} failed:\n{result.output}") from result.exception
     (workdir / "demo-output.txt").write_text(result.output)
     return workdir
-
