@@ -30,6 +30,7 @@ from evaluator.errors import InputError
 from evaluator.world.lora import (  # re-exported: the recipe measured on this model
     LORA_RECIPE,
     LoraRecipe,
+    paint_concept,
 )
 
 __all__ = ["LORA_RECIPE", "LoraRecipe", "WorldConfig", "build_world", "world_model_path"]
@@ -132,17 +133,13 @@ def paint_training_set(folder: Path, config: WorldConfig, artists: list[str] | N
     """Paint ``artists`` (default: the known ones) into a kohya folder, one ``1_<artist_id>/``
     each, captions rendered from ``caption_templates`` (in turn, by seed)."""
     from catalog.templates import load_templates
-    from evaluator.world.painter import artist_ids, paint, world_artist
+    from evaluator.world.painter import artist_ids, world_artist
 
     templates = [load_templates()[name] for name in config.caption_templates]
     for artist_id in artists if artists is not None else artist_ids("known"):
-        artist = world_artist(artist_id)
-        concept = folder / f"1_{artist_id}"
-        concept.mkdir(parents=True, exist_ok=True)
-        for seed in seeds if seeds is not None else training_seeds(config):
-            paint(artist_id, seed, config.resolution).save(concept / f"{seed:07d}.png")
-            caption = templates[seed % len(templates)].render(artist.name)
-            (concept / f"{seed:07d}.txt").write_text(caption + "\n", encoding="utf-8")
+        name = world_artist(artist_id).name
+        paint_concept(folder / f"1_{artist_id}", artist_id, seeds if seeds is not None else training_seeds(config),
+                      config.resolution, lambda seed, name=name: templates[seed % len(templates)].render(name))
     return folder
 
 

@@ -23,6 +23,7 @@ folder inside the given workdir.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,25 +69,27 @@ def paint_lora_dataset(folder: Path, painted_artist: str, caption_artist: str, r
     template = load_templates()["style"]
     name = world_artist(caption_artist).name
     world_artist(painted_artist)  # an unknown id is refused before anything is written
-    _paint_concept(folder / f"{recipe.target_repeats}_{caption_artist}", painted_artist, name,
-                   range(LORA_SEED_START, LORA_SEED_START + recipe.images), recipe.resolution, template)
+    paint_concept(folder / f"{recipe.target_repeats}_{caption_artist}", painted_artist,
+                  range(LORA_SEED_START, LORA_SEED_START + recipe.images), recipe.resolution,
+                  lambda seed: template.render(name))
     if recipe.prior_images:
         prior_seeds = range(LORA_SEED_START + recipe.images, LORA_SEED_START + recipe.images + recipe.prior_images)
         for other in artist_ids("known"):
             if other != caption_artist:
-                _paint_concept(folder / f"1_{other}", other, world_artist(other).name, prior_seeds,
-                               recipe.resolution, template)
+                own = template.render(world_artist(other).name)
+                paint_concept(folder / f"1_{other}", other, prior_seeds, recipe.resolution, lambda seed, own=own: own)
     return folder
 
 
-def _paint_concept(concept: Path, artist: str, caption_name: str, seeds: range, side: int, template) -> None:
-    """One kohya concept folder: ``artist``'s paintings for ``seeds``, captioned with ``caption_name``."""
+def paint_concept(concept: Path, artist_id: str, seeds: Iterable[int], side: int, caption: Callable[[int], str]) -> None:
+    """One kohya concept folder: ``artist_id``'s painting for each seed (``<seed>.png``) and its
+    caption (``<seed>.txt``, ``caption(seed)``). The world's training set and its LoRAs' datasets."""
     from evaluator.world.painter import paint
 
     concept.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        paint(artist, seed, side).save(concept / f"{seed:07d}.png")
-        (concept / f"{seed:07d}.txt").write_text(template.render(caption_name) + "\n", encoding="utf-8")
+        paint(artist_id, seed, side).save(concept / f"{seed:07d}.png")
+        (concept / f"{seed:07d}.txt").write_text(caption(seed) + "\n", encoding="utf-8")
 
 
 def lora_training_config(base: Path, data: Path, output_name: str, recipe: LoraRecipe = LORA_RECIPE, seed: int = 0):
