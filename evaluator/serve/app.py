@@ -482,16 +482,21 @@ async def _search_body(request: Request, state: State) -> SearchQuery:
     if kind == "multipart/form-data":
         return await _upload_query(request, state)
     try:
-        body = SearchBody.model_validate_json(await request.body())
+        return json_search_query(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-    if (body.text is None) == (body.image_id is None):
+
+
+def json_search_query(body: bytes) -> SearchQuery:
+    """The query of a JSON POST /search body; pydantic's ValidationError or an ApiError naming the field."""
+    parsed = SearchBody.model_validate_json(body)
+    if (parsed.text is None) == (parsed.image_id is None):
         raise ApiError("give exactly one of text and image_id (or upload an image as multipart field 'image')",
                        field="text")
-    if body.text is not None and not body.text.strip():
+    if parsed.text is not None and not parsed.text.strip():
         raise ApiError("text must not be empty", field="text")
-    return SearchQuery(text=body.text, image_id=body.image_id, k=body.k,
-                       checkpoint=body.checkpoint or "", artist_id=body.artist_id or "")
+    return SearchQuery(text=parsed.text, image_id=parsed.image_id, k=parsed.k,
+                       checkpoint=parsed.checkpoint or "", artist_id=parsed.artist_id or "")
 
 
 async def _upload_query(request: Request, state: State) -> SearchQuery:
@@ -568,22 +573,13 @@ class SearchById:
         await answer(scope, receive, send)
 
     def answer(self, body: bytes) -> ApiJSON | None:
-        from pydantic import ValidationError
-
-        try:
-            parsed = SearchBody.model_validate_json(body)
-        except ValidationError:
-            return None
-        if parsed.text is not None or parsed.image_id is None:
-            return None
-        query = SearchQuery(image_id=parsed.image_id, k=parsed.k, checkpoint=parsed.checkpoint or "",
-                            artist_id=parsed.artist_id or "")
-        if not inline_search(self.state, query):
-            return None
-        try:
+        try:  # an invalid body, a text query and the search's own errors are the route's to answer
+            query = json_search_query(body)
+            if not inline_search(self.state, query):
+                return None
             with inline_work():
                 hits, remembered = run_search(self.state, query)
-        except Exception:  # noqa: BLE001 - an error is the route's to answer, in its own words
+        except Exception:  # noqa: BLE001 - the route answers them in its own words
             return None
         return ApiJSON(hits, headers={"X-Cache": "hit" if remembered else "miss"})
 
