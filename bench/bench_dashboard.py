@@ -8,6 +8,7 @@ scan where an index or aggregate should answer) shows a large ratio.
 
     python bench/bench_dashboard.py                       # builds the stores once under /tmp
     python bench/bench_dashboard.py --big /tmp/bench1m --repeats 9
+    python bench/bench_dashboard.py --big /tmp/bench10m --checkpoints 70 --no-apptest   # 10M images
 
 Writes bench/results/dashboard.json. The 1M store has no image files (rows only), so
 the gallery's cost of reading thumbnails is not in these figures; it is a few ms per page.
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="workdir of the 1M-image store (built if missing)")
     parser.add_argument("--small", type=Path, default=Path("/tmp/atelier-bench-10k"),
                         help="workdir of the 10k-image baseline store (built if missing)")
+    parser.add_argument("--checkpoints", type=int, default=7,
+                        help="checkpoints of the big store when it is built: 7 gives 1M images, 70 gives 10M "
+                             "(the JSON keeps the key '1M' for the big store; 'stores' gives its real size)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "dashboard.json")
     parser.add_argument("--no-apptest", action="store_true", help="time queries only")
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     sys.path.insert(0, str(REPO))
 
-    big = ensure_store(args.big, 9000, 4, 4, 7)  # 1,008,000 generated images (+ baseline, refs)
+    big = ensure_store(args.big, 9000, 4, 4, args.checkpoints)  # 9,000 x 4 x 4 x 7 = 1,008,000 images (x 70: 10M)
     small = ensure_store(args.small, 90, 4, 4, 7)  # 10,080
     result: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                 "platform": platform.platform()},
