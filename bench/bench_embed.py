@@ -159,12 +159,13 @@ def main() -> None:
         rows = [{"image_id": i, "path": path} for i, path in enumerate(listed)]  # new ids, the same files
         build_random_clip(tmp / "clip", base=args.arch, seed=0)
         clip = load_clip(str(tmp / "clip"))
-        plan = loader_plan(clip.spec.device)
+        cores = usable_cores()
+        plan = loader_plan(clip.spec.device, cores=cores)
         with torch_threads(plan.torch_threads):
             by_path = {r["path"]: clip.preprocess.open(wd.root / r["path"]) for r in base}
             tensors = [by_path[r["path"]] for r in rows]
             ceiling(clip, tensors[: args.batch_size], args.batch_size)  # warm-up: allocations, kernel choice
-            runs = [one_run(clip, wd, rows, tensors, args.batch_size, usable_cores()) for _ in range(args.runs)]
+            runs = [one_run(clip, wd, rows, tensors, args.batch_size, cores) for _ in range(args.runs)]
             first_batch = time.perf_counter()
             for r in base[: args.batch_size]:
                 clip.preprocess.open(wd.root / r["path"])
@@ -176,7 +177,7 @@ def main() -> None:
         "name": "embed",
         "images": len(rows), "distinct_files": len(base), "imported_as": suffixes,
         "model": f"{args.arch} (random weights)", "batch_size": args.batch_size,
-        "cores": usable_cores(), "num_workers": plan.workers, "torch_threads": plan.torch_threads,
+        "cores": cores, "num_workers": plan.workers, "torch_threads": plan.torch_threads,
         "runs": runs,
         "pct_of_ceiling_min": min(pct), "pct_of_ceiling_max": max(pct), "target_pct_of_ceiling": 90.0,
         "speedup_vs_naive_min": min(r["speedup_vs_naive"] for r in runs),
