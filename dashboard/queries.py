@@ -60,6 +60,7 @@ from evaluator.workspace.queries import (  # noqa: F401 - re-exported: the pages
     image_detail,
     image_file,
     images_by_ids,
+    keep_spare_worker,
     leaderboard,
     models,
     neutralize_formulas,

@@ -420,6 +420,7 @@ def page_sql(store: q.Store, model: str) -> None:
         st.session_state["sql-text"] = q.EXAMPLE_QUERIES[example]
     sql = st.text_area("Query", key="sql-text", height=160)
     row_limit, time_limit = sql_limits()
+    q.keep_spare_worker()  # a worker starts while the query is typed, not after Run
     if st.button("Run", key="sql-run", type="primary"):
         st.session_state.pop("sql-result", None)
         try:

@@ -626,6 +626,7 @@ def query_routes(state: State) -> APIRouter:
     def sql(body: SqlBody) -> Response:
         import duckdb
 
+        queries.keep_spare_worker()  # from the second query on, none waits for a worker's start-up
         with state.reader() as store:
             try:
                 result = queries.run_user_sql(store, body.query, row_limit=body.row_limit or queries.SQL_ROW_LIMIT,

@@ -414,6 +414,7 @@ class UserQueryResult:
     truncated_by: str = ""
     byte_limit: int = SQL_BYTE_LIMIT
     nbytes: int = 0
+    worker_pid: int = 0  # the child process that ran it: a fresh one for every query
 
     @property
     def note(self) -> str:
@@ -498,6 +499,7 @@ def run_user_sql(store: Reader, sql: str, row_limit: int = SQL_ROW_LIMIT,
     try:
         header, payload = _run_worker(job, deadline=store.lock_timeout + time_limit + 5.0)
     finally:
+        _SPARE.refill()
         _WORKER_SLOT.release()
     if "error" in header:
         _raise_worker_error(header, time_limit)
@@ -506,7 +508,7 @@ def run_user_sql(store: Reader, sql: str, row_limit: int = SQL_ROW_LIMIT,
     table = pa.ipc.open_stream(payload).read_all()
     return UserQueryResult(table.to_pandas(), bool(header["truncated_by"]), time.perf_counter() - started,
                            row_limit, truncated_by=header["truncated_by"], byte_limit=byte_limit,
-                           nbytes=int(header["nbytes"]))
+                           nbytes=int(header["nbytes"]), worker_pid=int(header.get("pid", 0)))
 
 
 class QueryLimitError(InputError):
@@ -520,14 +522,81 @@ def _memory_message(detail: str) -> str:
             f"(ask for fewer or smaller values, e.g. left(column, 1000)): {first}")
 
 
+def _start_worker():
+    """A new worker process; it imports what a query needs, then waits for its job on stdin."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "evaluator.workspace.queries"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+class SpareWorker:
+    """One worker started ahead of the next query, so a query does not wait for start-up.
+
+    Starting Python with pandas, DuckDB and Arrow costs about a second here, nearly all of
+    a small query's time on the SQL page. A long-lived reader (the dashboard, the server)
+    calls ``keep_spare_worker()``; every query still runs in a process of its own, used
+    once: the spare is taken and a new one started after the query. A spare that died is
+    replaced, not used. One-shot callers (``atelier query sql``) keep none: a spare they
+    never use would only cost a start-up. Guarded by ``_WORKER_SLOT``.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._proc = None
+
+    @property
+    def pid(self) -> int:
+        """The waiting spare's process id, 0 when there is none."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else 0
+
+    def take(self):
+        """The waiting spare if it is alive, else a new worker; either way this query's own."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is not None:
+            proc.communicate()  # reap the dead spare
+            proc = None
+        return proc or _start_worker()
+
+    def refill(self) -> None:
+        if self.enabled and self._proc is None:
+            self._proc = _start_worker()
+
+    def close(self) -> None:
+        """Stop keeping a spare; the waiting one reads end-of-input and exits."""
+        self.enabled = False
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.communicate(b"", timeout=10)
+
+
+_SPARE = SpareWorker()
+
+
+def keep_spare_worker() -> SpareWorker:
+    """Start keeping a spare SQL worker in this process (idempotent); it is stopped at exit."""
+    import atexit
+
+    if not _SPARE.enabled:
+        _SPARE.enabled = True
+        atexit.register(_SPARE.close)
+    # Never wait behind a running query (a page render would hang for its time limit):
+    # that query starts the spare when it ends.
+    if _WORKER_SLOT.acquire(blocking=False):
+        try:
+            _SPARE.refill()
+        finally:
+            _WORKER_SLOT.release()
+    return _SPARE
+
+
 def _run_worker(job: dict, *, deadline: float) -> tuple[dict, bytes]:
     """(header, Arrow IPC bytes) from one run of the worker; a worker past ``deadline`` s is killed."""
     import json
     import subprocess
-    import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "evaluator.workspace.queries"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _SPARE.take()
     try:
         out, err = proc.communicate(json.dumps(job).encode("utf-8"), timeout=deadline)
     except subprocess.TimeoutExpired:
@@ -640,7 +709,13 @@ def _worker_main() -> None:
     import sys
 
     resource.setrlimit(resource.RLIMIT_AS, (SQL_ADDRESS_LIMIT, SQL_ADDRESS_LIMIT))
-    job = json.loads(sys.stdin.buffer.read())
+    import duckdb  # noqa: F401 - imported before the job arrives: a spare waits ready
+    import pyarrow as pa
+
+    raw = sys.stdin.buffer.read()
+    if not raw.strip():
+        os._exit(0)  # a spare that was never used: its parent closed our input
+    job = json.loads(raw)
     out, lock, done = sys.stdout.buffer, threading.Lock(), threading.Event()
 
     def finish(data: bytes, status: int = 0) -> None:
@@ -666,13 +741,11 @@ def _worker_main() -> None:
         hard_stop.daemon = True
         hard_stop.start()
         batches, schema, truncated_by, size = _fetch_limited(con, job)
-        import pyarrow as pa
-
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, schema) as writer:
             for batch in batches:
                 writer.write_batch(batch)
-        header = json.dumps({"truncated_by": truncated_by, "nbytes": size}).encode("utf-8")
+        header = json.dumps({"truncated_by": truncated_by, "nbytes": size, "pid": os.getpid()}).encode("utf-8")
         finish(header + b"\n" + sink.getvalue().to_pybytes())
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent by kind
         kind, name = _classify(exc)

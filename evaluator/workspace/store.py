@@ -413,6 +413,17 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "Danbooru's aliases of a row's tag, as styles.csv keeps them (issue 15)",
         ["ALTER TABLE artists ADD COLUMN IF NOT EXISTS tag_aliases VARCHAR"],
     ),
+    (
+        10,
+        "image_scores looked up by image_id alone (the gallery's image detail, issue 19)",
+        [
+            # DuckDB uses the (image_id, model, metric) key only when all three are given,
+            # and hashed ids defeat zone maps: at 50M rows the lookup scanned the table
+            # (290 ms on a fresh connection). Measured: +19% file size, no measurable cost
+            # to score's inserts, 1 ms lookups; about 40 s to build on a 10M-image store.
+            "CREATE INDEX IF NOT EXISTS image_scores_image ON image_scores (image_id)",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = max(version for version, _, _ in MIGRATIONS)

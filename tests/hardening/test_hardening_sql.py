@@ -8,9 +8,12 @@ child Python process whose peak memory (its own and its query worker's) is measu
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,66 @@ def test_cli_limit_streams(workdir):
     assert len(done.stdout) < 2000
     assert "row limit of 5" in done.stderr
     assert elapsed < 8.0, elapsed  # materializing 10M rows of 100 bytes first took far longer
+
+
+# ------------------------------------------------------------------ the spare worker
+
+@dataclass
+class _StoreFile:
+    path: Path
+    lock_timeout: float = 5.0
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie no one reaped counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.split()[:2] == ["State:", "Z"] for line in status)
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def spare():
+    kept = q.keep_spare_worker()
+    yield kept
+    kept.close()
+
+
+def test_the_spare_worker_runs_the_next_query_and_no_process_runs_two(workdir, spare):
+    store = _StoreFile(workdir / "atelier.duckdb")
+    waiting = spare.pid
+    assert waiting, "keeping a spare starts one at once"
+    first = q.run_user_sql(store, "SELECT id FROM hostile")
+    assert first.worker_pid == waiting and first.frame.id.tolist() == [1]
+    assert spare.pid not in (0, waiting), "a new spare is started after each query"
+    second = q.run_user_sql(store, "SELECT 2 AS two")
+    assert second.worker_pid not in (0, waiting) and second.frame.two.tolist() == [2]
+    assert _gone(waiting), "a used worker exits with its query"
+
+
+def test_a_dead_spare_is_replaced_not_used(workdir, spare):
+    dead = spare.pid
+    os.kill(dead, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not _gone(dead) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = q.run_user_sql(_StoreFile(workdir / "atelier.duckdb"), "SELECT 3 AS three")
+    assert result.frame.three.tolist() == [3] and result.worker_pid not in (0, dead)
+
+
+def test_an_unused_spare_exits_with_its_parent():
+    # A parent that keeps a spare is killed outright: the spare reads end-of-input and exits.
+    script = ("import sys, time\nfrom evaluator.workspace import queries as q\n"
+              "print(q.keep_spare_worker().pid, flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        orphan = int(parent.stdout.readline())
+        assert not _gone(orphan)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while not _gone(orphan) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(orphan), f"spare {orphan} outlived its parent"

@@ -99,3 +99,13 @@ def test_lock_held_past_timeout_gives_a_clear_error(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_image_id_alone_finds_its_scores_through_an_index(memory_con):
+    # The (image_id, model, metric) key serves only lookups that give all three; the
+    # gallery's image detail gives the id alone, which scanned 50M rows before migration 10.
+    memory_con.execute("INSERT INTO image_scores SELECT hash(range) // 2, 'm', 'x', 0.5 FROM range(20000)")
+    image_id = memory_con.execute("SELECT image_id FROM image_scores LIMIT 1 OFFSET 777").fetchone()[0]
+    plan = memory_con.execute("EXPLAIN ANALYZE SELECT metric, value FROM image_scores WHERE image_id = ?",
+                              [image_id]).fetchall()[0][1]
+    assert "Index Scan" in plan, plan
