@@ -20,6 +20,9 @@ from dashboard.report import md_text
 from dashboard.views import _show_image, artist_filter_widgets, curated_gallery, show_image_detail
 
 STRIP_SEEDS = 4  # seeds shown per cell in the seed strip
+# Columns shown before the user picks: side by side, more than a few checkpoints are too
+# narrow to compare, and a store of 70 checkpoints drew 840 cells (1.35 s a page).
+DEFAULT_CHECKPOINTS = 4
 ORDERS = ["name", "largest loss first", "largest gain first"]
 
 
@@ -61,8 +64,11 @@ def _grid_widgets(templates: list[str], seeds: list[int], checkpoints: list[str]
     template = c1.selectbox("Template", templates, key="gal-template")
     seed = c2.selectbox("Seed", seeds, key="gal-seed")
     # A default only when nothing set the choice already (Compare's "Gallery" links do).
-    defaults = {} if "gal-ckpts" in st.session_state else {"default": checkpoints}
-    chosen = c3.multiselect("Checkpoints", checkpoints, key="gal-ckpts", **defaults) or checkpoints
+    first = checkpoints[:DEFAULT_CHECKPOINTS]
+    defaults = {} if "gal-ckpts" in st.session_state else {"default": first}
+    chosen = c3.multiselect("Checkpoints", checkpoints, key="gal-ckpts", **defaults) or first
+    if len(checkpoints) > len(chosen):
+        c3.caption(f"{len(chosen)} of {len(checkpoints)} checkpoints shown; add others above.")
     page_size = c4.selectbox("Artists per page", [6, 12, 24], index=1, key="gal-size")
     c5, c6 = st.columns([1, 2])
     strip = c5.toggle(f"Seed strip (first {STRIP_SEEDS} seeds per cell)", key="gal-strip")

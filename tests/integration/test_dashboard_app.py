@@ -187,6 +187,22 @@ def test_gallery_grid_paging_and_full_image(workdir, monkeypatch):
     assert len(images(at)) >= 3 * min(seeds, 4) > 3
 
 
+def test_gallery_of_many_checkpoints_shows_the_first_few_until_others_are_chosen(tmp_path, monkeypatch):
+    from dashboard.gallery import DEFAULT_CHECKPOINTS
+
+    build_store(tmp_path, n_artists=6, n_templates=1, n_seeds=1, n_checkpoints=7, error_rate=0.0)
+    names = [r[0] for r in raw(tmp_path, "SELECT name FROM checkpoints")]
+    at = open_page(tmp_path, "Gallery", monkeypatch)
+    shown = at.multiselect(key="gal-ckpts").value
+    assert len(shown) == DEFAULT_CHECKPOINTS < len(names) and set(shown) <= set(names)
+    assert any(f"{DEFAULT_CHECKPOINTS} of {len(names)} checkpoints shown" in c.value for c in at.caption)
+    # one row of no-artist baseline images and one per artist, a column per checkpoint shown
+    assert len(images(at)) == (6 + 1) * DEFAULT_CHECKPOINTS
+    at.multiselect(key="gal-ckpts").set_value(names).run()
+    assert len(images(at)) == (6 + 1) * len(names)
+    assert not any("checkpoints shown" in c.value for c in at.caption)
+
+
 def test_artist_page_scores_neighbors_references_images(workdir, monkeypatch):
     at = open_page(workdir, "Artist", monkeypatch)
     at.text_input(key="art-search").input("monet").run()
