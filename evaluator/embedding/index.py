@@ -229,13 +229,21 @@ def build_kind(kind: str, vecs: np.ndarray, ids: np.ndarray, config: IndexConfig
 
 
 def _set_nprobe(ivf: Any, nprobe: int) -> None:
-    """nprobe, and an HNSW quantizer's efSearch wide enough to return that many lists."""
+    """nprobe, and an HNSW quantizer's efSearch wide enough to find those lists.
+
+    HNSW returns at most efSearch lists, and a narrow search misses the nearest ones. On
+    1M clustered vectors (IVF2564_HNSW32) recall@10 stopped rising at efSearch 32 for
+    nprobe 2-4 (nprobe 4: 0.9725 at 12, 0.9985 at 32 and at 64), while the quantizer's
+    search was most of a query's cost: efSearch 64 -> 32 took the batched speed from 52x
+    to 60x exact at the same recall. Past nprobe 4, 8 per list keeps the same margin;
+    never more than the lists there are.
+    """
     import faiss
 
     ivf.nprobe = int(nprobe)
     quantizer = faiss.downcast_index(ivf.quantizer)
-    if isinstance(quantizer, faiss.IndexHNSW):  # HNSW returns at most efSearch lists
-        quantizer.hnsw.efSearch = max(64, 2 * int(nprobe))
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = min(max(32, 8 * int(nprobe)), max(int(ivf.nlist), int(nprobe)))
 
 
 def set_search_param(index: Any, kind: str, param: int) -> None:

@@ -262,3 +262,26 @@ def test_hnsw_ivf_incremental_add_keeps_ids_and_survives_save_load(tmp_path):
     q = overlapping(50, seed=4).astype(np.float32)
     np.testing.assert_array_equal(again.search(q, 10)[1], index.search(q, 10)[1])
     assert sorted(np.asarray(__import__("faiss").vector_to_array(again.id_map)).tolist()) == sorted(ids.tolist())
+
+
+@pytest.mark.parametrize("nprobe", [1, 2, 4, 8, 16, 64, 256])
+def test_the_hnsw_quantizer_finds_the_lists_an_exact_scan_of_the_centroids_finds(nprobe):
+    # The quantizer's efSearch follows nprobe: too narrow, and the nearest lists are missed
+    # (or fewer than nprobe come back) however many are probed.
+    import faiss
+
+    from evaluator.embedding.index import _set_nprobe
+
+    vecs = overlapping(20_000, seed=3)
+    ivf = faiss.index_factory(vecs.shape[1], "IVF256_HNSW32,Flat", faiss.METRIC_INNER_PRODUCT)
+    ivf.train(vecs)
+    _set_nprobe(ivf, nprobe)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    assert nprobe <= quantizer.hnsw.efSearch <= ivf.nlist
+    queries = overlapping(300, seed=4)
+    _, found = quantizer.search(queries, nprobe)
+    centroids = quantizer.reconstruct_n(0, ivf.nlist)
+    exact = np.argsort(-(queries @ centroids.T), axis=1)[:, :nprobe]
+    assert (found >= 0).all()
+    overlap = np.mean([len(set(a) & set(b)) / nprobe for a, b in zip(exact.tolist(), found.tolist(), strict=True)])
+    assert overlap >= 0.98, overlap
