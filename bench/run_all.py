@@ -86,7 +86,7 @@ def summarize() -> list[dict]:
         runs = emb.get("runs", [])
         rows.append({"figure": f"embedding: atelier / naive loop (throughput, {emb.get('model')}, worst of {len(runs)} runs)",
                      "ratio": emb.get("speedup_vs_naive_min"), "target": ">= 1.5",
-                     "detail": "; ".join(f"{r.get('atelier_images_per_s')} vs {r.get('naive_images_per_s')} img/s" for r in runs)})
+                     "detail": "; ".join(f"{r.get('pipeline_images_per_s')} vs {r.get('naive_images_per_s')} img/s" for r in runs)})
         rows.append({"figure": "embedding: % of the model alone on pre-decoded tensors (min-max over runs)",
                      "ratio": f"{emb.get('pct_of_ceiling_min')}-{emb.get('pct_of_ceiling_max')}%", "target": ">= 90%",
                      "detail": f"CPU bound on {emb.get('cores')} cores: {emb.get('cpu_bound_pct_max')}% of the ceiling; "

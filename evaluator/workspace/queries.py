@@ -538,7 +538,7 @@ class SpareWorker:
     a small query's time on the SQL page. A long-lived reader (the dashboard, the server)
     calls ``keep_spare_worker()``; every query still runs in a process of its own, used
     once: the spare is taken and a new one started after the query. A spare that died is
-    replaced, not used. One-shot callers (``atelier query sql``) keep none: a spare they
+    replaced, not used. One-shot callers (``atelier sql``) keep none: a spare they
     never use would only cost a start-up. Guarded by ``_WORKER_SLOT``.
     """
 
