@@ -18,6 +18,7 @@ clean run's, with no duplicate and no orphan row.
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,11 @@ def test_embed_killed_at_random_points_resumes_to_the_clean_embeddings(clean, mo
     n_parts = (len(clean["units"]) + 1) // 2  # part_size 2
 
     def embed_modes(i):
+        if _count(parts, "part-*.parquet") >= n_parts:
+            # A kill that landed after the last part left nothing to interrupt: on a fast
+            # machine the tiny model embeds all 20 images inside one poll. Start over, so
+            # every kill still meets a run with work left (the final checks are unchanged).
+            shutil.rmtree(parts)
         left = max(1, n_parts - _count(parts, "part-*.parquet"))  # replace:k dies before part k is renamed
         return [("time", 1), ("progress", 1), ("replace", min(3, left))]
 
