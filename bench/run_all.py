@@ -136,7 +136,7 @@ def _serve_rows(serve: dict | None) -> list[dict]:
     return rows
 
 
-def write_report(status: dict, quick: bool = False) -> tuple[Path, Path]:
+def write_report(status: dict, full: bool = False) -> tuple[Path, Path]:
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -172,7 +172,7 @@ def write_report(status: dict, quick: bool = False) -> tuple[Path, Path]:
         lines.append(f"- `{st['command']}` (exit {st['returncode']}, {st['seconds']} s)")
     md_path = RESULTS / "report.md"
     md_path.write_text("\n".join(lines) + "\n")
-    if status and not quick:  # a full run's report is the committed one (bench/report.md)
+    if status and full:  # a full run's report is the committed one (bench/report.md)
         (HERE / "report.md").write_text(md_path.read_text())
     return json_path, md_path
 
@@ -190,7 +190,7 @@ def main() -> int:
         status = json.loads(previous.read_text()).get("runs", {}) if previous.is_file() else {}
     else:
         status = run_benches(QUICK if args.quick else FULL, only)
-    json_path, md_path = write_report(status, quick=args.quick or bool(only))
+    json_path, md_path = write_report(status, full=not (args.quick or only))
     print(f"\nreport: {json_path} and {md_path}")
     print(md_path.read_text())
     return 1 if any(s["returncode"] for s in status.values()) else 0

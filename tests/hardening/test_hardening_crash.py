@@ -176,12 +176,14 @@ def test_embed_killed_at_random_points_resumes_to_the_clean_embeddings(clean, mo
     n_parts = (len(clean["units"]) + 1) // 2  # part_size 2
 
     def embed_modes(i):
-        if _count(parts, "part-*.parquet") >= n_parts:
+        done = _count(parts, "part-*.parquet")
+        if done >= n_parts:
             # A kill that landed after the last part left nothing to interrupt: on a fast
             # machine the tiny model embeds all 20 images inside one poll. Start over, so
             # every kill still meets a run with work left (the final checks are unchanged).
             shutil.rmtree(parts)
-        left = max(1, n_parts - _count(parts, "part-*.parquet"))  # replace:k dies before part k is renamed
+            done = 0
+        left = max(1, n_parts - done)  # replace:k dies before part k is renamed
         return [("time", 1), ("progress", 1), ("replace", min(3, left))]
 
     _run_kills(2000, lambda kill: embed_cmd(root, models, kill=kill), 0.5 * clean["times"]["score"],

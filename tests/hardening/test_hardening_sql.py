@@ -54,6 +54,14 @@ print(json.dumps(outcome))
 """
 
 
+@dataclass
+class _StoreFile:
+    """What run_user_sql needs of a store, for the tests that call it in this process."""
+
+    path: Path
+    lock_timeout: float = 5.0
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     from evaluator.workspace.store import open_store
@@ -110,14 +118,7 @@ def test_time_limit_holds_within_a_margin(workdir):
 def test_user_sql_runs_with_capped_duckdb_settings(workdir):
     outcome = probe(workdir, "SELECT current_setting('threads') AS t")
     assert outcome["error"] is None
-    from dataclasses import dataclass
-
-    @dataclass
-    class StoreFile:
-        path: Path
-        lock_timeout: float = 5.0
-
-    store = StoreFile(workdir / "atelier.duckdb")
+    store = _StoreFile(workdir / "atelier.duckdb")
     frame = q.run_user_sql(store, "SELECT current_setting('threads') AS t, current_setting('memory_limit') AS m").frame
     assert int(frame.t.iloc[0]) == q.SQL_THREADS
     assert frame.m.iloc[0].replace(" ", "").lower().startswith(("953.6mib", "1.0gib", "1gb", "1000.0mb"))
@@ -164,12 +165,6 @@ def test_cli_limit_streams(workdir):
 
 # ------------------------------------------------------------------ the spare worker
 
-@dataclass
-class _StoreFile:
-    path: Path
-    lock_timeout: float = 5.0
-
-
 def _gone(pid: int) -> bool:
     """True once ``pid`` has exited (a zombie no one reaped counts as exited)."""
     try:
@@ -177,6 +172,13 @@ def _gone(pid: int) -> bool:
             return any(line.split()[:2] == ["State:", "Z"] for line in status)
     except FileNotFoundError:
         return True
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _gone(pid)
 
 
 @pytest.fixture
@@ -201,9 +203,7 @@ def test_the_spare_worker_runs_the_next_query_and_no_process_runs_two(workdir, s
 def test_a_dead_spare_is_replaced_not_used(workdir, spare):
     dead = spare.pid
     os.kill(dead, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while not _gone(dead) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert _wait_gone(dead, 10)
     result = q.run_user_sql(_StoreFile(workdir / "atelier.duckdb"), "SELECT 3 AS three")
     assert result.frame.three.tolist() == [3] and result.worker_pid not in (0, dead)
 
@@ -219,7 +219,4 @@ def test_an_unused_spare_exits_with_its_parent():
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 20
-    while not _gone(orphan) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _gone(orphan), f"spare {orphan} outlived its parent"
+    assert _wait_gone(orphan, 20), f"spare {orphan} outlived its parent"
