@@ -287,6 +287,9 @@ def run_variant(workdir: Path, args: argparse.Namespace, baseline_src: Path | No
         import httpx
 
         results["snapshot"] = httpx.get(url + "/health", timeout=30).json().get("snapshot")
+        if (results["snapshot"] or {}).get("read_model_error"):  # every answer then queries the copy: say so
+            print(f"  warning: the server has no read model: {results['snapshot']['read_model_error'][:200]}",
+                  flush=True)
         makers = request_makers(url)
         for clients in args.clients:
             for name in ENDPOINTS:

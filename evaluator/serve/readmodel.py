@@ -75,7 +75,7 @@ def _json_value(name: str, kind: str) -> str:
 class Rows:
     """Rows encoded as JSON objects, each followed by ',' in ``buf``; row i is ``buf[starts[i]:ends[i]]``."""
 
-    buf: bytes
+    buf: bytes | bytearray  # a bytearray when encoded (never written after); every accessor returns bytes
     starts: np.ndarray
     ends: np.ndarray
 
@@ -100,7 +100,13 @@ class Rows:
         return b"[" + b",".join([buf[a:z] for a, z in zip(starts, ends, strict=True)]) + b"]"
 
     def row(self, position: int) -> bytes:
-        return self.buf[self.starts[position]:self.ends[position]]
+        return bytes(self.buf[self.starts[position]:self.ends[position]])
+
+
+# Rows DuckDB hands over at a time: the encoded rows are copied out batch by batch, so a
+# 10M-row part peaks at its own bytes plus one batch, not twice its size (one arrow table
+# of every row, then its copy).
+ENCODE_BATCH_ROWS = 262_144
 
 
 def encode(relation, keys: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> tuple[Rows, dict[str, Any]]:
@@ -114,17 +120,27 @@ def encode(relation, keys: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> 
     fields = ", ".join("'" + name.replace("'", "''") + "': " + _json_value(name, str(kind))
                        for name, kind in zip(relation.columns, relation.types, strict=True) if name not in drop)
     extra = "".join(f', q."{key}" AS "key_{key}"' for key in keys)
-    table = relation.query("q", f"SELECT to_json({{{fields}}}) || ',' AS row_json{extra} FROM q").to_arrow_table()
-    column = table.column("row_json").cast(pa.large_string()).combine_chunks()
-    if len(column) == 0:
-        rows = Rows(b"", np.zeros(0, np.int64), np.zeros(0, np.int64))
-    else:
+    query = relation.query("q", f"SELECT to_json({{{fields}}}) || ',' AS row_json{extra} FROM q")
+    buf = bytearray()  # grown in place (realloc), never copied whole: a frozen copy would double the peak
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    key_chunks: dict[str, list] = {key: [] for key in keys}
+    reader = query.to_arrow_reader(batch_size=ENCODE_BATCH_ROWS)
+    for batch in reader:
+        if batch.num_rows == 0:
+            continue
+        column = batch.column(0).cast(pa.large_string())
         bounds = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset:column.offset + len(column) + 1]
-        buf = column.buffers()[2].to_pybytes()
-        rows = Rows(buf, bounds[:-1] - bounds[0], bounds[1:] - bounds[0] - 1)  # each row without its ','
-        if bounds[0]:
-            rows = Rows(buf[bounds[0]:bounds[-1]], rows.starts, rows.ends)
-    return rows, {key: table.column(f"key_{key}").combine_chunks() for key in keys}
+        size = len(buf)
+        buf += memoryview(column.buffers()[2])[bounds[0]:bounds[-1]]
+        starts.append(bounds[:-1] - bounds[0] + size)
+        ends.append(bounds[1:] - bounds[0] - 1 + size)  # each row without its ','
+        for key in keys:
+            key_chunks[key].append(batch.column(f"key_{key}"))
+    empty = np.zeros(0, np.int64)
+    rows = Rows(buf, np.concatenate(starts) if starts else empty, np.concatenate(ends) if ends else empty)
+    return rows, {key: pa.chunked_array(key_chunks[key], type=reader.schema.field(f"key_{key}").type).combine_chunks()
+                  for key in keys}
 
 
 def page_json(relation, limit: int) -> tuple[bytes, bool]:
@@ -209,16 +225,24 @@ class ScoreTable:
 
 @dataclass(frozen=True)
 class ImageHits:
-    """Every image's search-hit row (``images_by_ids``' columns but its id), by sorted image id."""
+    """Every image's search-hit row (``images_by_ids``' columns but its id), found by image id.
+
+    ``ids`` are sorted and ``positions[i]`` is the row of ``ids[i]``: the rows stay in the
+    order DuckDB read them, because sorting them there ran out of the snapshot's memory
+    at 10M images, while sorting the ids here takes ~2 s.
+    """
 
     ids: np.ndarray
+    positions: np.ndarray
     rows: Rows
 
     @classmethod
     def read(cls, store) -> ImageHits:
         with _as_relations(store) as source:
             rows, keys = encode(queries.all_image_hits(source), keys=("image_id",), drop=("image_id",))
-        return cls(keys["image_id"].to_numpy().astype(np.int64), rows)
+        ids = keys["image_id"].to_numpy().astype(np.int64)
+        positions = np.argsort(ids, kind="stable")
+        return cls(ids[positions], positions, rows)
 
     def fields(self, image_ids: list[int]) -> list[bytes | None]:
         """Each image's row as the inside of a JSON object (``"checkpoint":...,"path":...``), None if unknown."""
@@ -227,12 +251,12 @@ class ImageHits:
         out: list[bytes | None] = []
         for image_id, pos in zip(wanted, at, strict=True):
             found = pos < len(self.ids) and self.ids[pos] == image_id
-            out.append(self.rows.row(int(pos))[1:-1] if found else None)
+            out.append(self.rows.row(int(self.positions[pos]))[1:-1] if found else None)
         return out
 
     @property
     def nbytes(self) -> int:
-        return self.ids.nbytes + self.rows.nbytes
+        return self.ids.nbytes + self.positions.nbytes + self.rows.nbytes
 
 
 # Which tables each part reads: a part is taken over from the previous snapshot when they

@@ -161,6 +161,33 @@ def test_search_hit_rows_equal_the_query(store, model: readmodel.ReadModel) -> N
                        "thumb_url": "/images/12345/thumb"}
 
 
+def test_the_image_rows_need_not_fit_in_duckdbs_memory(tmp_path: Path) -> None:
+    """At 10M images the search-hit rows (2.3 GB) were sorted by DuckDB inside the snapshot's
+    2 GB and the read model failed with out-of-memory: every request then queried the copy.
+    Here 288k rows (70 MB) under a 40 MB limit are read whole and found by id."""
+    from evaluator.testing.synthetic_store import SyntheticStoreSpec, build_store
+    from evaluator.workspace.store import READ_ONLY_CONFIG
+
+    build_store(tmp_path, SyntheticStoreSpec(n_artists=300, n_templates=4, n_seeds=4, n_checkpoints=60,
+                                             with_images=False))
+    limit_mb = 40
+    con = duckdb.connect(str(tmp_path / "atelier.duckdb"), read_only=True,
+                         config={**READ_ONLY_CONFIG, "memory_limit": f"{limit_mb}MB", "temp_directory": ""})
+    try:
+        source = readmodel.RelationReader(con.cursor(), tmp_path / "atelier.duckdb")
+        hits = readmodel.ImageHits.read(source)
+        assert hits.rows.nbytes > limit_mb * 2**20  # the rows did not fit in DuckDB's memory
+        ids = [int(i) for i in con.execute("SELECT image_id FROM images USING SAMPLE 200 ROWS").fetchnumpy()["image_id"]]
+        paths = dict(con.execute("SELECT image_id, path FROM images WHERE image_id IN (SELECT unnest(?))",
+                                 [ids]).fetchall())
+        n_images = con.execute("SELECT count(*) FROM images").fetchone()[0]
+    finally:
+        con.close()
+    assert len(hits.ids) == n_images > 280_000
+    for image_id, row in zip(ids, hits.fields(ids), strict=True):
+        assert json.loads(b"{" + row + b"}")["path"] == paths[image_id]
+
+
 def test_unchanged_parts_are_taken_over_and_a_changed_one_is_read_again(workdir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "atelier.duckdb"
     shutil.copy(workdir / "atelier.duckdb", copy)
