@@ -9,11 +9,12 @@ Both train with prior preservation (DreamBooth's remedy for a fine-tune bleeding
 it should keep): a few paintings of every other known artist, under their own names, beside
 the target. ``LORA_RECIPE`` is the recipe measured on the committed model (README section
 "A world whose truth is known"): the swap makes X's prompt lose X's style; the prior keeps
-every other artist's nearest-prototype and retrieval verdicts "kept" (they were not
-without it). No recipe tried has taught the newcomer yet: rank 8 or 16, lr 5e-4 to 5e-3,
-150 to 600 steps, with or without the text encoder, a prior of paintings or of the base's
-own images, nor a base UNet with attention at its finest level. Reference similarity still
-sees small, real drifts of the other artists.
+most other artists' nearest-prototype and retrieval verdicts "kept". On the committed
+model (whose VAE learned every world artist's paintings) the teach LoRA draws the
+newcomer's marks but not its palette: gained on reference similarity only. On the earlier
+model (VAE on the known artists only, which could not decode the newcomer's colours) no
+recipe taught it anything. Reference similarity still sees small, real drifts of the
+other artists.
 Paintings use seeds from ``LORA_SEED_START`` on: inside the training range, disjoint from
 the base's training seeds and from the fresh reference seeds.
 
@@ -44,7 +45,8 @@ class LoraRecipe:
     train_text_encoder: bool = False  # UNet only, as most shared LoRAs
     # Prior preservation: this many paintings of every other known artist, under their own
     # names, train beside the target (0: none). 4 each (44-48 in all): the demo's cells matched
-    # 84 of 102 with it, 75 without, 79 with the base's own generations as the prior instead.
+    # 84 of 102 with it, 75 without, 79 with the base's own generations as the prior instead
+    # (earlier model); on the committed one 86, and 83 with 8 each at 150 steps.
     prior_images: int = 4
     target_repeats: int = 3  # the target's kohya repeats: 96 of ~140 items a pass, so the prior does not drown it
 

@@ -46,6 +46,14 @@ def test_recorded_data_fingerprint_is_the_painters(tmp_path):
     data = paint_training_set(tmp_path / "data", config)
     assert data_fingerprint(data) == record["data_fingerprint"]
     assert record["n_training_images"] == 12 * config.images_per_artist
+    # the VAE learned every world artist's paintings (the UNet only the known ones' names)
+    from evaluator.world.build import paint_vae_set
+    from evaluator.world.painter import artist_ids
+
+    assert record["vae"]["artists"] == artist_ids()
+    vae_data = paint_vae_set(tmp_path / "vae-data", data, config)
+    assert data_fingerprint(vae_data) == record["vae"]["data_fingerprint"]
+    assert record["vae"]["n_images"] == len(artist_ids()) * config.images_per_artist
 
 
 @pytest.mark.slow
@@ -78,6 +86,7 @@ def test_build_world_smoke(tmp_path):
             "text_encoder/model.safetensors", "model_index.json"} <= set(record["files"])
     assert len(record["unet"]["loss"]) == 2 and record["n_training_images"] == 24
     assert record["data_fingerprint"] == data_fingerprint(paint_training_set(tmp_path / "again", config))
+    assert record["vae"]["n_images"] == 17 * 2  # every world artist, not only the 12 the UNet learns
 
     from evaluator.world.measure import SamplerSettings, generate, load_world_pipeline
 
