@@ -47,6 +47,45 @@ def test_upsert_replaces_by_key_and_never_duplicates(memory_con):
     assert rows == [(1, 0.1), (2, 0.5), (3, 0.3)]
 
 
+def _delete_then_insert(con, table: str, frame: pd.DataFrame, key: list[str]) -> None:
+    """The naive upsert the fast path must equal."""
+    con.register("naive", frame)
+    match = " AND ".join(f"t.{k} = n.{k}" for k in key)
+    con.execute(f"DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM naive n WHERE {match})")
+    con.execute(f"INSERT INTO {table} ({', '.join(frame.columns)}) SELECT * FROM naive")
+    con.unregister("naive")
+
+
+@pytest.mark.parametrize("table, first, second, key, in_place", [
+    # the primary key, every column: replaced in place
+    ("image_scores", {"image_id": [1, 2, 4], "model": ["m"] * 3, "metric": ["x", "x", "y"], "value": [0.1, 0.2, 0.4]},
+     {"image_id": [2, 3, 4], "model": ["m"] * 3, "metric": ["x", "x", "x"], "value": [0.5, 0.3, None]},
+     ["image_id", "model", "metric"], True),
+    # a column left out: the replaced row must lose its old value, as delete-then-insert does
+    ("runs", {"run_id": ["a", "b"], "kind": ["score", "score"], "status": ["done", "done"], "message": ["m1", "m2"]},
+     {"run_id": ["b", "c"], "kind": ["index", "index"], "status": ["failed", "done"]},
+     ["run_id"], False),
+    # a secondary index on rewritten columns (images' checkpoint, artist_id): delete-then-insert
+    ("images", {"image_id": [1, 2], "unit_id": ["u1", "u2"], "source": ["generated"] * 2, "checkpoint": ["a", "a"]},
+     {"image_id": [2, 3], "unit_id": ["u2", "u3"], "source": ["generated"] * 2, "checkpoint": ["b", "b"]},
+     ["image_id"], False),
+])
+def test_upsert_writes_what_delete_then_insert_writes(table, first, second, key, in_place):
+    cons = [duckdb.connect(":memory:") for _ in range(2)]
+    for con in cons:
+        store.migrate(con)
+    frames = [pd.DataFrame(first), pd.DataFrame(second)]
+    for frame in frames:
+        with store.transaction(cons[0]):
+            store.upsert_df(cons[0], table, frame, key)
+        with store.transaction(cons[1]):
+            _delete_then_insert(cons[1], table, frame, key)
+    columns = list(frames[1].columns) if table != "runs" else ["run_id", "kind", "status", "message"]
+    got, want = (con.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY ALL").fetchall() for con in cons)
+    assert got == want
+    assert store._replaces_in_place(cons[0], table, list(frames[1].columns), key) == in_place
+
+
 def test_transaction_rolls_back_on_error(memory_con):
     frame = pd.DataFrame({"name": ["style"], "text": ["a painting in the style of {name}"]})
     with pytest.raises(RuntimeError), store.transaction(memory_con):
