@@ -188,6 +188,8 @@ def test_layout_lists_follow_sqrt_n_and_the_training_sample():
 
     assert ivf_layout(1_000_000, IndexConfig()) == (2564, 100_000)  # 4*sqrt(N) = 4000 lists, capped at 100k/39
     assert ivf_layout(250_000, IndexConfig()) == (2000, 100_000)
+    assert ivf_layout(2_000_000, IndexConfig()) == (2564, 100_000)  # the floor decides up to 2M
+    assert ivf_layout(10_000_000, IndexConfig()) == (12649, 500_000)  # 5% of 10M: 4*sqrt(N) lists
     assert ivf_layout(20_000, IndexConfig(train_size=1_000_000)) == (512, 20_000)  # 565 capped at 20k/39
     assert ivf_layout(1_000_000, IndexConfig(ivf_nlist_factor=0.1)) == (100, 25_600)  # no more than 256 per list
     assert ivf_layout(200_000, IndexConfig(train_size=1_000_000)) == (1788, 200_000)  # <= 256 per list: all of them
