@@ -57,6 +57,15 @@ EXACT_SHARE = 0.25
 EF_SEARCH = (16, 1024)
 
 
+# Past 2M vectors the training sample is this share of them, so the lists can follow
+# 4*sqrt(N): at 10M x 64 (bench_serve's vectors) a 500k sample gave IVF12668 at nprobe 2
+# (recall@10 0.995), single queries 1.58x faster than the 100k sample's IVF2564 at nprobe 6
+# (0.963), for a build of 842 s instead of 586 s. A constant, not an IndexConfig field: the
+# config is part of every store's score fingerprint, and a new field would make every
+# store rescore for a rule that changes nothing below 2M vectors.
+TRAIN_SHARE = 0.05
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     # Exact search over 200k x 512 float32 (400 MB) answers in ~50 ms a query on a CPU;
@@ -79,12 +88,7 @@ class IndexConfig:
     # Training sample for the centroids: FAISS wants 39..256 points per list; more than
     # 256 per list buys nothing, fewer than 39 leaves centroids noisy. 100k caps k-means
     # at ~1 min on 2 cores and allows up to 2,564 lists.
-    train_size: int = 100_000
-    # ... and past 2M vectors, this share of them, so the lists can follow 4*sqrt(N): at 10M
-    # x 64 (bench_serve's vectors) a 500k sample gave IVF12668 at nprobe 2 (recall@10 0.995),
-    # single queries 1.58x faster than the 100k sample's IVF2564 at nprobe 6 (0.963), for a
-    # build of 842 s instead of 586 s. Up to 2M vectors the 100k floor decides, as before.
-    train_share: float = 0.05
+    train_size: int = 100_000  # ... or TRAIN_SHARE of the vectors when that is more (past 2M)
     # k-means iterations: 10 is within 1% of FAISS's default 25 in quantisation error on
     # clustered data, at 40% of the training time.
     kmeans_iterations: int = 10
@@ -141,11 +145,11 @@ def _new_flat(dim: int) -> Any:
 
 def ivf_layout(n: int, config: IndexConfig) -> tuple[int, int]:
     """(nlist, training sample size) for ``n`` vectors: ivf_nlist_factor*sqrt(n) lists,
-    at most one per 39 training vectors (a sample of train_size, or train_share of ``n``
+    at most one per 39 training vectors (a sample of train_size, or TRAIN_SHARE of ``n``
     when larger), trained on up to 256 vectors per list."""
     import math
 
-    train = min(n, max(config.train_size, int(config.train_share * n)))
+    train = min(n, max(config.train_size, int(TRAIN_SHARE * n)))
     nlist = max(1, min(int(config.ivf_nlist_factor * math.sqrt(n)), train // 39))
     return nlist, min(train, 256 * nlist)
 
