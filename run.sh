@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # atelier's front door. From a fresh clone:
-#   bash run.sh demo   set up .venv and run the demo (tiny random-weight models) into ./demo
+#   bash run.sh demo   set up .venv and run the demo (the world whose truth is known) into ./demo
 #   bash run.sh test   set up .venv (with dev tools and Debian's chromium) and run the tests
 # Anything after the verb is passed on (to `atelier demo` or to pytest).
 set -euo pipefail
