@@ -563,12 +563,10 @@ def upsert_df(con: duckdb.DuckDBPyConnection, table: str, frame, key: list[str])
         columns = ", ".join(f'"{c}"' for c in frame.columns)
         if _replaces_in_place(con, table, list(frame.columns), key):
             con.execute(f"INSERT OR REPLACE INTO {table} ({columns}) SELECT {columns} FROM _upsert_frame")
-            return len(frame)
-        match = " AND ".join(f't."{k}" = f."{k}"' for k in key)
-        con.execute(
-            f"DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM _upsert_frame f WHERE {match})"
-        )
-        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _upsert_frame")
+        else:
+            match = " AND ".join(f't."{k}" = f."{k}"' for k in key)
+            con.execute(f"DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM _upsert_frame f WHERE {match})")
+            con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _upsert_frame")
     finally:
         con.unregister("_upsert_frame")
     return len(frame)
