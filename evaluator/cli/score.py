@@ -32,6 +32,27 @@ def parse_pair(text: str) -> tuple[str, str]:
     return base, finetune
 
 
+def parse_min_effects(texts: tuple[str, ...]) -> dict[str, float]:
+    """``METRIC=VALUE`` of ``--min-effect`` (``all=VALUE`` for every metric), over the registry's defaults."""
+    from evaluator.errors import InputError
+    from evaluator.scoring.metrics import resolve_min_effects
+
+    overrides: dict[str, float] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        try:
+            overrides[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise click.BadParameter(f"takes METRIC=VALUE (e.g. reference_similarity=0.01) but got {text!r}",
+                                     param_hint="--min-effect")
+    try:
+        return resolve_min_effects(overrides)
+    except InputError as exc:
+        raise click.BadParameter(exc.args[0] if exc.args else str(exc), param_hint="--min-effect") from None
+
+
 @click.command("score")
 @workdir_option()
 @model_option()
@@ -40,6 +61,7 @@ def parse_pair(text: str) -> tuple[str, str]:
 @click.option("--templates-file", "templates_path", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Extra prompt templates (TOML).")
 @click.option("--compare", "compare", multiple=True, metavar="BASE:FINETUNE", help="Compare a fine-tune with its base (repeatable); checkpoint records' `base` are compared anyway.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=1), help="Bootstrap resamples over seeds.")
+@click.option("--min-effect", "min_effects", multiple=True, metavar="METRIC=VALUE", help="The smallest change of a metric that counts as gained/lost; smaller real changes are kept (repeatable; all=0 for none; defaults: `atelier metrics list`).")
 @click.option("--k-neighbors", default=10, show_default=True, type=click.IntRange(min=1), help="Nearest artists stored per artist.")
 @click.option("--retrieval-k", "retrieval_ks", multiple=True, default=(1, 5, 10), show_default=True, type=click.IntRange(min=1), help="A k of retrieval_map@k (repeatable; each k is stored as its own metric).")
 @click.option("--readout", default="cosine", show_default=True, type=click.Choice(["cosine", "csls"]), help="Identification readout: raw cosine, or CSLS (marks down 'hub' artists close to many images).")
@@ -50,7 +72,8 @@ def parse_pair(text: str) -> tuple[str, str]:
 @batch_size_option()
 @num_workers_option()
 @quiet_option(help="No progress bars.")
-def score_cmd(workdir: Path, compare: tuple[str, ...], ivf_threshold: int, quiet: bool, **settings: Any) -> None:
+def score_cmd(workdir: Path, compare: tuple[str, ...], ivf_threshold: int, min_effects: tuple[str, ...], quiet: bool,
+              **settings: Any) -> None:
     """Ingest manifests, embed, index and score every image into DIR/atelier.duckdb.
 
     \b
@@ -63,10 +86,13 @@ def score_cmd(workdir: Path, compare: tuple[str, ...], ivf_threshold: int, quiet
     import duckdb
 
     from evaluator.embedding.index import IndexConfig
+    from evaluator.scoring.metrics import register_retrieval_map
     from evaluator.scoring.run import ScoreConfig, score
 
     settings["retrieval_ks"] = tuple(sorted(set(settings["retrieval_ks"])))
-    config = ScoreConfig(base_pairs=[parse_pair(c) for c in compare] or None,
+    for k in settings["retrieval_ks"]:  # a --min-effect may name retrieval_map@k
+        register_retrieval_map(k)
+    config = ScoreConfig(base_pairs=[parse_pair(c) for c in compare] or None, min_effect=parse_min_effects(min_effects),
                          index=IndexConfig(ivf_threshold=ivf_threshold), progress=not quiet, **settings)
     try:
         summary = score(workdir, config, echo=click.echo)

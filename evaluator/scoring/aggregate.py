@@ -65,6 +65,9 @@ class ScoringBatch:
     # image_id, model, metric, value of the new images, when computed elsewhere (the
     # ranks of a launch, evaluator.scoring.parts); None: computed here from new_mask
     new_scores: pd.DataFrame | None = None
+    # metric -> the smallest change that counts as gained/lost (metrics.resolve_min_effects);
+    # a metric not named falls back to its registry default
+    min_effect: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -408,18 +411,41 @@ def _unpaired_rows(b: pd.DataFrame, f: pd.DataFrame, groups: pd.DataFrame, boot:
     )
 
 
-def _compare_pair(units: pd.DataFrame, base: str, ft: str, model: str, boot: BootstrapConfig) -> pd.DataFrame | None:
+def _verdicts(res: pd.DataFrame, min_effect: dict[str, float]) -> pd.DataFrame:
+    """``higher_is_better``, ``verdict`` and ``verdict_reason`` of comparison rows: no CI
+    is undecided (why: too few units), a real change under the metric's min_effect is kept
+    (why: too small to count)."""
+    from evaluator.scoring.metrics import get_metric
+    from evaluator.scoring.stats import (
+        min_effect_reason,
+        missing_ci_reason,
+        under_min_effect,
+        verdict,
+    )
+
+    metrics = {m: get_metric(m) for m in res["metric"].unique()}
+    res["higher_is_better"] = [metrics[m].higher_is_better for m in res["metric"]]
+    margins = [min_effect.get(m, metrics[m].min_effect) for m in res["metric"]]
+    rows = list(zip(res["ci_low"], res["ci_high"], res["higher_is_better"], res["value"], margins, res["ci_over"],
+                    strict=True))
+    res["verdict"] = [verdict(lo, hi, h, d, m) for lo, hi, h, d, m, _ in rows]
+    res["verdict_reason"] = [
+        missing_ci_reason(c) if v == "undecided" else min_effect_reason(d, m) if under_min_effect(lo, hi, d, m) else None
+        for (lo, hi, _, d, m, c), v in zip(rows, res["verdict"], strict=True)]
+    return res
+
+
+def _compare_pair(units: pd.DataFrame, base: str, ft: str, model: str, boot: BootstrapConfig,
+                  min_effect: dict[str, float] | None = None) -> pd.DataFrame | None:
     """One (base, finetune) pair's comparison rows, one per (artist, metric) both have;
     None when they have none in common.
 
     Paired bootstrap over the seeds both share when there are at least 2; otherwise a
     two-sample bootstrap over each side's units (seeds, or images without seeds); with
-    fewer than 2 units the verdict is ``undecided`` and ``verdict_reason`` says why.
+    fewer than 2 units the verdict is ``undecided`` and ``verdict_reason`` says why. A
+    change under the metric's ``min_effect`` is ``kept`` (see :func:`_verdicts`).
     """
     import pandas as pd
-
-    from evaluator.scoring.metrics import get_metric
-    from evaluator.scoring.stats import missing_ci_reason, verdict
 
     keys = ["artist_id", "metric"]
     b = units[units["checkpoint"] == base].drop(columns="checkpoint")
@@ -434,10 +460,7 @@ def _compare_pair(units: pd.DataFrame, base: str, ft: str, model: str, boot: Boo
     unpaired = _unpaired_rows(b, f, rest, boot).merge(shared.reset_index(), on=keys, how="left")
     unpaired["n_shared"] = unpaired["n_shared"].fillna(0)
     res = pd.concat([p for p in (paired, unpaired) if len(p)], ignore_index=True).sort_values(keys, ignore_index=True)
-    res["higher_is_better"] = [get_metric(m).higher_is_better for m in res["metric"]]
-    res["verdict"] = [verdict(lo, hi, h) for lo, hi, h in zip(res["ci_low"], res["ci_high"], res["higher_is_better"], strict=True)]
-    res["verdict_reason"] = [missing_ci_reason(c) if v == "undecided" else None
-                             for c, v in zip(res["ci_over"], res["verdict"], strict=True)]
+    res = _verdicts(res, min_effect or {})
     out = res.rename(columns={"value_base": "base_value", "value_ft": "finetune_value", "value": "delta",
                               "n_shared": "n"})
     out = out.assign(base=base, finetune=ft, model=model)
@@ -453,7 +476,7 @@ def comparisons(batch: ScoringBatch, long: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
     units = per_seed_values(batch.inputs, long)
-    parts = [_compare_pair(units, base, ft, batch.model, batch.bootstrap) for base, ft in batch.pairs]
+    parts = [_compare_pair(units, base, ft, batch.model, batch.bootstrap, batch.min_effect) for base, ft in batch.pairs]
     parts = [p for p in parts if p is not None]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COMPARISON_COLUMNS)
 

@@ -65,6 +65,27 @@ class Metric:
     # each image's own N (float [N], NaN: no class) when class sets differ by kind; a row
     # then gets the N its images share (NULL when they mix).
     n_classes: Callable[..., int | np.ndarray | None] | None = None
+    # The smallest change of the metric's value that counts (in its own units): a
+    # fine-tune whose delta's CI excludes 0 but whose delta is smaller than this is
+    # `kept`, not gained or lost. With enough seeds a paired bootstrap finds every change
+    # (a LoRA moves every prompt's images a little), and across 30,000 styles a verdict
+    # for each negligible shift would bury the real ones. 0 = any significant change.
+    min_effect: float = 0.0
+
+
+# Smallest changes that count, by the metric's scale (users set their own with
+# `atelier score --min-effect METRIC=VALUE`):
+# half a point of cosine: under method-level differences of reference similarity in
+# DreamBooth-style evaluations (about 2 points between methods)
+COSINE_MIN_EFFECT = 0.005
+# one percentage point of a rate or a mean reciprocal rank
+RATE_MIN_EFFECT = 0.01
+# CLIPScore is 100 x cosine: the same half point
+CLIP_SCORE_MIN_EFFECT = 0.5
+# one place in the ranking of catalog artists
+RANK_MIN_EFFECT = 1.0
+# LAION's aesthetic scale runs 1-10; 0.05 is under a rater's resolution
+AESTHETIC_MIN_EFFECT = 0.05
 
 
 class UnknownMetricError(InputError, KeyError):
@@ -86,6 +107,7 @@ def register_metric(
     image_values: Callable[..., Any] | None = None,
     needs: tuple[str, ...] = (),
     n_classes: Callable[..., int | None] | None = None,
+    min_effect: float = 0.0,
 ) -> Callable:
     """Decorator: add a metric function to the registry under ``name``.
 
@@ -98,13 +120,14 @@ def register_metric(
         raise InputError(f"metric {name!r}: a checkpoint metric has no per-seed value (pass per_seed=False)")
     if per_seed and level == "artist" and seed_values is None:
         raise InputError(f"metric {name!r}: a per-seed artist metric needs seed_values (or pass per_seed=False)")
+    check_min_effect(name, min_effect)
 
     def decorate(fn: Callable) -> Callable:
         if name in _REGISTRY:
             raise InputError(f"metric {name!r} is already registered")
         wants = tuple(dict.fromkeys((*(("references",) if needs_references else ()), *needs)))
         _REGISTRY[name] = Metric(name, definition, higher_is_better, needs_references, level, fn, per_seed, seed_values,
-                                 image_values, wants, n_classes)
+                                 image_values, wants, n_classes, float(min_effect))
         return fn
 
     return decorate
@@ -137,12 +160,45 @@ def get_metric(name: str) -> Metric:
         raise UnknownMetricError(f"unknown metric {name!r}{hint}") from None
 
 
+def check_min_effect(name: str, value: object) -> float:
+    """``value`` as a metric's smallest change that counts: a finite number >= 0."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise InputError(f"min_effect of {name!r} must be a finite number >= 0 but is {value!r}")
+    return float(value)
+
+
+def default_min_effects() -> dict[str, float]:
+    """Each comparable (per-seed) metric's smallest change that counts, from the registry."""
+    return {m.name: m.min_effect for m in _REGISTRY.values() if m.per_seed}
+
+
+def resolve_min_effects(overrides: dict[str, float] | None) -> dict[str, float]:
+    """The registry's smallest changes with ``overrides`` on top; ``all`` sets every metric.
+
+    Unknown names are refused with the close ones suggested (a typo would otherwise leave
+    the default in force without a word).
+    """
+    out = default_min_effects()
+    overrides = dict(overrides or {})
+    if "all" in overrides:
+        every = check_min_effect("all", overrides.pop("all"))
+        out = dict.fromkeys(out, every)
+    for name, value in overrides.items():
+        metric = get_metric(name)
+        if not metric.per_seed:
+            raise InputError(f"metric {name!r} has no per-seed value, so no comparison to set a min_effect for")
+        out[name] = check_min_effect(name, value)
+    return out
+
+
 def metrics_table() -> str:
     """The registry as a fixed-width text table (``atelier metrics list``)."""
-    rows = [("name", "level", "better", "refs", "needs", "definition")]
+    rows = [("name", "level", "better", "refs", "needs", "min effect", "definition")]
     for m in _REGISTRY.values():
         rows.append((m.name, m.level, "higher" if m.higher_is_better else "lower", "yes" if m.needs_references else "no",
-                     ",".join(m.needs) or "-", m.definition))
+                     ",".join(m.needs) or "-", f"{m.min_effect:g}" if m.per_seed else "-", m.definition))
     cols = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(cols)]
     lines = []
@@ -652,7 +708,7 @@ def _catalog_count(inp: EvalInputs) -> int | np.ndarray:
     return len(inp.artist_text_vecs) if inp.catalog_kinds is None else inp.class_counts()
 
 
-@register_metric("clip_score", "100 * max(cos(image, its own prompt), 0): CLIPScore; NULL for an image without a prompt", True, needs=("prompt",))
+@register_metric("clip_score", "100 * max(cos(image, its own prompt), 0): CLIPScore; NULL for an image without a prompt", True, needs=("prompt",), min_effect=CLIP_SCORE_MIN_EFFECT)
 def _clip_score(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 
@@ -664,17 +720,17 @@ def _clip_score(inp: EvalInputs) -> np.ndarray:
     return values
 
 
-@register_metric("artist_similarity", "cos(image, text of the `art-by` template for its artist): style without subject", True, needs=("catalog",))
+@register_metric("artist_similarity", "cos(image, text of the `art-by` template for its artist): style without subject", True, needs=("catalog",), min_effect=COSINE_MIN_EFFECT)
 def _artist_similarity(inp: EvalInputs) -> np.ndarray:
     return inp.artist_sim()
 
 
-@register_metric("artist_rank", "rank (1 = best) of the true artist among every catalog artist, by cos(image, `art-by` text)", False, needs=("catalog",), n_classes=_catalog_count)
+@register_metric("artist_rank", "rank (1 = best) of the true artist among every catalog artist, by cos(image, `art-by` text)", False, needs=("catalog",), n_classes=_catalog_count, min_effect=RANK_MIN_EFFECT)
 def _artist_rank(inp: EvalInputs) -> np.ndarray:
     return inp.ranks()
 
 
-@register_metric("top1", "1 if the true artist ranks first among every catalog artist (chance 1/N)", True, needs=("catalog",), n_classes=_catalog_count)
+@register_metric("top1", "1 if the true artist ranks first among every catalog artist (chance 1/N)", True, needs=("catalog",), n_classes=_catalog_count, min_effect=RATE_MIN_EFFECT)
 def _top1(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 
@@ -682,7 +738,7 @@ def _top1(inp: EvalInputs) -> np.ndarray:
     return np.where(np.isnan(r), np.nan, (r <= 1).astype(float))
 
 
-@register_metric("top5", "1 if the true artist ranks in the first 5 among every catalog artist (chance 5/N)", True, needs=("catalog",), n_classes=_catalog_count)
+@register_metric("top5", "1 if the true artist ranks in the first 5 among every catalog artist (chance 5/N)", True, needs=("catalog",), n_classes=_catalog_count, min_effect=RATE_MIN_EFFECT)
 def _top5(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 
@@ -690,12 +746,12 @@ def _top5(inp: EvalInputs) -> np.ndarray:
     return np.where(np.isnan(r), np.nan, (r <= 5).astype(float))
 
 
-@register_metric("mrr", "1 / artist_rank; its mean is the mean reciprocal rank", True, needs=("catalog",), n_classes=_catalog_count)
+@register_metric("mrr", "1 / artist_rank; its mean is the mean reciprocal rank", True, needs=("catalog",), n_classes=_catalog_count, min_effect=RATE_MIN_EFFECT)
 def _mrr(inp: EvalInputs) -> np.ndarray:
     return 1.0 / inp.ranks()
 
 
-@register_metric("reference_similarity", "cos(image, prototype = normalised mean embedding of the artist's reference works)", True, needs_references=True)
+@register_metric("reference_similarity", "cos(image, prototype = normalised mean embedding of the artist's reference works)", True, needs_references=True, min_effect=COSINE_MIN_EFFECT)
 def _reference_similarity(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 
@@ -741,7 +797,7 @@ def register_retrieval_map(k: int) -> str:
         register_metric(
             name, f"AP@{k} of the image as a query over all reference works (relevant = its artist's), divided by "
             f"min({k}, R), R = the artist's reference count; its mean is mAP@{k} (WikiArt protocol)", True,
-            needs_references=True)(values)
+            needs_references=True, min_effect=RATE_MIN_EFFECT)(values)
     return name
 
 
@@ -753,7 +809,7 @@ def _prototype_count(inp: EvalInputs) -> int:
     return len(inp.prototypes())
 
 
-@register_metric("prototype_top1", "1 if the image's own artist has the most similar reference prototype among every artist with references (chance 1/N, N = n_classes); readout cosine or csls", True, needs_references=True, n_classes=_prototype_count)
+@register_metric("prototype_top1", "1 if the image's own artist has the most similar reference prototype among every artist with references (chance 1/N, N = n_classes); readout cosine or csls", True, needs_references=True, n_classes=_prototype_count, min_effect=RATE_MIN_EFFECT)
 def _prototype_top1(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 
@@ -761,7 +817,7 @@ def _prototype_top1(inp: EvalInputs) -> np.ndarray:
     return np.where(np.isnan(r), np.nan, (r <= 1).astype(float))
 
 
-@register_metric("prototype_top5", "1 if the image's own artist's prototype ranks in the first 5 among every artist with references (chance 5/N)", True, needs_references=True, n_classes=_prototype_count)
+@register_metric("prototype_top5", "1 if the image's own artist's prototype ranks in the first 5 among every artist with references (chance 5/N)", True, needs_references=True, n_classes=_prototype_count, min_effect=RATE_MIN_EFFECT)
 def _prototype_top5(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 
@@ -769,7 +825,7 @@ def _prototype_top5(inp: EvalInputs) -> np.ndarray:
     return np.where(np.isnan(r), np.nan, (r <= 5).astype(float))
 
 
-@register_metric("prototype_mrr", "1 / rank of the image's own artist among the reference prototypes; its mean is the mean reciprocal rank (chance ~ ln(N)/N)", True, needs_references=True, n_classes=_prototype_count)
+@register_metric("prototype_mrr", "1 / rank of the image's own artist among the reference prototypes; its mean is the mean reciprocal rank (chance ~ ln(N)/N)", True, needs_references=True, n_classes=_prototype_count, min_effect=RATE_MIN_EFFECT)
 def _prototype_mrr(inp: EvalInputs) -> np.ndarray:
     return 1.0 / inp.prototype_ranks()
 
@@ -904,7 +960,7 @@ def missing_baselines(inp: EvalInputs) -> list[str]:
     return sorted(str(c) for c in with_art - set(inp.checkpoint[is_base].tolist()))
 
 
-@register_metric("recognition_margin", "mean over seeds of [artist_similarity of the artist's images - that of the same-seed `null`-template baseline images] (over images when no seed is known); needs baseline images", True, level="artist", seed_values=recognition_margins, image_values=recognition_margin_images, needs=("catalog", "baselines"))
+@register_metric("recognition_margin", "mean over seeds of [artist_similarity of the artist's images - that of the same-seed `null`-template baseline images] (over images when no seed is known); needs baseline images", True, level="artist", seed_values=recognition_margins, image_values=recognition_margin_images, needs=("catalog", "baselines"), min_effect=COSINE_MIN_EFFECT)
 def _recognition_margin(inp: EvalInputs) -> pd.DataFrame:
     from evaluator.scoring.stats import grouped_bootstrap
 
@@ -1025,7 +1081,7 @@ def aesthetic_head_for(model: str | None) -> Any:
     return find_head(model, None, settings.cache_dir()) if model else None
 
 
-@register_metric("aesthetic", "LAION aesthetic score (v2 MLP on ViT-L/14, else the v1 linear head) of the image embedding; NULL unless the embedding model is an OpenAI CLIP with LAION's head file in $ATELIER_CACHE/aesthetic/", True, needs=("aesthetic_head",))
+@register_metric("aesthetic", "LAION aesthetic score (v2 MLP on ViT-L/14, else the v1 linear head) of the image embedding; NULL unless the embedding model is an OpenAI CLIP with LAION's head file in $ATELIER_CACHE/aesthetic/", True, needs=("aesthetic_head",), min_effect=AESTHETIC_MIN_EFFECT)
 def _aesthetic(inp: EvalInputs) -> np.ndarray:
     import numpy as np
 

@@ -50,8 +50,10 @@ or ``tiny-clip@<fp8>``; every score row is per model):
   delta, ci_low, ci_high, n, verdict, higher_is_better, ci_over, paired, n_base,
   n_finetune, verdict_reason)``: paired bootstrap over the seeds both share (``n``);
   else two-sample over each side's seeds, or images where no seed is known
-  (``ci_over``); verdict gained/lost only when the CI excludes 0, kept when it holds 0,
-  undecided (with ``verdict_reason``) when there is no CI.
+  (``ci_over``); verdict gained/lost only when the CI excludes 0 and the delta is at
+  least the metric's ``min_effect``, kept otherwise (``verdict_reason`` says when the
+  change was real but under min_effect), undecided (with ``verdict_reason``) when there
+  is no CI.
 - ``embedding_errors (image_id, model, error, run_id)``: images that could not be read.
 - ``reference_images``, ``reference_prototypes (artist_id, model, n, embedding)``.
 - ``score_state (model, fingerprint)``: what the last write was computed from.
@@ -87,6 +89,12 @@ if TYPE_CHECKING:
 def _result(**kwargs: Any) -> Any:
     """A field whose value changes stored numbers: part of the score fingerprint."""
     return field(metadata={"fingerprint": True}, **kwargs)
+
+
+def _default_min_effects() -> dict[str, float]:
+    from evaluator.scoring.metrics import default_min_effects
+
+    return default_min_effects()
 
 
 def _operational(**kwargs: Any) -> Any:
@@ -130,6 +138,11 @@ class ScoreConfig:
     # recognized = the recognition margin's CI lies above this; 0 = "closer to its own
     # artist text than the no-artist baseline is", with 95% confidence.
     recognized_threshold: float = _result(default=0.0)
+    # metric -> the smallest change that counts as gained/lost (metrics.COSINE_MIN_EFFECT
+    # and its neighbours give the reasons): with enough seeds every change a fine-tune makes
+    # is significant, and a verdict should be about the ones a user would care about.
+    # Every comparable metric's registry default, so changing a default rescores.
+    min_effect: dict[str, float] = _result(default_factory=_default_min_effects)
     # None: only the `base` field of checkpoint records pairs checkpoints; explicit
     # (base, finetune) pairs are compared on top of those.
     base_pairs: list[tuple[str, str]] | None = _result(default=None)
@@ -164,6 +177,11 @@ class ScoreConfig:
             raise InputError(f"readout must be one of {', '.join(READOUTS)} but is {self.readout!r}")
         if self.csls_k < 1:
             raise InputError(f"csls_k must be >= 1 but is {self.csls_k}")
+        from evaluator.scoring.metrics import register_retrieval_map, resolve_min_effects
+
+        for k in self.retrieval_ks:  # so that a min_effect may name retrieval_map@k
+            register_retrieval_map(k)
+        resolve_min_effects(self.min_effect)
         for pair in self.base_pairs or []:
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise InputError(f"a comparison pair must be two different checkpoints (base, finetune) but is {pair!r}")
@@ -328,6 +346,7 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
                      texts: TextVectors | None) -> ScoreSummary:
     """Steps 5-6: every metric of the new images and every aggregate, then one write."""
     from evaluator.scoring.aggregate import ScoreTables, ScoringBatch, compute_scores, scored_meta
+    from evaluator.scoring.metrics import resolve_min_effects
     from evaluator.scoring.notices import score_warnings
     from evaluator.scoring.parts import clear_parts
     from evaluator.scoring.stats import BootstrapConfig
@@ -348,7 +367,7 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
         return ScoreSummary(None, model, n_images=len(rows), n_scored=mine, rank=env.rank, world_size=env.world_size)
     batch = ScoringBatch(metric_inputs, scored_meta(rows), new_mask, old_scores, model, prepared.pairs,
                          BootstrapConfig(n_boot=cfg.bootstrap, alpha=cfg.ci_alpha, seed=cfg.bootstrap_seed),
-                         cfg.k_neighbors, new_scores=new_scores)
+                         cfg.k_neighbors, new_scores=new_scores, min_effect=resolve_min_effects(cfg.min_effect))
     tables = compute_scores(batch) if len(rows) else ScoreTables()
     tables.warnings = score_warnings(metric_inputs, tables) if len(rows) else []
     clock.lap("metrics")

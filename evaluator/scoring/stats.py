@@ -132,7 +132,9 @@ def with_units(frame: pd.DataFrame, seed_col: str = "seed", image_col: str = "im
 
     A known seed is the unit of its images; an image without a seed is its own unit,
     so a set with no seeds at all is bootstrapped over images instead of giving one
-    "seed" and no interval.
+    "seed" and no interval. Units are numbered in sorted order (seeds, then images by
+    id), never in row order: the bootstrap resamples positions, so a rescore that reads
+    the same rows in another order must number them alike to reproduce every interval.
     """
     import numpy as np
     import pandas as pd
@@ -142,7 +144,7 @@ def with_units(frame: pd.DataFrame, seed_col: str = "seed", image_col: str = "im
     images = frame[image_col].to_numpy(dtype=np.int64)
     kind = (~known).astype(np.int64)
     key = np.where(known, seeds, images)
-    codes, _ = pd.MultiIndex.from_arrays([kind, key]).factorize()
+    codes, _ = pd.MultiIndex.from_arrays([kind, key]).factorize(sort=True)
     return frame.assign(_unit=np.asarray(codes, dtype=np.int64), _known=known)
 
 
@@ -253,15 +255,34 @@ def two_sample_ci(
 VERDICTS = ("gained", "lost", "kept", "undecided")
 
 
-def verdict(ci_low: float, ci_high: float, higher_is_better: bool) -> str:
-    """gained / lost when the CI of the delta excludes 0, kept when it holds 0, and
-    undecided when there is no CI: no interval says nothing either way."""
+def verdict(ci_low: float, ci_high: float, higher_is_better: bool, delta: float | None = None,
+            min_effect: float = 0.0) -> str:
+    """gained / lost when the CI of the delta excludes 0 and the delta is at least
+    ``min_effect`` (the smallest change that counts), kept otherwise, and undecided when
+    there is no CI: no interval says nothing either way."""
     import math
 
     if ci_low is None or ci_high is None or math.isnan(ci_low) or math.isnan(ci_high):
         return "undecided"
-    if ci_low > 0:
+    if min_effect > 0 and (delta is None or math.isnan(delta)):
+        raise ValueError("a verdict with a min_effect needs the delta")
+    if ci_low > 0 and (min_effect == 0 or delta >= min_effect):
         return "gained" if higher_is_better else "lost"
-    if ci_high < 0:
+    if ci_high < 0 and (min_effect == 0 or delta <= -min_effect):
         return "lost" if higher_is_better else "gained"
     return "kept"
+
+
+def under_min_effect(ci_low: float, ci_high: float, delta: float, min_effect: float) -> bool:
+    """True when the CI excludes 0 but the delta is smaller than ``min_effect``: a real
+    but negligible change, kept (its ``verdict_reason`` says so)."""
+    import math
+
+    if any(v is None or math.isnan(v) for v in (ci_low, ci_high, delta)):
+        return False
+    return (ci_low > 0 or ci_high < 0) and abs(delta) < min_effect
+
+
+def min_effect_reason(delta: float, min_effect: float) -> str:
+    """Why a change the CI calls real is still kept."""
+    return f"|delta| {abs(delta):.3g} < min_effect {min_effect:g}"

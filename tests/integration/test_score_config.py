@@ -27,9 +27,11 @@ def test_fingerprint_is_the_one_stored_before_fields_were_declared():
         old = {k: v for k, v in asdict(cfg).items() if k not in operational}
         assert cfg.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     # the demo store's fingerprint of its config, as written by the code before (it changed
-    # on purpose twice: issue 11's retrieval_ks/readout/csls_k change stored values, and
-    # issue 19's index layout fields change the index past the exact threshold)
-    assert ScoreConfig(model="/tmp/demo_before/models/clip", bootstrap=200).fingerprint() == "08954d9dbb2ccb71"
+    # on purpose three times: issue 11's retrieval_ks/readout/csls_k change stored values,
+    # issue 19's index layout fields change the index past the exact threshold, and issue
+    # 18's min_effect changes verdicts, with the units of a bootstrap numbered in sorted
+    # order so that a rescore reproduces every interval)
+    assert ScoreConfig(model="/tmp/demo_before/models/clip", bootstrap=200).fingerprint() == "0e089523598af0c4"
 
 
 def test_a_new_operational_field_keeps_the_fingerprint_and_a_new_result_field_changes_it():

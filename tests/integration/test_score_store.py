@@ -275,3 +275,38 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_the_expected_rows(clip_dir, tm
 
     ids, _ = load_embeddings(Workdir.at(tmp_path), rerun.model)
     assert len(ids) == n_images
+
+
+def test_min_effect_from_the_cli_decides_which_real_changes_count(clip_dir, tmp_path):
+    """`--min-effect` reaches the store: a rescore with a huge margin keeps every change
+    the CI called real, says why in verdict_reason, and adds no row; a typo is refused."""
+    make_workdir(tmp_path)
+    catalog = write_catalog(tmp_path / "styles.csv")
+    runner = CliRunner()
+    args = ["score", "--workdir", str(tmp_path), "--model", str(clip_dir), "--catalog", str(catalog),
+            "--compare", "base:ft", "--bootstrap", "100", "--num-workers", "0", "-q"]
+    query = "SELECT artist_id, metric, delta, ci_low, ci_high, verdict, verdict_reason FROM comparisons ORDER BY ALL"
+
+    def rows():
+        con = duckdb.connect(str(tmp_path / "atelier.duckdb"), read_only=True)
+        try:
+            return con.execute(query).fetchall()
+        finally:
+            con.close()
+
+    assert runner.invoke(main, [*args, "--min-effect", "all=0"]).exit_code == 0
+    exact = rows()
+    decided = [r for r in exact if r[5] in ("gained", "lost")]
+    assert decided and all(r[6] is None for r in decided)
+    result = runner.invoke(main, [*args, "--min-effect", "all=1000"])
+    assert result.exit_code == 0, result.output
+    wide = rows()
+    assert [r[:5] for r in wide] == [r[:5] for r in exact]  # the same cells and numbers, no new row
+    for before, after in zip(exact, wide, strict=True):
+        if before[5] in ("gained", "lost"):
+            assert after[5] == "kept" and after[6] == f"|delta| {abs(after[2]):.3g} < min_effect 1000"
+        else:
+            assert after[5:] == before[5:]
+    bad = runner.invoke(main, [*args, "--min-effect", "refrence_similarity=0.1"])
+    assert bad.exit_code != 0 and "did you mean reference_similarity" in bad.output
+    assert rows() == wide

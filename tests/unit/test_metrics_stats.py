@@ -92,3 +92,19 @@ def test_verdict_is_decided_by_the_ci_not_the_point_value():
     # no interval is no decision (issue 11): undecided, never a silent "kept"
     assert verdict(float("nan"), float("nan"), True) == "undecided"
     assert verdict(None, None, False) == "undecided"
+
+
+def test_intervals_do_not_depend_on_the_order_rows_arrive_in():
+    """A rescore reads stored rows in another order than the first run computed them: the
+    units must be numbered alike, or the same seeds get other resampling weights and the
+    interval moves (it did: clip_score's upper bound went from 1.77 to 1.36 on a rescore)."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"checkpoint": "a", "artist_id": np.repeat(["x", "y"], 12),
+                          "seed": np.tile(np.repeat([0, 1, 2, 3, 4, 5], 2), 2).astype(float),
+                          "image_id": np.arange(24), "value": rng.normal(0, 1, 24)})
+    frame.loc[[3, 15], "seed"] = np.nan  # images without a seed are units of their own
+    out = grouped_bootstrap(frame, ["checkpoint", "artist_id"], image_col="image_id")
+    for shuffle_seed in range(3):
+        shuffled = frame.sample(frac=1.0, random_state=shuffle_seed)
+        again = grouped_bootstrap(shuffled, ["checkpoint", "artist_id"], image_col="image_id")
+        pd.testing.assert_frame_equal(again, out)
