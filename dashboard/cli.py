@@ -39,7 +39,6 @@ def streamlit_command(workdir: Path, port: int, host: str, headless: bool = True
 def dashboard_command(workdir: Path, port: int, host: str, open_browser: bool) -> None:
     """Serve the Streamlit dashboard (read-only) for a workdir."""
     import os
-    import subprocess
 
     root = workdir.expanduser().resolve()
     store = root / "atelier.duckdb"
@@ -49,12 +48,36 @@ def dashboard_command(workdir: Path, port: int, host: str, open_browser: bool) -
         )
     env = dict(os.environ, ATELIER_WORKDIR=str(root))
     click.echo(f"atelier dashboard: http://{host}:{port}  (workdir {root}; Ctrl+C stops)")
-    try:
-        code = subprocess.call(streamlit_command(root, port, host, headless=not open_browser), env=env)
-    except KeyboardInterrupt:
-        code = 0
+    code = serve_until_stopped(streamlit_command(root, port, host, headless=not open_browser), env)
     if code:
         raise click.ClickException(f"streamlit exited with status {code}")
+
+
+def serve_until_stopped(command: list[str], env: dict[str, str]) -> int:
+    """Run the server and pass on a request to stop: SIGTERM or SIGHUP to `atelier
+    dashboard` (a service manager, `kill`, a closed terminal) stops streamlit too, instead
+    of leaving it orphaned and holding the port. Ctrl+C reaches both already. Returns its
+    exit status, 0 when it stopped because it was asked to."""
+    import signal
+    import subprocess
+
+    process = subprocess.Popen(command, env=env)
+    asked: list[int] = []
+
+    def forward(signum, _frame) -> None:
+        asked.append(signum)
+        process.send_signal(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), forward)
+    while True:
+        try:
+            code = process.wait()
+            break
+        except KeyboardInterrupt:  # the terminal sent SIGINT to streamlit as well: let it finish
+            asked.append(signal.SIGINT)
+    return 0 if asked and code in (0, *(-s for s in asked)) else code
 
 
 @click.command("report")

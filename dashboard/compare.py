@@ -71,9 +71,11 @@ def _summary_row(summary: dict) -> None:
     cols[3].metric("Kept", f"{summary['kept']:,}")
     cols[4].metric("Undecided", f"{summary['undecided']:,}")
     cols[5].metric("Mean Δ", _fmt(summary["mean_delta"]))
-    st.caption("Gained / lost: the 95% bootstrap interval of the per-artist delta lies wholly above / below zero; "
-               "kept: it holds zero; undecided: there is no interval (fewer than 2 seeds, or 2 images where no "
-               "seed is known), so no conclusion.")
+    st.caption("Gained / lost: the 95% bootstrap interval of the per-artist delta lies wholly above / below zero "
+               "and the delta is at least the metric's min_effect (`atelier metrics list`); kept: the interval "
+               "holds zero, or the change is real but smaller than min_effect (its verdict_reason says so); "
+               "undecided: there is no interval (fewer than 2 seeds, or 2 images where no seed is known), so no "
+               "conclusion.")
     if summary["undecided"]:
         st.warning(f"{summary['undecided']:,} of {summary['artists']:,} artists are undecided: no interval. "
                    "Give the images seeds (labels `seed` column, `--seed-from-filename`) or several images each.")

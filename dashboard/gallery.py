@@ -24,6 +24,9 @@ STRIP_SEEDS = 4  # seeds shown per cell in the seed strip
 # narrow to compare, and a store of 70 checkpoints drew 840 cells (1.35 s a page).
 DEFAULT_CHECKPOINTS = 4
 ORDERS = ["name", "largest loss first", "largest gain first"]
+# A cell's one image is shown this wide: thumbnails are 64 px or less (the world demo's 32),
+# too small to tell styles apart at their own size, and four columns leave ~200 px each.
+CELL_PX = 96
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +150,8 @@ def _cell(store: q.Store, col, cells: list) -> int:
             slot.caption(f"failed: {md_text(cell.error[:60])}")
             continue
         caption = f"seed {cell.seed}" if len(cells) > 1 else None
-        if _show_image(slot, store.workdir, cell.thumb_path, caption):
+        width = CELL_PX if len(cells) == 1 else "stretch"
+        if _show_image(slot, store.workdir, cell.thumb_path, caption, width=width):
             shown += 1
         slot.button("View", key=f"gal-view-{cell.image_id}", on_click=_open, args=(int(cell.image_id),))
     return shown

@@ -46,7 +46,8 @@ class LoraRecipe:
     # Prior preservation: this many paintings of every other known artist, under their own
     # names, train beside the target (0: none). 4 each (44-48 in all): the demo's cells matched
     # 84 of 102 with it, 75 without, 79 with the base's own generations as the prior instead
-    # (earlier model); on the committed one 86, and 83 with 8 each at 150 steps.
+    # (earlier model); on the committed one 86, and 83 with 8 each at 150 steps; 95 once
+    # verdicts had a min_effect (93 with 8 each, 94 with 8 each at 300 steps).
     prior_images: int = 4
     target_repeats: int = 3  # the target's kohya repeats: 96 of ~140 items a pass, so the prior does not drown it
 

@@ -200,6 +200,30 @@ def test_gallery_renders_thumbnails_in_a_real_browser(served, tmp_path):
     assert "Traceback" not in dom and "StreamlitAPIException" not in dom
 
 
+def test_the_world_demo_s_gallery_shows_its_32_px_paintings_large_enough_to_compare(world_workdir, tmp_path):
+    """The world demo's images are 32 px: the gallery shows each cell at CELL_PX, so the
+    styles of base, ft-forgets and ft-learns can be told apart side by side (the issue's
+    screenshot; kept as tests/artifacts/world-gallery.png)."""
+    from dashboard.gallery import CELL_PX
+
+    expected = 3 + 12 * 3  # the baseline row, then the first page of 12 world artists x 3 checkpoints
+    probe = ("Array.from(document.querySelectorAll('[data-testid=\"stMain\"] img'))"
+             ".filter(i => i.complete && i.naturalWidth > 0 && i.src.includes('/media/'))"
+             ".map(i => [i.naturalWidth, Math.round(i.getBoundingClientRect().width)])")
+    with serve_dashboard(world_workdir, tmp_path) as url, browser(tmp_path / "chromium-profile") as tools:
+        tools.call("Page.navigate", url=f"{url}/?page=Gallery")
+        sizes, deadline = [], time.monotonic() + 90
+        while time.monotonic() < deadline and len(sizes) < expected:
+            sizes = tools.evaluate(probe) or []
+            time.sleep(0.5)
+        time.sleep(0.5)
+        shot = tools.call("Page.captureScreenshot", format="png")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "world-gallery.png").write_bytes(base64.b64decode(shot["data"]))
+    assert len(sizes) == expected, f"{len(sizes)} of {expected} images rendered; see {ARTIFACTS / 'world-gallery.png'}"
+    assert all(natural == 32 and shown == CELL_PX for natural, shown in sizes), sizes[:5]
+
+
 def test_gallery_detail_opens_in_view_under_the_last_row_clicked(served, tmp_path):
     _, base_url = served
     with browser(tmp_path / "chromium-profile") as tools:
@@ -280,10 +304,11 @@ if __name__ == "__main__":  # pragma: no cover - run by hand: python tests/integ
 
 
 @pytest.fixture(scope="module")
-def served_demo(pipeline_workdir, tmp_path_factory):
-    """The dashboard on the store `atelier demo` makes (tiny models, real embeddings and index)."""
-    with serve_dashboard(pipeline_workdir, tmp_path_factory.mktemp("demo-logs")) as url:
-        yield pipeline_workdir, url
+def served_demo(world_workdir, tmp_path_factory):
+    """The dashboard on the store `atelier demo` makes (the world: real verdicts to show;
+    the random-weight demo's changes are all under min_effect, so it has none)."""
+    with serve_dashboard(world_workdir, tmp_path_factory.mktemp("demo-logs")) as url:
+        yield world_workdir, url
 
 
 DEMO_PROBE = ("({s: (document.querySelector('[data-testid=stApp]') || {dataset: {}}).dataset.testScriptState,"

@@ -159,3 +159,19 @@ def _serves_health(atelier: str, step: list[str]) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+        _stops_answering("http://127.0.0.1:8501/_stcore/health")
+
+
+def _stops_answering(url: str) -> None:
+    """Stopping `atelier dashboard` stops the streamlit it started (it was left orphaned,
+    holding port 8501, when only the parent got SIGTERM)."""
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                time.sleep(0.5)
+        except OSError:
+            return
+    raise AssertionError(f"{url} still answers 30 s after `atelier dashboard` was stopped")
