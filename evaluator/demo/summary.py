@@ -46,6 +46,8 @@ class FinetuneSummary:
     counts: dict[str, int] = field(default_factory=dict)
     top_lost: list[Change] = field(default_factory=list)
     top_gained: list[Change] = field(default_factory=list)
+    # kept although the interval excludes 0: real changes under the metric's min_effect
+    under_min_effect: int = 0
 
 
 def headline_metric(available: set[str]) -> str | None:
@@ -88,11 +90,15 @@ def summarize_store(store: str | Path, top: int = 3) -> list[FinetuneSummary]:
                    WHERE base = ? AND finetune = ? AND model = ? AND metric = ? GROUP BY 1""",
                 list(pair),
             ).fetchall())
+            small = con.execute(
+                """SELECT count(*) FROM comparisons WHERE base = ? AND finetune = ? AND model = ? AND metric = ?
+                   AND verdict = 'kept' AND verdict_reason LIKE '%min_effect%'""", list(pair)).fetchone()[0]
             summaries.append(FinetuneSummary(
                 base, finetune, model, metric,
                 counts={verdict: int(counts.get(verdict, 0)) for verdict in VERDICTS},
                 top_lost=_changes(con, pair, "lost", top),
                 top_gained=_changes(con, pair, "gained", top),
+                under_min_effect=int(small),
             ))
         return summaries
     finally:
@@ -113,6 +119,10 @@ def format_summaries(summaries: list[FinetuneSummary]) -> list[str]:
     for s in summaries:
         label = f"{s.finetune} vs {s.base}"
         lines.append(f"{label:<24} {s.metric:<22} " + " ".join(f"{s.counts[v]:>9}" for v in VERDICTS))
+    small = [s for s in summaries if s.under_min_effect]
+    if small:
+        lines.append("  kept includes real changes smaller than the metric's min_effect (verdict_reason says so): "
+                     + ", ".join(f"{s.under_min_effect} of {s.finetune}" for s in small))
     for s in summaries:
         for title, changes in (("lost", s.top_lost), ("gained", s.top_gained)):
             if changes:

@@ -86,11 +86,15 @@ def load_embeddings(workdir: Workdir, model: str, ids: Any = None) -> tuple[np.n
     """(ids int64[N], vectors float32[N, D]) sorted by id, one row per image.
 
     An image embedded twice (two runs raced) keeps one row: the vectors are equal.
-    ``ids`` restricts the result to those images.
+    ``ids`` restricts the result to those images, part by part, so that memory holds only
+    them (a rank of a launch loads its share, not every image's vector).
     """
     import numpy as np
     import pyarrow.parquet as pq
 
+    if ids is not None:
+        ids = ids if isinstance(ids, np.ndarray) else np.fromiter(ids, dtype=np.int64)
+    wanted = None if ids is None else np.unique(ids.astype(np.int64))
     all_ids, all_vecs = [], []
     dim = None
     for path in _part_paths(workdir.embeddings(model)):
@@ -103,8 +107,13 @@ def load_embeddings(workdir: Workdir, model: str, ids: Any = None) -> tuple[np.n
         if dim is not None and d != dim:
             raise InputError(f"embedding part {path} has dimension {d}, others have {dim}")
         dim = d
-        all_ids.append(table.column("image_id").to_numpy())
-        all_vecs.append(col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d))
+        part_ids = table.column("image_id").to_numpy().astype(np.int64)
+        part_vecs = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
+        if wanted is not None:
+            keep = np.isin(part_ids, wanted)
+            part_ids, part_vecs = part_ids[keep], part_vecs[keep]
+        all_ids.append(part_ids)
+        all_vecs.append(part_vecs)
     if not all_ids:
         return np.zeros(0, dtype=np.int64), np.zeros((0, dim or 0), dtype=np.float32)
     id_arr = np.concatenate(all_ids).astype(np.int64)
@@ -113,8 +122,6 @@ def load_embeddings(workdir: Workdir, model: str, ids: Any = None) -> tuple[np.n
     id_arr, vec_arr = id_arr[order], vec_arr[order]
     keep = np.ones(len(id_arr), dtype=bool)
     keep[1:] = id_arr[1:] != id_arr[:-1]
-    if ids is not None:
-        keep &= np.isin(id_arr, np.asarray(list(ids), dtype=np.int64))
     return id_arr[keep], vec_arr[keep].astype(np.float32)
 
 

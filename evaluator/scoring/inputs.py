@@ -344,11 +344,12 @@ class Embedded:
 
 
 def load_and_index(wd: Workdir, model: str, inputs: ScoreInputs, index_config: IndexConfig,
-                   update: bool = True) -> Embedded:
+                   update: bool = True, only: np.ndarray | None = None) -> Embedded:
     """Load the model's embeddings, add new ones to the FAISS index, keep rows with a vector.
 
     ``update=False`` (ranks > 0 of a launch: rank 0 is the index's one writer) leaves
-    the index alone; ``index_info`` then only counts the vectors.
+    the index alone; ``index_info`` then only counts the vectors. ``only`` loads just
+    those images' vectors (a rank's share and the references); their rows are kept.
     """
     import numpy as np
     import pandas as pd
@@ -356,7 +357,9 @@ def load_and_index(wd: Workdir, model: str, inputs: ScoreInputs, index_config: I
     from evaluator.embedding.embed import load_embeddings
     from evaluator.embedding.index import IndexInfo, update_index
 
-    ids, vecs = load_embeddings(wd, model)
+    if update and only is not None:
+        raise ValueError("the index is updated from every embedding: a partial load cannot update it")
+    ids, vecs = load_embeddings(wd, model, only)
     if update:
         index_info = update_index(wd, model, index_config, embeddings=(ids, vecs))
     else:

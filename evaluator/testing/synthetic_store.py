@@ -419,8 +419,15 @@ def _insert_comparisons(con) -> None:
         FROM artist_scores b JOIN artist_scores f
           ON f.artist_id = b.artist_id AND f.model = b.model AND f.metric = b.metric
         WHERE b.checkpoint = 'base' AND f.checkpoint <> 'base' AND b.metric IN ({metrics_sql})""")
-    con.execute("""UPDATE comparisons SET verdict = CASE WHEN ci_low > 0 THEN 'gained'
-                                                         WHEN ci_high < 0 THEN 'lost' ELSE 'kept' END""")
+    # the product's rule (scoring.stats.verdict): the CI excludes 0 and the delta is at
+    # least the metric's min_effect (every compared metric here is higher-is-better)
+    from evaluator.scoring.metrics import default_min_effects
+
+    margins = default_min_effects()
+    margin = "CASE metric " + " ".join(f"WHEN '{m}' THEN {margins[m]!r}" for m in _COMPARED_METRICS) + " END"
+    con.execute(f"""UPDATE comparisons SET verdict = CASE WHEN ci_low > 0 AND delta >= {margin} THEN 'gained'
+                                                          WHEN ci_high < 0 AND delta <= -{margin} THEN 'lost'
+                                                          ELSE 'kept' END""")
 
 
 def _fill_later_columns(con, spec: SyntheticStoreSpec) -> None:

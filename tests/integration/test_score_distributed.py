@@ -1,7 +1,8 @@
 """`atelier score` under torchrun (2 CPU processes, gloo): the same store as one process.
 
 Each rank embeds and scores (image-level metrics) the images whose id % 2 is its rank and
-writes its own ``image_scores`` part; rank 0 reads the parts with DuckDB, aggregates and
+writes its own ``image_scores`` part (rank 1 loads only those images' vectors and the
+references); rank 0 reads the parts with DuckDB, aggregates and
 writes the store in one transaction. Checked: every image scored once (the ranks' counts
 add up, split by id), no part left once the store holds them, the store equal to a
 one-process run's on the same inputs, and a rerun under the launcher writes nothing.
@@ -27,10 +28,12 @@ import duckdb
 import pandas as pd
 import pytest
 from support.hardening import TABLE_KEYS
-from support.scoring import make_workdir, write_catalog
+from support.scoring import ARTISTS, _image, make_workdir, write_catalog
 
+from evaluator.ingest.references import add_references
 from evaluator.scoring.run import ScoreConfig, score
 from evaluator.testing.tiny_clip import build_tiny_clip
+from evaluator.workspace.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
@@ -74,17 +77,36 @@ def _launch(workdir: Path, clip: Path, catalog: Path) -> subprocess.CompletedPro
     return result
 
 
+def _references(folder: Path) -> Path:
+    """Three reference works per artist, as ``<artist id>/<n>.png`` (the reference metrics)."""
+    for a_i, (artist_id, _, _) in enumerate(ARTISTS):
+        (folder / artist_id).mkdir(parents=True, exist_ok=True)
+        for n in range(3):
+            _image(1000 * a_i + n, ((70 * a_i) % 256, 90, (30 * n) % 256)).save(folder / artist_id / f"{n}.png")
+    return folder
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_score_like_one(tmp_path, clip):
     catalog = write_catalog(tmp_path / "styles.csv")
     records = make_workdir(tmp_path / "two", broken=1)
     make_workdir(tmp_path / "one", broken=1)
+    works = _references(tmp_path / "works")
+    for name in ("two", "one"):
+        add_references(Workdir.at(tmp_path / name), works, catalog_path=catalog)
     result = _launch(tmp_path / "two", clip, catalog)
     # rank 1 scored exactly its share (odd ids among the readable images), rank 0 the rest
     broken = {int(records[0]["image_id"]), int(records[len(records) // 2]["image_id"])}  # each checkpoint's first
     readable = [int(r["image_id"]) for r in records if int(r["image_id"]) not in broken]
     odd = sum(1 for i in readable if i % 2 == 1)
     assert f"rank 1/2: image metrics of {odd} images written to parts" in result.stdout, result.stdout
+    # rank 1 held only the vectors it needs: its share of the scored images and the references
+    con = duckdb.connect(str(tmp_path / "two" / "atelier.duckdb"), read_only=True)
+    n_refs = con.execute("SELECT count(*) FROM reference_images").fetchone()[0]
+    con.close()
+    assert n_refs == 3 * len(ARTISTS)
+    assert f"rank 1/2: loaded {odd + n_refs} embeddings, its share of the scored images and the {n_refs} " \
+           "reference works" in result.stdout, result.stdout
     assert f"scored {len(readable)} new images" in result.stdout
     assert not any((tmp_path / "two" / "image_scores").rglob("*.parquet"))  # the store holds them now
 
@@ -94,7 +116,7 @@ def test_torchrun_two_processes_score_like_one(tmp_path, clip):
     for table in TABLES:
         two_rows, one_rows = _table(tmp_path / "two" / "atelier.duckdb", table), _table(tmp_path / "one" / "atelier.duckdb", table)
         if table == "images":  # paths are relative: the workdirs differ only in their root
-            assert len(two_rows) == len(records)
+            assert len(two_rows) == len(records) + n_refs
         pd.testing.assert_frame_equal(two_rows, one_rows, check_exact=True, obj=table)
     scores = _table(tmp_path / "two" / "atelier.duckdb", "image_scores")
     assert not scores.duplicated(["image_id", "metric"]).any()

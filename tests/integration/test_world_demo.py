@@ -74,6 +74,14 @@ def test_every_verdict_in_the_store_follows_the_rule_with_its_metric_s_min_effec
             under += 1
             assert reason == f"|delta| {abs(delta):.3g} < min_effect {margins[metric]:g}"
     assert under > 0  # the drift a LoRA gives every prompt is there, and is kept
+    # the demo's output says how many of the headline metric's kept are such changes
+    con = duckdb.connect(str(world_workdir / "atelier.duckdb"), read_only=True)
+    small = dict(con.execute("SELECT finetune, count(*) FROM comparisons WHERE metric = 'reference_similarity' "
+                             "AND verdict_reason LIKE '%min_effect%' GROUP BY 1 ORDER BY 1").fetchall())
+    con.close()
+    listed = ", ".join(f"{n} of {f}" for f, n in sorted(small.items()))
+    assert f"smaller than the metric's min_effect (verdict_reason says so): {listed}" in \
+        (world_workdir / "demo-output.txt").read_text()
 
 
 def test_every_planted_cell_has_a_verdict_in_the_store(world_workdir):
