@@ -95,7 +95,16 @@ def summarize() -> list[dict]:
     if ide:
         rows.append({"figure": f"identification: {ide.get('images')} images x {ide.get('artists')} artists, batched / naive",
                      "ratio": ide.get("speedup"), "target": "seconds on a laptop CPU",
-                     "detail": f"batched {ide.get('batched_seconds')} s"})
+                     "detail": f"batched {ide.get('batched_seconds')} s, {ide.get('precision')} matmul with a float64 recheck"})
+        if "kinds_ratio" in ide:
+            rows.append({"figure": f"identification: {ide.get('images')} images x {ide.get('kind_artists'):,} artists "
+                                   f"(kinds catalog) / x {ide.get('artists'):,} as before (time)",
+                         "ratio": ide["kinds_ratio"], "target": "<= 3",
+                         "detail": f"{ide.get('kinds_artist_images_seconds')} s vs {ide.get('kinds_baseline_seconds')} s "
+                                   f"(float32 ranks, as before); over today's code at {ide.get('artists'):,}: "
+                                   f"{ide.get('kinds_now_ratio')} ({ide.get('kinds_now_seconds')} s; the class-count ratio "
+                                   f"is {ide.get('kinds_class_ratio')}); images spread over both kinds: "
+                                   f"{ide.get('kinds_mixed_ratio')}"})
     fai = _load("faiss")
     if fai and "speedup_single" in fai:  # bench_faiss.py: the index atelier builds at --n, held-out queries
         detail = (f"held-out recall@10 {fai['recall_at_10']}, nprobe {fai.get('nprobe')}, built in {fai['build_seconds']} s, "

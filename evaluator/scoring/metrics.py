@@ -227,37 +227,22 @@ def clip_score_values(image_vecs: np.ndarray, text_vecs: np.ndarray) -> np.ndarr
 
 
 def identification_ranks(
-    image_vecs: np.ndarray, class_vecs: np.ndarray, true_idx: np.ndarray, chunk: int = 2048,
-    class_penalty: np.ndarray | None = None,
+    image_vecs: np.ndarray, class_vecs: np.ndarray, true_idx: np.ndarray, chunk: int = 1024,
+    class_penalty: np.ndarray | None = None, precision: str = "auto",
 ) -> np.ndarray:
     """Rank (1 = best) of each image's true class among all classes; NaN where unknown.
 
-    One matmul per chunk of images against every class; ties count in the image's
-    favour (rank = 1 + number of classes strictly more similar), so identical text
-    embeddings do not punish an image. ``true_idx`` < 0 marks images of no catalog class.
-    With ``class_penalty`` (:func:`csls_penalty`) the readout is CSLS instead of cosine.
+    Ties count in the image's favour (rank = 1 + number of classes strictly more similar),
+    so identical text embeddings do not punish an image. ``true_idx`` < 0 marks images of
+    no catalog class. With ``class_penalty`` (:func:`csls_penalty`) the readout is CSLS
+    instead of cosine. Every comparison is decided in float64; the matmul that finds the
+    candidates runs in bfloat16 where the CPU has it (``precision``; see
+    :mod:`evaluator.scoring.ranking`), so the ranks do not depend on the machine.
     """
-    import numpy as np
+    from evaluator.scoring.ranking import exact_ranks
 
-    n = len(image_vecs)
-    ranks = np.full(n, np.nan)
-    classes = np.ascontiguousarray(class_vecs, dtype=np.float32).T
-    penalty = None if class_penalty is None else np.asarray(class_penalty, dtype=np.float32)[None, :]
-    true_idx = np.asarray(true_idx)
-    for s in range(0, n, chunk):
-        sl = slice(s, s + chunk)
-        idx = true_idx[sl]
-        ok = idx >= 0
-        if not ok.any():
-            continue
-        sims = np.ascontiguousarray(image_vecs[sl][ok], dtype=np.float32) @ classes
-        if penalty is not None:  # CSLS: 2 cos(x, c) - r(c); the image's own r(x) ranks nothing
-            sims = 2 * sims - penalty
-        true = sims[np.arange(len(sims)), idx[ok]]
-        part = ranks[sl]
-        part[ok] = 1 + (sims > true[:, None]).sum(axis=1)
-        ranks[sl] = part
-    return ranks
+    return exact_ranks(image_vecs, class_vecs, true_idx, chunk=chunk, class_penalty=class_penalty,
+                       precision=precision)
 
 
 def average_precision_at_k(
