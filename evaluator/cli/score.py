@@ -33,10 +33,8 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 
 def parse_min_effects(texts: tuple[str, ...]) -> dict[str, float]:
-    """``METRIC=VALUE`` of ``--min-effect`` (``all=VALUE`` for every metric), over the registry's defaults."""
-    from evaluator.errors import InputError
-    from evaluator.scoring.metrics import resolve_min_effects
-
+    """``METRIC=VALUE`` of ``--min-effect`` (``all=VALUE`` for every metric): the overrides
+    only; ScoreConfig puts them over the registry's defaults and refuses unknown names."""
     overrides: dict[str, float] = {}
     for text in texts:
         name, sep, value = text.partition("=")
@@ -47,10 +45,7 @@ def parse_min_effects(texts: tuple[str, ...]) -> dict[str, float]:
         if not sep or not name.strip():
             raise click.BadParameter(f"takes METRIC=VALUE (e.g. reference_similarity=0.01) but got {text!r}",
                                      param_hint="--min-effect")
-    try:
-        return resolve_min_effects(overrides)
-    except InputError as exc:
-        raise click.BadParameter(exc.args[0] if exc.args else str(exc), param_hint="--min-effect") from None
+    return overrides
 
 
 @click.command("score")
@@ -86,14 +81,16 @@ def score_cmd(workdir: Path, compare: tuple[str, ...], ivf_threshold: int, min_e
     import duckdb
 
     from evaluator.embedding.index import IndexConfig
-    from evaluator.scoring.metrics import register_retrieval_map
+    from evaluator.errors import InputError
     from evaluator.scoring.run import ScoreConfig, score
 
     settings["retrieval_ks"] = tuple(sorted(set(settings["retrieval_ks"])))
-    for k in settings["retrieval_ks"]:  # a --min-effect may name retrieval_map@k
-        register_retrieval_map(k)
-    config = ScoreConfig(base_pairs=[parse_pair(c) for c in compare] or None, min_effect=parse_min_effects(min_effects),
-                         index=IndexConfig(ivf_threshold=ivf_threshold), progress=not quiet, **settings)
+    try:
+        config = ScoreConfig(base_pairs=[parse_pair(c) for c in compare] or None,
+                             min_effect=parse_min_effects(min_effects),
+                             index=IndexConfig(ivf_threshold=ivf_threshold), progress=not quiet, **settings)
+    except InputError as exc:  # an unknown or invalid --min-effect
+        raise click.BadParameter(exc.args[0] if exc.args else str(exc), param_hint="--min-effect") from None
     try:
         summary = score(workdir, config, echo=click.echo)
     except duckdb.Error as exc:  # e.g. the commit could not write the WAL: rolled back

@@ -416,22 +416,18 @@ def _verdicts(res: pd.DataFrame, min_effect: dict[str, float]) -> pd.DataFrame:
     is undecided (why: too few units), a real change under the metric's min_effect is kept
     (why: too small to count)."""
     from evaluator.scoring.metrics import get_metric
-    from evaluator.scoring.stats import (
-        min_effect_reason,
-        missing_ci_reason,
-        under_min_effect,
-        verdict,
-    )
+    from evaluator.scoring.stats import decide, min_effect_reason, missing_ci_reason
 
     metrics = {m: get_metric(m) for m in res["metric"].unique()}
     res["higher_is_better"] = [metrics[m].higher_is_better for m in res["metric"]]
     margins = [min_effect.get(m, metrics[m].min_effect) for m in res["metric"]]
     rows = list(zip(res["ci_low"], res["ci_high"], res["higher_is_better"], res["value"], margins, res["ci_over"],
                     strict=True))
-    res["verdict"] = [verdict(lo, hi, h, d, m) for lo, hi, h, d, m, _ in rows]
+    decided = [decide(lo, hi, h, d, m) for lo, hi, h, d, m, _ in rows]
+    res["verdict"] = [v for v, _ in decided]
     res["verdict_reason"] = [
-        missing_ci_reason(c) if v == "undecided" else min_effect_reason(d, m) if under_min_effect(lo, hi, d, m) else None
-        for (lo, hi, _, d, m, c), v in zip(rows, res["verdict"], strict=True)]
+        missing_ci_reason(c) if v == "undecided" else min_effect_reason(d, m) if small else None
+        for (_, _, _, d, m, c), (v, small) in zip(rows, decided, strict=True)]
     return res
 
 

@@ -141,7 +141,8 @@ class ScoreConfig:
     # metric -> the smallest change that counts as gained/lost (metrics.COSINE_MIN_EFFECT
     # and its neighbours give the reasons): with enough seeds every change a fine-tune makes
     # is significant, and a verdict should be about the ones a user would care about.
-    # Every comparable metric's registry default, so changing a default rescores.
+    # Every comparable metric's registry default, so changing a default rescores; given
+    # overrides (``all`` sets every metric) are put over the defaults in __post_init__.
     min_effect: dict[str, float] = _result(default_factory=_default_min_effects)
     # None: only the `base` field of checkpoint records pairs checkpoints; explicit
     # (base, finetune) pairs are compared on top of those.
@@ -160,6 +161,16 @@ class ScoreConfig:
     store_timeout: float = _operational(default=120.0)
     progress: bool = _operational(default=True)  # progress bars: a long run shows it is alive
 
+    def __post_init__(self) -> None:
+        """Resolve ``min_effect`` against the registry once: overrides (``all`` included) on
+        top of every default, so the fingerprint and the verdicts see one complete dict."""
+        from evaluator.scoring.metrics import register_retrieval_map, resolve_min_effects
+
+        for k in self.retrieval_ks:  # so that a min_effect may name retrieval_map@k
+            if isinstance(k, int) and k >= 1:  # a bad k is validate()'s to report
+                register_retrieval_map(k)
+        self.min_effect = resolve_min_effects(self.min_effect)
+
     def validate(self) -> None:
         if not self.model:
             raise InputError("model is required: an open_clip name with --pretrained, a hf-hub: id, or a local folder")
@@ -177,11 +188,6 @@ class ScoreConfig:
             raise InputError(f"readout must be one of {', '.join(READOUTS)} but is {self.readout!r}")
         if self.csls_k < 1:
             raise InputError(f"csls_k must be >= 1 but is {self.csls_k}")
-        from evaluator.scoring.metrics import register_retrieval_map, resolve_min_effects
-
-        for k in self.retrieval_ks:  # so that a min_effect may name retrieval_map@k
-            register_retrieval_map(k)
-        resolve_min_effects(self.min_effect)
         for pair in self.base_pairs or []:
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise InputError(f"a comparison pair must be two different checkpoints (base, finetune) but is {pair!r}")
@@ -364,7 +370,6 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
                      texts: TextVectors | None) -> ScoreSummary:
     """Steps 5-6: every metric of the new images and every aggregate, then one write."""
     from evaluator.scoring.aggregate import ScoreTables, ScoringBatch, compute_scores, scored_meta
-    from evaluator.scoring.metrics import resolve_min_effects
     from evaluator.scoring.notices import score_warnings
     from evaluator.scoring.parts import clear_parts
     from evaluator.scoring.stats import BootstrapConfig
@@ -385,7 +390,7 @@ def _score_and_write(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, clock: 
         return ScoreSummary(None, model, n_images=len(rows), n_scored=mine, rank=env.rank, world_size=env.world_size)
     batch = ScoringBatch(metric_inputs, scored_meta(rows), new_mask, old_scores, model, prepared.pairs,
                          BootstrapConfig(n_boot=cfg.bootstrap, alpha=cfg.ci_alpha, seed=cfg.bootstrap_seed),
-                         cfg.k_neighbors, new_scores=new_scores, min_effect=resolve_min_effects(cfg.min_effect))
+                         cfg.k_neighbors, new_scores=new_scores, min_effect=cfg.min_effect)
     tables = compute_scores(batch) if len(rows) else ScoreTables()
     tables.warnings = score_warnings(metric_inputs, tables) if len(rows) else []
     clock.lap("metrics")

@@ -255,22 +255,34 @@ def two_sample_ci(
 VERDICTS = ("gained", "lost", "kept", "undecided")
 
 
-def verdict(ci_low: float, ci_high: float, higher_is_better: bool, delta: float | None = None,
-            min_effect: float = 0.0) -> str:
-    """gained / lost when the CI of the delta excludes 0 and the delta is at least
+def decide(ci_low: float, ci_high: float, higher_is_better: bool, delta: float | None = None,
+           min_effect: float = 0.0) -> tuple[str, bool]:
+    """(verdict, whether it is a real change kept only for being under ``min_effect``).
+
+    gained / lost when the CI of the delta excludes 0 and the delta is at least
     ``min_effect`` (the smallest change that counts), kept otherwise, and undecided when
-    there is no CI: no interval says nothing either way."""
+    there is no CI: no interval says nothing either way. One rule, so the verdict and
+    its reason cannot drift apart.
+    """
     import math
 
     if ci_low is None or ci_high is None or math.isnan(ci_low) or math.isnan(ci_high):
-        return "undecided"
-    if min_effect > 0 and (delta is None or math.isnan(delta)):
-        raise ValueError("a verdict with a min_effect needs the delta")
-    if ci_low > 0 and (min_effect == 0 or delta >= min_effect):
-        return "gained" if higher_is_better else "lost"
-    if ci_high < 0 and (min_effect == 0 or delta <= -min_effect):
-        return "lost" if higher_is_better else "gained"
-    return "kept"
+        return "undecided", False
+    direction = 1 if ci_low > 0 else -1 if ci_high < 0 else 0
+    if direction == 0:
+        return "kept", False
+    if min_effect > 0:
+        if delta is None or math.isnan(delta):
+            raise ValueError("a verdict with a min_effect needs the delta")
+        if direction * delta < min_effect:
+            return "kept", True
+    return ("gained" if (direction > 0) == higher_is_better else "lost"), False
+
+
+def verdict(ci_low: float, ci_high: float, higher_is_better: bool, delta: float | None = None,
+            min_effect: float = 0.0) -> str:
+    """The verdict of :func:`decide` alone."""
+    return decide(ci_low, ci_high, higher_is_better, delta, min_effect)[0]
 
 
 def under_min_effect(ci_low: float, ci_high: float, delta: float, min_effect: float) -> bool:
@@ -278,9 +290,9 @@ def under_min_effect(ci_low: float, ci_high: float, delta: float, min_effect: fl
     but negligible change, kept (its ``verdict_reason`` says so)."""
     import math
 
-    if any(v is None or math.isnan(v) for v in (ci_low, ci_high, delta)):
+    if delta is None or math.isnan(delta):
         return False
-    return (ci_low > 0 or ci_high < 0) and abs(delta) < min_effect
+    return decide(ci_low, ci_high, True, delta, min_effect)[1]
 
 
 def min_effect_reason(delta: float, min_effect: float) -> str:
