@@ -13,7 +13,9 @@ matmul, and only the few inside the bound are recomputed in float64. A row with 
 classes (crowded classes, near-duplicate prompts) is redone with the float32 matmul, whose
 bound is ~100x tighter; when most rows need that, the rest of the call stays on float32.
 So the ranks are the same on every machine and at every batch composition, whichever
-matmul ran, and the low-precision path never costs more than ~1x float32 plus one chunk.
+matmul ran; when a chunk's fallbacks and rechecks cost more than bfloat16 saves (close
+similarities everywhere), the rest of the call runs in float32, so the low-precision path
+costs at most about one chunk more than float32 alone.
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 # A row with more ambiguous classes than this share of them is cheaper to redo in float32
 # than to recheck pair by pair (a gathered float64 dot costs ~50 matmul multiply-adds).
 CROWDED_ROW_SHARE = 1 / 64
-# When more than this share of a chunk's rows were crowded, bfloat16 does not pay on this data.
-GIVE_UP_SHARE = 0.5
+RECHECK_PAIR_COST = 50
+# bfloat16's matmul takes ~0.6 of float32's here: when a chunk's fallbacks and rechecks cost
+# more than this share of a float32 matmul, bfloat16 does not pay on this data, and the
+# rest of the call runs in float32 (the ranks are the same either way).
+GIVE_UP_COST = 0.3
+# "auto" times its first chunk both ways and keeps the faster matmul for the rest (the
+# ranks are the same either way; which is faster depends on the data as much as the CPU:
+# close similarities everywhere make bfloat16's rechecks cost more than it saves). Calls
+# shorter than this many chunks run in float32 without timing.
+CALIBRATE_FROM_CHUNKS = 4
+# bfloat16 is kept only when clearly faster: a chunk's timing is noisy on a shared machine.
+PREFER_BF16_BELOW = 0.9
 # Covers the float32 subtraction of the CSLS penalty and the float32 rounding of thresholds.
 SLACK = 1e-6
 
@@ -116,6 +128,8 @@ class Approximate:
     sims: np.ndarray | None  # float32, or None while only ``bits`` exist
     bound: np.ndarray  # [n] float64: |approximate - float64| <= bound for every class of the row
     bits: np.ndarray | None = None  # the bfloat16 sims' bit patterns (int16), cosine readout only
+    # output rounding relative to the value itself: |approximate - float64| <= bound + relative |approximate|
+    relative: float = 0.0
 
     def as_float(self) -> np.ndarray:
         if self.sims is None:
@@ -136,11 +150,13 @@ def approximate_bf16(x: np.ndarray, m: ClassMatrix) -> Approximate:
     top = x_norm * m.bf16_norm_max
     inputs = x_norm * m.bf16_residual_max + x_residual * m.norm_max
     accumulation = x.shape[1] * FLOAT32_UNIT_ROUNDOFF * top
-    bound = inputs + accumulation + BF16_UNIT_ROUNDOFF * (top + inputs + accumulation)
+    # rounding to bfloat16 moves the float32 sum A by <= u|A| <= u(|out| + |out - A|)
+    relative = BF16_UNIT_ROUNDOFF / (1 - BF16_UNIT_ROUNDOFF)
     bits = (low @ m.bf16_t).view(torch.int16).numpy()
     if m.penalty is None:
-        return Approximate(sims=None, bound=bound + SLACK, bits=bits)
-    # CSLS 2 cos - r(c): the cosine's error doubles
+        return Approximate(sims=None, bound=inputs + accumulation + SLACK, bits=bits, relative=relative)
+    # CSLS 2 cos - r(c): the cosine's error doubles; |out| <= top bounds the output rounding
+    bound = inputs + accumulation + relative * top
     return Approximate(sims=2 * bfloat16_to_float32(bits) - m.penalty, bound=2 * bound + SLACK)
 
 
@@ -195,8 +211,13 @@ class Window:
     def around(cls, approx: Approximate, true: np.ndarray) -> Window:
         import numpy as np
 
-        high = np.nextafter((true + approx.bound).astype(np.float32), np.float32(np.inf))
-        low = np.nextafter((true - approx.bound).astype(np.float32), np.float32(-np.inf))
+        up, down = true + approx.bound, true - approx.bound
+        if approx.relative:  # |error| <= bound + r|approximate|, solved for the approximate value
+            r = approx.relative
+            up = np.where(up >= 0, up / (1 - r), up / (1 + r))
+            down = np.where(down >= 0, down / (1 + r), down / (1 - r))
+        high = np.nextafter(up.astype(np.float32), np.float32(np.inf))
+        low = np.nextafter(down.astype(np.float32), np.float32(-np.inf))
         if approx.bits is not None and len(low) and low.min() > 0:
             up = (high.view(np.int32).astype(np.int64) + 0xFFFF) >> 16  # smallest bfloat16 >= high
             down = low.view(np.int32) >> 16  # largest bfloat16 <= low
@@ -239,9 +260,9 @@ def recheck(
     window: Window,
     true: np.ndarray,
     m: ClassMatrix,
-) -> np.ndarray:
+) -> tuple[np.ndarray, int]:
     """Per chunk row, how many classes of its window (other than its own) are above the true
-    similarity in float64."""
+    similarity in float64; and how many pairs that took."""
     import numpy as np
 
     extra = np.zeros(len(x), dtype=np.int64)
@@ -254,14 +275,12 @@ def recheck(
         if m.penalty64 is not None:
             sims = 2 * sims - m.penalty64[c]
         extra += np.bincount(r[sims > true[r]], minlength=len(x))
-    return extra
+    return extra, len(pair_rows)
 
 
-def chunk_ranks(
-    x: np.ndarray, idx: np.ndarray, m: ClassMatrix, bfloat16: bool
-) -> tuple[np.ndarray, float]:
-    """Ranks of one chunk's rows (all with a class), and the share of rows too crowded for
-    the bfloat16 bound (0 on the float32 path)."""
+def chunk_ranks(x: np.ndarray, idx: np.ndarray, m: ClassMatrix, bfloat16: bool) -> tuple[np.ndarray, float]:
+    """Ranks of one chunk's rows (all with a class), and what the float32 fallbacks and the
+    float64 rechecks cost, as a share of one float32 matmul of the chunk."""
     import numpy as np
 
     true = true_similarities(x, m, idx)
@@ -275,8 +294,9 @@ def chunk_ranks(
         if crowded.any():
             ranks[crowded], _ = chunk_ranks(x[crowded], idx[crowded], m, bfloat16=False)
     todo = np.flatnonzero(~crowded & (near > 1))  # 1: the true class, always inside its own window
-    ranks += recheck(todo, x, idx, approx, window, true, m)
-    return ranks, float(crowded.mean()) if len(x) else 0.0
+    extra, pairs = recheck(todo, x, idx, approx, window, true, m)
+    cost = (crowded.sum() + RECHECK_PAIR_COST * pairs / m.f32.shape[0]) / max(1, len(x))
+    return ranks + extra, float(cost)
 
 
 def exact_ranks(
@@ -290,12 +310,16 @@ def exact_ranks(
     """Rank (1 = best) of each image's true class among all classes; NaN where ``true_idx`` < 0."""
     import numpy as np
 
-    bfloat16 = resolve_precision(precision) == "bfloat16"
     n = len(image_vecs)
     ranks = np.full(n, np.nan)
     true_idx = np.asarray(true_idx)
     if not n or not len(class_vecs):
         return ranks
+    chosen = resolve_precision(precision)
+    calibrate = precision == "auto" and chosen == "bfloat16" and n >= CALIBRATE_FROM_CHUNKS * chunk
+    if precision == "auto" and not calibrate:
+        chosen = "float32"
+    bfloat16 = chosen == "bfloat16"
     m = ClassMatrix.build(class_vecs, class_penalty, bfloat16)
     for s in range(0, n, chunk):
         idx = true_idx[s : s + chunk]
@@ -303,9 +327,23 @@ def exact_ranks(
         if not ok.any():
             continue
         x = np.ascontiguousarray(image_vecs[s : s + chunk][ok], dtype=np.float32)
-        part, crowded_share = chunk_ranks(x, idx[ok], m, bfloat16)
+        if calibrate:
+            calibrate, bfloat16 = False, faster_is_bfloat16(x, idx[ok], m)
+        part, cost = chunk_ranks(x, idx[ok], m, bfloat16)
         view = ranks[s : s + chunk]
         view[ok] = part
-        if bfloat16 and crowded_share > GIVE_UP_SHARE:
+        if bfloat16 and cost > GIVE_UP_COST:
             bfloat16 = False
     return ranks
+
+
+def faster_is_bfloat16(x: np.ndarray, idx: np.ndarray, m: ClassMatrix) -> bool:
+    """Time one chunk with each matmul (the second run of each, so neither pays a warm-up)."""
+    import time
+
+    seconds = {}
+    for bfloat16 in (True, False, True, False):
+        start = time.perf_counter()
+        chunk_ranks(x, idx, m, bfloat16)
+        seconds[bfloat16] = time.perf_counter() - start
+    return seconds[True] < PREFER_BF16_BELOW * seconds[False]
