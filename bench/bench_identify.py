@@ -85,7 +85,7 @@ def kinds_inputs(args, images_of_artists_only: bool):
     classes /= np.linalg.norm(classes, axis=1, keepdims=True)
     high = args.kind_artists if images_of_artists_only else rows
     true_idx = rng.integers(0, high, size=args.images)
-    vecs = classes[true_idx] + 1.5 * rng.standard_normal((args.images, args.dim), dtype=np.float32) / np.sqrt(args.dim)
+    vecs = classes[true_idx] + 1.5 * rng.standard_normal((args.images, args.dim), dtype=np.float32) / np.float32(np.sqrt(args.dim))
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     ids = [f"r{i}" for i in range(rows)]
     n = args.images
@@ -160,7 +160,7 @@ def main() -> None:
     classes = rng.standard_normal((args.artists, args.dim), dtype=np.float32)
     classes /= np.linalg.norm(classes, axis=1, keepdims=True)
     true_idx = rng.integers(0, args.artists, size=args.images)
-    images = classes[true_idx] + 1.5 * rng.standard_normal((args.images, args.dim), dtype=np.float32) / np.sqrt(args.dim)
+    images = classes[true_idx] + 1.5 * rng.standard_normal((args.images, args.dim), dtype=np.float32) / np.float32(np.sqrt(args.dim))
     images /= np.linalg.norm(images, axis=1, keepdims=True)
 
     times = []
