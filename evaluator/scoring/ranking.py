@@ -4,15 +4,14 @@ An image's rank is 1 + the number of classes whose similarity strictly exceeds i
 class's, with every similarity decided in float64 (the float32 vectors' dot product, minus
 the CSLS penalty where there is one). The matmul that finds them is the expensive part,
 linear in the number of classes, so it runs in bfloat16 where the CPU multiplies bfloat16
-natively (AVX512-BF16 or AMX: about twice float32's speed here) and in float32 otherwise.
+natively (AVX512-BF16 or AMX: ~0.6 of float32's time here) and in float32 otherwise.
 
 Neither is trusted blindly: each approximate similarity is within a proven bound of the
 float64 one (input rounding by Cauchy-Schwarz on the rounding residuals, output rounding,
 accumulation), so a class clearly above or below the true similarity is counted from the
 matmul, and only the few inside the bound are recomputed in float64. A row with many such
 classes (crowded classes, near-duplicate prompts) is redone with the float32 matmul, whose
-bound is ~100x tighter; when most rows need that, the rest of the call stays on float32.
-So the ranks are the same on every machine and at every batch composition, whichever
+bound is ~100x tighter. So the ranks are the same on every machine and at every batch composition, whichever
 matmul ran; when a chunk's fallbacks and rechecks cost more than bfloat16 saves (close
 similarities everywhere), the rest of the call runs in float32, so the low-precision path
 costs at most about one chunk more than float32 alone.
@@ -327,9 +326,11 @@ def exact_ranks(
         if not ok.any():
             continue
         x = np.ascontiguousarray(image_vecs[s : s + chunk][ok], dtype=np.float32)
-        if calibrate:
-            calibrate, bfloat16 = False, faster_is_bfloat16(x, idx[ok], m)
-        part, cost = chunk_ranks(x, idx[ok], m, bfloat16)
+        if calibrate:  # the timing runs rank this chunk already
+            calibrate = False
+            bfloat16, part, cost = calibrated_chunk(x, idx[ok], m)
+        else:
+            part, cost = chunk_ranks(x, idx[ok], m, bfloat16)
         view = ranks[s : s + chunk]
         view[ok] = part
         if bfloat16 and cost > GIVE_UP_COST:
@@ -337,13 +338,16 @@ def exact_ranks(
     return ranks
 
 
-def faster_is_bfloat16(x: np.ndarray, idx: np.ndarray, m: ClassMatrix) -> bool:
-    """Time one chunk with each matmul (the second run of each, so neither pays a warm-up)."""
+def calibrated_chunk(x: np.ndarray, idx: np.ndarray, m: ClassMatrix) -> tuple[bool, np.ndarray, float]:
+    """Time one chunk with each matmul (the second run of each, so neither pays a warm-up):
+    whether bfloat16 is clearly faster, and the chunk's ranks and cost under that choice
+    (the ranks are the same under either)."""
     import time
 
-    seconds = {}
+    seconds, results = {}, {}
     for bfloat16 in (True, False, True, False):
         start = time.perf_counter()
-        chunk_ranks(x, idx, m, bfloat16)
+        results[bfloat16] = chunk_ranks(x, idx, m, bfloat16)
         seconds[bfloat16] = time.perf_counter() - start
-    return seconds[True] < PREFER_BF16_BELOW * seconds[False]
+    chosen = seconds[True] < PREFER_BF16_BELOW * seconds[False]
+    return chosen, *results[chosen]

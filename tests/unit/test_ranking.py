@@ -86,6 +86,19 @@ def test_ranks_do_not_depend_on_the_chunking(precision):
 
 
 @needs_bf16
+def test_auto_times_both_matmuls_on_a_long_call_and_ranks_the_same(monkeypatch):
+    """Past CALIBRATE_FROM_CHUNKS chunks "auto" ranks its first chunk in the timing runs
+    and the rest with the faster matmul; either way the ranks are the definition's."""
+    _, images, classes, true_idx = crowded(seed=7)
+    calls = []
+    original = R.calibrated_chunk
+    monkeypatch.setattr(R, "calibrated_chunk", lambda *a: calls.append(1) or original(*a))
+    got = identification_ranks(images, classes, true_idx, chunk=len(images) // R.CALIBRATE_FROM_CHUNKS)
+    assert calls == [1]
+    np.testing.assert_array_equal(got, reference_ranks(images, classes, true_idx))
+
+
+@needs_bf16
 def test_crowded_rows_fall_back_to_float32_and_stay_exact():
     _, images, classes, true_idx = crowded(seed=2)
     m = R.ClassMatrix.build(classes, None, bfloat16=True)
