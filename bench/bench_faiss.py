@@ -144,7 +144,7 @@ def atelier_index(vecs, ids, queries, n_single: int, memory_budget: str | None =
     searcher = _Searcher(index, meta)
     tuned = versus_exact(searcher, queries, exact, exact_speed, n_single)
     by_nprobe = {}
-    if meta["kind"] in ("ivf", "ivfpq"):
+    if meta["kind"] in ("ivf", "ivfsq", "ivfpq"):
         for probe in sorted({1, 2, 4, 8, 16, 32, meta["nprobe"]}):
             if probe <= meta["nlist"]:
                 set_search_param(index, meta["kind"], probe)

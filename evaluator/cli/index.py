@@ -30,7 +30,7 @@ def index_group() -> None:
 @click.option("--nprobe", default=1, show_default=True, type=click.IntRange(min=1), help="IVF lists probed per query: where tuning starts.")
 @click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1), help="Raise nprobe until leave-one-out recall@10 vs exact reaches this (+0.01 margin).")
 @click.option("--index-memory", default=None, metavar="SIZE",
-              help="Memory budget (512MB, 2GB): choose the fastest of IVF-HNSW Flat, IVF-PQ re-ranked, HNSW that reaches the target within it, measured.")
+              help="Memory budget (512MB, 2GB): choose the fastest of IVF-HNSW Flat, IVF-SQ8 or IVF-PQ re-ranked, HNSW that reaches the target within it, measured.")
 @click.option("--rebuild", is_flag=True, help="Start from scratch instead of adding new vectors.")
 def index_build(workdir: Path, model: str, pretrained: str | None, rebuild: bool, index_memory: str | None, **tuning: float) -> None:
     """Add every embedded image missing from the index (exact, or IVF past the threshold)."""

@@ -7,8 +7,8 @@ The kind (``kind`` in ``index/<model>.json``) is chosen by measurement:
 - ``ivf``: the default past the threshold, ``IVF{n}_HNSW32,Flat`` with ~4·sqrt(N) lists
   found by an HNSW coarse quantizer and trained with spherical k-means (centroids on the
   unit sphere, as the vectors are);
-- ``ivfpq`` / ``hnsw``: chosen with ``ivf`` under a memory budget (``--index-memory``,
-  ``evaluator.embedding.index_budget``).
+- ``ivfsq`` / ``ivfpq`` / ``hnsw``: chosen with ``ivf`` under a memory budget
+  (``--index-memory``, ``evaluator.embedding.index_budget``).
 
 Tuning: nprobe (efSearch for HNSW) is raised along a ladder finer than doubling until
 recall@10 on leave-one-out queries (sampled vectors whose own id is removed from both the
@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evaluator.embedding.index_budget import IVF_KINDS, REFINED_KINDS
 from evaluator.errors import InputError
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def meta_path(index_path: Path) -> Path:
 @dataclass
 class IndexInfo:
     model: str
-    kind: str  # flat | ivf | ivfpq | hnsw
+    kind: str  # flat | ivf | ivfsq | ivfpq | hnsw
     ntotal: int
     dim: int
     added: int
@@ -122,7 +123,7 @@ class IndexInfo:
     batch_timing: dict | None = None  # that measurement
     bytes: int | None = None  # estimated resident bytes when loaded for search
     file_bytes: int | None = None
-    disk_bytes: int | None = None  # an IVF-PQ's re-ranking vectors, memory-mapped from the file
+    disk_bytes: int | None = None  # an IVF-SQ's or IVF-PQ's re-ranking vectors, memory-mapped from the file
     memory_budget: int | None = None  # --index-memory, kept for later updates
     candidates: list | None = None  # what the budget measured or skipped
     rebuilt: str | None = None  # why this update rebuilt the index
@@ -190,6 +191,30 @@ def _new_ivf(vecs: np.ndarray, config: IndexConfig) -> tuple[Any, int]:
     return faiss.IndexIDMap2(ivf), nlist
 
 
+def _refined(ivf: Any, k_factor: int, config: IndexConfig) -> Any:
+    """``ivf`` behind an exact re-ranking of its ``k_factor * k`` best candidates, by id."""
+    import faiss
+
+    _set_nprobe(ivf, config.nprobe)
+    refine = faiss.IndexRefineFlat(ivf)
+    refine.k_factor = k_factor
+    return faiss.IndexIDMap2(refine)
+
+
+def _new_ivfsq(vecs: np.ndarray, config: IndexConfig) -> Any:
+    """An empty trained ``IVF{nlist}_HNSW{M},SQ8`` whose candidates an ``IndexRefineFlat``
+    re-ranks exactly (SQ_RERANK_FACTOR candidates per neighbour)."""
+    import faiss
+
+    from evaluator.embedding.index_budget import SQ_RERANK_FACTOR
+
+    quantizer, nlist, sample = _trained_quantizer(vecs, config)
+    ivf = faiss.IndexIVFScalarQuantizer(quantizer, vecs.shape[1], nlist, faiss.ScalarQuantizer.QT_8bit,
+                                        faiss.METRIC_INNER_PRODUCT)
+    ivf.train(sample[:65_536])  # the quantizer is trained: only each dimension's residual range is learnt
+    return _refined(ivf, SQ_RERANK_FACTOR, config)
+
+
 def _new_ivfpq(vecs: np.ndarray, config: IndexConfig) -> Any:
     """An empty trained ``IVF{nlist}_HNSW{M},PQ{dim/8}`` whose candidates an
     ``IndexRefineFlat`` re-ranks exactly (RERANK_FACTOR candidates per neighbour)."""
@@ -209,10 +234,7 @@ def _new_ivfpq(vecs: np.ndarray, config: IndexConfig) -> Any:
     # whole sample took 97 s at 30k x 512 on two busy cores, for no recall after re-ranking.
     ivf.pq.cp.niter = 10
     ivf.train(sample[:16_384])
-    _set_nprobe(ivf, config.nprobe)
-    refine = faiss.IndexRefineFlat(ivf)
-    refine.k_factor = RERANK_FACTOR
-    return faiss.IndexIDMap2(refine)
+    return _refined(ivf, RERANK_FACTOR, config)
 
 
 def build_kind(kind: str, vecs: np.ndarray, ids: np.ndarray, config: IndexConfig) -> Any:
@@ -227,6 +249,8 @@ def build_kind(kind: str, vecs: np.ndarray, ids: np.ndarray, config: IndexConfig
         index = _new_flat(dim)
     elif kind == "ivf":
         index = _new_ivf(vecs, config)[0]
+    elif kind == "ivfsq":
+        index = _new_ivfsq(vecs, config)
     elif kind == "ivfpq":
         index = _new_ivfpq(vecs, config)
     elif kind == "hnsw":
@@ -262,7 +286,7 @@ def set_search_param(index: Any, kind: str, param: int) -> None:
 
     if kind == "hnsw":
         faiss.downcast_index(index.index).hnsw.efSearch = int(param)
-    elif kind in ("ivf", "ivfpq"):
+    elif kind in IVF_KINDS:
         _set_nprobe(_ivf_of(index), param)
 
 
@@ -647,13 +671,13 @@ def save_index(index: Any, path: Path, info: IndexInfo) -> int:
 
 def _read(path: Path, mmap: bool) -> tuple[Any, dict]:
     """The index at ``path`` with its search parameters applied, and its meta. ``mmap``:
-    an IVF-PQ's re-ranking vectors stay in the file (the page cache holds what queries
+    an IVF-SQ's or IVF-PQ's re-ranking vectors stay in the file (the page cache holds what queries
     read); such an index is read-only, so adds load it without."""
     import faiss
 
     meta = json.loads(meta_path(path).read_text(encoding="utf-8")) if meta_path(path).is_file() else {}
     kind = meta.get("kind", "flat")
-    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap and kind == "ivfpq" else 0)
+    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap and kind in REFINED_KINDS else 0)
     param = meta.get("ef_search") if kind == "hnsw" else meta.get("nprobe")
     if param and kind != "flat":
         set_search_param(index, kind, int(param))

@@ -223,11 +223,12 @@ class Window:
             return cls(
                 high=up.astype(np.int16)[:, None], low=down.astype(np.int16)[:, None], on_bits=True
             )
-        approx.as_float()
         return cls(high=high[:, None], low=low[:, None])
 
     def values(self, approx: Approximate) -> np.ndarray:
-        return approx.bits if self.on_bits else approx.sims
+        """What the thresholds compare against: the bit patterns, or the similarities
+        (converted from the bits once, on first use)."""
+        return approx.bits if self.on_bits else approx.as_float()
 
     def counts(self, approx: Approximate) -> tuple[np.ndarray, np.ndarray]:
         """(classes above, classes inside the window) of every row."""

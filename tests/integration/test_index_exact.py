@@ -41,7 +41,7 @@ def test_topk_over_blocks_pads_when_there_are_fewer_vectors_than_k():
     assert (ids[:, 4:] == -1).all() and np.isneginf(sims[:, 4:]).all()
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfsq", "ivfpq", "hnsw"])
 def test_exact_search_of_every_kind_equals_brute_force(kind):
     vecs = clustered(4000)
     ids = np.random.default_rng(3).choice(2**62, size=len(vecs), replace=False).astype(np.int64)
