@@ -7,7 +7,8 @@ count of clients (keep-alive HTTP/1.1 connections of one uvloop event loop, clos
 each client sends its next request when the last one is answered), stopping early at ``--time-cap`` seconds: /comparisons, /scores and
 /search by image id. Then the same while a writer process commits to the store every
 ``--write-every`` seconds (as `atelier score` does at the end of a run), counting how
-long each commit waited for the store. Bounded in count and time; loopback only.
+long each commit waited for the store; under the writer each endpoint runs for
+``--writer-seconds``. Bounded in count and time; loopback only.
 
 ``--baseline-src DIR`` runs a second server from an older source tree (e.g. ``git archive
 <rev> evaluator catalog dashboard | tar -x -C DIR``) in the same run, and reports the
@@ -37,6 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ENDPOINTS = ("comparisons", "scores", "search_image_id")
+WRITER_REQUESTS_CAP = 200_000  # under the writer each endpoint runs for its seconds, at most this many requests
 
 
 def ensure_store(path: Path, args: argparse.Namespace) -> Path:
@@ -305,18 +307,25 @@ def run_variant(workdir: Path, args: argparse.Namespace, baseline_src: Path | No
 
 
 def under_writer(workdir: Path, url: str, makers: dict, args: argparse.Namespace) -> dict:
+    """Each endpoint for ``--writer-seconds`` while the writer commits: long enough to hold
+    several snapshot copies (a copy of the 1M store takes 2-3 s and the next waits 4x as
+    long), so the p99 is a share of the copies' time and not one copy landing or not in a
+    burst of ``--requests`` (3,000 took ~1.3 s: p99 27-96 ms from run to run)."""
+    import httpx
+
     clients = max(args.clients)
-    span = args.time_cap * len(ENDPOINTS) + 5
+    span = args.writer_seconds * len(ENDPOINTS) + 5
     writer = subprocess.Popen([sys.executable, __file__, "--writer", str(workdir / "atelier.duckdb"),
                                str(args.write_every), str(span)], stdout=subprocess.PIPE, text=True)
     out = {}
     try:
         for name in ENDPOINTS:
-            out[f"{name}@{clients}"] = load(url, makers[name], args.requests, clients, args.time_cap)
+            out[f"{name}@{clients}"] = load(url, makers[name], WRITER_REQUESTS_CAP, clients, args.writer_seconds)
             print(f"  writer: {name + '@' + str(clients):14} {json.dumps(out[f'{name}@{clients}'])}", flush=True)
     finally:
         stdout, _ = writer.communicate(timeout=span + 60)
     out["writer"] = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else None
+    out["snapshot_after"] = httpx.get(url + "/health", timeout=30).json().get("snapshot")
     print(f"  writer: {out['writer']}", flush=True)
     return out
 
@@ -350,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated client counts, e.g. 1,50")
     parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per endpoint and client count at most")
     parser.add_argument("--write-every", type=float, default=2.0, help="seconds between a writer's commits (0: skip)")
+    parser.add_argument("--writer-seconds", type=float, default=12.0, help="seconds of load per endpoint under the writer")
     parser.add_argument("--baseline-src", type=Path, default=None, help="an older source tree to compare with")
     parser.add_argument("--workers", type=int, default=None, help="both servers' --workers (default: their own)")
     args = parser.parse_args(argv)
