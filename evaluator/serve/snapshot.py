@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -48,6 +49,12 @@ COPY_DUTY = 0.2
 # kernel memcpy of the whole store (1.8-3.3 s for the 900 MB 1M-image store here), and at
 # normal priority it took one of the 2 cores from the requests answered meanwhile.
 BACKGROUND_NICE = 19
+# A store written more often than it can be copied never gets a clean copy (each is dropped
+# for a write during it: a commit every 2 s against a 3 s copy of the 1M store left the
+# server 50 s stale and counting). After this long stale the next copy is made holding
+# the store's shared lock, so a writer waits for that one copy (its open retries on the
+# lock) and the answers are never more than about this old.
+MAX_STALE_SECONDS = 30.0
 # Files unchanged this long before a copy starts: file times tick every few ms, so a write
 # after that shows in the (mtime, size) the copy is checked against.
 QUIET_SECONDS = 0.05
@@ -168,6 +175,8 @@ class StoreSnapshots:
         self._refresher: threading.Thread | None = None
         self._next_copy = 0.0  # no new copy before this (monotonic): see COPY_DUTY
         self.copy_seconds: float | None = None  # how long the last copy took
+        self._stale_since: float | None = None  # monotonic: the first failed copy since the last good one
+        self.held_copies = 0  # copies made holding the store (MAX_STALE_SECONDS)
         self.last_error: str | None = None
         self._prefix = hashlib.sha256(str(store.resolve()).encode()).hexdigest()[:12]
 
@@ -244,6 +253,7 @@ class StoreSnapshots:
                 "age_seconds": round(time.time() - current.taken_at, 1), "stale": stale,
                 "copy_seconds": round(self.copy_seconds, 3) if self.copy_seconds is not None else None,
                 "refresh_error": self.last_error if stale else None,
+                "held_copies": self.held_copies,
                 "read_model": current.model.status() if current.model is not None else None,
                 "read_model_error": self.model_error}
 
@@ -299,28 +309,58 @@ class StoreSnapshots:
         The copy starts once the files have been unchanged for ``QUIET_SECONDS``, so any
         write during it moves their (mtime, size); if that moved by the check, the copy is
         dropped (``StoreLockedError``: retried later, the previous snapshot still serves).
-        The store is held only for the check, so a writer never waits for a copy.
+        The store is held only for the check, so a writer never waits for a copy, unless
+        the snapshot has been stale for ``MAX_STALE_SECONDS``: then the copy holds it.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         give_up = time.monotonic() + wait
-        stamp = self._quiet_stamp(give_up)
+        if self._stale_since is not None and time.monotonic() - self._stale_since >= MAX_STALE_SECONDS:
+            return self._copy_holding_store(give_up)
+        try:
+            stamp = self._quiet_stamp(give_up)
+            path = self._copy_of(stamp, functools.partial(self._plain_copy, background=background))
+            with _no_writer(self.store, give_up):
+                if store_stamp(self.store) != stamp:
+                    _remove_pair(path)
+                    raise StoreLockedError(f"store {self.store} was written during the copy; copying again later")
+                # opened before letting go of the store: no worker can retire this copy in between
+                return self._fresh(path, stamp)
+        except StoreLockedError:
+            self._stale_since = self._stale_since or time.monotonic()
+            raise
+
+    def _plain_copy(self, target: Path, background: bool) -> None:
+        if background:  # nobody waits for it: leave the CPU to the requests
+            at_low_priority(_copy_pair, self.store, target)
+        else:
+            _copy_pair(self.store, target)
+
+    def _copy_holding_store(self, give_up: float) -> Snapshot:
+        """A copy made under the store's shared lock (no writer can commit meanwhile), at normal
+        priority: a writer is waiting for it. The file is read through the locked handle, since
+        closing any other handle of it would drop the lock."""
+        with _no_writer(self.store, give_up) as handle:
+            stamp = store_stamp(self.store)
+            path = self._copy_of(stamp, lambda target: _copy_pair(self.store, target, handle))
+            self.held_copies += 1
+            return self._fresh(path, stamp)
+
+    def _copy_of(self, stamp: tuple, copy: Callable[[Path], None]) -> Path:
+        """The copy of the store's state ``stamp``, made by ``copy(target)`` unless another worker
+        of this server made it already; sets when the next copy may start (COPY_DUTY)."""
         path = self.folder / f"{self._prefix}-{'-'.join(map(str, stamp))}.duckdb"
         started = time.monotonic()
         with open(self.folder / ".copy.lock", "a+") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)  # another worker may be copying the same state
             if not path.is_file():
-                if background:
-                    at_low_priority(_copy_pair, self.store, path)
-                else:
-                    _copy_pair(self.store, path)
+                copy(path)
         self.copy_seconds = time.monotonic() - started
         self._next_copy = time.monotonic() + self.copy_seconds * (1 / COPY_DUTY - 1)
-        with _no_writer(self.store, give_up):
-            if store_stamp(self.store) != stamp:
-                _remove_pair(path)
-                raise StoreLockedError(f"store {self.store} was written during the copy; copying again later")
-            # opened before letting go of the store: no worker can retire this copy in between
-            return Snapshot(path=path, stamp=stamp, con=_connect_copy(path), taken_at=time.time())
+        return path
+
+    def _fresh(self, path: Path, stamp: tuple) -> Snapshot:
+        self._stale_since = None
+        return Snapshot(path=path, stamp=stamp, con=_connect_copy(path), taken_at=time.time())
 
     def _quiet_stamp(self, give_up: float) -> tuple:
         """The store's stamp once its files have been unchanged for ``QUIET_SECONDS``."""
@@ -389,20 +429,36 @@ def _no_writer(store: Path, give_up: float):
                     raise StoreLockedError(f"store {store} is locked by a writer") from None
                 time.sleep(0.02)
         try:
-            yield
+            yield handle
         finally:
             fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
-def _copy_pair(store: Path, target: Path) -> None:
+def _copy_pair(store: Path, target: Path, store_handle: Any = None) -> None:
     """Copy the store (and its WAL, if any) to ``target`` under temporary names, then rename:
-    the database file appears last, whole."""
+    the database file appears last, whole. ``store_handle``: read the store through this
+    open file (one holding a lock on it) instead of opening it again."""
     wal = store.with_name(store.name + ".wal")
     parts = [(wal, target.with_name(target.name + ".wal"))] if wal.is_file() else []
     for source, final in [*parts, (store, target)]:
         tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
-        shutil.copyfile(source, tmp)
+        if source == store and store_handle is not None:
+            _copy_from_handle(store_handle, tmp)
+        else:
+            shutil.copyfile(source, tmp)
         tmp.replace(final)
+
+
+def _copy_from_handle(handle: Any, target: Path) -> None:
+    """The whole file behind ``handle`` into ``target``, in the kernel (sendfile), from offset 0."""
+    size = os.fstat(handle.fileno()).st_size
+    with open(target, "wb") as out:
+        offset = 0
+        while offset < size:
+            sent = os.sendfile(out.fileno(), handle.fileno(), offset, size - offset)
+            if not sent:
+                raise OSError(f"{target}: the copy stopped at byte {offset:,} of {size:,}")
+            offset += sent
 
 
 def at_low_priority(fn: Callable[..., Any], *args: Any) -> Any:
