@@ -62,6 +62,8 @@ def describe(meta: dict) -> list[str]:
 
     kind = meta.get("kind", "?")
     param = f"efSearch {meta.get('ef_search')}" if kind == "hnsw" else f"nprobe {meta.get('nprobe')}"
+    if meta.get("refine_factor"):
+        param += f", {meta['refine_factor']} candidates re-ranked a neighbour"
     recall = "exact" if kind == "flat" else f"{param}, recall@10 {meta.get('recall_at_10', 0):.3f} on {meta.get('recall_queries')} held-out queries"
     size = f", ~{human_size(meta['bytes'])} in memory" if meta.get("bytes") else ""
     lines = [f"{meta.get('layout') or kind} ({kind}), {meta.get('ntotal')} vectors (+{meta.get('added', 0)}), dim {meta.get('dim')}, {recall}{size}"]

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 ID_BYTES = 48
 LIST_ID_BYTES = 8
 HNSW_M = 32  # neighbours a node: level 0 holds 2*M int32 links, upper levels ~1/M of that
-RERANK_FACTOR = 10  # PQ candidates re-ranked exactly per neighbour asked for (k=10: 100)
-# SQ8 candidates re-ranked per neighbour: at 1M x 512 clustered vectors k_factor 2, 4 and
+RERANK_FACTOR = 10  # PQ candidates re-ranked per neighbour to start tuning from (k=10: 100)
+# SQ8 candidates re-ranked per neighbour to start from: at 1M x 512 clustered vectors k_factor 2, 4 and
 # 10 gave the same recall at every nprobe (0.14, 0.15, 0.18 ms a query at nprobe 2); 4
 # leaves room for data whose dimensions spread wider than 8 bits resolve.
 SQ_RERANK_FACTOR = 4
@@ -115,6 +115,7 @@ class Candidate:
     estimated_bytes: int
     status: str = "over budget"  # over budget | measured
     param: int | None = None  # nprobe (IVF kinds) or efSearch (HNSW)
+    refine_factor: int | None = None  # IVF-SQ8 / IVF-PQ: candidates re-ranked per neighbour, as tuned
     recall_at_10: float | None = None
     ms_per_query: float | None = None
     build_seconds: float | None = None

@@ -15,12 +15,19 @@ from evaluator.cli.main import main
 from evaluator.embedding.images import _write_part
 from evaluator.embedding.index import (
     IndexConfig,
+    _query_sample,
+    build_kind,
     index_status,
     load_index,
+    recall_against,
     recall_warning,
+    refine_factor,
+    set_refine_factor,
+    set_search_param,
+    tune,
     update_index,
 )
-from evaluator.embedding.index_budget import estimate_bytes, parse_size
+from evaluator.embedding.index_budget import RERANK_FACTOR, estimate_bytes, parse_size
 from evaluator.errors import InputError
 from evaluator.workspace.workdir import Workdir
 
@@ -104,6 +111,7 @@ def test_a_budget_too_small_for_float32_lists_gets_sq8_codes_with_exact_scores(t
     # products with the stored embeddings (float16 in the parts), not SQ8's approximations
     index, meta = load_index(wd, KEY)
     assert meta["disk_bytes"] == 4 * d * n
+    assert meta["refine_factor"] == info.refine_factor == refine_factor(index) >= 4  # the tuned factor, kept
     stored = vecs.astype(np.float16).astype(np.float32)
     queries = clustered(20, seed=7)
     sims, found = index.search(queries, 10)
@@ -112,6 +120,22 @@ def test_a_budget_too_small_for_float32_lists_gets_sq8_codes_with_exact_scores(t
     coarse, internal = ivf.search(queries, 10)  # the codes alone are visibly approximate
     coarse_ids = faiss.vector_to_array(index.id_map)[internal]
     assert np.abs(coarse - np.einsum("qd,qkd->qk", queries, stored[coarse_ids])).max() > 1e-5
+
+
+def test_tuning_raises_the_re_ranking_factor_when_nprobe_alone_stops_gaining():
+    vecs = uniform(10_000)  # no structure: PQ4 codes rank the true neighbours far down
+    ids = np.arange(len(vecs), dtype=np.int64)
+    cfg = IndexConfig(recall_queries=200, target_recall=0.85)
+    index = build_kind("ivfpq", vecs, ids, cfg)
+    sample = _query_sample(vecs, ids, 10, 200, 0)
+    nprobe, recall = tune(index, "ivfpq", sample, cfg)
+    factor = refine_factor(index)
+    assert recall >= 0.86 and factor > RERANK_FACTOR and recall == recall_against(index, *sample)
+    set_refine_factor(index, RERANK_FACTOR)  # the old fixed factor: every list probed does not reach the goal
+    set_search_param(index, "ivfpq", faiss.extract_index_ivf(index).nlist)
+    assert recall_against(index, *sample) < 0.86
+    # kinds without re-ranking have no factor
+    assert refine_factor(build_kind("ivf", vecs[:2000], ids[:2000], cfg)) is None
 
 
 def test_an_impossible_budget_is_refused_naming_the_option_before_anything_is_written(tmp_path):
