@@ -465,22 +465,16 @@ def at_low_priority(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` in a thread of its own at nice ``BACKGROUND_NICE``, waited for; its result
     or its exception. A thread of its own because an unprivileged thread cannot lower its nice
     again, and the caller goes on to other work (DuckDB's threads, started later, would inherit it)."""
-    outcome: dict[str, Any] = {}
+    from concurrent.futures import ThreadPoolExecutor
 
-    def run() -> None:
-        with contextlib.suppress(OSError, AttributeError):  # no per-thread priority here: copy at the caller's
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        try:
-            outcome["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            outcome["error"] = exc
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atelier-snapshot-copy",
+                            initializer=_lower_own_priority) as worker:
+        return worker.submit(fn, *args).result()
 
-    worker = threading.Thread(target=run, name="atelier-snapshot-copy", daemon=True)
-    worker.start()
-    worker.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
+
+def _lower_own_priority() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # no per-thread priority here: run at the caller's
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def _remove_pair(path: Path) -> None:
