@@ -95,8 +95,9 @@ def shrink_for(image: Any, size: int, gap: float = REDUCING_GAP) -> Any:
 class ClipPreprocess:
     """open_clip's preprocessing with a cheap shrink first (``shrink_for``).
 
-    Called on a PIL image as open_clip's transform is; ``open`` also decodes a file, a JPEG
-    in draft mode (its DCT scaled by 1/2, 1/4 or 1/8 while decoding, to the same bound).
+    Called on a PIL image as open_clip's transform is; ``open`` also decodes a file
+    (``decode.open_rgb``: a JPEG in draft mode, its DCT scaled by 1/2, 1/4 or 1/8 while
+    decoding to the same bound; a still WebP by libwebp directly, Pillow's pixels faster).
     Every path that embeds a file (the embedder's workers, search by an uploaded file) goes
     through ``open`` so the same file always gives the same pixels. Picklable for workers.
     """
@@ -109,14 +110,9 @@ class ClipPreprocess:
 
     def open(self, path: str | Path) -> Any:
         """The model input tensor of an image file (RGB, shrunk, preprocessed)."""
-        from PIL import Image
+        from evaluator.embedding.decode import open_rgb
 
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                side = int(self.image_size * REDUCING_GAP)
-                img.draft(None, (side, side))
-            img.load()
-            return self(img.convert("RGB"))
+        return self(open_rgb(path, draft_side=int(self.image_size * REDUCING_GAP)))
 
 
 def _input_size(model: Any) -> int:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evaluator.embedding.decode import open_rgb
 from evaluator.errors import InputError
 
 if TYPE_CHECKING:
@@ -159,17 +160,12 @@ class _ImageDataset:
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         image_id, relpath = self.rows[i]
         try:
             path = (self.root / relpath) if not os.path.isabs(relpath) else Path(relpath)
             if hasattr(self.preprocess, "open"):  # clip.ClipPreprocess: JPEG draft mode, shrink, transform
                 return image_id, self.preprocess.open(path), None
-            with Image.open(path) as img:
-                img.load()
-                tensor = self.preprocess(img.convert("RGB"))
-            return image_id, tensor, None
+            return image_id, self.preprocess(open_rgb(path)), None
         except Exception as exc:  # undecodable, missing, truncated: recorded per image
             return image_id, None, f"{type(exc).__name__}: {exc}"
 
@@ -405,7 +401,6 @@ def embed_images(
 def embed_image_files(clip: LoadedClip, paths: list[str | Path]) -> np.ndarray:
     """Embed image files outside any workdir (search by an uploaded image)."""
     import torch
-    from PIL import Image
 
     tensors = []
     for path in paths:
@@ -413,9 +408,7 @@ def embed_image_files(clip: LoadedClip, paths: list[str | Path]) -> np.ndarray:
             if hasattr(clip.preprocess, "open"):  # the same pixels as the embedder's workers
                 tensors.append(clip.preprocess.open(path))
                 continue
-            with Image.open(path) as img:
-                img.load()
-                tensors.append(clip.preprocess(img.convert("RGB")))
+            tensors.append(clip.preprocess(open_rgb(path)))
         except Exception as exc:
             raise InputError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
     with torch.inference_mode():
