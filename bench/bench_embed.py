@@ -38,6 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from evaluator.threads import prefer_sleeping_threads
+
+prefer_sleeping_threads()  # as the CLI does, before torch loads
+
 REPO = Path(__file__).resolve().parents[1]
 # The naive loop is timed on this many files and scaled to the run's count: one image at a
 # time is slow, and its per-image cost does not depend on how many there are.
@@ -64,11 +68,15 @@ def ceiling(clip, tensors, batch_size: int) -> tuple[float, float]:
 
 
 def decode_cpu_seconds(clip, paths: list[Path]) -> float:
-    """CPU seconds an image costs to open, decode and preprocess (one thread, as a loader worker)."""
-    start = time.process_time()
-    for path in paths:
-        clip.preprocess.open(path)
-    return (time.process_time() - start) / len(paths)
+    """CPU seconds an image costs to open, decode and preprocess with one torch thread, as in a
+    loader worker (DataLoader sets 1): with more, idle threads' spinning would be counted."""
+    from evaluator.embedding.images import torch_threads
+
+    with torch_threads(1):
+        start = time.process_time()
+        for path in paths:
+            clip.preprocess.open(path)
+        return (time.process_time() - start) / len(paths)
 
 
 def cpu_bound(ceiling_per_s: float, model_cpu_s: float, decode_cpu_s: float, cores: int) -> float:

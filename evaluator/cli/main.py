@@ -21,6 +21,10 @@ import click
 
 from evaluator.cli.options import fail
 from evaluator.errors import AtelierError
+from evaluator.threads import prefer_sleeping_threads
+
+# Before any command imports torch (evaluator/threads.py says why).
+prefer_sleeping_threads()
 
 
 @dataclass(frozen=True)
