@@ -152,7 +152,8 @@ def atelier_index(vecs, ids, queries, n_single: int, memory_budget: str | None =
         set_search_param(index, meta["kind"], meta["nprobe"])
     return {
         "kind": meta.get("layout") or "Flat", "atelier_kind": meta["kind"], "nlist": meta.get("nlist"), "nprobe": meta.get("nprobe"),
-        "ef_search": meta.get("ef_search"), "train_size": meta.get("train_size"), "target_recall": cfg.target_recall,
+        "ef_search": meta.get("ef_search"), "refine_factor": meta.get("refine_factor"),
+        "train_size": meta.get("train_size"), "target_recall": cfg.target_recall,
         "recall_at_10_tuning_sample": round(meta["recall_at_10"], 4), **tuned,
         "build_seconds": round(build_s, 1), "bytes": meta.get("bytes"), "file_bytes": len(faiss.serialize_index(index)),
         "reason": meta.get("reason"), "exact_batch_from": meta.get("exact_batch_from"), "batch_timing": meta.get("batch_timing"),

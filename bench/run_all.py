@@ -117,7 +117,9 @@ def summarize() -> list[dict]:
             rows.append({"figure": f"FAISS at {fai['n']:,} x {fai['dim']} under --index-memory {bud.get('memory_budget')}: "
                                    f"{bud['kind']} / exact (single, batch queries)",
                          "ratio": f"{bud['speedup_single']} / {bud['speedup_batch']}", "target": ">= 50x at recall@10 >= 0.95",
-                         "detail": f"held-out recall@10 {bud['recall_at_10']}, nprobe {bud.get('nprobe')}, built in "
+                         "detail": f"held-out recall@10 {bud['recall_at_10']}, nprobe {bud.get('nprobe')}"
+                                   + (f", re-ranking factor {bud['refine_factor']}" if bud.get("refine_factor") else "")
+                                   + ", built in "
                                    f"{bud['build_seconds']} s, {bud.get('bytes') or 0:,} bytes resident (estimated)"})
         uni = fai.get("uniform")
         if uni:
