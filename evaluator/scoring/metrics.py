@@ -262,13 +262,19 @@ def average_precision_at_k(
     return average_precision_at_ks(query_vecs, query_labels, db_vecs, db_labels, (k,))[k]
 
 
-def csls_penalty(class_vecs: np.ndarray, pool_vecs: np.ndarray, k: int = 10, chunk: int = 2048) -> np.ndarray:
-    """CSLS's hubness term r(c): the mean cosine of each class to its ``k`` nearest pool vectors.
+# float32's unit roundoff: a D-term dot product of float32 vectors computed in float32, in any
+# order, is within gamma_D = D u / (1 - D u) of |x| |y| of its exact value (Higham, Thm 3.5).
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 
-    CSLS(x, c) = 2 cos(x, c) - r(c) - r(x) (Conneau et al. 2018): a "hub" class, close
-    to many images at once, is marked down by its own neighbourhood density. r(x) is the
-    same for every class of one image, so ranking needs only r(c). float64 [C]; zeros
-    with an empty pool. The pool is read in chunks, keeping each class's best ``k``.
+
+def csls_top_k(class_vecs: np.ndarray, pool_vecs: np.ndarray, k: int = 10, chunk: int = 2048) -> np.ndarray:
+    """float64 [C, min(k, P)]: each class's ``k`` largest cosines to the pool, descending.
+
+    The values are float64 dot products, so they do not depend on the chunking, the BLAS or
+    the machine, and the top-k of several pools' top-k's is the top-k of their union: ranks of a
+    launch each take a share of the pool (:func:`csls_penalty_of_parts` merges them). A
+    float32 matmul finds the candidates; every vector whose float32 cosine is within twice
+    its rigorous error bound of the running k-th is recomputed in float64.
     """
     import numpy as np
 
@@ -276,12 +282,124 @@ def csls_penalty(class_vecs: np.ndarray, pool_vecs: np.ndarray, k: int = 10, chu
     pool = np.asarray(pool_vecs, dtype=np.float32)
     k = min(int(k), len(pool))
     if k < 1 or len(classes) == 0:
-        return np.zeros(len(classes))
-    best = np.empty((len(classes), 0), dtype=np.float32)
+        return np.zeros((len(classes), max(k, 0)))
+    dim = classes.shape[1]
+    gamma = dim * FLOAT32_UNIT_ROUNDOFF / (1 - dim * FLOAT32_UNIT_ROUNDOFF)
+    slack = 2 * gamma * np.linalg.norm(classes, axis=1) * float(np.linalg.norm(pool, axis=1).max())
+    best = np.full((len(classes), k), -np.inf, dtype=np.float32)  # each class's running top k (float32)
+    found = _Candidates()
     for s in range(0, len(pool), chunk):
-        both = np.concatenate([best, classes @ np.ascontiguousarray(pool[s : s + chunk]).T], axis=1)
-        best = np.partition(both, both.shape[1] - k, axis=1)[:, -k:] if both.shape[1] > k else both
-    return best.mean(axis=1, dtype=np.float64)
+        sims = classes @ np.ascontiguousarray(pool[s : s + chunk]).T
+        kth = best.min(axis=1)
+        # the k-th only rises, so a cosine under (running k-th - slack) stays out to the end
+        c, j = np.nonzero(sims >= _floor32(kth - slack)[:, None])
+        if np.isinf(kth).any() or len(c) > sims.size // 8:  # early on: most of the chunk enters
+            best = np.partition(np.concatenate([best, sims], axis=1), -k, axis=1)[:, -k:]
+            c, j = np.nonzero(sims >= _floor32(best.min(axis=1) - slack)[:, None])
+            found.add(c, j + s, sims[c, j], _floor32(best.min(axis=1) - slack), 4 * len(classes) * k)
+            continue
+        vals = sims[c, j]
+        entering = vals > kth[c]
+        best = _with_entering(best, c[entering], vals[entering])
+        found.add(c, j + s, vals, _floor32(best.min(axis=1) - slack), 4 * len(classes) * k)
+    cls, idx = found.at_least(_floor32(best.min(axis=1) - slack))
+    exact = _float64_dots(classes, pool, cls, idx)
+    order = np.lexsort((-exact, cls))  # by class, then largest first
+    cls, exact = cls[order], exact[order]
+    first = np.searchsorted(cls, np.arange(len(classes)))  # every class has >= k: its float32 top k
+    return exact[first[:, None] + np.arange(k)[None, :]]
+
+
+def _with_entering(best: np.ndarray, cls: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """``best`` (each row's k largest) with ``vals`` of rows ``cls`` merged in: only the rows
+    that gain a value are partitioned again, padded to their longest list."""
+    import numpy as np
+
+    if not len(cls):
+        return best
+    k = best.shape[1]
+    order = np.argsort(cls, kind="stable")
+    cls, vals = cls[order], vals[order]
+    rows, start, counts = np.unique(cls, return_index=True, return_counts=True)
+    padded = np.full((len(rows), k + int(counts.max())), -np.inf, dtype=best.dtype)
+    padded[:, :k] = best[rows]
+    padded[np.repeat(np.arange(len(rows)), counts), k + np.arange(len(cls)) - np.repeat(start, counts)] = vals
+    best = best.copy()
+    best[rows] = np.partition(padded, -k, axis=1)[:, -k:]
+    return best
+
+
+def _float64_dots(classes: np.ndarray, pool: np.ndarray, cls: np.ndarray, idx: np.ndarray,
+                  block: int = 16384) -> np.ndarray:
+    """cos(class ``cls[i]``, pool row ``idx[i]``) in float64, a block of pairs at a time (each
+    row summed on its own, so the value of a pair does not depend on the block)."""
+    import numpy as np
+
+    out = np.empty(len(cls))
+    for s in range(0, len(cls), block):
+        a = classes[cls[s : s + block]].astype(np.float64)
+        b = pool[idx[s : s + block]].astype(np.float64)
+        out[s : s + block] = (a * b).sum(axis=1)
+    return out
+
+
+def _floor32(values: np.ndarray) -> np.ndarray:
+    """float64 thresholds as float32, rounded down (a float32 comparison never drops a candidate)."""
+    import numpy as np
+
+    rounded = values.astype(np.float32)
+    return np.where(rounded > values, np.nextafter(rounded, np.float32(-np.inf)), rounded)
+
+
+class _Candidates:
+    """(class, pool row, float32 cosine) triples kept while the pool is read, pruned to each
+    class's current floor whenever they pass a bound (a pool read in rising order adds k a chunk)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.count = 0
+
+    def add(self, cls: np.ndarray, idx: np.ndarray, val: np.ndarray, floor: np.ndarray, keep_at_most: int) -> None:
+        self.parts.append((cls, idx, val))
+        self.count += len(cls)
+        if self.count > keep_at_most:
+            self.parts = [self._at_least(floor)]
+            self.count = len(self.parts[0][0])
+
+    def at_least(self, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class, pool row) of every candidate at or above its class's ``floor``."""
+        cls, idx, _ = self._at_least(floor)
+        return cls, idx
+
+    def _at_least(self, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import numpy as np
+
+        cls, idx, val = (np.concatenate(column) for column in zip(*self.parts, strict=True))
+        keep = val >= floor[cls]
+        return cls[keep], idx[keep], val[keep]
+
+
+def csls_penalty_of_parts(parts: list[np.ndarray], k: int = 10) -> np.ndarray:
+    """CSLS's r(c) from :func:`csls_top_k` of each part of the pool: the mean of each class's
+    ``k`` largest cosines of the parts together. float64 [C]; zeros with an empty pool."""
+    import numpy as np
+
+    both = np.concatenate(parts, axis=1)
+    if both.shape[1] == 0:
+        return np.zeros(len(both))
+    top = -np.sort(-both, axis=1)[:, : min(int(k), both.shape[1])]  # descending: a fixed summation order
+    return top.mean(axis=1)
+
+
+def csls_penalty(class_vecs: np.ndarray, pool_vecs: np.ndarray, k: int = 10, chunk: int = 2048) -> np.ndarray:
+    """CSLS's hubness term r(c): the mean cosine of each class to its ``k`` nearest pool vectors.
+
+    CSLS(x, c) = 2 cos(x, c) - r(c) - r(x) (Conneau et al. 2018): a "hub" class, close
+    to many images at once, is marked down by its own neighbourhood density. r(x) is the
+    same for every class of one image, so ranking needs only r(c). float64 [C]; zeros
+    with an empty pool. The same as the parts of a split pool merged, bit for bit.
+    """
+    return csls_penalty_of_parts([csls_top_k(class_vecs, pool_vecs, k, chunk)], k)
 
 
 def top_k_stable(sims: np.ndarray, k: int) -> np.ndarray:

@@ -107,6 +107,36 @@ def test_csls_penalty_matches_the_naive_loop_across_chunks():
                                rtol=1e-5)
 
 
+def test_csls_penalty_is_exact_and_the_same_bit_for_bit_for_any_chunking_or_split_of_the_pool():
+    """r(c) from float64 cosines: equal to a float64 reference to its last bits, and equal bit for
+    bit whatever the chunks, the order of the pool or how a launch splits it among ranks."""
+    rng = np.random.default_rng(5)
+    classes = unit(rng.normal(size=(40, 24))).astype(np.float32)
+    pool = unit(rng.normal(size=(700, 24))).astype(np.float32)
+    # near-ties at the k-th: 300 rows whose cosine with class 0 is 0.99 within ~1e-7, under
+    # float32's matmul error, so float32 alone would pick a wrong top k among them
+    other = unit(rng.normal(size=(300, 24)))
+    other -= (other @ classes[0].astype(np.float64))[:, None] * classes[0]
+    tied = unit(0.99 * classes[0] + np.sqrt(1 - 0.99**2) * unit(other) + rng.normal(size=(300, 24)) * 1e-8)
+    pool = np.vstack([pool, tied]).astype(np.float32)
+    exact = np.sort(classes.astype(np.float64) @ pool.astype(np.float64).T, axis=1)[:, -7:].mean(axis=1)
+    whole = M.csls_penalty(classes, pool, k=7)
+    np.testing.assert_allclose(whole, exact, rtol=0, atol=1e-15)
+    for chunk in (1, 5, 64, 10_000):
+        assert np.array_equal(M.csls_penalty(classes, pool, k=7, chunk=chunk), whole), chunk
+    rising = pool[np.argsort(pool @ classes[0])]  # every chunk raises class 0's k-th: the pruning's worst case
+    assert np.array_equal(M.csls_penalty(classes, rising, k=7, chunk=3), whole)
+    for n_parts in (2, 3, 8):
+        share = np.arange(len(pool)) % n_parts
+        parts = [M.csls_top_k(classes, pool[share == r], k=7) for r in range(n_parts)]
+        assert np.array_equal(M.csls_penalty_of_parts(parts, k=7), whole), n_parts
+    parts = [M.csls_top_k(classes, pool[:4], k=7), M.csls_top_k(classes, pool[:0], k=7),
+             M.csls_top_k(classes, pool[4:], k=7)]  # a part smaller than k, and an empty one
+    assert [p.shape[1] for p in parts] == [4, 0, 7]
+    assert np.array_equal(M.csls_penalty_of_parts(parts, k=7), whole)
+    assert np.array_equal(M.csls_penalty(classes, pool[:0], k=7), np.zeros(len(classes)))
+
+
 def test_csls_marks_down_a_hub_that_cosine_falls_for():
     """Images share a common direction in varying amounts (as CLIP's do); a class text
     along it is the nearest text of most images under cosine. CSLS sees the hub."""
