@@ -88,6 +88,17 @@ def join_process_group(env: DistEnv, device: str = "cpu", timeout: timedelta = t
     return True
 
 
+def leave_process_group() -> None:
+    """After every rank's last collective: a barrier, then the group destroyed. Left to the
+    interpreter's exit, gloo's threads can outlive it and abort the process ("terminate
+    called without an active exception"), failing a launch that did its work."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank (a barrier too); ``[obj]`` alone."""
     if env.world_size == 1:

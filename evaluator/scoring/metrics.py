@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from evaluator.errors import InputError
+from evaluator.errors import InputError, StateError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -391,6 +391,16 @@ def csls_penalty_of_parts(parts: list[np.ndarray], k: int = 10) -> np.ndarray:
     return top.mean(axis=1)
 
 
+def class_matrix_key(class_vecs: np.ndarray) -> tuple:
+    """A class matrix's identity for penalties computed ahead: its shape, dtype and bytes' digest."""
+    import hashlib
+
+    import numpy as np
+
+    data = np.ascontiguousarray(class_vecs)
+    return data.shape, str(data.dtype), hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
+
+
 def csls_penalty(class_vecs: np.ndarray, pool_vecs: np.ndarray, k: int = 10, chunk: int = 2048) -> np.ndarray:
     """CSLS's hubness term r(c): the mean cosine of each class to its ``k`` nearest pool vectors.
 
@@ -656,6 +666,9 @@ class EvalInputs:
     readout: str = "cosine"
     csls_k: int = 10
     csls_pool: np.ndarray | None = None
+    # r(c) of every class matrix of csls_class_matrices, computed ahead over the whole pool
+    # (under a launcher each rank holds only its share of it; evaluator.scoring.run merges).
+    csls_penalties: dict | None = None
     bootstrap: Any = None  # stats.BootstrapConfig
     # bool [N]: the image has a prompt (None: all have). An imported image without one
     # has no clip_score: the empty prompt's embedding is not its prompt.
@@ -757,8 +770,37 @@ class EvalInputs:
             return None
         if self.readout != "csls":
             raise InputError(f"readout must be one of {', '.join(READOUTS)} but is {self.readout!r}")
+        if self.csls_penalties is not None:
+            key = class_matrix_key(class_vecs)
+            if key not in self.csls_penalties:
+                raise StateError("CSLS's r(c) was not computed ahead for a class matrix of "
+                                 f"{len(class_vecs)} classes: csls_class_matrices misses one the metrics use")
+            return self.csls_penalties[key]
         pool = self.csls_pool if self.csls_pool is not None else self.vecs
         return csls_penalty(class_vecs, pool, self.csls_k)
+
+    def csls_class_matrices(self) -> list[np.ndarray]:
+        """Every class matrix ``readout_penalty`` can be asked for, from the catalog and the
+        references alone (not from which images are at hand, so every rank lists the same):
+        each (kind, by tag) group's rows, or the whole catalog, and the prototypes."""
+        import numpy as np
+
+        if self.catalog_kinds is None:
+            row_sets = [np.arange(len(self.catalog_ids))]
+        else:
+            kinds = np.asarray(self.catalog_kinds, dtype=object)
+            tagged = np.ones(len(kinds), bool) if self.catalog_tagged is None else np.asarray(self.catalog_tagged, bool)
+            row_sets = [np.flatnonzero((kinds == kind) & (tagged if by_tag else True))
+                        for kind in sorted(set(kinds.tolist())) for by_tag in (False, bool(self.tag_templates))]
+        matrices = {}
+        for rows in row_sets:
+            if len(rows):
+                classes = self.artist_text_vecs if len(rows) == len(self.catalog_ids) else self.artist_text_vecs[rows]
+                matrices[class_matrix_key(classes)] = classes
+        names, protos = self.prototype_classes()
+        if len(names) >= MIN_PROTOTYPE_CLASSES:
+            matrices[class_matrix_key(protos)] = protos
+        return list(matrices.values())
 
     def prototype_classes(self) -> tuple[list[str], np.ndarray]:
         """The artists with references (sorted) and their prototypes as a [N, D] matrix."""

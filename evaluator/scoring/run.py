@@ -274,7 +274,7 @@ def score(workdir: str | Path, config: ScoreConfig | None = None, echo=None, **o
     cfg.validate()
     from datetime import timedelta
 
-    from evaluator.generation.distributed import dist_env, join_process_group
+    from evaluator.generation.distributed import dist_env, join_process_group, leave_process_group
 
     env = dist_env()
     wd = Workdir.at(workdir)
@@ -282,8 +282,11 @@ def score(workdir: str | Path, config: ScoreConfig | None = None, echo=None, **o
     # the ranks of a launch share the lock (they must not queue behind each other)
     with workdir_lock(wd, cfg.lock_timeout, echo=say, shared=env.world_size > 1):  # 1.
         # a day: ranks > 0 wait at a gather while rank 0 indexes, embeds texts, writes
-        join_process_group(env, cfg.device, timeout=timedelta(hours=24))
-        return _score_locked(wd, cfg, say, env)
+        joined = join_process_group(env, cfg.device, timeout=timedelta(hours=24))
+        summary = _score_locked(wd, cfg, say, env)
+        if joined:
+            leave_process_group()
+        return summary
 
 
 def _score_locked(wd: Workdir, cfg: ScoreConfig, say, env: DistEnv) -> ScoreSummary:
@@ -339,7 +342,7 @@ def _prepare(wd: Workdir, cfg: ScoreConfig, say, clock: _Clock, env: DistEnv) ->
             f"{embedding.n_failed} unreadable)")
     embedding = merge_embed_results(gather_objects(embedding, env))  # every rank's parts are written
     clock.lap("embed")
-    only = _share_and_references(inputs, env) if not env.is_main and cfg.readout == "cosine" else None
+    only = _share_and_references(inputs, env) if not env.is_main else None
     embedded = load_and_index(wd, clip.key, inputs, cfg.index, update=env.is_main, only=only)  # one index writer
     if only is not None:
         say(f"rank {env.rank}/{env.world_size}: loaded {len(embedded.position)} embeddings, its share of the "
@@ -349,6 +352,8 @@ def _prepare(wd: Workdir, cfg: ScoreConfig, say, clock: _Clock, env: DistEnv) ->
     fp = fingerprint(inputs, embedded, embedding.errors, model=clip.key, config_digest=cfg.fingerprint(),
                      identification={"retrieval_ks": sorted(set(cfg.retrieval_ks)), "readout": cfg.readout,
                                      "csls_k": cfg.csls_k})
+    if env.world_size > 1:  # rank 0 holds every vector (a rank > 0 its share): its fingerprint is the run's
+        fp = gather_objects(fp, env)[0]
     return _Prepared(clip, inputs, pairs, embedding, embedded, fp, env)
 
 
@@ -356,7 +361,8 @@ def _share_and_references(inputs: ScoreInputs, env: DistEnv) -> np.ndarray:
     """The image ids a rank > 0 needs under the cosine readout: its share of the scored
     images and every reference work. An image metric then depends on the image, the texts
     and the references alone, so the rank need not hold the other ranks' vectors (at 100M
-    images x 512 dims, 200 GB). The CSLS readout's hubness term needs every scored image."""
+    images x 512 dims, 200 GB). The CSLS readout's hubness term is over every scored image:
+    each rank finds its share's top k per class and the ranks merge them (``_csls_penalties``)."""
     import numpy as np
 
     from evaluator.generation.distributed import share_mask
@@ -449,8 +455,25 @@ def _metric_inputs(wd: Workdir, cfg: ScoreConfig, prepared: _Prepared, texts: Te
         texts = embed_text_inputs(wd, prepared.clip, prepared.inputs, prepared.embedded, cfg.progress)
     metric_inputs = eval_inputs(prepared.inputs, prepared.embedded, texts, embed_dim=prepared.clip.embed_dim,
                                 recognized_threshold=cfg.recognized_threshold)
-    return replace(metric_inputs, retrieval_ks=tuple(sorted(set(cfg.retrieval_ks))), readout=cfg.readout,
-                   csls_k=cfg.csls_k, csls_pool=metric_inputs.vecs)
+    metric_inputs = replace(metric_inputs, retrieval_ks=tuple(sorted(set(cfg.retrieval_ks))), readout=cfg.readout,
+                            csls_k=cfg.csls_k, csls_pool=metric_inputs.vecs)
+    if cfg.readout == "csls":
+        metric_inputs = replace(metric_inputs, csls_penalties=_csls_penalties(metric_inputs, prepared.env))
+    return metric_inputs
+
+
+def _csls_penalties(metric_inputs: EvalInputs, env: DistEnv) -> dict:
+    """CSLS's r(c) of every class matrix over every scored image, each rank reading only its
+    share: a rank's top k per class (float64) are gathered and merged, the same bit for bit as
+    one process over the whole pool (``metrics.csls_top_k``). A collective: every rank calls it."""
+    from evaluator.generation.distributed import gather_objects, share_mask
+    from evaluator.scoring.metrics import class_matrix_key, csls_penalty_of_parts, csls_top_k
+
+    matrices = metric_inputs.csls_class_matrices()
+    mine = metric_inputs.vecs[share_mask(metric_inputs.image_ids, env)]
+    parts = gather_objects([csls_top_k(m, mine, metric_inputs.csls_k) for m in matrices], env)
+    return {class_matrix_key(m): csls_penalty_of_parts([rank[i] for rank in parts], metric_inputs.csls_k)
+            for i, m in enumerate(matrices)}
 
 
 def _image_scores(wd: Workdir, prepared: _Prepared, metric_inputs: EvalInputs,

@@ -62,16 +62,17 @@ def clip(tmp_path_factory):
 
 
 def _command(workdir: Path, clip: Path, catalog: Path, bootstrap: int = 100,
-             compare: tuple[str, ...] = ("--compare", "base:ft")) -> tuple[list[str], dict[str, str]]:
+             compare: tuple[str, ...] = ("--compare", "base:ft"), readout: str = "cosine") -> tuple[list[str], dict[str, str]]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "evaluator.cli.main", "score", "-w", str(workdir), "--model", str(clip), "--catalog", str(catalog),
-           *compare, "--bootstrap", str(bootstrap), "--batch-size", "1", "--num-workers", "0", "--quiet"]
+           *compare, "--bootstrap", str(bootstrap), "--batch-size", "1", "--num-workers", "0", "--quiet",
+           "--readout", readout]
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     return cmd, env | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def _launch(workdir: Path, clip: Path, catalog: Path) -> subprocess.CompletedProcess:
-    cmd, env = _command(workdir, clip, catalog)
+def _launch(workdir: Path, clip: Path, catalog: Path, readout: str = "cosine") -> subprocess.CompletedProcess:
+    cmd, env = _command(workdir, clip, catalog, readout=readout)
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -87,14 +88,16 @@ def _references(folder: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_score_like_one(tmp_path, clip):
+@pytest.mark.parametrize("readout", ["cosine", "csls"])
+def test_torchrun_two_processes_score_like_one(tmp_path, clip, readout):
+    """Under CSLS too: r(c) is over every scored image, and each rank reads only its share."""
     catalog = write_catalog(tmp_path / "styles.csv")
     records = make_workdir(tmp_path / "two", broken=1)
     make_workdir(tmp_path / "one", broken=1)
     works = _references(tmp_path / "works")
     for name in ("two", "one"):
         add_references(Workdir.at(tmp_path / name), works, catalog_path=catalog)
-    result = _launch(tmp_path / "two", clip, catalog)
+    result = _launch(tmp_path / "two", clip, catalog, readout)
     # rank 1 scored exactly its share (odd ids among the readable images), rank 0 the rest
     broken = {int(records[0]["image_id"]), int(records[len(records) // 2]["image_id"])}  # each checkpoint's first
     readable = [int(r["image_id"]) for r in records if int(r["image_id"]) not in broken]
@@ -111,7 +114,8 @@ def test_torchrun_two_processes_score_like_one(tmp_path, clip):
     assert not any((tmp_path / "two" / "image_scores").rglob("*.parquet"))  # the store holds them now
 
     one = score(tmp_path / "one", ScoreConfig(model=str(clip), catalog_path=catalog, base_pairs=[("base", "ft")],
-                                              bootstrap=100, batch_size=1, num_workers=0, progress=False))
+                                              bootstrap=100, batch_size=1, num_workers=0, progress=False,
+                                              readout=readout))
     assert one.n_scored == len(readable) and one.world_size == 1
     for table in TABLES:
         two_rows, one_rows = _table(tmp_path / "two" / "atelier.duckdb", table), _table(tmp_path / "one" / "atelier.duckdb", table)
@@ -122,7 +126,7 @@ def test_torchrun_two_processes_score_like_one(tmp_path, clip):
     assert not scores.duplicated(["image_id", "metric"]).any()
     assert set(scores["image_id"]) == set(readable)
 
-    again = _launch(tmp_path / "two", clip, catalog)  # nothing new: both ranks stop, nothing written
+    again = _launch(tmp_path / "two", clip, catalog, readout)  # nothing new: both ranks stop, nothing written
     assert again.stdout.count("nothing new") == 2
 
 
