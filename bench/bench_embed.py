@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evaluator.threads import prefer_sleeping_threads
+from evaluator.workspace.threads import prefer_sleeping_threads
 
 prefer_sleeping_threads()  # as the CLI does, before torch loads
 

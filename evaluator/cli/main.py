@@ -21,9 +21,9 @@ import click
 
 from evaluator.cli.options import fail
 from evaluator.errors import AtelierError
-from evaluator.threads import prefer_sleeping_threads
+from evaluator.workspace.threads import prefer_sleeping_threads
 
-# Before any command imports torch (evaluator/threads.py says why).
+# Before any command imports torch (evaluator/workspace/threads.py says why).
 prefer_sleeping_threads()
 
 

@@ -115,13 +115,14 @@ class _Session:
 # ------------------------------------------------------------------ setup
 
 
-def start_distributed(env, device: str) -> None:
-    """Join the launcher's process group (gloo on CPU, nccl on CUDA) when world_size > 1."""
+def start_distributed(env, device: str) -> bool:
+    """Join the launcher's process group (gloo on CPU, nccl on CUDA) when world_size > 1;
+    whether a group is in use."""
     from evaluator.generation.distributed import join_process_group
 
     # Rank 0 validates (and generates images) at every saved step while the others wait at
     # a barrier: give that the time a real model's validation takes, not the 30-min default.
-    join_process_group(env, device, timeout=timedelta(hours=4))
+    return join_process_group(env, device, timeout=timedelta(hours=4))
 
 
 def prepare_data(config: TrainingConfig, wd: Workdir, world_size: int) -> TrainingData:
@@ -486,11 +487,11 @@ def _truncate_losses(run_dir: Path, step: int) -> None:
 
 def train(config: TrainingConfig, workdir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train ``config`` into ``workdir`` (see the module docstring); returns what this call did."""
-    from evaluator.generation.distributed import dist_env
+    from evaluator.generation.distributed import dist_env, leave_process_group
 
     config.validate()
     env = dist_env()
-    start_distributed(env, config.device)
+    joined = start_distributed(env, config.device)
     session = _open_session(config, workdir, resume, env)
     status, message = "ok", None
     try:
@@ -502,6 +503,8 @@ def train(config: TrainingConfig, workdir: str | Path, *, resume: bool = False, 
         session.result.seconds = time.perf_counter() - session.t_start
         if session.env.is_main and (session.result.final_step > session.result.start_step or status != "ok"):
             _write_run_record(session, status, message)
+    if joined:  # after the run record: the other ranks wait for it at the barrier
+        leave_process_group()
     return session.result
 
 

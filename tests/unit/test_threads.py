@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from evaluator.threads import WAIT_POLICY, prefer_sleeping_threads
+from evaluator.workspace.threads import WAIT_POLICY, prefer_sleeping_threads
 
 
 def test_the_default_is_passive_and_a_users_choice_wins():
