@@ -25,6 +25,10 @@ the same vectors and is measured the same way.
 
     python bench/bench_faiss.py [--n 300000] [--dim 512] [--queries 1000] [--json OUT] [--autofaiss]
 
+``--index-memory 2GB`` also builds the budget's choice; ``--budget-only`` builds only that
+(at 10M vectors the default IVF-Flat's lists are as large as the vectors, and both would
+not fit in memory together), recorded under ``"index_memory"`` as in a full run.
+
 Writes bench/results/faiss.json (or OUT). Memory: the vectors, the exact and the IVF
 index at once: ~3 copies of n x dim float32 (1.8 GB at 300k x 512).
 """
@@ -130,7 +134,6 @@ def atelier_index(vecs, ids, queries, n_single: int, memory_budget: str | None =
     (``build_index``: the default IVF, its exact fallbacks, or a budget's choice), searched
     as ``atelier search`` does (``search_by_vector`` with the meta: large batches go exact
     when that measured faster)."""
-    import faiss
 
     from evaluator.embedding.index import IndexConfig, build_index, set_search_param
     from evaluator.embedding.index_budget import parse_size
@@ -155,13 +158,26 @@ def atelier_index(vecs, ids, queries, n_single: int, memory_budget: str | None =
         "ef_search": meta.get("ef_search"), "refine_factor": meta.get("refine_factor"),
         "train_size": meta.get("train_size"), "target_recall": cfg.target_recall,
         "recall_at_10_tuning_sample": round(meta["recall_at_10"], 4), **tuned,
-        "build_seconds": round(build_s, 1), "bytes": meta.get("bytes"), "file_bytes": len(faiss.serialize_index(index)),
+        "build_seconds": round(build_s, 1), "bytes": meta.get("bytes"), "file_bytes": _file_bytes(index),
         "reason": meta.get("reason"), "exact_batch_from": meta.get("exact_batch_from"), "batch_timing": meta.get("batch_timing"),
         "candidates": meta.get("candidates"), "memory_budget": memory_budget,
         "exact_ms_per_query_single": round(1000 * exact_speed["single"], 3),
         "exact_ms_per_query_batch": round(1000 * exact_speed["batch"], 4),
         "by_nprobe": by_nprobe, "_exact": exact, "_exact_speed": exact_speed,
     }
+
+
+def _file_bytes(index) -> int:
+    """Size of the index written as atelier writes it (to a temporary file: at 10M vectors
+    a serialized copy in memory would be the size of the vectors again)."""
+    import tempfile
+
+    import faiss
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "index.faiss"
+        faiss.write_index(index, str(path))
+        return path.stat().st_size
 
 
 class _Searcher:
@@ -202,6 +218,14 @@ def neighbourhood_overlap(exact_ids, ids, labels, query_labels, sub: int) -> dic
             "super_cluster_share": round(float(sibling.mean()), 3)}
 
 
+def _peak_rss_bytes() -> int:
+    """The process's peak resident memory (Linux reports kilobytes): the vectors, the exact
+    baseline and the indexes the run held at once, not one index's size."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=300_000)
@@ -214,6 +238,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=1.0, help="noise norm of a vector around its centre")
     parser.add_argument("--uniform-n", type=int, default=None, help="size of the uniform worst case (default --n; 0 skips)")
     parser.add_argument("--index-memory", default=None, help="also build atelier's choice under this memory budget (e.g. 2GB)")
+    parser.add_argument("--budget-only", action="store_true",
+                        help="build only the --index-memory choice, not the default IVF too: at 10M vectors the "
+                             "default's flat lists alone are n x dim x 4 bytes, and the two builds would not fit together")
     parser.add_argument("--autofaiss", action="store_true", help="also build and measure autofaiss on the clustered data")
     parser.add_argument("--autofaiss-budget", default="2GB")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "faiss.json")
@@ -222,16 +249,22 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.budget_only and not args.index_memory:
+        raise SystemExit("--budget-only needs --index-memory (the budget whose choice is measured)")
     import faiss
     import numpy as np
 
     ids = np.arange(args.n, dtype=np.int64) * 2 + 1
     vecs, labels = clustered_vectors(args.n, args, seed=1)
     queries, query_labels = clustered_vectors(args.queries, args, seed=2)  # held out, same centres
-    result = atelier_index(vecs, ids, queries, args.single)
-    exact, exact_speed = result.pop("_exact"), result.pop("_exact_speed")
+    if args.budget_only:
+        result = {"index_memory": atelier_index(vecs, ids, queries, args.single, memory_budget=args.index_memory)}
+        exact, exact_speed = result["index_memory"].pop("_exact"), result["index_memory"].pop("_exact_speed")
+    else:
+        result = atelier_index(vecs, ids, queries, args.single)
+        exact, exact_speed = result.pop("_exact"), result.pop("_exact_speed")
     overlap = neighbourhood_overlap(exact, ids, labels, query_labels, args.sub)
-    if args.index_memory:
+    if args.index_memory and not args.budget_only:
         budgeted = atelier_index(vecs, ids, queries, args.single, memory_budget=args.index_memory)
         budgeted.pop("_exact"), budgeted.pop("_exact_speed")
         result["index_memory"] = budgeted
@@ -251,6 +284,7 @@ def main() -> None:
         "data": {"distribution": "clustered unit vectors, two levels", "super_clusters": args.super, "clusters_per_super": args.sub,
                  "sub_spread": args.sub_spread, "noise": args.noise, **overlap},
         "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(), "cpu_count": os.cpu_count(),
+        "peak_rss_bytes": _peak_rss_bytes(), "budget_only": args.budget_only,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -399,7 +399,7 @@ def search_ladder(index: Any, kind: str, start: int) -> list[int]:
     return nprobe_ladder(start, max(1, int(nlist * EXACT_SHARE)))
 
 
-def tune(index: Any, kind: str, sample: tuple, config: IndexConfig) -> tuple[int, float]:
+def tune(index: Any, kind: str, sample: tuple, config: IndexConfig, from_factor: int | None = None) -> tuple[int, float]:
     """Raise nprobe / efSearch along ``search_ladder`` until leave-one-out recall@10 on
     ``sample`` (queries, exact ids, own ids) reaches target_recall + recall_margin;
     returns (value, recall) — the last value tried and its recall when never reached.
@@ -407,12 +407,15 @@ def tune(index: Any, kind: str, sample: tuple, config: IndexConfig) -> tuple[int
     A re-ranked kind (``REFINED_KINDS``) also raises its re-ranking factor, left set on
     the index: with too few candidates re-ranked, recall stops rising whatever nprobe is
     (IVF-PQ64 at 1M x 512: 0.903 at factor 10 from nprobe 4 to 641; 0.995 at 40, nprobe 4),
-    so each factor's nprobe ladder ends where recall stops rising."""
+    so each factor's nprobe ladder ends where recall stops rising. ``from_factor`` (a
+    re-tune after adds: the factor tuned before) skips the smaller factors: re-ranking
+    more candidates never finds fewer true neighbours, and each factor below it would
+    climb its nprobe ladder to a plateau already known to be under the goal."""
     if kind not in REFINED_KINDS:
         param, recall, _ = _climb(index, kind, sample, config, stop_on_plateau=False)
         return param, recall
     best: tuple[int, int, float] | None = None
-    for factor in refine_factors(kind):
+    for factor in refine_factors(kind, from_factor):
         set_refine_factor(index, factor)
         param, recall, met = _climb(index, kind, sample, config, stop_on_plateau=True)
         if best is None or recall > best[2]:
@@ -441,12 +444,13 @@ def _climb(index: Any, kind: str, sample: tuple, config: IndexConfig, stop_on_pl
     return param, recall, False
 
 
-def refine_factors(kind: str) -> list[int]:
-    """The re-ranking factors tuning tries for ``kind``, from its default up."""
+def refine_factors(kind: str, at_least: int | None = None) -> list[int]:
+    """The re-ranking factors tuning tries for ``kind``, from its default (or ``at_least``,
+    if larger) up; a factor past the ladder's top is tried alone."""
     from evaluator.embedding.index_budget import RERANK_FACTOR, SQ_RERANK_FACTOR
 
-    start = SQ_RERANK_FACTOR if kind == "ivfsq" else RERANK_FACTOR
-    return [f for f in REFINE_FACTORS if f >= start]
+    start = max(SQ_RERANK_FACTOR if kind == "ivfsq" else RERANK_FACTOR, at_least or 0)
+    return [f for f in REFINE_FACTORS if f >= start] or [start]
 
 
 def set_refine_factor(index: Any, factor: int) -> None:
@@ -634,7 +638,7 @@ def _add_and_remeasure(index: Any, meta: dict, vecs: np.ndarray, ids: np.ndarray
     if not added and meta.get("recall_at_10") is not None:
         return added, out, None
     sample = _query_sample(vecs, ids, 10, config.recall_queries, config.seed + len(ids))  # new queries each size
-    param, recall = tune(index, kind, sample, config)
+    param, recall = tune(index, kind, sample, config, from_factor=meta.get("refine_factor"))
     out.update({"ef_search" if kind == "hnsw" else "nprobe": param, "recall_at_10": recall, "recall_queries": len(sample[0])})
     if kind in REFINED_KINDS:
         out["refine_factor"] = refine_factor(index)

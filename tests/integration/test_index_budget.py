@@ -19,6 +19,7 @@ from evaluator.embedding.index import (
     build_kind,
     index_status,
     load_index,
+    meta_path,
     recall_against,
     recall_warning,
     refine_factor,
@@ -208,3 +209,31 @@ def test_cli_index_memory_records_the_choice_and_warns(tmp_path):
     assert json.loads(config)["memory_budget"] == budget
     info = _run("index", "info", "-w", tmp_path, "--model", "ViT-B-32", "--pretrained", "random")
     assert info.exit_code == 0 and "WARNING: recall@10" in info.output and "reason:" in info.output
+
+
+def test_a_re_tune_starts_from_the_factor_tuned_before():
+    vecs = clustered(4000)  # structured: the default factor reaches the goal
+    ids = np.arange(len(vecs), dtype=np.int64)
+    cfg = IndexConfig(recall_queries=200)
+    index = build_kind("ivfpq", vecs, ids, cfg)
+    sample = _query_sample(vecs, ids, 10, 200, 0)
+    _, recall = tune(index, "ivfpq", sample, cfg)
+    assert refine_factor(index) == RERANK_FACTOR and recall >= 0.96
+    _, again = tune(index, "ivfpq", sample, cfg, from_factor=40)
+    assert refine_factor(index) == 40 and again >= recall  # never below the factor it had
+
+
+@pytest.mark.slow
+def test_adds_re_tune_from_the_saved_re_ranking_factor(tmp_path):
+    n, d = 4000, 32
+    cfg = IndexConfig(ivf_threshold=1000, recall_queries=200)
+    wd = workdir_with(tmp_path, clustered(n))
+    first = update_index(wd, KEY, cfg, memory_budget=estimate_bytes("ivfpq", n, d, 102) + 10_000)
+    assert first.kind == "ivfpq" and first.refine_factor == RERANK_FACTOR
+    # an earlier tune that needed more candidates (as on harder data) left 40 in the meta
+    meta_file = meta_path(wd.index(KEY))
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "refine_factor": 40}))
+    _write_part(wd.embeddings(KEY), list(range(n, n + 50)), clustered(50, seed=5), KEY)
+    after = update_index(wd, KEY, cfg)
+    assert (after.added, after.rebuilt, after.refine_factor) == (50, None, 40)
