@@ -128,6 +128,8 @@ class IndexInfo:
     reason: str | None = None  # why this kind: an exact fallback, a budget's choice
     exact_batch_from: int | None = None  # batches this large are searched exactly (measured faster)
     batch_timing: dict | None = None  # that measurement
+    batch_assign: str | None = None  # "matmul": a batch's IVF lists found by one BLAS matmul (measured faster)
+    assign_timing: dict | None = None  # that measurement
     bytes: int | None = None  # estimated resident bytes when loaded for search
     file_bytes: int | None = None
     disk_bytes: int | None = None  # an IVF-SQ's or IVF-PQ's re-ranking vectors, memory-mapped from the file
@@ -494,7 +496,7 @@ def index_status(workdir: Workdir, model: str) -> dict:
         return {"model": model, "built": False, "warning": f"no index for model {model!r}: run `atelier index build`"}
     meta = json.loads(path.read_text(encoding="utf-8"))
     keys = ("kind", "layout", "ntotal", "dim", "nprobe", "ef_search", "recall_at_10", "recall_queries", "target_recall",
-            "reason", "exact_batch_from", "bytes", "memory_budget", "rebuilt", "built_at")
+            "reason", "exact_batch_from", "batch_assign", "bytes", "memory_budget", "rebuilt", "built_at")
     warning = recall_warning(meta)
     return {"model": model, "built": True, **{k: meta.get(k) for k in keys}, "recall_ok": warning is None, "warning": warning}
 
@@ -563,9 +565,12 @@ def build_index(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_b
        ``memory_budget`` bytes, tuned on one leave-one-out sample.
     3. Exact when the target was out of reach within a quarter of the lists (and exact fits).
     4. The batch size from which exact search is faster, measured.
+    5. For an IVF-Flat, whether a batch finds its lists faster by one matmul against the
+       centroids than by the HNSW quantizer, measured (``index_assign``).
     """
     import faiss
 
+    from evaluator.embedding.index_assign import assign_timing
     from evaluator.embedding.index_budget import (
         candidates_within,
         disk_bytes,
@@ -594,9 +599,11 @@ def build_index(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_b
             f"{layout} reached recall@10 {recall:.3f} at {what} under the goal {_goal(config)}: "
             "exact search is about as fast there, and exact"))
     exact_from, timing = batch_fallback(index, sample[0])
+    assign, assign_timed = assign_timing(index, sample[0]) if kind == "ivf" else (None, None)
     fields = {"kind": kind, "layout": layout, "recall_at_10": recall, "recall_queries": len(sample[0]),
               "reason": reason, "candidates": cands, "memory_budget": memory_budget, "exact_batch_from": exact_from,
-              "batch_timing": timing, "bytes": estimate_bytes(kind, n, dim, nlist)}
+              "batch_timing": timing, "batch_assign": assign, "assign_timing": assign_timed or None,
+              "bytes": estimate_bytes(kind, n, dim, nlist)}
     if kind == "hnsw":
         fields["ef_search"] = param
     else:
@@ -791,9 +798,11 @@ def record_index_run(workdir: Workdir, info: IndexInfo, config: IndexConfig, tim
 def search_by_vector(index: Any, vecs: np.ndarray, k: int = 10, meta: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(similarities [Q, k], image ids [Q, k]); -1 ids pad when the index is small. With
     the index's ``meta``, a batch of at least ``exact_batch_from`` queries is answered
-    exactly (measured faster than the index at build time)."""
+    exactly, and an IVF-Flat's batch of ``MIN_BATCH`` or more finds its lists by one
+    matmul when ``batch_assign`` says so (each measured faster at build time)."""
     import numpy as np
 
+    from evaluator.embedding.index_assign import MATMUL, MIN_BATCH, can_assign, search_assigned
     from evaluator.embedding.index_exact import exact_search
 
     if k < 1:
@@ -804,6 +813,8 @@ def search_by_vector(index: Any, vecs: np.ndarray, k: int = 10, meta: dict | Non
     exact_from = (meta or {}).get("exact_batch_from")
     if exact_from and len(q) >= exact_from and (meta or {}).get("kind", "flat") != "flat":
         return exact_search(index, q, k)
+    if (meta or {}).get("batch_assign") == MATMUL and len(q) >= MIN_BATCH and can_assign(index):
+        return search_assigned(index, q, k)
     return index.search(q, k)
 
 

@@ -1,0 +1,98 @@
+"""Batched IVF search whose coarse assignment is one BLAS matmul against every centroid.
+
+atelier's IVF has an HNSW coarse quantizer because it finds a single query's nearest
+lists in a few dozen distance computations. A batch gets no such gain: faiss walks the
+graph query by query, and on 300k clustered vectors (IVF2190_HNSW32,Flat, nprobe 2, 1,000
+queries, 2 cores) the walks took 76 of the batch's 140 ms, while one matmul of the batch
+against the 2,190 centroids took 28 ms. The matmul also finds the exact nearest lists,
+so recall is at least the HNSW quantizer's at the same nprobe.
+
+Which is faster depends on the lists (the matmul grows with them, the walk hardly) and on
+the machine's BLAS, so ``assign_timing`` measures both when the index is built and the
+index's meta records the choice (``batch_assign``); ``search_by_vector`` follows it for
+batches of at least ``MIN_BATCH`` queries. Kind ``ivf`` only: a re-ranked IVF (SQ8, PQ)
+searches inside faiss's ``IndexRefine``, which takes no assignment.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# faiss itself turns to BLAS for flat search from 20 queries (distance_compute_blas_threshold).
+MIN_BATCH = 20
+MATMUL = "matmul"  # the meta's batch_assign when the matmul measured faster
+BLOCK = 4096  # queries a matmul: 4096 x 16k lists of float32 similarities is 256 MB
+
+
+def centroids(ivf: Any) -> np.ndarray:
+    """The coarse centroids [nlist, d] of an IVF, a view of its quantizer's float32 storage
+    (an HNSW quantizer keeps them in a flat index, a flat quantizer is one)."""
+    import faiss
+
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    flat = faiss.downcast_index(quantizer.storage) if isinstance(quantizer, faiss.IndexHNSW) else quantizer
+    if not isinstance(flat, faiss.IndexFlat):
+        raise TypeError(f"no centroids to read from a {type(flat).__name__} quantizer")
+    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+
+
+def assign_by_matmul(ivf: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, list numbers) [Q, nprobe], best first: every query's ``ivf.nprobe``
+    nearest centroids by inner product, exactly."""
+    import numpy as np
+
+    cents = centroids(ivf)
+    nprobe = min(int(ivf.nprobe), len(cents))
+    sims = np.empty((len(queries), nprobe), dtype=np.float32)
+    lists = np.empty((len(queries), nprobe), dtype=np.int64)
+    for s in range(0, len(queries), BLOCK):
+        block = queries[s : s + BLOCK] @ cents.T
+        top = np.argpartition(-block, nprobe - 1, axis=1)[:, :nprobe] if nprobe < len(cents) else \
+            np.broadcast_to(np.arange(len(cents)), block.shape)
+        top_sims = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-top_sims, axis=1, kind="stable")
+        sims[s : s + BLOCK] = np.take_along_axis(top_sims, order, axis=1)
+        lists[s : s + BLOCK] = np.take_along_axis(top, order, axis=1)
+    return sims, lists
+
+
+def search_assigned(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities [Q, k], image ids [Q, k]) of an ``IndexIDMap2`` over an IVF-Flat, its
+    lists chosen by ``assign_by_matmul``; -1 ids pad as faiss pads."""
+    import faiss
+    import numpy as np
+
+    ivf = faiss.downcast_index(index.index)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    coarse_sims, lists = assign_by_matmul(ivf, q)
+    sims, internal = ivf.search_preassigned(q, k, lists, coarse_sims)
+    id_map = faiss.rev_swig_ptr(index.id_map.data(), index.id_map.size())  # a view, not a copy of every id
+    return sims, np.where(internal >= 0, id_map[np.maximum(internal, 0)], -1)
+
+
+def can_assign(index: Any) -> bool:
+    """Whether ``search_assigned`` applies: an ``IndexIDMap2`` directly over an IndexIVF."""
+    import faiss
+
+    inner = getattr(index, "index", None)
+    return inner is not None and isinstance(faiss.downcast_index(inner), faiss.IndexIVF)
+
+
+def assign_timing(index: Any, queries: np.ndarray, k: int = 10) -> tuple[str | None, dict]:
+    """(``MATMUL`` if the matmul assignment answered ``queries`` as one batch faster than the
+    index's own search, else None; the timings), best of two each."""
+    import numpy as np
+
+    from evaluator.embedding.index_exact import best_seconds
+
+    if not can_assign(index) or len(queries) < MIN_BATCH:
+        return None, {}
+    batch = np.ascontiguousarray(queries, dtype=np.float32)
+    own = best_seconds(lambda: index.search(batch, k))
+    matmul = best_seconds(lambda: search_assigned(index, batch, k))
+    timing = {"batch": len(batch), "quantizer_ms_per_query": round(1000 * own / len(batch), 4),
+              "matmul_ms_per_query": round(1000 * matmul / len(batch), 4)}
+    return (MATMUL if matmul < own else None), timing

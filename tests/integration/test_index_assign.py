@@ -1,0 +1,114 @@
+"""A batch's IVF lists found by one matmul against the centroids (``index_assign``): the
+exact nearest lists, the same neighbours as a naive scan of those lists, and used by
+``search_by_vector`` only when the index's meta says it measured faster."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from evaluator.embedding.index import IndexConfig, build_index, build_kind, search_by_vector, set_search_param
+from evaluator.embedding.index_assign import MATMUL, MIN_BATCH, assign_by_matmul, centroids, search_assigned
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n, d=32, centers=60, seed=0):
+    rng = np.random.default_rng(seed)
+    c = unit(rng.normal(size=(centers, d)))
+    return unit(c[rng.integers(0, centers, n)] + 0.8 * rng.normal(size=(n, d)) / np.sqrt(d))
+
+
+@pytest.fixture(scope="module")
+def ivf_index():
+    vecs = clustered(20_000)
+    ids = np.arange(len(vecs), dtype=np.int64) * 3 + 7  # external ids unlike positions
+    index = build_kind("ivf", vecs, ids, IndexConfig())
+    set_search_param(index, "ivf", 4)
+    return index, vecs, ids
+
+
+def naive_search(index, vecs, ids, queries, k):
+    """Every query's k best by a plain dot product over the vectors of its 4 nearest lists."""
+    ivf = faiss.extract_index_ivf(index)
+    cents = centroids(ivf)
+    list_of = np.empty(ivf.ntotal, dtype=np.int64)
+    for lst in range(ivf.nlist):
+        size = ivf.invlists.list_size(lst)
+        if size:
+            list_of[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size)] = lst
+    out_s, out_i = [], []
+    for q in queries:
+        near = np.argsort(-(cents @ q), kind="stable")[: ivf.nprobe]
+        rows = np.flatnonzero(np.isin(list_of, near))
+        sims = vecs[rows] @ q
+        best = rows[np.argsort(-sims, kind="stable")[:k]]
+        s = vecs[best] @ q
+        out_s.append(np.pad(s, (0, k - len(s)), constant_values=-np.inf))
+        out_i.append(np.pad(ids[best], (0, k - len(best)), constant_values=-1))
+    return np.array(out_s), np.array(out_i)
+
+
+def test_the_matmul_finds_each_query_s_nearest_lists_best_first(ivf_index):
+    index, _, _ = ivf_index
+    ivf = faiss.extract_index_ivf(index)
+    queries = clustered(300, seed=3)
+    sims, lists = assign_by_matmul(ivf, queries)
+    full = queries @ centroids(ivf).T
+    expected = np.argsort(-full, axis=1, kind="stable")[:, : ivf.nprobe]
+    np.testing.assert_array_equal(lists, expected)
+    np.testing.assert_allclose(sims, np.take_along_axis(full, expected, axis=1), rtol=0, atol=1e-6)
+
+
+def test_search_assigned_equals_a_naive_scan_of_the_nearest_lists(ivf_index):
+    index, vecs, ids = ivf_index
+    queries = clustered(200, seed=4)
+    sims, found = search_assigned(index, queries, 10)
+    ref_sims, ref_ids = naive_search(index, vecs, ids, queries, 10)
+    np.testing.assert_array_equal(found, ref_ids)
+    np.testing.assert_allclose(sims, ref_sims, rtol=0, atol=1e-5)
+
+
+def test_a_k_past_the_probed_vectors_pads_with_minus_one_as_faiss_does(ivf_index):
+    index, vecs, ids = ivf_index
+    set_search_param(index, "ivf", 1)
+    try:
+        queries = clustered(MIN_BATCH, seed=5)
+        k = 2000  # more than any one list holds
+        sims, found = search_assigned(index, queries, k)
+        own_sims, own = index.search(queries, k)
+        assert (found == -1).any()
+        np.testing.assert_array_equal(found == -1, own == -1)
+    finally:
+        set_search_param(index, "ivf", 4)
+
+
+def test_search_by_vector_takes_the_matmul_only_when_the_meta_says_so_and_the_batch_is_large(ivf_index):
+    index, vecs, ids = ivf_index
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    queries = clustered(MIN_BATCH, seed=6)
+    ref = naive_search(index, vecs, ids, queries, 10)[1]
+    quantizer.hnsw.efSearch = 1  # a starved graph walk misses some of the nearest lists
+    try:
+        own = index.search(queries, 10)[1]
+        assert (own != ref).any(), "the starved quantizer should miss lists for this test to tell the paths apart"
+        np.testing.assert_array_equal(search_by_vector(index, queries, 10, {"kind": "ivf", "batch_assign": MATMUL})[1], ref)
+        np.testing.assert_array_equal(search_by_vector(index, queries, 10, {"kind": "ivf", "batch_assign": None})[1], own)
+        small = queries[: MIN_BATCH - 1]
+        np.testing.assert_array_equal(search_by_vector(index, small, 10, {"kind": "ivf", "batch_assign": MATMUL})[1],
+                                      index.search(small, 10)[1])
+    finally:
+        set_search_param(index, "ivf", 4)  # efSearch back to its nprobe's width
+
+
+def test_building_an_ivf_records_which_assignment_measured_faster():
+    vecs = clustered(6000)
+    ids = np.arange(len(vecs), dtype=np.int64)
+    _, meta = build_index(vecs, ids, IndexConfig(ivf_threshold=1000, recall_queries=200))
+    timing = meta["assign_timing"]
+    assert meta["kind"] == "ivf" and timing["batch"] == 200
+    faster = timing["matmul_ms_per_query"] < timing["quantizer_ms_per_query"]
+    assert meta["batch_assign"] == (MATMUL if faster else None)
