@@ -565,7 +565,7 @@ def build_index(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_b
        ``memory_budget`` bytes, tuned on one leave-one-out sample.
     3. Exact when the target was out of reach within a quarter of the lists (and exact fits).
     4. The batch size from which exact search is faster, measured.
-    5. For an IVF-Flat, whether a batch finds its lists faster by one matmul against the
+    5. For an IVF kind, whether a batch finds its lists faster by one matmul against the
        centroids than by the HNSW quantizer, measured (``index_assign``).
     """
     import faiss
@@ -599,7 +599,7 @@ def build_index(vecs: np.ndarray, ids: np.ndarray, config: IndexConfig, memory_b
             f"{layout} reached recall@10 {recall:.3f} at {what} under the goal {_goal(config)}: "
             "exact search is about as fast there, and exact"))
     exact_from, timing = batch_fallback(index, sample[0])
-    assign, assign_timed = assign_timing(index, sample[0]) if kind == "ivf" else (None, None)
+    assign, assign_timed = assign_timing(index, sample[0]) if kind in IVF_KINDS else (None, None)
     fields = {"kind": kind, "layout": layout, "recall_at_10": recall, "recall_queries": len(sample[0]),
               "reason": reason, "candidates": cands, "memory_budget": memory_budget, "exact_batch_from": exact_from,
               "batch_timing": timing, "batch_assign": assign, "assign_timing": assign_timed or None,
@@ -798,7 +798,7 @@ def record_index_run(workdir: Workdir, info: IndexInfo, config: IndexConfig, tim
 def search_by_vector(index: Any, vecs: np.ndarray, k: int = 10, meta: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(similarities [Q, k], image ids [Q, k]); -1 ids pad when the index is small. With
     the index's ``meta``, a batch of at least ``exact_batch_from`` queries is answered
-    exactly, and an IVF-Flat's batch of ``MIN_BATCH`` or more finds its lists by one
+    exactly, and an IVF's batch of ``MIN_BATCH`` or more finds its lists by one
     matmul when ``batch_assign`` says so (each measured faster at build time)."""
     import numpy as np
 

@@ -10,8 +10,10 @@ so recall is at least the HNSW quantizer's at the same nprobe.
 Which is faster depends on the lists (the matmul grows with them, the walk hardly) and on
 the machine's BLAS, so ``assign_timing`` measures both when the index is built and the
 index's meta records the choice (``batch_assign``); ``search_by_vector`` follows it for
-batches of at least ``MIN_BATCH`` queries. Kind ``ivf`` only: a re-ranked IVF (SQ8, PQ)
-searches inside faiss's ``IndexRefine``, which takes no assignment.
+batches of at least ``MIN_BATCH`` queries. A re-ranked IVF (SQ8, PQ behind faiss's
+``IndexRefineFlat``, which takes no assignment) gets its ``k_factor * k`` candidates from
+the assigned lists and re-ranks them here by exact dot products with the float32 vectors,
+as ``IndexRefineFlat`` does.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 MIN_BATCH = 20
 MATMUL = "matmul"  # the meta's batch_assign when the matmul measured faster
 BLOCK = 4096  # queries a matmul: 4096 x 16k lists of float32 similarities is 256 MB
+RERANK_BLOCK = 256  # queries re-ranked at once: 256 x 400 candidates x 512 dims of float32 is 210 MB
 
 
 def centroids(ivf: Any) -> np.ndarray:
@@ -32,11 +35,13 @@ def centroids(ivf: Any) -> np.ndarray:
     (an HNSW quantizer keeps them in a flat index, a flat quantizer is one)."""
     import faiss
 
+    from evaluator.embedding.index_exact import flat_vectors
+
     quantizer = faiss.downcast_index(ivf.quantizer)
     flat = faiss.downcast_index(quantizer.storage) if isinstance(quantizer, faiss.IndexHNSW) else quantizer
     if not isinstance(flat, faiss.IndexFlat):
         raise TypeError(f"no centroids to read from a {type(flat).__name__} quantizer")
-    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+    return flat_vectors(flat)
 
 
 def assign_by_matmul(ivf: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,25 +65,58 @@ def assign_by_matmul(ivf: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def search_assigned(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities [Q, k], image ids [Q, k]) of an ``IndexIDMap2`` over an IVF-Flat, its
-    lists chosen by ``assign_by_matmul``; -1 ids pad as faiss pads."""
+    """(similarities [Q, k], image ids [Q, k]) of an ``IndexIDMap2`` over an IVF (or an
+    ``IndexRefineFlat`` over one), its lists chosen by ``assign_by_matmul``; -1 ids pad as
+    faiss pads."""
     import faiss
     import numpy as np
 
-    ivf = faiss.downcast_index(index.index)
+    inner = faiss.downcast_index(index.index)
+    refine = inner if isinstance(inner, faiss.IndexRefine) else None
+    ivf = faiss.downcast_index(refine.base_index) if refine is not None else inner
     q = np.ascontiguousarray(queries, dtype=np.float32)
     coarse_sims, lists = assign_by_matmul(ivf, q)
-    sims, internal = ivf.search_preassigned(q, k, lists, coarse_sims)
+    wanted = k if refine is None else k * max(1, int(refine.k_factor))
+    sims, internal = ivf.search_preassigned(q, wanted, lists, coarse_sims)
+    if refine is not None:
+        sims, internal = rerank(faiss.downcast_index(refine.refine_index), q, internal, k)
     id_map = faiss.rev_swig_ptr(index.id_map.data(), index.id_map.size())  # a view, not a copy of every id
     return sims, np.where(internal >= 0, id_map[np.maximum(internal, 0)], -1)
 
 
+def rerank(flat: Any, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each query's ``candidates`` (internal ids, -1 for none) by exact
+    inner product with ``flat``'s float32 vectors, best first."""
+    import numpy as np
+
+    from evaluator.embedding.index_exact import flat_vectors
+
+    vecs = flat_vectors(flat)
+    sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for s in range(0, len(queries), RERANK_BLOCK):
+        cand = candidates[s : s + RERANK_BLOCK]
+        exact = np.einsum("qd,qcd->qc", queries[s : s + RERANK_BLOCK], vecs[np.maximum(cand, 0)])
+        exact[cand < 0] = -np.inf
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(exact, order, axis=1)
+        sims[s : s + RERANK_BLOCK, : top.shape[1]] = top
+        ids[s : s + RERANK_BLOCK, : top.shape[1]] = np.where(np.isfinite(top), np.take_along_axis(cand, order, axis=1), -1)
+    return sims, ids
+
+
 def can_assign(index: Any) -> bool:
-    """Whether ``search_assigned`` applies: an ``IndexIDMap2`` directly over an IndexIVF."""
+    """Whether ``search_assigned`` applies: an ``IndexIDMap2`` over an IndexIVF, or over
+    an ``IndexRefine`` whose base is one."""
     import faiss
 
     inner = getattr(index, "index", None)
-    return inner is not None and isinstance(faiss.downcast_index(inner), faiss.IndexIVF)
+    if inner is None:
+        return False
+    inner = faiss.downcast_index(inner)
+    if isinstance(inner, faiss.IndexRefine):
+        inner = faiss.downcast_index(inner.base_index)
+    return isinstance(inner, faiss.IndexIVF)
 
 
 def assign_timing(index: Any, queries: np.ndarray, k: int = 10) -> tuple[str | None, dict]:

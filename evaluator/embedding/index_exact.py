@@ -51,7 +51,7 @@ def topk_over_blocks(queries: np.ndarray, blocks: Iterator[tuple[np.ndarray, np.
     return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
 
 
-def _flat_vectors(flat: Any) -> np.ndarray:
+def flat_vectors(flat: Any) -> np.ndarray:
     import faiss
 
     return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
@@ -95,7 +95,7 @@ def stored_blocks(inner: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return
     if not isinstance(inner, faiss.IndexFlat):
         raise TypeError(f"no exact search over a {type(inner).__name__}: it does not keep the vectors")
-    vecs = _flat_vectors(inner)
+    vecs = flat_vectors(inner)
     for s in range(0, len(vecs), BLOCK):
         yield vecs[s : s + BLOCK], np.arange(s, min(s + BLOCK, len(vecs)), dtype=np.int64)
 

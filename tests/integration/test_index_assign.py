@@ -8,8 +8,20 @@ import faiss
 import numpy as np
 import pytest
 
-from evaluator.embedding.index import IndexConfig, build_index, build_kind, search_by_vector, set_search_param
-from evaluator.embedding.index_assign import MATMUL, MIN_BATCH, assign_by_matmul, centroids, search_assigned
+from evaluator.embedding.index import (
+    IndexConfig,
+    build_index,
+    build_kind,
+    search_by_vector,
+    set_search_param,
+)
+from evaluator.embedding.index_assign import (
+    MATMUL,
+    MIN_BATCH,
+    assign_by_matmul,
+    centroids,
+    search_assigned,
+)
 
 
 def unit(x):
@@ -112,3 +124,21 @@ def test_building_an_ivf_records_which_assignment_measured_faster():
     assert meta["kind"] == "ivf" and timing["batch"] == 200
     faster = timing["matmul_ms_per_query"] < timing["quantizer_ms_per_query"]
     assert meta["batch_assign"] == (MATMUL if faster else None)
+
+
+@pytest.mark.parametrize("kind", ["ivfsq", "ivfpq"])
+def test_a_re_ranked_ivf_equals_faiss_s_own_re_ranking_of_the_same_lists(kind):
+    vecs = clustered(12_000, seed=8)
+    ids = np.arange(len(vecs), dtype=np.int64) * 5 + 1
+    index = build_kind(kind, vecs, ids, IndexConfig())
+    set_search_param(index, kind, 3)
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    quantizer.hnsw.efSearch = 512  # wide enough to find the exact nearest lists, as the matmul does
+    queries = clustered(300, seed=9)
+    sims, found = search_assigned(index, queries, 10)
+    own_sims, own = index.search(queries, 10)
+    np.testing.assert_array_equal(found, own)
+    np.testing.assert_allclose(sims, own_sims, rtol=0, atol=1e-5)
+    # the similarities are exact dot products with the stored vectors, not the codes' approximations
+    pos = (found - 1) // 5
+    np.testing.assert_allclose(sims, np.einsum("qd,qkd->qk", queries, vecs[pos]), rtol=0, atol=1e-5)
