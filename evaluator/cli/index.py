@@ -58,7 +58,7 @@ def index_build(workdir: Path, model: str, pretrained: str | None, rebuild: bool
 
 def describe(meta: dict) -> list[str]:
     """The lines `index build` and `index info` print: kind, size, recall, why, warnings."""
-    from evaluator.embedding.index_assign import MATMUL, MIN_BATCH
+    from evaluator.embedding.index_assign import MATMUL, min_batch
     from evaluator.embedding.index_budget import human_size
 
     kind = meta.get("kind", "?")
@@ -71,7 +71,7 @@ def describe(meta: dict) -> list[str]:
     if meta.get("exact_batch_from"):
         lines.append(f"batches of {meta['exact_batch_from']}+ queries are searched exactly (measured faster)")
     if meta.get("batch_assign") == MATMUL:
-        lines.append(f"batches of {MIN_BATCH}+ queries find their lists by one matmul against the centroids (measured faster)")
+        lines.append(f"batches of {min_batch(meta.get('dim') or 1)}+ queries find their lists by one matmul against the centroids (measured faster)")
     for label in ("reason", "rebuilt"):
         if meta.get(label):
             lines.append(f"{label}: {meta[label]}")

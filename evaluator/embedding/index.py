@@ -798,11 +798,11 @@ def record_index_run(workdir: Workdir, info: IndexInfo, config: IndexConfig, tim
 def search_by_vector(index: Any, vecs: np.ndarray, k: int = 10, meta: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(similarities [Q, k], image ids [Q, k]); -1 ids pad when the index is small. With
     the index's ``meta``, a batch of at least ``exact_batch_from`` queries is answered
-    exactly, and an IVF's batch of ``MIN_BATCH`` or more finds its lists by one
+    exactly, and an IVF's batch of ``min_batch(d)`` or more finds its lists by one
     matmul when ``batch_assign`` says so (each measured faster at build time)."""
     import numpy as np
 
-    from evaluator.embedding.index_assign import MATMUL, MIN_BATCH, can_assign, search_assigned
+    from evaluator.embedding.index_assign import MATMUL, can_assign, min_batch, search_assigned
     from evaluator.embedding.index_exact import exact_search
 
     if k < 1:
@@ -813,7 +813,7 @@ def search_by_vector(index: Any, vecs: np.ndarray, k: int = 10, meta: dict | Non
     exact_from = (meta or {}).get("exact_batch_from")
     if exact_from and len(q) >= exact_from and (meta or {}).get("kind", "flat") != "flat":
         return exact_search(index, q, k)
-    if (meta or {}).get("batch_assign") == MATMUL and len(q) >= MIN_BATCH and can_assign(index):
+    if (meta or {}).get("batch_assign") == MATMUL and len(q) >= min_batch(index.d) and can_assign(index):
         return search_assigned(index, q, k)
     return index.search(q, k)
 

@@ -2,15 +2,19 @@
 
 atelier's IVF has an HNSW coarse quantizer because it finds a single query's nearest
 lists in a few dozen distance computations. A batch gets no such gain: faiss walks the
-graph query by query, and on 300k clustered vectors (IVF2190_HNSW32,Flat, nprobe 2, 1,000
-queries, 2 cores) the walks took 76 of the batch's 140 ms, while one matmul of the batch
-against the 2,190 centroids took 28 ms. The matmul also finds the exact nearest lists,
-so recall is at least the HNSW quantizer's at the same nprobe.
+graph query by query. On 300k clustered vectors (IVF2190_HNSW32,Flat, nprobe 2, 2 cores)
+the walks took 38 of a 1,000-query batch's 69 ms; the quantizer's own flat storage
+searched as one BLAS matmul, then the lists scanned (``search_preassigned``, parallel over
+queries) took 38 ms in all: 250 queries 9.6 against 15.4 ms, 100 queries 8.7 against 5.4
+(under faiss's BLAS size, ``queries x dim >= 128,000``, the flat search is no matmul). The
+matmul finds the exact nearest lists, so recall is at least the HNSW quantizer's.
 
 Which is faster depends on the lists (the matmul grows with them, the walk hardly) and on
 the machine's BLAS, so ``assign_timing`` measures both when the index is built and the
 index's meta records the choice (``batch_assign``); ``search_by_vector`` follows it for
-batches of at least ``MIN_BATCH`` queries. A re-ranked IVF (SQ8, PQ behind faiss's
+batches of at least ``min_batch(dim)`` queries. The centroids are searched by faiss, not
+numpy: numpy's BLAS threads spin after a matmul and took the cores from faiss's scan
+(67 ms for a scan that takes 28 alone). A re-ranked IVF (SQ8, PQ behind faiss's
 ``IndexRefineFlat``, which takes no assignment) gets its ``k_factor * k`` candidates from
 the assigned lists and re-ranks them here by exact dot products with the float32 vectors,
 as ``IndexRefineFlat`` does.
@@ -23,45 +27,42 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-# faiss itself turns to BLAS for flat search from 20 queries (distance_compute_blas_threshold).
-MIN_BATCH = 20
 MATMUL = "matmul"  # the meta's batch_assign when the matmul measured faster
-BLOCK = 4096  # queries a matmul: 4096 x 16k lists of float32 similarities is 256 MB
+PARALLEL_OVER_QUERIES = 3  # IndexIVF.parallel_mode: search_preassigned splits the queries among threads
 RERANK_BLOCK = 256  # queries re-ranked at once: 256 x 400 candidates x 512 dims of float32 is 210 MB
 
 
-def centroids(ivf: Any) -> np.ndarray:
-    """The coarse centroids [nlist, d] of an IVF, a view of its quantizer's float32 storage
-    (an HNSW quantizer keeps them in a flat index, a flat quantizer is one)."""
-    import faiss
+def min_batch(dim: int) -> int:
+    """The smallest batch worth the matmul: faiss's flat search is one only from its BLAS size."""
+    from evaluator.embedding.index_exact import blas_batch_size
 
-    from evaluator.embedding.index_exact import flat_vectors
+    return blas_batch_size(dim)
+
+
+def _centroid_index(ivf: Any) -> Any:
+    """The flat index holding an IVF's centroids (an HNSW quantizer's storage, or the quantizer)."""
+    import faiss
 
     quantizer = faiss.downcast_index(ivf.quantizer)
     flat = faiss.downcast_index(quantizer.storage) if isinstance(quantizer, faiss.IndexHNSW) else quantizer
     if not isinstance(flat, faiss.IndexFlat):
         raise TypeError(f"no centroids to read from a {type(flat).__name__} quantizer")
-    return flat_vectors(flat)
+    return flat
+
+
+def centroids(ivf: Any) -> np.ndarray:
+    """The coarse centroids [nlist, d] of an IVF, a view of its quantizer's float32 storage."""
+    from evaluator.embedding.index_exact import flat_vectors
+
+    return flat_vectors(_centroid_index(ivf))
 
 
 def assign_by_matmul(ivf: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, list numbers) [Q, nprobe], best first: every query's ``ivf.nprobe``
-    nearest centroids by inner product, exactly."""
-    import numpy as np
-
-    cents = centroids(ivf)
-    nprobe = min(int(ivf.nprobe), len(cents))
-    sims = np.empty((len(queries), nprobe), dtype=np.float32)
-    lists = np.empty((len(queries), nprobe), dtype=np.int64)
-    for s in range(0, len(queries), BLOCK):
-        block = queries[s : s + BLOCK] @ cents.T
-        top = np.argpartition(-block, nprobe - 1, axis=1)[:, :nprobe] if nprobe < len(cents) else \
-            np.broadcast_to(np.arange(len(cents)), block.shape)
-        top_sims = np.take_along_axis(block, top, axis=1)
-        order = np.argsort(-top_sims, axis=1, kind="stable")
-        sims[s : s + BLOCK] = np.take_along_axis(top_sims, order, axis=1)
-        lists[s : s + BLOCK] = np.take_along_axis(top, order, axis=1)
-    return sims, lists
+    nearest centroids by inner product, exactly (faiss's flat search: one BLAS matmul
+    from its BLAS size)."""
+    flat = _centroid_index(ivf)
+    return flat.search(queries, min(int(ivf.nprobe), flat.ntotal))
 
 
 def search_assigned(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +77,8 @@ def search_assigned(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray
     ivf = faiss.downcast_index(refine.base_index) if refine is not None else inner
     q = np.ascontiguousarray(queries, dtype=np.float32)
     coarse_sims, lists = assign_by_matmul(ivf, q)
+    if ivf.parallel_mode != PARALLEL_OVER_QUERIES:  # the default, 0, scans them on one thread here
+        ivf.parallel_mode = PARALLEL_OVER_QUERIES  # search() is as fast either way (measured), its results the same
     wanted = k if refine is None else k * max(1, int(refine.k_factor))
     sims, internal = ivf.search_preassigned(q, wanted, lists, coarse_sims)
     if refine is not None:
@@ -120,15 +123,19 @@ def can_assign(index: Any) -> bool:
 
 
 def assign_timing(index: Any, queries: np.ndarray, k: int = 10) -> tuple[str | None, dict]:
-    """(``MATMUL`` if the matmul assignment answered ``queries`` as one batch faster than the
-    index's own search, else None; the timings), best of two each."""
+    """(``MATMUL`` if the matmul assignment answered one batch of ``queries`` (repeated up
+    to ``min_batch``) faster than the index's own search, else None; the timings), best
+    of two each."""
+    import math
+
     import numpy as np
 
     from evaluator.embedding.index_exact import best_seconds
 
-    if not can_assign(index) or len(queries) < MIN_BATCH:
+    if not can_assign(index) or not len(queries):
         return None, {}
-    batch = np.ascontiguousarray(queries, dtype=np.float32)
+    size = max(min_batch(index.d), len(queries))
+    batch = np.ascontiguousarray(np.tile(queries, (math.ceil(size / len(queries)), 1))[:size], dtype=np.float32)
     own = best_seconds(lambda: index.search(batch, k))
     matmul = best_seconds(lambda: search_assigned(index, batch, k))
     timing = {"batch": len(batch), "quantizer_ms_per_query": round(1000 * own / len(batch), 4),

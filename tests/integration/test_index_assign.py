@@ -17,9 +17,9 @@ from evaluator.embedding.index import (
 )
 from evaluator.embedding.index_assign import (
     MATMUL,
-    MIN_BATCH,
     assign_by_matmul,
     centroids,
+    min_batch,
     search_assigned,
 )
 
@@ -36,7 +36,7 @@ def clustered(n, d=32, centers=60, seed=0):
 
 @pytest.fixture(scope="module")
 def ivf_index():
-    vecs = clustered(20_000)
+    vecs = clustered(20_000, d=64)  # min_batch(64) = 2,000 queries
     ids = np.arange(len(vecs), dtype=np.int64) * 3 + 7  # external ids unlike positions
     index = build_kind("ivf", vecs, ids, IndexConfig())
     set_search_param(index, "ivf", 4)
@@ -67,7 +67,7 @@ def naive_search(index, vecs, ids, queries, k):
 def test_the_matmul_finds_each_query_s_nearest_lists_best_first(ivf_index):
     index, _, _ = ivf_index
     ivf = faiss.extract_index_ivf(index)
-    queries = clustered(300, seed=3)
+    queries = clustered(300, d=64, seed=3)
     sims, lists = assign_by_matmul(ivf, queries)
     full = queries @ centroids(ivf).T
     expected = np.argsort(-full, axis=1, kind="stable")[:, : ivf.nprobe]
@@ -77,7 +77,7 @@ def test_the_matmul_finds_each_query_s_nearest_lists_best_first(ivf_index):
 
 def test_search_assigned_equals_a_naive_scan_of_the_nearest_lists(ivf_index):
     index, vecs, ids = ivf_index
-    queries = clustered(200, seed=4)
+    queries = clustered(200, d=64, seed=4)
     sims, found = search_assigned(index, queries, 10)
     ref_sims, ref_ids = naive_search(index, vecs, ids, queries, 10)
     np.testing.assert_array_equal(found, ref_ids)
@@ -88,7 +88,7 @@ def test_a_k_past_the_probed_vectors_pads_with_minus_one_as_faiss_does(ivf_index
     index, vecs, ids = ivf_index
     set_search_param(index, "ivf", 1)
     try:
-        queries = clustered(MIN_BATCH, seed=5)
+        queries = clustered(20, d=64, seed=5)
         k = 2000  # more than any one list holds
         sims, found = search_assigned(index, queries, k)
         own_sims, own = index.search(queries, k)
@@ -101,7 +101,7 @@ def test_a_k_past_the_probed_vectors_pads_with_minus_one_as_faiss_does(ivf_index
 def test_search_by_vector_takes_the_matmul_only_when_the_meta_says_so_and_the_batch_is_large(ivf_index):
     index, vecs, ids = ivf_index
     quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
-    queries = clustered(MIN_BATCH, seed=6)
+    queries = clustered(min_batch(64), d=64, seed=6)
     ref = naive_search(index, vecs, ids, queries, 10)[1]
     quantizer.hnsw.efSearch = 1  # a starved graph walk misses some of the nearest lists
     try:
@@ -109,7 +109,7 @@ def test_search_by_vector_takes_the_matmul_only_when_the_meta_says_so_and_the_ba
         assert (own != ref).any(), "the starved quantizer should miss lists for this test to tell the paths apart"
         np.testing.assert_array_equal(search_by_vector(index, queries, 10, {"kind": "ivf", "batch_assign": MATMUL})[1], ref)
         np.testing.assert_array_equal(search_by_vector(index, queries, 10, {"kind": "ivf", "batch_assign": None})[1], own)
-        small = queries[: MIN_BATCH - 1]
+        small = queries[: min_batch(64) - 1]
         np.testing.assert_array_equal(search_by_vector(index, small, 10, {"kind": "ivf", "batch_assign": MATMUL})[1],
                                       index.search(small, 10)[1])
     finally:
@@ -121,7 +121,7 @@ def test_building_an_ivf_records_which_assignment_measured_faster():
     ids = np.arange(len(vecs), dtype=np.int64)
     _, meta = build_index(vecs, ids, IndexConfig(ivf_threshold=1000, recall_queries=200))
     timing = meta["assign_timing"]
-    assert meta["kind"] == "ivf" and timing["batch"] == 200
+    assert meta["kind"] == "ivf" and timing["batch"] == max(min_batch(32), 200)
     faster = timing["matmul_ms_per_query"] < timing["quantizer_ms_per_query"]
     assert meta["batch_assign"] == (MATMUL if faster else None)
 
