@@ -22,16 +22,11 @@ from evaluator.embedding.index_assign import (
     min_batch,
     search_assigned,
 )
-
-
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from tests.support.vectors import clustered as support_clustered
 
 
 def clustered(n, d=32, centers=60, seed=0):
-    rng = np.random.default_rng(seed)
-    c = unit(rng.normal(size=(centers, d)))
-    return unit(c[rng.integers(0, centers, n)] + 0.8 * rng.normal(size=(n, d)) / np.sqrt(d))
+    return support_clustered(n, d, centers, seed, spread=0.8)
 
 
 @pytest.fixture(scope="module")

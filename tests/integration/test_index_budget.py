@@ -31,18 +31,9 @@ from evaluator.embedding.index import (
 from evaluator.embedding.index_budget import RERANK_FACTOR, estimate_bytes, parse_size
 from evaluator.errors import InputError
 from evaluator.workspace.workdir import Workdir
+from tests.support.vectors import clustered, unit
 
 KEY = "ViT-B-32/random-seed0"  # what `--model ViT-B-32 --pretrained random` is stored under
-
-
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def clustered(n, d=32, centers=40, seed=0):
-    rng = np.random.default_rng(seed)
-    c = unit(rng.normal(size=(centers, d)))
-    return unit(c[rng.integers(0, centers, n)] + 0.6 * rng.normal(size=(n, d)) / np.sqrt(d))
 
 
 def uniform(n, d=32, seed=0):

@@ -7,16 +7,7 @@ import pytest
 
 from evaluator.embedding.index import IndexConfig, build_kind, search_by_vector, set_search_param
 from evaluator.embedding.index_exact import blas_batch_size, exact_search, topk_over_blocks
-
-
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def clustered(n, d=32, centers=40, seed=0):
-    rng = np.random.default_rng(seed)
-    c = unit(rng.normal(size=(centers, d)))
-    return unit(c[rng.integers(0, centers, n)] + 0.6 * rng.normal(size=(n, d)) / np.sqrt(d))
+from tests.support.vectors import clustered, unit
 
 
 def naive_topk(queries, vecs, ids, k):

@@ -18,18 +18,14 @@ from evaluator.embedding.index import (
     update_index,
 )
 from evaluator.workspace.workdir import Workdir
+from tests.support.vectors import clustered as support_clustered
+from tests.support.vectors import unit
 
 MODEL = "synthetic/test"
 
 
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def clustered(n, d=32, centers=50, seed=0, spread=0.3):
-    rng = np.random.default_rng(seed)
-    c = unit(rng.normal(size=(centers, d)))
-    return unit(c[rng.integers(0, centers, n)] + spread * rng.normal(size=(n, d)) / np.sqrt(d))
+    return support_clustered(n, d, centers, seed, spread)
 
 
 def add_vectors(wd, ids, vecs):
