@@ -257,12 +257,9 @@ def main() -> None:
     ids = np.arange(args.n, dtype=np.int64) * 2 + 1
     vecs, labels = clustered_vectors(args.n, args, seed=1)
     queries, query_labels = clustered_vectors(args.queries, args, seed=2)  # held out, same centres
-    if args.budget_only:
-        result = {"index_memory": atelier_index(vecs, ids, queries, args.single, memory_budget=args.index_memory)}
-        exact, exact_speed = result["index_memory"].pop("_exact"), result["index_memory"].pop("_exact_speed")
-    else:
-        result = atelier_index(vecs, ids, queries, args.single)
-        exact, exact_speed = result.pop("_exact"), result.pop("_exact_speed")
+    first = atelier_index(vecs, ids, queries, args.single, memory_budget=args.index_memory if args.budget_only else None)
+    exact, exact_speed = first.pop("_exact"), first.pop("_exact_speed")
+    result = {"index_memory": first} if args.budget_only else first
     overlap = neighbourhood_overlap(exact, ids, labels, query_labels, args.sub)
     if args.index_memory and not args.budget_only:
         budgeted = atelier_index(vecs, ids, queries, args.single, memory_budget=args.index_memory)

@@ -65,6 +65,20 @@ def assign_by_matmul(ivf: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndar
     return flat.search(queries, min(int(ivf.nprobe), flat.ntotal))
 
 
+def _refine_and_ivf(index: Any) -> tuple[Any | None, Any | None]:
+    """(the ``IndexRefine`` under an ``IndexIDMap2``, or None; the IndexIVF it searches, or
+    None when the index has no IVF to assign lists to)."""
+    import faiss
+
+    inner = getattr(index, "index", None)
+    if inner is None:
+        return None, None
+    inner = faiss.downcast_index(inner)
+    refine = inner if isinstance(inner, faiss.IndexRefine) else None
+    ivf = faiss.downcast_index(refine.base_index) if refine is not None else inner
+    return refine, (ivf if isinstance(ivf, faiss.IndexIVF) else None)
+
+
 def search_assigned(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(similarities [Q, k], image ids [Q, k]) of an ``IndexIDMap2`` over an IVF (or an
     ``IndexRefineFlat`` over one), its lists chosen by ``assign_by_matmul``; -1 ids pad as
@@ -72,9 +86,9 @@ def search_assigned(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray
     import faiss
     import numpy as np
 
-    inner = faiss.downcast_index(index.index)
-    refine = inner if isinstance(inner, faiss.IndexRefine) else None
-    ivf = faiss.downcast_index(refine.base_index) if refine is not None else inner
+    from evaluator.embedding.index_exact import external_ids
+
+    refine, ivf = _refine_and_ivf(index)
     q = np.ascontiguousarray(queries, dtype=np.float32)
     coarse_sims, lists = assign_by_matmul(ivf, q)
     if ivf.parallel_mode != PARALLEL_OVER_QUERIES:  # the default, 0, scans them on one thread here
@@ -83,8 +97,7 @@ def search_assigned(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray
     sims, internal = ivf.search_preassigned(q, wanted, lists, coarse_sims)
     if refine is not None:
         sims, internal = rerank(faiss.downcast_index(refine.refine_index), q, internal, k)
-    id_map = faiss.rev_swig_ptr(index.id_map.data(), index.id_map.size())  # a view, not a copy of every id
-    return sims, np.where(internal >= 0, id_map[np.maximum(internal, 0)], -1)
+    return sims, external_ids(index, internal)
 
 
 def rerank(flat: Any, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,31 +124,18 @@ def rerank(flat: Any, queries: np.ndarray, candidates: np.ndarray, k: int) -> tu
 def can_assign(index: Any) -> bool:
     """Whether ``search_assigned`` applies: an ``IndexIDMap2`` over an IndexIVF, or over
     an ``IndexRefine`` whose base is one."""
-    import faiss
-
-    inner = getattr(index, "index", None)
-    if inner is None:
-        return False
-    inner = faiss.downcast_index(inner)
-    if isinstance(inner, faiss.IndexRefine):
-        inner = faiss.downcast_index(inner.base_index)
-    return isinstance(inner, faiss.IndexIVF)
+    return _refine_and_ivf(index)[1] is not None
 
 
 def assign_timing(index: Any, queries: np.ndarray, k: int = 10) -> tuple[str | None, dict]:
     """(``MATMUL`` if the matmul assignment answered one batch of ``queries`` (repeated up
     to ``min_batch``) faster than the index's own search, else None; the timings), best
     of two each."""
-    import math
-
-    import numpy as np
-
-    from evaluator.embedding.index_exact import best_seconds
+    from evaluator.embedding.index_exact import best_seconds, tiled
 
     if not can_assign(index) or not len(queries):
         return None, {}
-    size = max(min_batch(index.d), len(queries))
-    batch = np.ascontiguousarray(np.tile(queries, (math.ceil(size / len(queries)), 1))[:size], dtype=np.float32)
+    batch = tiled(queries, min_batch(index.d))
     own = best_seconds(lambda: index.search(batch, k))
     matmul = best_seconds(lambda: search_assigned(index, batch, k))
     timing = {"batch": len(batch), "quantizer_ms_per_query": round(1000 * own / len(batch), 4),
